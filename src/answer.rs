@@ -1,0 +1,114 @@
+//! Step 4: hand the upstream's answer back to the client.
+//!
+//! A `101` is checked before a session is opened on it (the `Sec-WebSocket-Accept` must match
+//! the key the proxy sent, `Upgrade`/`Connection` must be right, and the subprotocol must be one
+//! the client offered), then answered with the proxy's own `101`. Anything else is relayed as
+//! an ordinary response: status, end-to-end headers and a bounded body.
+
+use axum::body::Body;
+use bytes::BytesMut;
+use http::header::{
+    HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::headers::{self, has_token};
+use crate::ProxyError;
+
+/// Validates the upstream's 101 and returns the subprotocol it chose, if any.
+pub(crate) fn verify_switch(
+    upstream: &HeaderMap,
+    sent_key: &HeaderValue,
+    offered: &[HeaderValue],
+) -> Result<Option<HeaderValue>, ProxyError> {
+    if !has_token(upstream, UPGRADE, "websocket") {
+        return Err(ProxyError::InvalidUpgrade("no `Upgrade: websocket`"));
+    }
+    if !has_token(upstream, CONNECTION, "upgrade") {
+        return Err(ProxyError::InvalidUpgrade("no `Connection: upgrade`"));
+    }
+    let expected = derive_accept_key(sent_key.as_bytes());
+    if upstream
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        != Some(expected.as_bytes())
+    {
+        return Err(ProxyError::InvalidUpgrade(
+            "Sec-WebSocket-Accept does not match the key that was sent",
+        ));
+    }
+    if upstream.contains_key(SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(ProxyError::InvalidUpgrade(
+            "an extension was accepted but none was offered",
+        ));
+    }
+    let Some(chosen) = upstream.get(SEC_WEBSOCKET_PROTOCOL) else {
+        return Ok(None);
+    };
+    let was_offered = offered
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().as_bytes() == chosen.as_bytes());
+    if was_offered {
+        Ok(Some(chosen.clone()))
+    } else {
+        Err(ProxyError::InvalidUpgrade(
+            "the chosen subprotocol was not offered by the client",
+        ))
+    }
+}
+
+/// The client's `101 Switching Protocols`: the proxy's own handshake headers, the upstream's
+/// subprotocol choice, and the upstream's end-to-end headers (e.g. `Set-Cookie`).
+pub(crate) fn switching_protocols(
+    accept: HeaderValue,
+    protocol: Option<HeaderValue>,
+    upstream: HeaderMap,
+) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    *h = headers::switching_response(upstream);
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    res
+}
+
+/// Relays a non-101 answer: its status, end-to-end headers, and its body up to `limit` bytes
+/// (a longer body is cut at `limit`, and a warning says so).
+pub(crate) async fn relay(
+    upstream: Response<Incoming>,
+    limit: usize,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, mut body) = upstream.into_parts();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(ProxyError::Handshake)?.into_data() else {
+            continue; // trailers
+        };
+        let room = limit - buf.len();
+        if data.len() > room {
+            buf.extend_from_slice(&data[..room]);
+            tracing::warn!(
+                status = parts.status.as_u16(),
+                limit,
+                "upstream's refusal body is longer than max_response_body_size; relaying the first {limit} bytes"
+            );
+            break;
+        }
+        buf.extend_from_slice(&data);
+    }
+    let mut res = Response::new(Body::from(buf.freeze()));
+    *res.status_mut() = parts.status;
+    *res.headers_mut() = headers::relayed_response(parts.headers);
+    Ok(res)
+}

@@ -1,0 +1,183 @@
+//! Command-line flags. Every problem is one line naming the flag, and exit code 2.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum_ws_proxy::Upstream;
+
+pub(crate) const USAGE: &str = "\
+Usage: ws-proxy --upstream URL [options]
+
+Proxies WebSocket upgrades to URL (ws://host:port[/prefix]); GET /healthz answers 200 ok.
+
+Options:
+  --upstream URL              where upgrades are forwarded (required)
+  --listen ADDR               address to listen on [default: 127.0.0.1:8080]
+  --connect-timeout DURATION  TCP connect + upstream handshake, e.g. 500ms, 2s, 1m [default: 10s]
+  --max-message-size BYTES    largest message either way, e.g. 1048576, 64KiB, 16MiB [default: 16MiB]
+  -h, --help                  print this help
+  -V, --version               print the version
+
+Logs go to stderr, filtered by RUST_LOG (default: info).";
+
+#[derive(Debug)]
+pub(crate) struct Args {
+    pub(crate) listen: SocketAddr,
+    pub(crate) upstream: Upstream,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) max_message_size: Option<usize>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Run(Args),
+    Help,
+    Version,
+}
+
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut listen = None;
+    let mut upstream = None;
+    let mut connect_timeout = None;
+    let mut max_message_size = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--listen" => {
+                let v = value()?;
+                let addr = v
+                    .parse()
+                    .map_err(|_| format!("--listen: invalid address {v:?} (expected IP:PORT)"))?;
+                listen = Some(addr);
+            }
+            "--upstream" => {
+                let v = value()?;
+                let up = v
+                    .parse::<Upstream>()
+                    .map_err(|e| format!("--upstream: {e}"))?;
+                upstream = Some(up);
+            }
+            "--connect-timeout" => {
+                let v = value()?;
+                connect_timeout =
+                    Some(parse_duration(&v).map_err(|e| format!("--connect-timeout: {e}"))?);
+            }
+            "--max-message-size" => {
+                let v = value()?;
+                max_message_size =
+                    Some(parse_size(&v).map_err(|e| format!("--max-message-size: {e}"))?);
+            }
+            other => return Err(format!("unknown flag {other:?} (see --help)")),
+        }
+    }
+    let upstream = upstream.ok_or("--upstream URL is required (see --help)")?;
+    Ok(Command::Run(Args {
+        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        upstream,
+        connect_timeout,
+        max_message_size,
+    }))
+}
+
+/// `500ms`, `2s`, `1m`, `1h`; a bare number is seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 500ms, 2s, 1m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("invalid duration {s:?} (units: ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A byte count: `65536`, `64KiB`, `16MiB` (also `k`/`KB`/`M`/`MB`, all powers of 1024).
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (expected e.g. 65536, 64KiB, 16MiB)"))?;
+    let mult: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {s:?} (units: KiB, MiB, GiB)")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("size {s:?} must be more than zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("size {s:?} is too large")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Args, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run(a) => Ok(a),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2 s").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn flags() {
+        let a = run(&[
+            "--upstream",
+            "ws://h:1",
+            "--listen=0.0.0.0:9",
+            "--connect-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(a.listen.port(), 9);
+        assert_eq!(a.connect_timeout, Some(Duration::from_secs(2)));
+        assert!(run(&[]).unwrap_err().contains("--upstream URL is required"));
+        assert!(run(&["--upstream"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--upstream", "ws//x"])
+            .unwrap_err()
+            .starts_with("--upstream: invalid upstream URL"));
+        assert!(run(&["--bogus"])
+            .unwrap_err()
+            .contains("unknown flag \"--bogus\""));
+    }
+}

@@ -1,0 +1,210 @@
+//! Step 5: bridge messages between the two legs until one side ends the session.
+//!
+//! One task drives both directions, so there are no locks and no extra wake-ups. Each
+//! direction reads a message, hands it to the other leg, and reads the next only once that
+//! leg has taken it: a side that stops reading stops the other side's reads (TCP backpressure)
+//! instead of growing a queue, and nothing is dropped. Messages are fed while the source has
+//! more ready and flushed once when it has none, so a burst leaves in few writes.
+//!
+//! Text, binary and empty messages cross unchanged (fragmented ones arrive whole, as
+//! tungstenite reassembles them). Pings and pongs are per hop: tungstenite answers each leg's
+//! pings itself, so forwarding them would give the peer two pongs. Close frames end this
+//! phase; [`close`](crate::close) completes the close handshakes.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// Messages a direction forwards in one go before letting the other direction run.
+const BUDGET: usize = 64;
+
+/// One of the two legs of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+/// Data messages and their payload bytes, for one direction.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Traffic {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Why bridging stopped.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// `by` sent a close frame; tungstenite has already queued the echo on that leg.
+    Closed { by: Side, frame: Option<CloseFrame> },
+    /// Reading `side` failed: it broke the protocol, or its connection dropped.
+    ReadFailed { side: Side, error: WsError },
+    /// Writing to `side` failed: its connection is gone.
+    WriteFailed { side: Side, error: WsError },
+}
+
+/// Forwards messages both ways until a close frame or an error ends the session.
+pub(crate) async fn run<C, U>(
+    client: &mut WebSocketStream<C>,
+    upstream: &mut WebSocketStream<U>,
+    to_upstream: &mut Traffic,
+    to_client: &mut Traffic,
+) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c2u = Direction::new(Side::Client, Side::Upstream);
+    let mut u2c = Direction::new(Side::Upstream, Side::Client);
+    poll_fn(|cx| {
+        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream) {
+            return Poll::Ready(end);
+        }
+        u2c.poll(cx, upstream, client, to_client)
+    })
+    .await
+}
+
+/// One direction: a message read but not yet accepted by the destination, and whether the
+/// destination has unflushed writes.
+struct Direction {
+    from: Side,
+    to: Side,
+    pending: Option<Message>,
+    unflushed: bool,
+}
+
+impl Direction {
+    fn new(from: Side, to: Side) -> Self {
+        Self {
+            from,
+            to,
+            pending: None,
+            unflushed: false,
+        }
+    }
+
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut WebSocketStream<S>,
+        dst: &mut WebSocketStream<D>,
+        traffic: &mut Traffic,
+    ) -> Poll<Ended>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut budget = BUDGET;
+        loop {
+            if let Some(msg) = self.pending.take() {
+                match Pin::new(&mut *dst).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(error)) => return self.write_failed(error),
+                    Poll::Pending => {
+                        // Backpressure: keep the message, read nothing more from `src`.
+                        self.pending = Some(msg);
+                        return Poll::Pending;
+                    }
+                }
+                if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
+                    return self.write_failed(error);
+                }
+                self.unflushed = true;
+            }
+            if budget == 0 {
+                // Let the other direction (and other tasks) run; come back right away.
+                if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
+                    return Poll::Ready(end);
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            match Pin::new(&mut *src).poll_next(cx) {
+                Poll::Ready(Some(Ok(msg))) => match msg {
+                    Message::Text(_) | Message::Binary(_) => {
+                        traffic.messages += 1;
+                        traffic.bytes += msg.len() as u64;
+                        self.pending = Some(msg);
+                    }
+                    // Per hop: tungstenite has queued the pong on `src` already.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Close(frame) => {
+                        return Poll::Ready(Ended::Closed {
+                            by: self.from,
+                            frame,
+                        })
+                    }
+                },
+                Poll::Ready(Some(Err(error))) => {
+                    return Poll::Ready(Ended::ReadFailed {
+                        side: self.from,
+                        error,
+                    })
+                }
+                // The stream reports its end only after a close or an error was returned.
+                Poll::Ready(None) => {
+                    return Poll::Ready(Ended::ReadFailed {
+                        side: self.from,
+                        error: WsError::ConnectionClosed,
+                    })
+                }
+                Poll::Pending => {
+                    // The source has nothing more for now: push out what was fed.
+                    if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
+                        return Poll::Ready(end);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Flushes `dst` if anything was fed; `Ready(Some(_))` only when the write failed.
+    fn flush<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut WebSocketStream<D>,
+    ) -> Poll<Option<Ended>>
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.unflushed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut *dst).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Ended::WriteFailed {
+                side: self.to,
+                error,
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn write_failed(&self, error: WsError) -> Poll<Ended> {
+        Poll::Ready(Ended::WriteFailed {
+            side: self.to,
+            error,
+        })
+    }
+}

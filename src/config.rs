@@ -1,0 +1,66 @@
+//! Settings shared by every session of one layer, with the defaults and why.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::Upstream;
+
+/// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
+/// waiting on a dead backend should hear about it sooner.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each leg may take to answer a close frame before its socket is dropped.
+pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A message is held whole while it crosses the proxy, so this bounds memory per direction.
+/// A quarter of tungstenite's 64 MiB; browsers send a message as one frame, hence equal limits.
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+/// tungstenite allocates its read buffer eagerly per connection (128 KiB by default, twice per
+/// session here); idle sessions are the common case for a proxy.
+pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 4 << 10;
+/// Writes are batched up to this many bytes before they go to the socket.
+pub(crate) const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
+/// Bodies of relayed refusals (401, 403, 404...) are short; this bounds a hostile one.
+pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) upstream: Upstream,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) preserve_host: bool,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) max_response_body_size: usize,
+}
+
+impl Config {
+    pub(crate) fn new(upstream: Upstream) -> Self {
+        Self {
+            upstream,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            preserve_host: true,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_response_body_size: DEFAULT_MAX_RESPONSE_BODY_SIZE,
+        }
+    }
+
+    /// The same limits apply on both legs.
+    ///
+    /// The write buffer needs no cap of its own: the bridge only hands a leg a new message once
+    /// the previous ones have been written out (`poll_ready`), so it never holds more than
+    /// `write_buffer_size` plus one message.
+    pub(crate) fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size))
+    }
+}

@@ -1,0 +1,115 @@
+//! Step 1: is this request a WebSocket upgrade, and is it a valid one?
+
+use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{Method, Request, Version};
+use hyper::upgrade::OnUpgrade;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::headers::has_token;
+use crate::ProxyError;
+
+/// An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token
+/// `upgrade` (case-insensitive, lists such as `keep-alive, Upgrade` included). Everything else
+/// goes to the inner service untouched.
+pub(crate) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has_token(req.headers(), UPGRADE, "websocket")
+        && has_token(req.headers(), CONNECTION, "upgrade")
+}
+
+/// What is needed to answer the client once the upstream has accepted.
+pub(crate) struct ClientHandshake {
+    /// `Sec-WebSocket-Accept` for the client's key.
+    pub(crate) accept: HeaderValue,
+    /// Resolves to the client's connection once the 101 has been written.
+    pub(crate) on_upgrade: OnUpgrade,
+}
+
+/// Validates the client's side of the handshake before any upstream is dialled.
+pub(crate) fn client_handshake<B>(req: &mut Request<B>) -> Result<ClientHandshake, ProxyError> {
+    let headers = req.headers();
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(ProxyError::UnsupportedVersion);
+    }
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+        .ok_or(ProxyError::InvalidKey)?;
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| ProxyError::InvalidKey)?;
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or(ProxyError::NotUpgradable)?;
+    Ok(ClientHandshake { accept, on_upgrade })
+}
+
+/// RFC 6455 §4.1: the key is 16 bytes, base64-encoded, which is 22 base64 characters and `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shape() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
+        assert!(!is_valid_key(b""));
+    }
+
+    #[test]
+    fn detection_needs_get_11_upgrade_and_connection_token() {
+        let req = |m: Method, v: Version, up: &str, conn: &str| {
+            Request::builder()
+                .method(m)
+                .version(v)
+                .header(UPGRADE, up)
+                .header(CONNECTION, conn)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_websocket_upgrade(&req(
+            Method::GET,
+            Version::HTTP_11,
+            "WebSocket",
+            "keep-alive, Upgrade"
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            Method::POST,
+            Version::HTTP_11,
+            "websocket",
+            "upgrade"
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            Method::GET,
+            Version::HTTP_10,
+            "websocket",
+            "upgrade"
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            Method::GET,
+            Version::HTTP_11,
+            "h2c",
+            "upgrade"
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            Method::GET,
+            Version::HTTP_11,
+            "websocket",
+            "keep-alive"
+        )));
+    }
+}

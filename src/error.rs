@@ -1,0 +1,135 @@
+//! Failures before the 101, each with the HTTP status the client gets.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::header::{HeaderValue, CONTENT_TYPE, SEC_WEBSOCKET_VERSION};
+use http::StatusCode;
+
+/// Why an upgrade request was answered with an error instead of a `101 Switching Protocols`.
+///
+/// Each variant becomes a response whose status is [`status`](Self::status) and whose body is
+/// the [`Display`](fmt::Display) text, so the client (and whoever reads its logs) sees the cause.
+/// A non-101 answer from the upstream is not an error: it is relayed as-is.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// `Sec-WebSocket-Version` is missing or not `13`: **426**, with `Sec-WebSocket-Version: 13`
+    /// in the response as RFC 6455 §4.4 asks.
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` is missing or is not 16 bytes in base64: **400**.
+    InvalidKey,
+    /// The server connection cannot be upgraded (no `hyper::upgrade::OnUpgrade` in the request's
+    /// extensions, e.g. a service called without a real connection): **426**.
+    NotUpgradable,
+    /// The upstream host name did not resolve: **502**.
+    Resolve {
+        /// The name that was looked up.
+        host: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// Every address of the upstream refused or failed the TCP connection: **502**.
+    Connect {
+        /// The last address tried.
+        addr: SocketAddr,
+        /// The socket error for that address.
+        source: io::Error,
+    },
+    /// The upstream did not complete the TCP connect and handshake within the connect
+    /// timeout: **504**.
+    Timeout {
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The upstream broke the HTTP exchange (closed the connection, sent malformed HTTP): **502**.
+    Handshake(hyper::Error),
+    /// The upstream answered 101 but the answer is not a valid WebSocket acceptance (wrong
+    /// `Sec-WebSocket-Accept`, missing `Upgrade`/`Connection`, a subprotocol or extension that
+    /// was not offered): **502**. No session is opened on a forged or broken 101.
+    InvalidUpgrade(&'static str),
+}
+
+impl ProxyError {
+    /// The HTTP status the client receives for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Resolve { .. }
+            | Self::Connect { .. }
+            | Self::Handshake(_)
+            | Self::InvalidUpgrade(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short, stable name for the cause, used in logs (`cause=...`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::InvalidKey => "invalid_key",
+            Self::NotUpgradable => "not_upgradable",
+            Self::Resolve { .. } => "resolve",
+            Self::Connect { .. } => "connect",
+            Self::Timeout { .. } => "timeout",
+            Self::Handshake(_) => "handshake",
+            Self::InvalidUpgrade(_) => "invalid_upgrade",
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnsupportedVersion => {
+                f.write_str("unsupported Sec-WebSocket-Version: this proxy speaks version 13")
+            }
+            Self::InvalidKey => {
+                f.write_str("missing or invalid Sec-WebSocket-Key: expected 16 bytes in base64")
+            }
+            Self::NotUpgradable => f.write_str("this connection cannot be upgraded"),
+            Self::Resolve { host, source } => {
+                write!(f, "upstream host {host:?} did not resolve: {source}")
+            }
+            Self::Connect { addr, source } => {
+                write!(f, "upstream {addr} refused the connection: {source}")
+            }
+            Self::Timeout { after } => {
+                write!(f, "upstream did not answer the upgrade within {after:?}")
+            }
+            Self::Handshake(e) => write!(f, "upstream broke the handshake: {e}"),
+            Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Resolve { source, .. } | Self::Connect { source, .. } => Some(source),
+            Self::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let mut res = Response::new(Body::from(format!("{self}\n")));
+        *res.status_mut() = self.status();
+        let headers = res.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, Self::UnsupportedVersion) {
+            headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        res
+    }
+}

@@ -1,0 +1,196 @@
+//! Header rewriting in both directions: what is forwarded, what is dropped, what is set.
+//!
+//! Hop-by-hop headers describe one connection, not the message, so they never cross the proxy:
+//! `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+//! `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, and every header named in
+//! `Connection`. The WebSocket handshake headers are per leg too: the proxy sends its own
+//! `Sec-WebSocket-Key`/`Version` upstream and its own `Sec-WebSocket-Accept` to the client.
+
+use std::net::IpAddr;
+
+use http::header::{
+    AsHeaderName, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+];
+
+/// Whether any `name` header holds `token` in its comma-separated list (case-insensitive).
+pub(crate) fn has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy adds about the client when forwarding.
+pub(crate) struct Forwarded {
+    /// `Host` for the upstream request.
+    pub(crate) host: HeaderValue,
+    /// The client's own `Host`, sent as `X-Forwarded-Host`.
+    pub(crate) client_host: Option<HeaderValue>,
+    /// The TCP peer, appended to `X-Forwarded-For`.
+    pub(crate) client_ip: Option<IpAddr>,
+    /// Fresh `Sec-WebSocket-Key` for the upstream leg.
+    pub(crate) key: HeaderValue,
+}
+
+/// Turns the client's upgrade request headers into the upstream's.
+///
+/// End-to-end headers (`Origin`, `Cookie`, `Authorization`, `Sec-WebSocket-Protocol`, custom
+/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped because a frame bridge cannot
+/// carry permessage-deflate.
+pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        HOST,
+        CONTENT_LENGTH,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_EXTENSIONS,
+        SEC_WEBSOCKET_ACCEPT,
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(HOST, fwd.host);
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(SEC_WEBSOCKET_KEY, fwd.key);
+    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+
+    if let Some(ip) = fwd.client_ip {
+        append_forwarded_for(&mut headers, ip);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match fwd.client_host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    headers
+}
+
+/// Appends `ip` to the client's `X-Forwarded-For` chain (several headers folded into one).
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let mut chain = String::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = prior.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                chain.push_str(s);
+                chain.push_str(", ");
+            }
+        }
+    }
+    chain.push_str(&ip.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// The upstream's 101 headers that go on to the client: end-to-end ones only (e.g.
+/// `Set-Cookie`), without hop-by-hop and `Sec-WebSocket-*` headers, which are per leg.
+pub(crate) fn switching_response(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    let per_leg: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("sec-websocket-"))
+        .cloned()
+        .collect();
+    for name in per_leg {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// The headers of a non-101 upstream answer relayed to the client: everything end-to-end
+/// (`WWW-Authenticate`, `Retry-After`, `Set-Cookie`, ...). `Content-Length` is recomputed.
+pub(crate) fn relayed_response(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let h = map(&[("connection", "keep-alive, Upgrade")]);
+        assert!(has_token(&h, CONNECTION, "upgrade"));
+        assert!(!has_token(&h, CONNECTION, "close"));
+        let h = map(&[("connection", "keep-alive"), ("connection", "UPGRADE")]);
+        assert!(has_token(&h, CONNECTION, "upgrade"));
+    }
+
+    #[test]
+    fn strips_named_and_listed_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("cookie", "a=b"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["cookie"], "a=b");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+    }
+}

@@ -1,0 +1,108 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use crate::config::Config;
+use crate::{Upstream, WsProxy};
+
+/// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
+/// service.
+///
+/// See the [crate documentation](crate) for what is forwarded and what each failure produces.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use axum_ws_proxy::WsProxyLayer;
+///
+/// # fn main() -> Result<(), axum_ws_proxy::ParseUpstreamError> {
+/// let app: Router = Router::new()
+///     .route("/api/health", get(|| async { "ok" }))
+///     .layer(
+///         WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+///             .connect_timeout(Duration::from_secs(3))
+///             .max_message_size(1 << 20),
+///     );
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct WsProxyLayer {
+    config: Arc<Config>,
+}
+
+impl WsProxyLayer {
+    /// Forwards upgrades to `upstream` with the default settings.
+    pub fn new(upstream: Upstream) -> Self {
+        Self {
+            config: Arc::new(Config::new(upstream)),
+        }
+    }
+
+    fn set(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Time allowed for the TCP connect plus the upstream's answer to the upgrade (its body
+    /// included, when it refuses). Past it the client gets **504**. Default: 10 s.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.connect_timeout = timeout)
+    }
+
+    /// Time each leg gets to answer a close frame before its socket is dropped. Default: 5 s.
+    pub fn close_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.close_timeout = timeout)
+    }
+
+    /// `true` (the default) sends the client's `Host` upstream, like nginx's
+    /// `proxy_set_header Host $host`, so origin checks behind the proxy keep working; `false`
+    /// sends the upstream's own `host:port`.
+    pub fn preserve_host(self, preserve: bool) -> Self {
+        self.set(|c| c.preserve_host = preserve)
+    }
+
+    /// Largest message accepted from either side, in bytes. A client that sends more is closed
+    /// with **1009**; an upstream that does gets 1009 and the client **1011**. Default: 16 MiB.
+    pub fn max_message_size(self, bytes: usize) -> Self {
+        self.set(|c| c.max_message_size = bytes)
+    }
+
+    /// Largest single frame accepted from either side, in bytes; beyond it, as for
+    /// [`max_message_size`](Self::max_message_size). Default: 16 MiB.
+    pub fn max_frame_size(self, bytes: usize) -> Self {
+        self.set(|c| c.max_frame_size = bytes)
+    }
+
+    /// Read buffer per leg, allocated when the session starts. Small keeps idle sessions cheap;
+    /// large reads big messages in fewer system calls. Default: 4 KiB.
+    pub fn read_buffer_size(self, bytes: usize) -> Self {
+        self.set(|c| c.read_buffer_size = bytes)
+    }
+
+    /// Bytes collected per leg before a write is issued while messages keep coming (a write is
+    /// also issued whenever the source has nothing more ready). Default: 8 KiB.
+    pub fn write_buffer_size(self, bytes: usize) -> Self {
+        self.set(|c| c.write_buffer_size = bytes)
+    }
+
+    /// Most bytes of a refusing upstream's body (401, 403, ...) relayed to the client; the rest
+    /// is cut. Default: 64 KiB.
+    pub fn max_response_body_size(self, bytes: usize) -> Self {
+        self.set(|c| c.max_response_body_size = bytes)
+    }
+
+    /// The upstream upgrades are forwarded to.
+    pub fn upstream(&self) -> &Upstream {
+        &self.config.upstream
+    }
+}
+
+impl<S> Layer<S> for WsProxyLayer {
+    type Service = WsProxy<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WsProxy::from_parts(inner, self.config.clone())
+    }
+}

@@ -1,0 +1,87 @@
+//! WebSocket reverse proxying as a Tower layer for axum.
+//!
+//! [`WsProxyLayer`] intercepts WebSocket upgrade requests inside an axum [`Router`], forwards
+//! them to an upstream with corrected hop-by-hop headers, and bridges messages between the
+//! client and the upstream. Every other request goes to the inner service untouched.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use axum_ws_proxy::WsProxyLayer;
+//! use std::net::SocketAddr;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new()
+//!     .route("/api/health", get(|| async { "ok" }))
+//!     .layer(WsProxyLayer::new("ws://127.0.0.1:3000".parse()?));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // Connect info gives the proxy the client address for `X-Forwarded-For`.
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What is proxied
+//!
+//! An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token
+//! `upgrade` (case-insensitive; `keep-alive, Upgrade` counts). Anything else, including an
+//! upgrade with another method or HTTP version, goes to the inner service.
+//!
+//! # The upstream request
+//!
+//! - Target: the upstream's path prefix, then the client's path and query byte for byte.
+//!   Under [`Router::nest`] the layer sees (and forwards) the path with the nest prefix removed.
+//! - Removed: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+//!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, every header
+//!   named in `Connection`, the client's `Sec-WebSocket-Key`/`-Version`, and
+//!   `Sec-WebSocket-Extensions` (a message bridge cannot carry permessage-deflate).
+//! - Set: `Upgrade: websocket`, `Connection: Upgrade`, a fresh `Sec-WebSocket-Key`,
+//!   `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
+//!   `X-Forwarded-For` gets the client address appended (only when the app is served with
+//!   `into_make_service_with_connect_info::<SocketAddr>()`), `X-Forwarded-Proto: http`, and
+//!   `X-Forwarded-Host` is the client's `Host`.
+//! - Forwarded unchanged: every other header, e.g. `Origin`, `Cookie`, `Authorization`,
+//!   `Sec-WebSocket-Protocol` and custom ones.
+//!
+//! # The answer
+//!
+//! The upstream's handshake completes before the client gets anything. On a valid `101` the
+//! client gets its own `101` carrying the upstream's chosen subprotocol and end-to-end headers
+//! (e.g. `Set-Cookie`). Any other answer is relayed: status, end-to-end headers and body (up to
+//! [`max_response_body_size`](WsProxyLayer::max_response_body_size)). Failures are
+//! [`ProxyError`]s: 400/426 for a bad client handshake, 502 when the upstream cannot be
+//! reached or sends an invalid `101`, 504 after [`connect_timeout`](WsProxyLayer::connect_timeout).
+//!
+//! # The session
+//!
+//! Messages cross unchanged; pings are answered per hop; close frames are forwarded with code
+//! and reason and both close handshakes completed. When a side fails, the other gets a close
+//! code saying so (the table is in the `close` module's source, `src/close.rs`, and in the
+//! README). Each session logs a `ws_session` span with the client, upstream, path,
+//! subprotocol, duration, messages and bytes each way, and who closed with which code.
+//!
+//! [`Router`]: axum::Router
+//! [`Router::nest`]: axum::Router::nest
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod answer;
+mod bridge;
+mod close;
+mod config;
+mod detect;
+mod dial;
+mod error;
+mod future;
+mod headers;
+mod layer;
+mod proxy;
+mod service;
+mod session;
+mod upstream;
+
+pub use error::ProxyError;
+pub use future::ResponseFuture;
+pub use layer::WsProxyLayer;
+pub use service::WsProxy;
+pub use upstream::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

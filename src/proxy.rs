@@ -1,0 +1,164 @@
+//! The path of one upgrade request: validate it, dial the upstream, hand back its answer and,
+//! on a 101, start the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, HOST, SEC_WEBSOCKET_PROTOCOL};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::Config;
+use crate::headers::{self, Forwarded};
+use crate::session::{self, SessionInfo, UpstreamLeg};
+use crate::{answer, detect, dial, ProxyError};
+
+/// Answers one upgrade request (already detected as such).
+pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Response<Body> {
+    let client_addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0);
+    let path = req.uri().path_and_query().cloned();
+    let log_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
+
+    let client = match detect::client_handshake(&mut req) {
+        Ok(client) => client,
+        Err(e) => return refuse(&config, e, client_addr, &log_path),
+    };
+    let (parts, _body) = req.into_parts();
+
+    let Ok(target) = Uri::try_from(config.upstream.request_target(path.as_ref())) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "request target cannot be forwarded\n",
+        )
+            .into_response();
+    };
+    // base64 of 16 random bytes: always a valid header value.
+    let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
+    let offered: Vec<HeaderValue> = parts
+        .headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    let client_host = parts.headers.get(HOST).cloned();
+    let host = match (&client_host, config.preserve_host) {
+        (Some(h), true) => h.clone(),
+        _ => config.upstream.host_header().clone(),
+    };
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = target;
+    *request.headers_mut() = headers::upstream_request(
+        parts.headers,
+        Forwarded {
+            host,
+            client_host,
+            client_ip: client_addr.map(|a| a.ip()),
+            key: key.clone(),
+        },
+    );
+
+    let handshake = handshake(&config, request, &key, &offered);
+    match tokio::time::timeout(config.connect_timeout, handshake).await {
+        Err(_) => refuse(
+            &config,
+            ProxyError::Timeout {
+                after: config.connect_timeout,
+            },
+            client_addr,
+            &log_path,
+        ),
+        Ok(Err(e)) => refuse(&config, e, client_addr, &log_path),
+        Ok(Ok(Answer::Relayed(res))) => {
+            tracing::info!(
+                client = ?client_addr,
+                upstream = %config.upstream,
+                path = %log_path,
+                status = res.status().as_u16(),
+                "upstream refused the upgrade; relaying its answer"
+            );
+            res
+        }
+        Ok(Ok(Answer::Switched {
+            leg,
+            protocol,
+            headers,
+        })) => {
+            let res = answer::switching_protocols(client.accept, protocol.clone(), headers);
+            let info = SessionInfo {
+                client: client_addr,
+                path: log_path,
+                protocol,
+            };
+            session::spawn(config, client.on_upgrade, leg, info);
+            res
+        }
+    }
+}
+
+enum Answer {
+    Switched {
+        leg: UpstreamLeg,
+        protocol: Option<HeaderValue>,
+        headers: HeaderMap,
+    },
+    Relayed(Response<Body>),
+}
+
+/// Connect, send the upgrade, and either open the upstream leg or collect the refusal.
+async fn handshake(
+    config: &Config,
+    request: Request<Empty<Bytes>>,
+    key: &HeaderValue,
+    offered: &[HeaderValue],
+) -> Result<Answer, ProxyError> {
+    let tcp = dial::connect(&config.upstream).await?;
+    let (mut res, conn) = dial::send_upgrade(tcp, request).await?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let relayed = answer::relay(res, config.max_response_body_size).await?;
+        return Ok(Answer::Relayed(relayed));
+    }
+    let protocol = answer::verify_switch(res.headers(), key, offered)?;
+    let headers = std::mem::take(res.headers_mut());
+    let upgraded = hyper::upgrade::on(&mut res)
+        .await
+        .map_err(ProxyError::Handshake)?;
+    drop(conn);
+    let leg = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Client,
+        Some(config.websocket()),
+    )
+    .await;
+    Ok(Answer::Switched {
+        leg,
+        protocol,
+        headers,
+    })
+}
+
+fn refuse(
+    config: &Config,
+    error: ProxyError,
+    client: Option<SocketAddr>,
+    path: &str,
+) -> Response<Body> {
+    let status = error.status().as_u16();
+    if error.status().is_server_error() {
+        tracing::warn!(client = ?client, upstream = %config.upstream, path, status, cause = error.cause(), "upgrade failed: {error}");
+    } else {
+        tracing::info!(client = ?client, upstream = %config.upstream, path, status, cause = error.cause(), "upgrade refused: {error}");
+    }
+    error.into_response()
+}

@@ -1,0 +1,92 @@
+//! A proxied session: runs detached from the request, bridges, closes, and logs a summary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::bridge::{self, Traffic};
+use crate::close;
+use crate::config::Config;
+
+/// The upstream side of a session, already past its handshake.
+pub(crate) type UpstreamLeg = WebSocketStream<TokioIo<Upgraded>>;
+
+/// What the session span records about the request.
+pub(crate) struct SessionInfo {
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) path: String,
+    pub(crate) protocol: Option<HeaderValue>,
+}
+
+/// Starts the session once the client's 101 has been sent. The task owns both legs and ends on
+/// every path: close handshakes are bounded by `close_timeout`.
+pub(crate) fn spawn(
+    config: Arc<Config>,
+    on_upgrade: OnUpgrade,
+    upstream: UpstreamLeg,
+    info: SessionInfo,
+) {
+    let span = tracing::info_span!(
+        "ws_session",
+        client = info.client.map(tracing::field::display),
+        upstream = %config.upstream,
+        path = %info.path,
+        subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
+        duration_ms = Empty,
+        messages_to_upstream = Empty,
+        bytes_to_upstream = Empty,
+        messages_to_client = Empty,
+        bytes_to_client = Empty,
+        closed_by = Empty,
+        client_close_code = Empty,
+        upstream_close_code = Empty,
+        close_reason = Empty,
+        undeliverable = Empty,
+    );
+    tokio::spawn(run(config, on_upgrade, upstream).instrument(span));
+}
+
+async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamLeg) {
+    let started = Instant::now();
+    let mut to_upstream = Traffic::default();
+    let mut to_client = Traffic::default();
+    let report = match on_upgrade.await {
+        Ok(io) => {
+            let mut client = WebSocketStream::from_raw_socket(
+                TokioIo::new(io),
+                Role::Server,
+                Some(config.websocket()),
+            )
+            .await;
+            tracing::debug!("session open");
+            let ended =
+                bridge::run(&mut client, &mut upstream, &mut to_upstream, &mut to_client).await;
+            close::finish(client, upstream, ended, config.close_timeout).await
+        }
+        Err(e) => {
+            tracing::debug!("client upgrade failed: {e}");
+            close::client_vanished(upstream, config.close_timeout).await
+        }
+    };
+
+    let span = tracing::Span::current();
+    span.record("duration_ms", started.elapsed().as_millis() as u64);
+    span.record("messages_to_upstream", to_upstream.messages);
+    span.record("bytes_to_upstream", to_upstream.bytes);
+    span.record("messages_to_client", to_client.messages);
+    span.record("bytes_to_client", to_client.bytes);
+    span.record("closed_by", report.closed_by);
+    span.record("client_close_code", report.client_code);
+    span.record("upstream_close_code", report.upstream_code);
+    span.record("close_reason", report.reason.as_str());
+    span.record("undeliverable", report.undeliverable);
+    tracing::info!("session closed");
+}

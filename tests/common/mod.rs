@@ -1,0 +1,254 @@
+//! Real servers on 127.0.0.1:0 and real clients, shared by the integration tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+use axum::routing::get;
+use axum::Router;
+use axum_ws_proxy::{Upstream, WsProxyLayer};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest any single awaited event may take before a test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test (not hanging it) if it takes longer than [`PATIENCE`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Serves `app` on 127.0.0.1:0 with connect info, as a real deployment would.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+pub fn upstream(addr: SocketAddr) -> Upstream {
+    format!("ws://{addr}").parse().unwrap()
+}
+
+/// A proxy app: an ordinary route, an ordinary fallback, and the layer around both.
+pub async fn proxy(layer: WsProxyLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/http", get(|| async { "inner route" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "inner fallback") })
+        .layer(layer);
+    serve(app).await
+}
+
+/// Echoes text and binary messages; answers closes (tungstenite does that itself).
+pub async fn echo(mut socket: WebSocket) {
+    while let Some(Ok(msg)) = socket.recv().await {
+        if matches!(msg, AxMessage::Text(_) | AxMessage::Binary(_))
+            && socket.send(msg).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// An axum echo server (an independent WebSocket stack from the proxy's legs).
+pub async fn echo_upstream() -> SocketAddr {
+    let app = Router::new().fallback(|ws: WebSocketUpgrade| async { ws.on_upgrade(echo) });
+    serve(app).await
+}
+
+/// Echo upstream plus the proxy in front of it.
+pub async fn echo_proxy() -> SocketAddr {
+    proxy(WsProxyLayer::new(upstream(echo_upstream().await))).await
+}
+
+pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+    let (ws, res) = within(
+        "client handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await
+    .expect("handshake through the proxy");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+pub async fn connect_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Client {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    within("client handshake", tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake through the proxy")
+        .0
+}
+
+/// Next data or close message (pings and pongs are skipped and counted).
+pub async fn next_message(ws: &mut Client) -> Message {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// A plain HTTP/1.1 request through hyper; returns status, headers and the whole body.
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = within(
+        "an HTTP answer",
+        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = within("the body", body.collect()).await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// The standard headers of a client upgrade request, for raw and hyper requests.
+pub const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("upgrade", "websocket"),
+    ("connection", "Upgrade"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+/// Writes `request` on a fresh TCP connection and reads the response head.
+/// Returns the status code, the head as text (lower-cased header names kept verbatim), and
+/// the connection with any bytes read past the head.
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String, TcpStream, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = within("a response head", tcp.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    (status, head, tcp, buf[head_end..].to_vec())
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+pub async fn read_frame(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    async fn fill(tcp: &mut TcpStream, pending: &mut Vec<u8>, n: usize) {
+        while pending.len() < n {
+            let mut chunk = [0u8; 4096];
+            let got = within("frame bytes", tcp.read(&mut chunk)).await.unwrap();
+            assert!(got > 0, "connection closed mid-frame");
+            pending.extend_from_slice(&chunk[..got]);
+        }
+    }
+    fill(tcp, pending, 2).await;
+    let opcode = pending[0] & 0x0f;
+    let (len, header) = match pending[1] & 0x7f {
+        126 => {
+            fill(tcp, pending, 4).await;
+            (u16::from_be_bytes([pending[2], pending[3]]) as usize, 4)
+        }
+        127 => panic!("test frames are small"),
+        n => (n as usize, 2),
+    };
+    fill(tcp, pending, header + len).await;
+    let payload = pending[header..header + len].to_vec();
+    pending.drain(..header + len);
+    (opcode, payload)
+}
+
+/// A masked client frame.
+pub fn client_frame(fin_opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut f = vec![fin_opcode];
+    assert!(payload.len() < 126);
+    f.push(0x80 | payload.len() as u8);
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A raw upgrade request for `path` with extra header lines.
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &[&str]) -> String {
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (k, v) in UPGRADE_HEADERS {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    for line in extra {
+        req.push_str(line);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// A port with nothing listening (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Sends a close and awaits the end of the stream, returning the peer's close frame.
+pub async fn close_and_wait(ws: &mut Client, code: u16, reason: &str) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    })))
+    .await
+    .unwrap();
+    let mut reply = None;
+    while let Some(Ok(msg)) = within("the close answer", ws.next()).await {
+        if let Message::Close(f) = msg {
+            reply = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+        }
+    }
+    reply
+}

@@ -1,0 +1,272 @@
+//! The upstream's answer and every failure before the 101.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+use axum_ws_proxy::WsProxyLayer;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// A hand-written upstream: reads the request head, answers `answer(key)`, holds the socket.
+async fn raw_upstream(answer: fn(&str) -> String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if tcp.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let key = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default();
+                let _ = tcp.write_all(answer(&key).as_bytes()).await;
+                let mut sink = [0u8; 1024];
+                while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    addr
+}
+
+async fn upgrade_via_hyper(proxy: SocketAddr) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    http_request(proxy, "/", &UPGRADE_HEADERS).await
+}
+
+#[tokio::test]
+async fn an_upstream_403_is_relayed_with_its_headers_and_body() {
+    let up = Router::new().fallback(|| async {
+        (
+            StatusCode::FORBIDDEN,
+            [
+                ("www-authenticate", "Bearer realm=\"chat\""),
+                ("x-reason", "token"),
+            ],
+            "forbidden: bad token",
+        )
+            .into_response()
+    });
+    let proxy = proxy(WsProxyLayer::new(upstream(serve(up).await))).await;
+    let (status, headers, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"chat\"");
+    assert_eq!(headers["x-reason"], "token");
+    assert_eq!(&body[..], b"forbidden: bad token");
+    assert!(!headers.contains_key("upgrade"));
+}
+
+#[tokio::test]
+async fn a_relayed_body_is_cut_at_max_response_body_size() {
+    let up = Router::new().fallback(|| async { (StatusCode::NOT_FOUND, "x".repeat(100_000)) });
+    let proxy =
+        proxy(WsProxyLayer::new(upstream(serve(up).await)).max_response_body_size(1000)).await;
+    let (status, headers, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body.len(), 1000);
+    assert_eq!(headers["content-length"], "1000");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_502() {
+    let proxy = proxy(WsProxyLayer::new(upstream(closed_port().await))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("refused the connection"), "{body}");
+}
+
+#[tokio::test]
+async fn an_unresolvable_host_is_502() {
+    let proxy = proxy(WsProxyLayer::new(
+        "ws://no-such-host.invalid:80".parse().unwrap(),
+    ))
+    .await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("\"no-such-host.invalid\" did not resolve"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_504_after_the_connect_timeout() {
+    // Accepts TCP, never answers the upgrade.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let proxy =
+        proxy(WsProxyLayer::new(upstream(up)).connect_timeout(Duration::from_millis(300))).await;
+    let started = Instant::now();
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        String::from_utf8_lossy(&body).contains("within 300ms"),
+        "{body:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_without_an_answer_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut b = [0u8; 1024];
+            let _ = tcp.read(&mut b).await;
+            drop(tcp);
+        }
+    });
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("broke the handshake"),
+        "{body:?}"
+    );
+}
+
+fn switching(accept: &str, extra: &str) -> String {
+    format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n{extra}\r\n")
+}
+
+async fn assert_502_for(answer: fn(&str) -> String, why: &str) {
+    let proxy = proxy(WsProxyLayer::new(upstream(raw_upstream(answer).await))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains(why), "{body}");
+}
+
+#[tokio::test]
+async fn a_101_with_a_wrong_accept_is_502_and_opens_nothing() {
+    assert_502_for(
+        |_| switching("AAAAAAAAAAAAAAAAAAAAAAAAAAA=", ""),
+        "Sec-WebSocket-Accept does not match",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_101_without_upgrade_websocket_is_502() {
+    assert_502_for(
+        |_| {
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n".into()
+        },
+        "no `Upgrade: websocket`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_subprotocol_the_client_did_not_offer_is_502() {
+    use axum::extract::ws::WebSocketUpgrade;
+    let up = Router::new().fallback(|ws: WebSocketUpgrade| async move {
+        let mut res = ws.on_upgrade(echo);
+        res.headers_mut()
+            .insert("sec-websocket-protocol", "admin".parse().unwrap());
+        res
+    });
+    let proxy = proxy(WsProxyLayer::new(upstream(serve(up).await))).await;
+    let mut headers = UPGRADE_HEADERS.to_vec();
+    headers.push(("sec-websocket-protocol", "chat"));
+    let (status, _, body) = http_request(proxy, "/", &headers).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("subprotocol was not offered"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_extension_that_was_not_offered_is_502() {
+    use axum::extract::ws::WebSocketUpgrade;
+    let up = Router::new().fallback(|ws: WebSocketUpgrade| async move {
+        let mut res = ws.on_upgrade(echo);
+        res.headers_mut().insert(
+            "sec-websocket-extensions",
+            "permessage-deflate".parse().unwrap(),
+        );
+        res
+    });
+    let proxy = proxy(WsProxyLayer::new(upstream(serve(up).await))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("extension was accepted"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsupported_version_is_426_before_any_upstream_is_dialled() {
+    // The upstream port is closed: dialling it would give 502, so 426 proves the order.
+    let proxy = proxy(WsProxyLayer::new(upstream(closed_port().await))).await;
+    let headers = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "8"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (status, h, body) = http_request(proxy, "/", &headers).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(h["sec-websocket-version"], "13");
+    assert!(
+        String::from_utf8_lossy(&body).contains("Sec-WebSocket-Version"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_key_is_400() {
+    let proxy = proxy(WsProxyLayer::new(upstream(closed_port().await))).await;
+    let headers = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "13"),
+    ];
+    let (status, _, body) = http_request(proxy, "/", &headers).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(&body).contains("Sec-WebSocket-Key"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_hand_written_101_opens_the_session() {
+    // The control for the refusals above: the same upstream with a correct answer works.
+    let proxy = proxy(WsProxyLayer::new(upstream(
+        raw_upstream(|key| switching(&derive_accept_key(key.as_bytes()), "")).await,
+    )))
+    .await;
+    let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101, "{head}");
+}

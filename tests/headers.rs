@@ -1,0 +1,222 @@
+//! What the upstream receives, and which of its 101 headers reach the client.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::Router;
+use axum_ws_proxy::WsProxyLayer;
+use common::*;
+use http::{HeaderMap, Uri};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Seen = mpsc::UnboundedReceiver<(Uri, HeaderMap)>;
+
+/// An axum upstream that reports each upgrade request, answers with `protocols` available,
+/// adds `Set-Cookie` and a few headers that must not reach the client, then echoes.
+async fn recording_upstream(protocols: &'static [&'static str]) -> (SocketAddr, Seen) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade| {
+        let tx = tx.clone();
+        async move {
+            tx.send((uri, headers)).unwrap();
+            let mut res = ws.protocols(protocols.iter().copied()).on_upgrade(echo);
+            let h = res.headers_mut();
+            h.insert("set-cookie", "sid=abc; HttpOnly".parse().unwrap());
+            h.insert("x-upstream", "1".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("sec-websocket-x-debug", "1".parse().unwrap());
+            res
+        }
+    });
+    (serve(app).await, rx)
+}
+
+async fn upgrade_seen_upstream(
+    layer: impl FnOnce(WsProxyLayer) -> WsProxyLayer,
+    path: &str,
+    extra: &[&str],
+) -> (Uri, HeaderMap, SocketAddr) {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(layer(WsProxyLayer::new(upstream(up)))).await;
+    let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, path, extra)).await;
+    assert_eq!(status, 101, "{head}");
+    let (uri, headers) = within("the upstream request", seen.recv()).await.unwrap();
+    (uri, headers, proxy)
+}
+
+fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l,
+        "/",
+        &[
+            "connection: keep-alive, X-Hop",
+            "x-hop: secret",
+            "keep-alive: timeout=5",
+            "proxy-connection: keep-alive",
+            "te: trailers",
+            "trailer: x-checksum",
+            "proxy-authorization: Basic Zm9vOmJhcg==",
+            "proxy-authenticate: Basic",
+        ],
+    )
+    .await;
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "transfer-encoding",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded: {h:?}");
+    }
+    assert_eq!(all(&h, "connection"), ["Upgrade"]);
+    assert_eq!(all(&h, "upgrade"), ["websocket"]);
+}
+
+#[tokio::test]
+async fn the_upstream_gets_a_fresh_key_version_13_and_no_extensions() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l,
+        "/",
+        &["sec-websocket-extensions: permessage-deflate; client_max_window_bits"],
+    )
+    .await;
+    let key = h["sec-websocket-key"].to_str().unwrap();
+    assert_ne!(
+        key, "dGhlIHNhbXBsZSBub25jZQ==",
+        "the client's key must not be reused"
+    );
+    assert_eq!(key.len(), 24);
+    assert_eq!(all(&h, "sec-websocket-version"), ["13"]);
+    assert!(!h.contains_key("sec-websocket-extensions"));
+}
+
+#[tokio::test]
+async fn end_to_end_headers_pass_unchanged() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l,
+        "/",
+        &[
+            "origin: https://app.example",
+            "cookie: sid=1; theme=dark",
+            "authorization: Bearer token-123",
+            "x-custom: a",
+            "x-custom: b",
+            "sec-websocket-protocol: chat, superchat",
+            "user-agent: test-agent/1",
+        ],
+    )
+    .await;
+    assert_eq!(all(&h, "origin"), ["https://app.example"]);
+    assert_eq!(all(&h, "cookie"), ["sid=1; theme=dark"]);
+    assert_eq!(all(&h, "authorization"), ["Bearer token-123"]);
+    assert_eq!(all(&h, "x-custom"), ["a", "b"]);
+    assert_eq!(all(&h, "sec-websocket-protocol"), ["chat, superchat"]);
+    assert_eq!(all(&h, "user-agent"), ["test-agent/1"]);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_the_client_address_appended() {
+    let (_, h, proxy) = upgrade_seen_upstream(
+        |l| l,
+        "/",
+        &[
+            "x-forwarded-for: 203.0.113.9",
+            "x-forwarded-proto: https",
+            "x-forwarded-host: spoofed",
+        ],
+    )
+    .await;
+    assert_eq!(all(&h, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&h, "x-forwarded-host"), [proxy.to_string()]);
+}
+
+#[tokio::test]
+async fn host_is_the_clients_by_default() {
+    let (_, h, proxy) = upgrade_seen_upstream(|l| l, "/", &[]).await;
+    assert_eq!(all(&h, "host"), [proxy.to_string()]);
+}
+
+#[tokio::test]
+async fn preserve_host_false_sends_the_upstream_authority() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).preserve_host(false)).await;
+    let (status, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101);
+    let (_, h) = seen.recv().await.unwrap();
+    assert_eq!(all(&h, "host"), [up.to_string()]);
+}
+
+#[tokio::test]
+async fn path_and_query_follow_the_prefix_with_encoding_kept() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(WsProxyLayer::new(
+        format!("ws://{up}/v1/rooms/").parse().unwrap(),
+    ))
+    .await;
+    let path = "/a%20b/%E2%9C%93?q=1%2B1&empty=&x=%2F";
+    let (status, ..) = raw_exchange(proxy, &upgrade_request(proxy, path, &[])).await;
+    assert_eq!(status, 101);
+    let (uri, _) = seen.recv().await.unwrap();
+    assert_eq!(uri.to_string(), format!("/v1/rooms{path}"));
+}
+
+#[tokio::test]
+async fn the_upstreams_subprotocol_choice_reaches_the_client() {
+    let (up, _seen) = recording_upstream(&["superchat"]).await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut req = format!("ws://{proxy}/").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
+    let (_ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(all(res.headers(), "sec-websocket-protocol"), ["superchat"]);
+}
+
+#[tokio::test]
+async fn no_subprotocol_when_the_upstream_chose_none() {
+    let (up, _seen) = recording_upstream(&[]).await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, head, ..) = raw_exchange(
+        proxy,
+        &upgrade_request(proxy, "/", &["sec-websocket-protocol: chat"]),
+    )
+    .await;
+    assert_eq!(status, 101);
+    assert!(
+        !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn the_101_carries_upstream_end_to_end_headers_only() {
+    let (up, _seen) = recording_upstream(&[]).await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("set-cookie: sid=abc; httponly\r\n"), "{head}");
+    assert!(head.contains("x-upstream: 1\r\n"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(!head.contains("sec-websocket-x-debug"), "{head}");
+    // The proxy's own accept for the client's key (RFC 6455's example pair).
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+}

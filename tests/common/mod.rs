@@ -107,7 +107,10 @@ pub async fn connect_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
 }
 
 /// Next data or close message (pings and pongs are skipped and counted).
-pub async fn next_message(ws: &mut Client) -> Message {
+pub async fn next_message<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         match within("a message", ws.next()).await {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -236,7 +239,14 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 /// Sends a close and awaits the end of the stream, returning the peer's close frame.
-pub async fn close_and_wait(ws: &mut Client, code: u16, reason: &str) -> Option<(u16, String)> {
+pub async fn close_and_wait<S>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: &str,
+) -> Option<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     ws.send(Message::Close(Some(CloseFrame {
         code: code.into(),
@@ -251,4 +261,71 @@ pub async fn close_and_wait(ws: &mut Client, code: u16, reason: &str) -> Option<
         }
     }
     reply
+}
+
+pub type Server = WebSocketStream<TcpStream>;
+
+/// A tokio-tungstenite upstream on `listener`, running `handler` for every session.
+pub fn tt_upstream_on<F, Fut>(listener: TcpListener, handler: F) -> SocketAddr
+where
+    F: Fn(Server) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                    handler(ws).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A tokio-tungstenite upstream on 127.0.0.1:0.
+pub async fn tt_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Server) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tt_upstream_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+/// What a reporting upstream read: each message (`Some`), then `None` when its stream ended.
+pub struct Reported(tokio::sync::mpsc::UnboundedReceiver<Option<Message>>);
+
+impl Reported {
+    pub async fn next(&mut self) -> Option<Message> {
+        within("the upstream to read something", self.0.recv())
+            .await
+            .expect("upstream task ended")
+    }
+
+    /// Nothing further was read (so far).
+    pub fn nothing_more(&mut self) -> bool {
+        self.0.try_recv().is_err()
+    }
+}
+
+/// A tokio-tungstenite upstream reporting every message it reads (pings and closes included)
+/// and the end of its stream; it echoes data messages.
+pub async fn reporting_upstream() -> (SocketAddr, Reported) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = tt_upstream(move |mut ws: Server| {
+        let tx = tx.clone();
+        async move {
+            while let Some(Ok(m)) = ws.next().await {
+                let _ = tx.send(Some(m.clone()));
+                if m.is_text() || m.is_binary() {
+                    let _ = ws.send(m).await;
+                }
+            }
+            let _ = tx.send(None);
+        }
+    })
+    .await;
+    (addr, Reported(rx))
 }

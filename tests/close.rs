@@ -1,0 +1,208 @@
+//! Close frames cross with code and reason, and every way a session can end gives each leg a
+//! defined close code.
+
+mod common;
+
+use axum_ws_proxy::WsProxyLayer;
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
+/// The close frame the client receives next, then the end of its stream (the close handshake
+/// completed and the proxy closed the TCP connection).
+async fn client_close(ws: &mut Client) -> (u16, String) {
+    let frame = match next_message(ws).await {
+        Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    loop {
+        match within("the end of the client stream", ws.next()).await {
+            None | Some(Err(_)) => return frame,
+            Some(Ok(m)) => panic!("data after the close frame: {m:?}"),
+        }
+    }
+}
+
+/// The close frame the upstream reads next, then the end of its stream.
+async fn upstream_close(seen: &mut Reported) -> Option<(u16, String)> {
+    let frame = match seen.next().await {
+        Some(Message::Close(f)) => f.map(|f| (u16::from(f.code), f.reason.to_string())),
+        other => panic!("expected the upstream to read a close frame, got {other:?}"),
+    };
+    assert_eq!(
+        seen.next().await,
+        None,
+        "the upstream's stream should end after the close"
+    );
+    frame
+}
+
+#[tokio::test]
+async fn a_client_close_reaches_the_upstream_with_code_and_reason() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    assert_eq!(
+        close_and_wait(&mut ws, 4001, "bye now").await,
+        Some((4001, "bye now".into()))
+    );
+    assert_eq!(
+        upstream_close(&mut seen).await,
+        Some((4001, "bye now".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_close_without_a_code_is_forwarded_without_one() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    ws.send(Message::Close(None)).await.unwrap();
+    assert_eq!(upstream_close(&mut seen).await, None);
+}
+
+#[tokio::test]
+async fn an_upstream_close_reaches_the_client_with_code_and_reason() {
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let up = tt_upstream(move |mut ws: Server| {
+        let tx = tx.clone();
+        async move {
+            ws.send(Message::text("last words")).await.unwrap();
+            ws.send(close(4000, "done here")).await.unwrap();
+            // The proxy answers the close on this leg itself.
+            while let Some(Ok(m)) = ws.next().await {
+                let _ = tx.send(m);
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    assert_eq!(next_message(&mut ws).await, Message::text("last words"));
+    assert_eq!(client_close(&mut ws).await, (4000, "done here".into()));
+    assert_eq!(
+        within("upstream's close answer", got.recv()).await,
+        Some(close(4000, "done here"))
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_dropping_without_a_close_frame_gives_the_client_1011() {
+    let up = tt_upstream(|mut ws: Server| async move {
+        ws.send(Message::text("about to crash")).await.unwrap();
+        drop(ws); // TCP closed, no close frame
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    assert_eq!(next_message(&mut ws).await, Message::text("about to crash"));
+    let (code, reason) = client_close(&mut ws).await;
+    assert_eq!(code, 1011);
+    assert_eq!(reason, "upstream went away without a close frame");
+}
+
+#[tokio::test]
+async fn a_client_dropping_gives_the_upstream_1001() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("hi"));
+    assert_eq!(seen.next().await, Some(Message::text("hi")));
+    drop(ws); // TCP closed, no close frame
+    assert_eq!(
+        upstream_close(&mut seen).await,
+        Some((1001, "client went away".into()))
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_from_the_client_is_1007_and_the_upstream_gets_1001() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let mut ws = connect(proxy, "/").await;
+    let bad = Frame::message(
+        Bytes::from_static(&[0x68, 0xff, 0xfe]),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    ws.send(Message::Frame(bad)).await.unwrap();
+    let (code, _) = client_close(&mut ws).await;
+    assert_eq!(code, 1007);
+    let (code, reason) = upstream_close(&mut seen).await.unwrap();
+    assert_eq!(code, 1001);
+    assert!(
+        reason.starts_with("client failed: invalid UTF-8"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_is_1002_and_the_upstream_gets_1001() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, head, mut tcp, mut pending) =
+        raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101, "{head}");
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap(); // FIN + text, no mask bit
+    let (opcode, payload) = read_frame(&mut tcp, &mut pending).await;
+    assert_eq!(opcode, 0x8, "expected a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+    let (code, _) = upstream_close(&mut seen).await.unwrap();
+    assert_eq!(code, 1001);
+}
+
+#[tokio::test]
+async fn a_client_message_over_the_limit_is_1009_and_the_upstream_gets_1001() {
+    let (up, mut seen) = reporting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).max_message_size(1024)).await;
+    let mut ws = connect(proxy, "/").await;
+    ws.send(Message::binary(vec![7u8; 1024])).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::binary(vec![7u8; 1024]),
+        "the limit itself is allowed"
+    );
+    ws.send(Message::binary(vec![7u8; 1025])).await.unwrap();
+    let (code, _) = client_close(&mut ws).await;
+    assert_eq!(code, 1009);
+    assert_eq!(seen.next().await, Some(Message::binary(vec![7u8; 1024])));
+    let (code, _) = upstream_close(&mut seen).await.unwrap();
+    assert_eq!(code, 1001);
+}
+
+#[tokio::test]
+async fn an_upstream_message_over_the_limit_is_1009_upstream_and_1011_to_the_client() {
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let up = tt_upstream(move |mut ws: Server| {
+        let tx = tx.clone();
+        async move {
+            ws.send(Message::binary(vec![1u8; 4096])).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                let _ = tx.send(m);
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).max_message_size(1024)).await;
+    let mut ws = connect(proxy, "/").await;
+    let (code, reason) = client_close(&mut ws).await;
+    assert_eq!(code, 1011);
+    assert!(reason.starts_with("upstream failed"), "{reason}");
+    match within("upstream's close", got.recv()).await {
+        Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1009),
+        other => panic!("expected a 1009 close upstream, got {other:?}"),
+    }
+}

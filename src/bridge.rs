@@ -40,11 +40,18 @@ impl Side {
     }
 }
 
-/// Data messages and their payload bytes, for one direction.
+/// Data messages delivered to a leg and their payload bytes, for one direction.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Traffic {
     pub(crate) messages: u64,
     pub(crate) bytes: u64,
+}
+
+impl Traffic {
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
 }
 
 /// Why bridging stopped.
@@ -58,26 +65,39 @@ pub(crate) enum Ended {
     WriteFailed { side: Side, error: WsError },
 }
 
+/// How bridging stopped, and any message read from one side that the other has not taken yet.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub(crate) ended: Ended,
+    pub(crate) held_for_client: Option<Message>,
+    pub(crate) held_for_upstream: Option<Message>,
+}
+
 /// Forwards messages both ways until a close frame or an error ends the session.
 pub(crate) async fn run<C, U>(
     client: &mut WebSocketStream<C>,
     upstream: &mut WebSocketStream<U>,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
-) -> Ended
+) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut c2u = Direction::new(Side::Client, Side::Upstream);
     let mut u2c = Direction::new(Side::Upstream, Side::Client);
-    poll_fn(|cx| {
+    let ended = poll_fn(|cx| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream) {
             return Poll::Ready(end);
         }
         u2c.poll(cx, upstream, client, to_client)
     })
-    .await
+    .await;
+    Stopped {
+        ended,
+        held_for_client: u2c.pending,
+        held_for_upstream: c2u.pending,
+    }
 }
 
 /// One direction: a message read but not yet accepted by the destination, and whether the
@@ -122,10 +142,12 @@ impl Direction {
                         return Poll::Pending;
                     }
                 }
+                let len = msg.len() as u64;
                 if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
                     return self.write_failed(error);
                 }
                 self.unflushed = true;
+                traffic.add(len);
             }
             if budget == 0 {
                 // Let the other direction (and other tasks) run; come back right away.
@@ -138,11 +160,7 @@ impl Direction {
             budget -= 1;
             match Pin::new(&mut *src).poll_next(cx) {
                 Poll::Ready(Some(Ok(msg))) => match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        traffic.messages += 1;
-                        traffic.bytes += msg.len() as u64;
-                        self.pending = Some(msg);
-                    }
+                    Message::Text(_) | Message::Binary(_) => self.pending = Some(msg),
                     // Per hop: tungstenite has queued the pong on `src` already.
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(frame) => {

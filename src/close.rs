@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::bridge::{Ended, Side};
+use crate::bridge::{Ended, Side, Stopped, Traffic};
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
 const MAX_REASON: usize = 123;
@@ -54,23 +54,78 @@ enum LegEnd {
 }
 
 /// Completes the close on both legs, each within `timeout`, and reports how the session ended.
+///
+/// A message the bridge still holds for a leg is sent before that leg's close frame. When the
+/// client broke the protocol, the upstream is closed first and what it sends before answering
+/// is still delivered to the client; only then does the client get its close code.
 pub(crate) async fn finish<C, U>(
-    client: WebSocketStream<C>,
-    upstream: WebSocketStream<U>,
-    ended: Ended,
+    mut client: WebSocketStream<C>,
+    mut upstream: WebSocketStream<U>,
+    stopped: Stopped,
+    to_client: &mut Traffic,
+    to_upstream: &mut Traffic,
     timeout: Duration,
 ) -> Report
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Stopped {
+        ended,
+        held_for_client,
+        held_for_upstream,
+    } = stopped;
     let (client_end, upstream_end, mut report) = plan(ended);
-    let (a, b) = tokio::join!(
-        end_leg(client, client_end, timeout),
-        end_leg(upstream, upstream_end, timeout)
-    );
-    report.undeliverable = a + b;
+    report.undeliverable = match (client_end, upstream_end) {
+        (LegEnd::Fail(client_frame), LegEnd::Initiate(upstream_frame)) => {
+            let mut lost = 0;
+            let relay = async {
+                if let Some(msg) = held_for_client {
+                    deliver(&mut client, msg, to_client, &mut lost).await;
+                }
+                if upstream.send(Message::Close(upstream_frame)).await.is_ok() {
+                    while let Some(Ok(msg)) = upstream.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            deliver(&mut client, msg, to_client, &mut lost).await;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, relay).await;
+            drop(upstream);
+            lost + end_leg(client, LegEnd::Fail(client_frame), None, to_client, timeout).await
+        }
+        (client_end, upstream_end) => {
+            let (a, b) = tokio::join!(
+                end_leg(client, client_end, held_for_client, to_client, timeout),
+                end_leg(
+                    upstream,
+                    upstream_end,
+                    held_for_upstream,
+                    to_upstream,
+                    timeout
+                )
+            );
+            a + b
+        }
+    };
     report
+}
+
+/// Sends one data message, counting it as delivered or lost.
+async fn deliver<S>(
+    ws: &mut WebSocketStream<S>,
+    msg: Message,
+    traffic: &mut Traffic,
+    lost: &mut u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let len = msg.len() as u64;
+    match ws.send(msg).await {
+        Ok(()) => traffic.add(len),
+        Err(_) => *lost += 1,
+    }
 }
 
 /// Closes the upstream leg when the client never got its connection (its upgrade failed).
@@ -79,7 +134,15 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = frame(CloseCode::Away, "client went away during the upgrade");
-    let undeliverable = end_leg(upstream, LegEnd::Initiate(Some(frame)), timeout).await;
+    let mut unused = Traffic::default();
+    let undeliverable = end_leg(
+        upstream,
+        LegEnd::Initiate(Some(frame)),
+        None,
+        &mut unused,
+        timeout,
+    )
+    .await;
     Report {
         closed_by: "client",
         client_code: 1006,
@@ -181,41 +244,54 @@ fn frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// Runs one leg's ending within `timeout`; returns how many data messages it discarded.
-async fn end_leg<S>(mut ws: WebSocketStream<S>, end: LegEnd, timeout: Duration) -> u64
+/// Runs one leg's ending within `timeout`, sending `held` first where the leg can still take
+/// it; returns how many data messages could not be delivered.
+async fn end_leg<S>(
+    mut ws: WebSocketStream<S>,
+    end: LegEnd,
+    held: Option<Message>,
+    traffic: &mut Traffic,
+    timeout: Duration,
+) -> u64
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut discarded = 0;
+    let mut lost = 0;
     let ending = async {
-        match end {
-            LegEnd::Drop => {}
-            LegEnd::Answer => {
-                if ws.flush().await.is_ok() {
-                    drain(&mut ws, &mut discarded).await;
+        let fail = matches!(end, LegEnd::Fail(_));
+        let frame = match end {
+            LegEnd::Drop | LegEnd::Answer => {
+                // The leg is gone or has closed: it can take no more data.
+                lost += u64::from(held.is_some());
+                if matches!(end, LegEnd::Answer) && ws.flush().await.is_ok() {
+                    drain(&mut ws, &mut lost).await;
                 }
+                return;
             }
-            LegEnd::Initiate(frame) => {
-                if ws.send(Message::Close(frame)).await.is_ok() {
-                    drain(&mut ws, &mut discarded).await;
-                }
-            }
-            LegEnd::Fail(frame) => {
-                if ws.send(Message::Close(Some(frame))).await.is_ok() {
-                    linger(ws.get_mut()).await;
-                }
-            }
+            LegEnd::Initiate(frame) => frame,
+            LegEnd::Fail(frame) => Some(frame),
+        };
+        if let Some(msg) = held {
+            deliver(&mut ws, msg, traffic, &mut lost).await;
+        }
+        if ws.send(Message::Close(frame)).await.is_err() {
+            return;
+        }
+        if fail {
+            linger(ws.get_mut()).await;
+        } else {
+            drain(&mut ws, &mut lost).await;
         }
     };
-    // Out of time: the leg's socket is dropped below.
+    // Out of time: the leg's socket is dropped on return.
     let _ = tokio::time::timeout(timeout, ending).await;
-    if discarded > 0 {
+    if lost > 0 {
         tracing::debug!(
-            discarded,
-            "data messages arrived on a closing leg and were not delivered"
+            lost,
+            "data messages arrived on a closing leg and could not be delivered"
         );
     }
-    discarded
+    lost
 }
 
 /// Reads until the peer's close answer and the end of the stream.

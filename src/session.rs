@@ -67,9 +67,17 @@ async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamL
             )
             .await;
             tracing::debug!("session open");
-            let ended =
+            let stopped =
                 bridge::run(&mut client, &mut upstream, &mut to_upstream, &mut to_client).await;
-            close::finish(client, upstream, ended, config.close_timeout).await
+            close::finish(
+                client,
+                upstream,
+                stopped,
+                &mut to_client,
+                &mut to_upstream,
+                config.close_timeout,
+            )
+            .await
         }
         Err(e) => {
             tracing::debug!("client upgrade failed: {e}");

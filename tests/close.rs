@@ -213,18 +213,27 @@ async fn a_client_protocol_error_still_delivers_what_the_upstream_sent_first() {
         if let Some(Ok(m)) = ws.next().await {
             // Answer late, so the reply is in flight when the proxy sees the violation.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            let _ = ws.send(Message::text(format!("reply to {}", m.to_text().unwrap()))).await;
+            let _ = ws
+                .send(Message::text(format!("reply to {}", m.to_text().unwrap())))
+                .await;
         }
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
     let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
-    let (status, _, mut tcp, mut pending) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    let (status, _, mut tcp, mut pending) =
+        raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
     assert_eq!(status, 101);
     let mut bytes = client_frame(0x81, b"hello");
     bytes.extend_from_slice(&[0x81, 0x01, b'x']); // unmasked: a protocol violation
     tcp.write_all(&bytes).await.unwrap();
-    assert_eq!(read_frame(&mut tcp, &mut pending).await, (0x1, b"reply to hello".to_vec()));
+    assert_eq!(
+        read_frame(&mut tcp, &mut pending).await,
+        (0x1, b"reply to hello".to_vec())
+    );
     let (opcode, payload) = read_frame(&mut tcp, &mut pending).await;
-    assert_eq!((opcode, u16::from_be_bytes([payload[0], payload[1]])), (0x8, 1002));
+    assert_eq!(
+        (opcode, u16::from_be_bytes([payload[0], payload[1]])),
+        (0x8, 1002)
+    );
 }

@@ -1,0 +1,135 @@
+//! The `ws-proxy` binary: flags, health check, 404, and proxying.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use futures_util::SinkExt;
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
+
+#[test]
+fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "ws-proxy: --upstream URL is required (see --help)"),
+        (&["--upstream", "ws//x"], "ws-proxy: --upstream: invalid upstream URL \"ws//x\": missing \"://\" after the scheme (expected ws://host:port[/prefix])"),
+        (&["--upstream", "ws://h:99999"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:99999\": invalid port \"99999\" (expected 1-65535)"),
+        (&["--upstream", "ftp://h"], "ws-proxy: --upstream: invalid upstream URL \"ftp://h\": unsupported scheme \"ftp\" (use ws:// or http://)"),
+        (&["--upstream", "ws://h", "--connect-timeout", "5x"], "ws-proxy: --connect-timeout: invalid duration \"5x\" (units: ms, s, m, h)"),
+        (&["--upstream", "ws://h", "--max-message-size", "lots"], "ws-proxy: --max-message-size: invalid size \"lots\" (expected e.g. 65536, 64KiB, 16MiB)"),
+        (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid address \"nowhere\" (expected IP:PORT)"),
+        (&["--upstream", "ws://h", "--listen"], "ws-proxy: --listen needs a value"),
+        (&["--verbose"], "ws-proxy: unknown flag \"--verbose\" (see --help)"),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(BIN)
+            .args(*args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("{expected}\n"),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn help_exits_0() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--connect-timeout DURATION"));
+}
+
+/// Starts the binary on an ephemeral port and returns it with the address it logged.
+async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = within("the listening line", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("ws-proxy exited early");
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    // Keep draining logs so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn healthz_404_and_a_proxied_session() {
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--connect-timeout",
+        "2s",
+    ])
+    .await;
+
+    let (status, _, body) = http_request(addr, "/healthz", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    let (status, _, _) = http_request(addr, "/elsewhere", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let mut ws = connect(addr, "/any/path").await;
+    ws.send(Message::text("through the binary")).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::text("through the binary")
+    );
+    assert_eq!(
+        close_and_wait(&mut ws, 1000, "").await,
+        Some((1000, String::new()))
+    );
+}
+
+#[tokio::test]
+async fn max_message_size_flag_is_enforced() {
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--max-message-size",
+        "1KiB",
+    ])
+    .await;
+    let mut ws = connect(addr, "/").await;
+    ws.send(Message::binary(vec![0u8; 1025])).await.unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_from_the_binary() {
+    let dead = closed_port().await;
+    let (_child, addr) = start(&["--upstream", &format!("ws://{dead}")]).await;
+    let (status, _, _) = http_request(addr, "/", &UPGRADE_HEADERS).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}

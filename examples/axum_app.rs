@@ -32,7 +32,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/time", get(|| async { unix_time() }));
     // Upgrades under /ws/ go to the upstream; a plain GET there gets this handler's answer.
     let ws = Router::new()
-        .route("/{*rest}", any(|| async { "send a WebSocket upgrade here\n" }))
+        .route(
+            "/{*rest}",
+            any(|| async { "send a WebSocket upgrade here\n" }),
+        )
         .route_layer(proxy);
 
     let app = Router::new()
@@ -41,8 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(TraceLayer::new_for_http());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-    println!("app on http://{}, /ws/* proxied to {upstream}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    println!(
+        "app on http://{}, /ws/* proxied to {upstream}",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 

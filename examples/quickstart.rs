@@ -27,9 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The upstream: any WebSocket service; here an axum echo server on a free port.
     let upstream = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
-    let echo = Router::new().fallback(|ws: WebSocketUpgrade| async {
-        ws.protocols(["echo.v1"]).on_upgrade(echo)
-    });
+    let echo = Router::new()
+        .fallback(|ws: WebSocketUpgrade| async { ws.protocols(["echo.v1"]).on_upgrade(echo) });
     tokio::spawn(async move { axum::serve(upstream, echo).await });
 
     // The app: an ordinary page, and every WebSocket upgrade proxied to the upstream.
@@ -47,7 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     println!("WebSocket proxy ready: open http://{addr}/ in a browser");
     println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream_addr})");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 

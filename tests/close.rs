@@ -27,12 +27,10 @@ async fn client_close(ws: &mut Client) -> (u16, String) {
         Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
         other => panic!("expected a close frame, got {other:?}"),
     };
-    loop {
-        match within("the end of the client stream", ws.next()).await {
-            None | Some(Err(_)) => return frame,
-            Some(Ok(m)) => panic!("data after the close frame: {m:?}"),
-        }
+    if let Some(Ok(m)) = within("the end of the client stream", ws.next()).await {
+        panic!("data after the close frame: {m:?}");
     }
+    frame
 }
 
 /// The close frame the upstream reads next, then the end of its stream.

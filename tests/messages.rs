@@ -237,10 +237,10 @@ async fn a_slow_reader_slows_the_upstream_and_loses_nothing() {
         }
         last = now;
     };
-    let stalled_mib = stalled_at * MSG as u64 >> 20;
+    let stalled_mib = (stalled_at * MSG as u64) >> 20;
     println!(
         "upstream stalled after {stalled_at} messages ({stalled_mib} MiB of {} MiB)",
-        COUNT * MSG as u64 >> 20
+        (COUNT * MSG as u64) >> 20
     );
     assert!(
         stalled_at < BOUND,

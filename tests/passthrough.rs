@@ -37,10 +37,8 @@ async fn a_post_with_upgrade_headers_passes_through() {
         .route("/x", any(|m: http::Method| async move { m.to_string() }))
         .layer(WsProxyLayer::new(upstream(echo_upstream().await)));
     let addr = serve(app).await;
-    let req = format!(
-        "POST /x HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 0\r\n\r\n"
-    );
-    let (status, head, mut tcp, mut rest) = raw_exchange(addr, &req).await;
+    let req = "POST /x HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 0\r\n\r\n";
+    let (status, head, mut tcp, mut rest) = raw_exchange(addr, req).await;
     assert_eq!(status, 200, "{head}");
     while rest.len() < 4 {
         let mut b = [0u8; 64];

@@ -185,44 +185,37 @@ async fn a_101_without_upgrade_websocket_is_502() {
     .await;
 }
 
-#[tokio::test]
-async fn a_subprotocol_the_client_did_not_offer_is_502() {
+/// An axum upstream whose otherwise valid 101 also carries `name: value`.
+async fn upstream_adding_to_101(name: &'static str, value: &'static str) -> SocketAddr {
     use axum::extract::ws::WebSocketUpgrade;
-    let up = Router::new().fallback(|ws: WebSocketUpgrade| async move {
+    let up = Router::new().fallback(move |ws: WebSocketUpgrade| async move {
         let mut res = ws.on_upgrade(echo);
-        res.headers_mut()
-            .insert("sec-websocket-protocol", "admin".parse().unwrap());
+        res.headers_mut().insert(name, value.parse().unwrap());
         res
     });
-    let proxy = proxy(WsProxyLayer::new(upstream(serve(up).await))).await;
+    serve(up).await
+}
+
+#[tokio::test]
+async fn a_subprotocol_the_client_did_not_offer_is_502() {
+    let up = upstream_adding_to_101("sec-websocket-protocol", "admin").await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
     let mut headers = UPGRADE_HEADERS.to_vec();
     headers.push(("sec-websocket-protocol", "chat"));
     let (status, _, body) = http_request(proxy, "/", &headers).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(
-        String::from_utf8_lossy(&body).contains("subprotocol was not offered"),
-        "{body:?}"
-    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("subprotocol was not offered"), "{body}");
 }
 
 #[tokio::test]
 async fn an_extension_that_was_not_offered_is_502() {
-    use axum::extract::ws::WebSocketUpgrade;
-    let up = Router::new().fallback(|ws: WebSocketUpgrade| async move {
-        let mut res = ws.on_upgrade(echo);
-        res.headers_mut().insert(
-            "sec-websocket-extensions",
-            "permessage-deflate".parse().unwrap(),
-        );
-        res
-    });
-    let proxy = proxy(WsProxyLayer::new(upstream(serve(up).await))).await;
+    let up = upstream_adding_to_101("sec-websocket-extensions", "permessage-deflate").await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
     let (status, _, body) = upgrade_via_hyper(proxy).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(
-        String::from_utf8_lossy(&body).contains("extension was accepted"),
-        "{body:?}"
-    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("extension was accepted"), "{body}");
 }
 
 #[tokio::test]

@@ -93,10 +93,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     }))
 }
 
+/// Splits `"64KiB"` into `("64", "KiB")`.
+fn number_and_unit(s: &str) -> (&str, &str) {
+    s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()))
+}
+
 /// `500ms`, `2s`, `1m`, `1h`; a bare number is seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (num, unit) = number_and_unit(s);
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?} (expected e.g. 500ms, 2s, 1m)"))?;
@@ -115,8 +119,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A byte count: `65536`, `64KiB`, `16MiB` (also `k`/`KB`/`M`/`MB`, all powers of 1024).
 pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (num, unit) = number_and_unit(s);
     let n: usize = num
         .parse()
         .map_err(|_| format!("invalid size {s:?} (expected e.g. 65536, 64KiB, 16MiB)"))?;

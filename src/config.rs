@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::Upstream;
+use crate::UpstreamPool;
 
 /// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
 /// waiting on a dead backend should hear about it sooner.
@@ -25,7 +25,7 @@ pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    pub(crate) upstream: Upstream,
+    pub(crate) pool: UpstreamPool,
     pub(crate) connect_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) preserve_host: bool,
@@ -37,9 +37,9 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub(crate) fn new(upstream: Upstream) -> Self {
+    pub(crate) fn new(pool: UpstreamPool) -> Self {
         Self {
-            upstream,
+            pool,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             preserve_host: true,

@@ -1,44 +1,91 @@
-//! Step 2: dial the upstream and send it the upgrade request.
+//! Step 2: pick an upstream endpoint and dial it, failing over to the next one before the 101.
 
 use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{lookup_host, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::{ProxyError, Upstream};
+use crate::upstream::Lease;
+use crate::{Member, ProxyError, UpstreamPool};
 
-/// Resolves the upstream (every time, so DNS changes are seen) and connects to the first
-/// address that accepts. Refused everywhere or unresolvable: 502.
-pub(crate) async fn connect(upstream: &Upstream) -> Result<TcpStream, ProxyError> {
-    let resolve_error = |source| ProxyError::Resolve {
-        host: upstream.host().to_owned(),
-        source,
-    };
-    let addrs = lookup_host((upstream.host(), upstream.port()))
-        .await
-        .map_err(resolve_error)?;
+/// An upstream that answered the upgrade request (with a 101 or anything else).
+pub(crate) struct Dialed {
+    pub(crate) response: Response<Incoming>,
+    pub(crate) conn: Connection,
+    pub(crate) lease: Lease,
+}
+
+/// Dials the pool: picks an endpoint, connects, sends the upgrade request built for that
+/// member, and on a failure to connect or to get an answer tries the next endpoint, up to the
+/// pool's `max_tries`. Each try's TCP connect gets an equal share of the time left until
+/// `deadline`; the caller bounds the whole dial by the deadline (then 504).
+pub(crate) async fn dial(
+    pool: &UpstreamPool,
+    key: Option<&[u8]>,
+    deadline: Instant,
+    request: impl Fn(&Member) -> Request<Empty<Bytes>>,
+) -> Result<Dialed, ProxyError> {
+    pool.ensure_resolved().await;
+    let max_tries = pool.tries();
+    let mut tried = Vec::with_capacity(max_tries);
     let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => {
-                // Messages are batched by the bridge already; Nagle would only add latency.
-                let _ = tcp.set_nodelay(true);
-                return Ok(tcp);
+    while tried.len() < max_tries {
+        let Some(lease) = pool.pick(key, &tried) else {
+            break;
+        };
+        let endpoint = lease.endpoint().clone();
+        tried.push(endpoint.clone());
+        let tries_left = (max_tries - tried.len() + 1) as u32;
+        let budget = deadline.saturating_duration_since(Instant::now()) / tries_left;
+        let attempt = async {
+            let tcp = match tokio::time::timeout(budget, connect(endpoint.addr)).await {
+                Ok(tcp) => tcp?,
+                Err(_) => {
+                    return Err(ProxyError::Connect {
+                        addr: endpoint.addr,
+                        source: io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no TCP answer within {budget:?}"),
+                        ),
+                    })
+                }
+            };
+            send_upgrade(tcp, request(&endpoint.member)).await
+        };
+        match attempt.await {
+            Ok((response, conn)) => {
+                pool.report(&endpoint, true);
+                return Ok(Dialed {
+                    response,
+                    conn,
+                    lease,
+                });
             }
-            Err(source) => last = Some(ProxyError::Connect { addr, source }),
+            Err(e) => {
+                pool.report(&endpoint, false);
+                tracing::debug!(member = %endpoint.member.upstream(), addr = %endpoint.addr, "dial failed: {e}");
+                last = Some(e);
+            }
         }
     }
-    Err(last.unwrap_or_else(|| {
-        resolve_error(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no addresses found",
-        ))
-    }))
+    Err(last.unwrap_or_else(|| pool.nothing_to_dial()))
+}
+
+/// Connects to one endpoint. Refused or unreachable: 502 (after any failover).
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ProxyError::Connect { addr, source })?;
+    // Messages are batched by the bridge already; Nagle would only add latency.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// The HTTP/1.1 connection task of one upstream handshake. It is aborted when dropped, so a
@@ -53,7 +100,7 @@ impl Drop for Connection {
 
 /// Sends the upgrade request over `tcp` and returns the upstream's answer. Keep the returned
 /// [`Connection`] alive until the upgrade (or the answer's body) has been taken.
-pub(crate) async fn send_upgrade(
+async fn send_upgrade(
     tcp: TcpStream,
     request: Request<Empty<Bytes>>,
 ) -> Result<(Response<Incoming>, Connection), ProxyError> {

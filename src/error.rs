@@ -33,13 +33,16 @@ pub enum ProxyError {
         /// The resolver's error.
         source: io::Error,
     },
-    /// Every address of the upstream refused or failed the TCP connection: **502**.
+    /// The upstream refused or failed the TCP connection (for a pool: the last one tried,
+    /// after every try failed): **502**.
     Connect {
         /// The last address tried.
         addr: SocketAddr,
         /// The socket error for that address.
         source: io::Error,
     },
+    /// The pool has no members (or none with an address): **502**.
+    NoMembers,
     /// The upstream did not complete the TCP connect and handshake within the connect
     /// timeout: **504**.
     Timeout {
@@ -62,6 +65,7 @@ impl ProxyError {
             Self::InvalidKey => StatusCode::BAD_REQUEST,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
+            | Self::NoMembers
             | Self::Connect { .. }
             | Self::Handshake(_)
             | Self::InvalidUpgrade(_) => StatusCode::BAD_GATEWAY,
@@ -76,6 +80,7 @@ impl ProxyError {
             Self::NotUpgradable => "not_upgradable",
             Self::Resolve { .. } => "resolve",
             Self::Connect { .. } => "connect",
+            Self::NoMembers => "no_members",
             Self::Timeout { .. } => "timeout",
             Self::Handshake(_) => "handshake",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
@@ -99,6 +104,7 @@ impl fmt::Display for ProxyError {
             Self::Connect { addr, source } => {
                 write!(f, "upstream {addr} refused the connection: {source}")
             }
+            Self::NoMembers => f.write_str("the upstream pool has no member to dial"),
             Self::Timeout { after } => {
                 write!(f, "upstream did not answer the upgrade within {after:?}")
             }

@@ -60,8 +60,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What the proxy adds about the client when forwarding.
 pub(crate) struct Forwarded {
-    /// `Host` for the upstream request.
-    pub(crate) host: HeaderValue,
+    /// `Host` for the upstream request, when known before a member is chosen.
+    pub(crate) host: Option<HeaderValue>,
     /// The client's own `Host`, sent as `X-Forwarded-Host`.
     pub(crate) client_host: Option<HeaderValue>,
     /// The TCP peer, appended to `X-Forwarded-For`.
@@ -87,7 +87,9 @@ pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> Header
     ] {
         headers.remove(name);
     }
-    headers.insert(HOST, fwd.host);
+    if let Some(host) = fwd.host {
+        headers.insert(HOST, host);
+    }
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(SEC_WEBSOCKET_KEY, fwd.key);

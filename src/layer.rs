@@ -4,7 +4,7 @@ use std::time::Duration;
 use tower::Layer;
 
 use crate::config::Config;
-use crate::{Upstream, WsProxy};
+use crate::{UpstreamPool, WsProxy};
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -33,10 +33,13 @@ pub struct WsProxyLayer {
 }
 
 impl WsProxyLayer {
-    /// Forwards upgrades to `upstream` with the default settings.
-    pub fn new(upstream: Upstream) -> Self {
+    /// Forwards upgrades to `upstreams` with the default settings.
+    ///
+    /// `"ws://host:port".parse()?` makes a pool of one; see [`UpstreamPool`] for several
+    /// members, balancing and failover. Keep a clone of the pool to change its members later.
+    pub fn new(upstreams: UpstreamPool) -> Self {
         Self {
-            config: Arc::new(Config::new(upstream)),
+            config: Arc::new(Config::new(upstreams)),
         }
     }
 
@@ -46,7 +49,8 @@ impl WsProxyLayer {
     }
 
     /// Time allowed for the TCP connect plus the upstream's answer to the upgrade (its body
-    /// included, when it refuses). Past it the client gets **504**. Default: 10 s.
+    /// included, when it refuses), failover to other pool members included. Past it the client
+    /// gets **504**. Default: 10 s.
     pub fn connect_timeout(self, timeout: Duration) -> Self {
         self.set(|c| c.connect_timeout = timeout)
     }
@@ -58,7 +62,7 @@ impl WsProxyLayer {
 
     /// `true` (the default) sends the client's `Host` upstream, like nginx's
     /// `proxy_set_header Host $host`, so origin checks behind the proxy keep working; `false`
-    /// sends the upstream's own `host:port`.
+    /// sends the chosen member's own `host:port`.
     pub fn preserve_host(self, preserve: bool) -> Self {
         self.set(|c| c.preserve_host = preserve)
     }
@@ -93,9 +97,9 @@ impl WsProxyLayer {
         self.set(|c| c.max_response_body_size = bytes)
     }
 
-    /// The upstream upgrades are forwarded to.
-    pub fn upstream(&self) -> &Upstream {
-        &self.config.upstream
+    /// The pool upgrades are forwarded to.
+    pub fn pool(&self) -> &UpstreamPool {
+        &self.config.pool
     }
 }
 

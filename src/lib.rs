@@ -84,4 +84,7 @@ pub use error::ProxyError;
 pub use future::ResponseFuture;
 pub use layer::WsProxyLayer;
 pub use service::WsProxy;
-pub use upstream::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};
+pub use upstream::{
+    Balance, EndpointStatus, HashKey, Member, ParseBalanceError, ParseUpstreamError,
+    ParseUpstreamErrorKind, Resolve, Resolving, Upstream, UpstreamPool, MAX_WEIGHT,
+};

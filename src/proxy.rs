@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -10,7 +11,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, HOST, SEC_WEBSOCKET_PROTOCOL};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -20,7 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::Config;
 use crate::headers::{self, Forwarded};
 use crate::session::{self, SessionInfo, UpstreamLeg};
-use crate::{answer, detect, dial, ProxyError};
+use crate::upstream::Lease;
+use crate::{answer, detect, dial, Member, ProxyError};
 
 /// Answers one upgrade request (already detected as such).
 pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Response<Body> {
@@ -36,14 +38,11 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         Err(e) => return refuse(&config, e, client_addr, &log_path),
     };
     let (parts, _body) = req.into_parts();
+    let hash_key = config
+        .pool
+        .hash_key()
+        .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr));
 
-    let Ok(target) = Uri::try_from(config.upstream.request_target(path.as_ref())) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "request target cannot be forwarded\n",
-        )
-            .into_response();
-    };
     // base64 of 16 random bytes: always a valid header value.
     let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
     let offered: Vec<HeaderValue> = parts
@@ -53,24 +52,40 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .cloned()
         .collect();
     let client_host = parts.headers.get(HOST).cloned();
-    let host = match (&client_host, config.preserve_host) {
-        (Some(h), true) => h.clone(),
-        _ => config.upstream.host_header().clone(),
-    };
-    let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = target;
-    *request.headers_mut() = headers::upstream_request(
+    let keep_client_host = config.preserve_host && client_host.is_some();
+    let forwarded = headers::upstream_request(
         parts.headers,
         Forwarded {
-            host,
+            host: client_host.clone(),
             client_host,
             client_ip: client_addr.map(|a| a.ip()),
             key: key.clone(),
         },
     );
+    // Target and (unless the client's is kept) Host depend on the member each try dials.
+    let request_for = |member: &Member| {
+        let upstream = member.upstream();
+        let mut request = Request::new(Empty::<Bytes>::new());
+        *request.uri_mut() = upstream.request_uri(path.as_ref());
+        *request.headers_mut() = forwarded.clone();
+        if !keep_client_host {
+            request
+                .headers_mut()
+                .insert(HOST, upstream.host_header().clone());
+        }
+        request
+    };
 
-    let handshake = handshake(&config, request, &key, &offered);
-    match tokio::time::timeout(config.connect_timeout, handshake).await {
+    let deadline = Instant::now() + config.connect_timeout;
+    let handshake = handshake(
+        &config,
+        hash_key.as_deref(),
+        deadline,
+        request_for,
+        &key,
+        &offered,
+    );
+    match tokio::time::timeout_at(deadline.into(), handshake).await {
         Err(_) => refuse(
             &config,
             ProxyError::Timeout {
@@ -80,10 +95,11 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             &log_path,
         ),
         Ok(Err(e)) => refuse(&config, e, client_addr, &log_path),
-        Ok(Ok(Answer::Relayed(res))) => {
+        Ok(Ok(Answer::Relayed(res, lease))) => {
+            lease.refused();
             tracing::info!(
                 client = ?client_addr,
-                upstream = %config.upstream,
+                upstream = %lease.endpoint().member.upstream(),
                 path = %log_path,
                 status = res.status().as_u16(),
                 "upstream refused the upgrade; relaying its answer"
@@ -94,6 +110,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             leg,
             protocol,
             headers,
+            lease,
         })) => {
             let res = answer::switching_protocols(client.accept, protocol.clone(), headers);
             let info = SessionInfo {
@@ -101,7 +118,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
                 path: log_path,
                 protocol,
             };
-            session::spawn(config, client.on_upgrade, leg, info);
+            lease.opened();
+            session::spawn(config, client.on_upgrade, leg, lease, info);
             res
         }
     }
@@ -114,22 +132,29 @@ enum Answer {
         leg: UpstreamLeg,
         protocol: Option<HeaderValue>,
         headers: HeaderMap,
+        lease: Lease,
     },
-    Relayed(Response<Body>),
+    Relayed(Response<Body>, Lease),
 }
 
-/// Connect, send the upgrade, and either open the upstream leg or collect the refusal.
+/// Dial (with failover), send the upgrade, and either open the upstream leg or collect the
+/// refusal.
 async fn handshake(
     config: &Config,
-    request: Request<Empty<Bytes>>,
+    hash_key: Option<&[u8]>,
+    deadline: Instant,
+    request_for: impl Fn(&Member) -> Request<Empty<Bytes>>,
     key: &HeaderValue,
     offered: &[HeaderValue],
 ) -> Result<Answer, ProxyError> {
-    let tcp = dial::connect(&config.upstream).await?;
-    let (mut res, conn) = dial::send_upgrade(tcp, request).await?;
+    let dial::Dialed {
+        response: mut res,
+        conn,
+        lease,
+    } = dial::dial(&config.pool, hash_key, deadline, request_for).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let relayed = answer::relay(res, config.max_response_body_size).await?;
-        return Ok(Answer::Relayed(relayed));
+        return Ok(Answer::Relayed(relayed, lease));
     }
     let protocol = answer::verify_switch(res.headers(), key, offered)?;
     let headers = std::mem::take(res.headers_mut());
@@ -147,6 +172,7 @@ async fn handshake(
         leg,
         protocol,
         headers,
+        lease,
     })
 }
 
@@ -158,9 +184,9 @@ fn refuse(
 ) -> Response<Body> {
     let status = error.status().as_u16();
     if error.status().is_server_error() {
-        tracing::warn!(client = ?client, upstream = %config.upstream, path, status, cause = error.cause(), "upgrade failed: {error}");
+        tracing::warn!(client = ?client, upstream = %config.pool, path, status, cause = error.cause(), "upgrade failed: {error}");
     } else {
-        tracing::info!(client = ?client, upstream = %config.upstream, path, status, cause = error.cause(), "upgrade refused: {error}");
+        tracing::info!(client = ?client, upstream = %config.pool, path, status, cause = error.cause(), "upgrade refused: {error}");
     }
     error.into_response()
 }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::bridge::{self, Traffic};
 use crate::close;
 use crate::config::Config;
+use crate::upstream::Lease;
 
 /// The upstream side of a session, already past its handshake.
 pub(crate) type UpstreamLeg = WebSocketStream<TokioIo<Upgraded>>;
@@ -32,12 +33,14 @@ pub(crate) fn spawn(
     config: Arc<Config>,
     on_upgrade: OnUpgrade,
     upstream: UpstreamLeg,
+    lease: Lease,
     info: SessionInfo,
 ) {
     let span = tracing::info_span!(
         "ws_session",
         client = info.client.map(tracing::field::display),
-        upstream = %config.upstream,
+        upstream = %lease.endpoint().member.upstream(),
+        upstream_addr = %lease.endpoint().addr,
         path = %info.path,
         subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
         duration_ms = Empty,
@@ -51,7 +54,14 @@ pub(crate) fn spawn(
         close_reason = Empty,
         undeliverable = Empty,
     );
-    tokio::spawn(run(config, on_upgrade, upstream).instrument(span));
+    tokio::spawn(
+        async move {
+            run(config, on_upgrade, upstream).await;
+            // The member's live count drops when the session has ended.
+            drop(lease);
+        }
+        .instrument(span),
+    );
 }
 
 async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamLeg) {

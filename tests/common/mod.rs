@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::{Upstream, WsProxyLayer};
+use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, StatusCode};
@@ -46,7 +46,7 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-pub fn upstream(addr: SocketAddr) -> Upstream {
+pub fn upstream(addr: SocketAddr) -> UpstreamPool {
     format!("ws://{addr}").parse().unwrap()
 }
 

@@ -3,17 +3,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::Upstream;
+use axum_ws_proxy::{Balance, Member, UpstreamPool};
 
 pub(crate) const USAGE: &str = "\
-Usage: ws-proxy --upstream URL [options]
+Usage: ws-proxy --upstream URL [--upstream URL ...] [options]
 
-Proxies WebSocket upgrades to URL (ws://host:port[/prefix]); GET /healthz answers 200 ok.
+Proxies WebSocket upgrades to the upstreams; GET /healthz answers 200 ok.
 
 Options:
-  --upstream URL              where upgrades are forwarded (required)
+  --upstream URL              a member, ws://host:port[/prefix][?weight=N] (required, repeatable)
+  --balance STRATEGY          least-conn, round-robin, hash:ip, hash:header:NAME,
+                              hash:cookie:NAME or hash:query:NAME [default: least-conn]
+  --max-tries N               endpoints one upgrade may try [default: all of them]
+  --max-fails N               failures that take an endpoint out of rotation (0: never) [default: 1]
+  --fail-timeout DURATION     failure window and time out of rotation [default: 10s]
+  --resolve-every DURATION    how often host names are resolved again [default: 30s]
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
-  --connect-timeout DURATION  TCP connect + upstream handshake, e.g. 500ms, 2s, 1m [default: 10s]
+  --connect-timeout DURATION  TCP connect + upstream handshake, failover included, e.g. 500ms,
+                              2s, 1m [default: 10s]
   --max-message-size BYTES    largest message either way, e.g. 1048576, 64KiB, 16MiB [default: 16MiB]
   -h, --help                  print this help
   -V, --version               print the version
@@ -23,7 +30,7 @@ Logs go to stderr, filtered by RUST_LOG (default: info).";
 #[derive(Debug)]
 pub(crate) struct Args {
     pub(crate) listen: SocketAddr,
-    pub(crate) upstream: Upstream,
+    pub(crate) pool: UpstreamPool,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) max_message_size: Option<usize>,
 }
@@ -38,7 +45,12 @@ pub(crate) enum Command {
 
 pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut listen = None;
-    let mut upstream = None;
+    let mut members: Vec<Member> = Vec::new();
+    let mut balance = None;
+    let mut max_tries = None;
+    let mut max_fails = None;
+    let mut fail_timeout = None;
+    let mut resolve_every = None;
     let mut connect_timeout = None;
     let mut max_message_size = None;
     let mut args = args.into_iter();
@@ -66,10 +78,32 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             }
             "--upstream" => {
                 let v = value()?;
-                let up = v
-                    .parse::<Upstream>()
+                let member = v
+                    .parse::<Member>()
                     .map_err(|e| format!("--upstream: {e}"))?;
-                upstream = Some(up);
+                if members.iter().any(|m| m.upstream() == member.upstream()) {
+                    return Err(format!("--upstream: {v:?} is listed twice"));
+                }
+                members.push(member);
+            }
+            "--balance" => {
+                let v = value()?;
+                balance = Some(
+                    v.parse::<Balance>()
+                        .map_err(|e| format!("--balance: {e}"))?,
+                );
+            }
+            "--max-tries" => max_tries = Some(parse_count(&flag, &value()?, 1)?),
+            "--max-fails" => max_fails = Some(parse_count(&flag, &value()?, 0)?),
+            "--fail-timeout" => {
+                let v = value()?;
+                fail_timeout =
+                    Some(parse_duration(&v).map_err(|e| format!("--fail-timeout: {e}"))?);
+            }
+            "--resolve-every" => {
+                let v = value()?;
+                resolve_every =
+                    Some(parse_duration(&v).map_err(|e| format!("--resolve-every: {e}"))?);
             }
             "--connect-timeout" => {
                 let v = value()?;
@@ -84,13 +118,41 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
     }
-    let upstream = upstream.ok_or("--upstream URL is required (see --help)")?;
+    if members.is_empty() {
+        return Err("--upstream URL is required (see --help)".into());
+    }
+    let mut pool = UpstreamPool::new(members).map_err(|e| format!("--upstream: {e}"))?;
+    if let Some(b) = balance {
+        pool = pool.balance(b);
+    }
+    if let Some(n) = max_tries {
+        pool = pool.max_tries(n as usize);
+    }
+    if let Some(n) = max_fails {
+        pool = pool.max_fails(n);
+    }
+    if let Some(d) = fail_timeout {
+        pool = pool.fail_timeout(d);
+    }
+    if let Some(d) = resolve_every {
+        pool = pool.resolve_every(d);
+    }
     Ok(Command::Run(Args {
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        upstream,
+        pool,
         connect_timeout,
         max_message_size,
     }))
+}
+
+/// A whole number of at least `min`.
+fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "{flag}: invalid number {v:?} (expected a whole number >= {min})"
+        )),
+    }
 }
 
 /// Splits `"64KiB"` into `("64", "KiB")`.

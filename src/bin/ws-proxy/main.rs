@@ -61,7 +61,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: args::Args) -> Result<(), String> {
-    let mut layer = WsProxyLayer::new(args.upstream.clone());
+    let mut layer = WsProxyLayer::new(args.pool.clone());
     if let Some(t) = args.connect_timeout {
         layer = layer.connect_timeout(t);
     }
@@ -79,7 +79,7 @@ async fn serve(args: args::Args) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(listen = %local, upstream = %args.upstream, "ws-proxy listening");
+    tracing::info!(listen = %local, upstream = %args.pool, "ws-proxy listening");
     // Small messages must not wait for Nagle's algorithm; the bridge batches writes itself.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

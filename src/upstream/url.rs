@@ -1,4 +1,4 @@
-//! The upstream a session is forwarded to: `ws://host:port[/prefix]`.
+//! One upstream URL: `ws://host:port[/prefix]`.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
+use http::Uri;
 
 /// A WebSocket server upgrades are forwarded to, parsed from `ws://host:port[/prefix]`.
 ///
@@ -71,7 +72,13 @@ impl Upstream {
 
     /// The request target sent upstream: the prefix followed by the client's path and query,
     /// byte for byte (percent-encoding is kept).
-    pub(crate) fn request_target(&self, client: Option<&PathAndQuery>) -> String {
+    pub(crate) fn request_uri(&self, client: Option<&PathAndQuery>) -> Uri {
+        // Both parts were validated (the prefix when parsed, the client's path by hyper), so
+        // their concatenation is a valid target; "/" is only a formality.
+        Uri::try_from(self.request_target(client)).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    fn request_target(&self, client: Option<&PathAndQuery>) -> String {
         let tail = client.map_or("/", PathAndQuery::as_str);
         let mut target = String::with_capacity(self.prefix.len() + tail.len());
         target.push_str(&self.prefix);
@@ -210,6 +217,13 @@ pub struct ParseUpstreamError {
 }
 
 impl ParseUpstreamError {
+    pub(crate) fn new(url: &str, kind: ParseUpstreamErrorKind) -> Self {
+        Self {
+            url: url.to_owned(),
+            kind,
+        }
+    }
+
     /// What was wrong with the URL.
     pub fn kind(&self) -> &ParseUpstreamErrorKind {
         &self.kind
@@ -253,6 +267,12 @@ pub enum ParseUpstreamErrorKind {
     QueryNotAllowed,
     /// A `#fragment` has no meaning for a proxy target.
     FragmentNotAllowed,
+    /// A pool member's `?weight=` is not a number from 1 to 1000.
+    InvalidWeight(String),
+    /// A pool member's query has something other than `weight=N`.
+    UnknownOption(String),
+    /// The same member appears twice in a pool.
+    Duplicate,
 }
 
 impl fmt::Display for ParseUpstreamErrorKind {
@@ -276,6 +296,11 @@ impl fmt::Display for ParseUpstreamErrorKind {
                 f.write_str("a query is not allowed (the client's query is forwarded)")
             }
             Self::FragmentNotAllowed => f.write_str("a #fragment is not allowed"),
+            Self::InvalidWeight(w) => write!(f, "invalid weight {w:?} (expected 1-1000)"),
+            Self::UnknownOption(o) => {
+                write!(f, "unknown option {o:?} (only ?weight=N is supported)")
+            }
+            Self::Duplicate => f.write_str("listed more than once in the pool"),
         }
     }
 }

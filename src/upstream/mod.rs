@@ -1,0 +1,14 @@
+//! Where sessions go: upstream URLs, pool members, balancing, health and resolution.
+
+mod balance;
+mod member;
+mod pool;
+mod resolve;
+mod url;
+
+pub use balance::{Balance, HashKey, ParseBalanceError};
+pub use member::{Member, MAX_WEIGHT};
+pub(crate) use pool::Lease;
+pub use pool::{EndpointStatus, UpstreamPool};
+pub use resolve::{Resolve, Resolving};
+pub use url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

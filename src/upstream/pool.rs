@@ -1,0 +1,698 @@
+//! A set of upstream members: picking one per session, passive health, membership that
+//! changes at run time, and DNS re-resolution.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::hash::Hash;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tower::discover::{Change, Discover};
+
+use super::balance::{fnv1a, rendezvous_score, Balance, FNV_OFFSET};
+use super::resolve::{Resolve, SystemResolver};
+use super::url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};
+use super::Member;
+
+/// nginx's `max_fails` default.
+const DEFAULT_MAX_FAILS: u32 = 1;
+/// nginx's `fail_timeout` default.
+const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often host names are looked up again.
+const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+/// The upstreams a [`WsProxyLayer`](crate::WsProxyLayer) forwards to: one or more
+/// [`Member`]s, a balancing strategy, passive health checks, and membership that can change
+/// while the proxy runs.
+///
+/// A pool is a shared handle: clones see and change the same members, so keep one to
+/// [`insert`](Self::insert) and [`remove`](Self::remove) members, or hand it a
+/// [`Discover`] stream with [`watch`](Self::watch). Setters configure the pool for every handle.
+///
+/// Members are URLs; a member whose host is a name is resolved when first needed and again
+/// every [`resolve_every`](Self::resolve_every), and every address it resolves to is balanced
+/// as its own endpoint (so a Kubernetes headless Service spreads over its pods).
+///
+/// ```
+/// use std::time::Duration;
+/// use axum_ws_proxy::{Balance, UpstreamPool, WsProxyLayer};
+///
+/// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000?weight=2"])?
+///     .balance("hash:cookie:sid".parse().unwrap())
+///     .max_fails(3)
+///     .fail_timeout(Duration::from_secs(30));
+/// let layer = WsProxyLayer::new(pool.clone());
+///
+/// // Later, from a deploy hook or service discovery:
+/// pool.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::Member>()?);
+/// pool.remove(&"ws://10.0.0.1:3000".parse()?);
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
+#[derive(Clone)]
+pub struct UpstreamPool {
+    shared: Arc<Mutex<State>>,
+}
+
+struct State {
+    balance: Balance,
+    max_tries: usize,
+    max_fails: u32,
+    fail_timeout: Duration,
+    resolve_every: Duration,
+    resolver: Arc<dyn Resolve>,
+    members: Vec<Slot>,
+    /// Where least-conn's tie-break starts next.
+    cursor: usize,
+}
+
+/// A member and the endpoints it currently stands for.
+struct Slot {
+    member: Member,
+    /// Set for IP literals: one fixed endpoint, never resolved.
+    literal: bool,
+    endpoints: Vec<EndpointSlot>,
+    resolved_at: Option<Instant>,
+    refreshing: bool,
+    resolve_error: Option<(io::ErrorKind, String)>,
+}
+
+/// Balancing and health state of one endpoint (guarded by the pool's lock).
+struct EndpointSlot {
+    endpoint: Arc<Endpoint>,
+    /// Smooth weighted round-robin's running weight.
+    current: i64,
+    fails: u32,
+    window_start: Instant,
+    down_until: Option<Instant>,
+}
+
+/// One address of one member: what a session is dialled to. Counters are atomic so sessions
+/// update them without the pool's lock.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) member: Member,
+    pub(crate) addr: SocketAddr,
+    /// FNV state of `member|addr`, the endpoint's identity for rendezvous hashing.
+    seed: u64,
+    live: AtomicUsize,
+    sessions: AtomicU64,
+    failures: AtomicU64,
+    refusals: AtomicU64,
+}
+
+/// A claim on an endpoint for one session (or one dial attempt): counted as live while held.
+#[derive(Debug)]
+pub(crate) struct Lease(Arc<Endpoint>);
+
+impl Lease {
+    fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.live.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+
+    /// The upstream answered 101: a session starts.
+    pub(crate) fn opened(&self) {
+        self.0.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream answered something else, relayed to the client.
+    pub(crate) fn refused(&self) {
+        self.0.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one endpoint, from [`UpstreamPool::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStatus {
+    /// The member the endpoint belongs to.
+    pub member: Member,
+    /// The address dialled.
+    pub addr: SocketAddr,
+    /// Sessions open now (and dials in progress).
+    pub live_sessions: usize,
+    /// Sessions opened in all (upstream answered 101).
+    pub sessions: u64,
+    /// Failed dials: refused, unreachable, timed out or broken before an answer.
+    pub failures: u64,
+    /// Upgrades the upstream answered with something other than 101 (relayed to the client).
+    pub refusals: u64,
+    /// Out of rotation after `max_fails` failures, until `fail_timeout` has passed.
+    pub down: bool,
+}
+
+impl UpstreamPool {
+    /// A pool of `members`, each listed once: a duplicate is an error naming it.
+    pub fn new(members: impl IntoIterator<Item = Member>) -> Result<Self, ParseUpstreamError> {
+        let pool = Self::empty();
+        for member in members {
+            let text = member.to_string();
+            if !pool.insert(member) {
+                return Err(ParseUpstreamError::new(
+                    &text,
+                    ParseUpstreamErrorKind::Duplicate,
+                ));
+            }
+        }
+        Ok(pool)
+    }
+
+    /// A pool from member URLs (`ws://host:port[/prefix][?weight=N]`); the error names the
+    /// first invalid or duplicate one.
+    pub fn from_urls<I>(urls: I) -> Result<Self, ParseUpstreamError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let members = urls
+            .into_iter()
+            .map(|u| u.as_ref().parse::<Member>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(members)
+    }
+
+    /// A pool with no members yet (every upgrade gets 502 until one is inserted).
+    pub fn empty() -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(State {
+                balance: Balance::default(),
+                max_tries: 0,
+                max_fails: DEFAULT_MAX_FAILS,
+                fail_timeout: DEFAULT_FAIL_TIMEOUT,
+                resolve_every: DEFAULT_RESOLVE_EVERY,
+                resolver: Arc::new(SystemResolver),
+                members: Vec::new(),
+                cursor: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock can panic halfway through an update; take it regardless.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(self, f: impl FnOnce(&mut State)) -> Self {
+        f(&mut self.lock());
+        self
+    }
+
+    /// The balancing strategy. Default: [`Balance::LeastConn`].
+    #[must_use]
+    pub fn balance(self, balance: Balance) -> Self {
+        self.set(|s| s.balance = balance)
+    }
+
+    /// How many endpoints one upgrade may try before it gives up with 502 (all within the
+    /// layer's connect timeout). Default (0): every endpoint once. Like nginx's
+    /// `proxy_next_upstream_tries`; only failures to connect or to get an answer are retried,
+    /// never an answer (a 403 is relayed, not retried), and never after the 101.
+    #[must_use]
+    pub fn max_tries(self, tries: usize) -> Self {
+        self.set(|s| s.max_tries = tries)
+    }
+
+    /// Failures within [`fail_timeout`](Self::fail_timeout) that take an endpoint out of
+    /// rotation for `fail_timeout`. Default 1, as nginx; 0 never takes one out. When every
+    /// endpoint is out, they are all tried anyway.
+    #[must_use]
+    pub fn max_fails(self, fails: u32) -> Self {
+        self.set(|s| s.max_fails = fails)
+    }
+
+    /// The window for counting failures and the time out of rotation. Default 10 s, as nginx.
+    #[must_use]
+    pub fn fail_timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.fail_timeout = timeout)
+    }
+
+    /// How often member host names are resolved again; addresses that appear become endpoints
+    /// and addresses that disappear take no new sessions. Default 30 s; zero resolves once. A
+    /// failed lookup keeps the previous addresses.
+    #[must_use]
+    pub fn resolve_every(self, every: Duration) -> Self {
+        self.set(|s| s.resolve_every = every)
+    }
+
+    /// The resolver for member host names. Default: the system resolver.
+    #[must_use]
+    pub fn resolver(self, resolver: impl Resolve) -> Self {
+        self.set(|s| s.resolver = Arc::new(resolver))
+    }
+
+    /// Adds a member; it takes new sessions from now on. Returns `false` (and only updates the
+    /// weight) if the URL is already a member.
+    pub fn insert(&self, member: impl Into<Member>) -> bool {
+        let member = member.into();
+        let mut st = self.lock();
+        if let Some(slot) = st
+            .members
+            .iter_mut()
+            .find(|s| s.member.upstream() == member.upstream())
+        {
+            // Endpoints (and their live sessions) stay; balancing reads the weight from here.
+            slot.member = member;
+            return false;
+        }
+        let literal = literal_addr(member.upstream());
+        let endpoints = literal
+            .map(|addr| vec![EndpointSlot::new(Endpoint::new(member.clone(), addr))])
+            .unwrap_or_default();
+        st.members.push(Slot {
+            member,
+            literal: literal.is_some(),
+            endpoints,
+            resolved_at: None,
+            refreshing: false,
+            resolve_error: None,
+        });
+        true
+    }
+
+    /// Removes a member: it takes no new sessions; its live sessions go on until they end.
+    /// Returns whether it was a member.
+    pub fn remove(&self, upstream: &Upstream) -> bool {
+        let mut st = self.lock();
+        let before = st.members.len();
+        st.members.retain(|s| s.member.upstream() != upstream);
+        st.members.len() != before
+    }
+
+    /// The current members.
+    pub fn members(&self) -> Vec<Member> {
+        self.lock()
+            .members
+            .iter()
+            .map(|s| s.member.clone())
+            .collect()
+    }
+
+    /// Live session counts and outcomes of every endpoint, for dashboards and tests.
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        let now = Instant::now();
+        let st = self.lock();
+        st.members
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |ep| (&s.member, ep)))
+            .map(|(member, ep)| {
+                let e = &ep.endpoint;
+                EndpointStatus {
+                    member: member.clone(),
+                    addr: e.addr,
+                    live_sessions: e.live.load(Ordering::Relaxed),
+                    sessions: e.sessions.load(Ordering::Relaxed),
+                    failures: e.failures.load(Ordering::Relaxed),
+                    refusals: e.refusals.load(Ordering::Relaxed),
+                    down: ep.down_until.is_some_and(|d| d > now),
+                }
+            })
+            .collect()
+    }
+
+    /// Follows a [`Discover`] stream (Kubernetes endpoints, Consul, ...) until it ends:
+    /// `Change::Insert(key, member)` inserts (replacing what `key` named before) and
+    /// `Change::Remove(key)` removes. Run it in a task of its own.
+    pub async fn watch<D>(&self, discover: D) -> Result<(), D::Error>
+    where
+        D: Discover<Service = Member>,
+        D::Key: Hash,
+    {
+        let mut discover = std::pin::pin!(discover);
+        let mut named: HashMap<D::Key, Upstream> = HashMap::new();
+        while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
+            match change? {
+                Change::Insert(key, member) => {
+                    let upstream = member.upstream().clone();
+                    if let Some(old) = named.insert(key, upstream.clone()) {
+                        if old != upstream {
+                            self.remove(&old);
+                        }
+                    }
+                    self.insert(member);
+                }
+                Change::Remove(key) => {
+                    if let Some(old) = named.remove(&key) {
+                        self.remove(&old);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every host-name member now and waits for the answers (e.g. on SIGHUP, or in a
+    /// test). Periodic re-resolution happens anyway, lazily, as sessions are dialled.
+    pub async fn resolve_now(&self) {
+        let names: Vec<Upstream> = {
+            let mut st = self.lock();
+            st.members
+                .iter_mut()
+                .filter(|s| !s.literal)
+                .map(|s| {
+                    s.refreshing = true;
+                    s.member.upstream().clone()
+                })
+                .collect()
+        };
+        futures_util::future::join_all(names.into_iter().map(|u| self.resolve_member(u))).await;
+    }
+
+    /// Before a dial: members with no addresses yet are resolved now; stale ones are refreshed
+    /// in the background while their current addresses keep serving.
+    pub(crate) async fn ensure_resolved(&self) {
+        let now = Instant::now();
+        let mut wait = Vec::new();
+        let mut background = Vec::new();
+        {
+            let mut st = self.lock();
+            let every = st.resolve_every;
+            for slot in st.members.iter_mut().filter(|s| !s.literal) {
+                let stale = slot
+                    .resolved_at
+                    .is_none_or(|t| !every.is_zero() && now.duration_since(t) >= every);
+                if slot.endpoints.is_empty() {
+                    wait.push(slot.member.upstream().clone());
+                } else if stale && !slot.refreshing {
+                    slot.refreshing = true;
+                    background.push(slot.member.upstream().clone());
+                }
+            }
+        }
+        for upstream in background {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.resolve_member(upstream).await });
+        }
+        futures_util::future::join_all(wait.into_iter().map(|u| self.resolve_member(u))).await;
+    }
+
+    async fn resolve_member(&self, upstream: Upstream) {
+        let resolver = self.lock().resolver.clone();
+        let result = resolver
+            .resolve(upstream.host().to_owned(), upstream.port())
+            .await;
+        let mut st = self.lock();
+        let Some(slot) = st
+            .members
+            .iter_mut()
+            .find(|s| s.member.upstream() == &upstream)
+        else {
+            return; // removed meanwhile
+        };
+        slot.refreshing = false;
+        slot.resolved_at = Some(Instant::now());
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                slot.resolve_error = None;
+                let mut old = std::mem::take(&mut slot.endpoints);
+                for addr in dedup(addrs) {
+                    // An address seen before keeps its counters and health.
+                    let kept = old.iter().position(|e| e.endpoint.addr == addr);
+                    slot.endpoints.push(match kept {
+                        Some(i) => old.swap_remove(i),
+                        None => EndpointSlot::new(Endpoint::new(slot.member.clone(), addr)),
+                    });
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(member = %upstream, "host resolved to no addresses; keeping the previous ones");
+                slot.resolve_error = Some((io::ErrorKind::NotFound, "no addresses found".into()));
+            }
+            Err(e) => {
+                tracing::warn!(member = %upstream, "host did not resolve ({e}); keeping the previous addresses");
+                slot.resolve_error = Some((e.kind(), e.to_string()));
+            }
+        }
+    }
+
+    /// Picks an endpoint for a session, skipping those already `tried` by this request and
+    /// those out of rotation (unless every remaining one is).
+    pub(crate) fn pick(&self, key: Option<&[u8]>, tried: &[Arc<Endpoint>]) -> Option<Lease> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let mut open = Vec::new();
+        let mut down = Vec::new();
+        for (m, slot) in st.members.iter().enumerate() {
+            for (e, ep) in slot.endpoints.iter().enumerate() {
+                if tried.iter().any(|t| Arc::ptr_eq(t, &ep.endpoint)) {
+                    continue;
+                }
+                if ep.down_until.is_some_and(|d| d > now) {
+                    down.push((m, e));
+                } else {
+                    open.push((m, e));
+                }
+            }
+        }
+        let candidates = if open.is_empty() { down } else { open };
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = match (&st.balance, key) {
+            (Balance::RoundRobin, _) => st.smooth_round_robin(&candidates),
+            (Balance::Hash(_), Some(key)) => st.rendezvous(&candidates, key),
+            _ => st.least_conn(&candidates),
+        };
+        let (m, e) = candidates[i];
+        Some(Lease::new(st.members[m].endpoints[e].endpoint.clone()))
+    }
+
+    /// Records a dial's outcome for passive health.
+    pub(crate) fn report(&self, endpoint: &Arc<Endpoint>, ok: bool) {
+        if !ok {
+            endpoint.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let mut st = self.lock();
+        let (max_fails, fail_timeout) = (st.max_fails, st.fail_timeout);
+        let Some(ep) = st
+            .members
+            .iter_mut()
+            .flat_map(|s| s.endpoints.iter_mut())
+            .find(|ep| Arc::ptr_eq(&ep.endpoint, endpoint))
+        else {
+            return;
+        };
+        if ok {
+            ep.fails = 0;
+            return;
+        }
+        if now.duration_since(ep.window_start) >= fail_timeout {
+            ep.fails = 0;
+            ep.window_start = now;
+        }
+        ep.fails += 1;
+        if max_fails > 0 && ep.fails >= max_fails {
+            ep.fails = 0;
+            ep.window_start = now;
+            ep.down_until = Some(now + fail_timeout);
+            tracing::warn!(
+                member = %endpoint.member.upstream(),
+                addr = %endpoint.addr,
+                "out of rotation for {fail_timeout:?} after {max_fails} failed dial(s)"
+            );
+        }
+    }
+
+    /// How many endpoints one upgrade may try.
+    pub(crate) fn tries(&self) -> usize {
+        let st = self.lock();
+        let endpoints = st.members.iter().map(|s| s.endpoints.len()).sum();
+        match st.max_tries {
+            0 => endpoints,
+            n => n.min(endpoints),
+        }
+    }
+
+    /// The balancing strategy's hash key, if it uses one.
+    pub(crate) fn hash_key(&self) -> Option<super::HashKey> {
+        match &self.lock().balance {
+            Balance::Hash(key) => Some(key.clone()),
+            _ => None,
+        }
+    }
+
+    /// Why there was nothing to dial: a member that did not resolve, or an empty pool.
+    pub(crate) fn nothing_to_dial(&self) -> crate::ProxyError {
+        let st = self.lock();
+        st.members
+            .iter()
+            .find_map(|s| {
+                s.resolve_error
+                    .as_ref()
+                    .map(|(kind, msg)| crate::ProxyError::Resolve {
+                        host: s.member.upstream().host().to_owned(),
+                        source: io::Error::new(*kind, msg.clone()),
+                    })
+            })
+            .unwrap_or(crate::ProxyError::NoMembers)
+    }
+}
+
+impl State {
+    /// Fewest live sessions per unit of weight; ties round-robin from `cursor`.
+    fn least_conn(&mut self, candidates: &[(usize, usize)]) -> usize {
+        let load = |&(m, e): &(usize, usize)| {
+            let slot = &self.members[m];
+            let live = slot.endpoints[e].endpoint.live.load(Ordering::Relaxed) as u64;
+            (live, u64::from(slot.member.weight()))
+        };
+        let n = candidates.len();
+        let start = self.cursor % n;
+        let mut best = start;
+        for step in 1..n {
+            let i = (start + step) % n;
+            let (live_i, w_i) = load(&candidates[i]);
+            let (live_b, w_b) = load(&candidates[best]);
+            if live_i * w_b < live_b * w_i {
+                best = i;
+            }
+        }
+        self.cursor = best + 1;
+        best
+    }
+
+    /// nginx's smooth weighted round-robin.
+    fn smooth_round_robin(&mut self, candidates: &[(usize, usize)]) -> usize {
+        let mut total = 0i64;
+        let mut best = 0;
+        let mut best_current = i64::MIN;
+        for (i, &(m, e)) in candidates.iter().enumerate() {
+            let slot = &mut self.members[m];
+            let w = i64::from(slot.member.weight());
+            let ep = &mut slot.endpoints[e];
+            ep.current += w;
+            total += w;
+            if ep.current > best_current {
+                best_current = ep.current;
+                best = i;
+            }
+        }
+        let (m, e) = candidates[best];
+        self.members[m].endpoints[e].current -= total;
+        best
+    }
+
+    /// Highest weighted rendezvous score for `key`.
+    fn rendezvous(&self, candidates: &[(usize, usize)], key: &[u8]) -> usize {
+        let score = |&(m, e): &(usize, usize)| {
+            let slot = &self.members[m];
+            rendezvous_score(slot.endpoints[e].endpoint.seed, key, slot.member.weight())
+        };
+        (0..candidates.len())
+            .max_by(|&a, &b| score(&candidates[a]).total_cmp(&score(&candidates[b])))
+            .unwrap_or(0)
+    }
+}
+
+impl Endpoint {
+    fn new(member: Member, addr: SocketAddr) -> Self {
+        let id = format!("{}|{addr}", member.upstream());
+        Self {
+            seed: fnv1a(FNV_OFFSET, id.as_bytes()),
+            member,
+            addr,
+            live: AtomicUsize::new(0),
+            sessions: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EndpointSlot {
+    fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint: Arc::new(endpoint),
+            current: 0,
+            fails: 0,
+            window_start: Instant::now(),
+            down_until: None,
+        }
+    }
+}
+
+/// The address of a member whose host is an IP literal.
+fn literal_addr(upstream: &Upstream) -> Option<SocketAddr> {
+    let ip = upstream.host().parse().ok()?;
+    Some(SocketAddr::new(ip, upstream.port()))
+}
+
+fn dedup(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut seen = Vec::with_capacity(addrs.len());
+    addrs.retain(|a| {
+        let new = !seen.contains(a);
+        seen.push(*a);
+        new
+    });
+    addrs
+}
+
+impl From<Upstream> for UpstreamPool {
+    fn from(upstream: Upstream) -> Self {
+        Self::from(Member::new(upstream))
+    }
+}
+
+impl From<Member> for UpstreamPool {
+    fn from(member: Member) -> Self {
+        let pool = Self::empty();
+        pool.insert(member);
+        pool
+    }
+}
+
+/// One member URL, `ws://host:port[/prefix][?weight=N]`: what `WsProxyLayer::new(url.parse()?)`
+/// builds.
+impl FromStr for UpstreamPool {
+    type Err = ParseUpstreamError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(url.parse::<Member>()?))
+    }
+}
+
+impl fmt::Display for UpstreamPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        for (i, slot) in st.members.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", slot.member)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("UpstreamPool")
+            .field(
+                "members",
+                &st.members.iter().map(|s| &s.member).collect::<Vec<_>>(),
+            )
+            .field("balance", &st.balance)
+            .field("max_tries", &st.max_tries)
+            .field("max_fails", &st.max_fails)
+            .field("fail_timeout", &st.fail_timeout)
+            .field("resolve_every", &st.resolve_every)
+            .field("resolver", &super::resolve::ResolverName)
+            .finish()
+    }
+}

@@ -21,6 +21,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Where sessions go
+//!
+//! [`WsProxyLayer::new`] takes an [`UpstreamPool`]: `"ws://host:port".parse()?` is a pool of
+//! one; [`UpstreamPool::from_urls`] makes one of several members with weights. The pool balances
+//! sessions ([`Balance`]: least-conn by default, smooth weighted round-robin, or consistent
+//! hashing on a client IP, header, cookie or query parameter), fails over to the next member
+//! before the `101`, takes failing members out of rotation, re-resolves host names, and changes
+//! members at run time ([`UpstreamPool::insert`], [`UpstreamPool::remove`],
+//! [`UpstreamPool::watch`] for a `tower::discover::Discover` stream).
+//!
 //! # What is proxied
 //!
 //! An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token
@@ -79,6 +89,11 @@ mod proxy;
 mod service;
 mod session;
 mod upstream;
+
+// The README's Rust examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use error::ProxyError;
 pub use future::ResponseFuture;

@@ -25,6 +25,11 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid address \"nowhere\" (expected IP:PORT)"),
         (&["--upstream", "ws://h", "--listen"], "ws-proxy: --listen needs a value"),
         (&["--verbose"], "ws-proxy: unknown flag \"--verbose\" (see --help)"),
+        (&["--upstream", "ws://h:1", "--upstream", "ws://h:1"], "ws-proxy: --upstream: \"ws://h:1\" is listed twice"),
+        (&["--upstream", "ws://h:1?weight=0"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:1?weight=0\": invalid weight \"0\" (expected 1-1000)"),
+        (&["--upstream", "ws://h", "--balance", "random"], "ws-proxy: --balance: invalid balancing strategy \"random\" (expected least-conn, round-robin, hash:ip, hash:header:NAME, hash:cookie:NAME or hash:query:NAME)"),
+        (&["--upstream", "ws://h", "--max-tries", "none"], "ws-proxy: --max-tries: invalid number \"none\" (expected a whole number >= 1)"),
+        (&["--upstream", "ws://h", "--resolve-every", "often"], "ws-proxy: --resolve-every: invalid duration \"often\" (expected e.g. 500ms, 2s, 1m)"),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(BIN)
@@ -132,4 +137,29 @@ async fn an_unreachable_upstream_is_502_from_the_binary() {
     let (_child, addr) = start(&["--upstream", &format!("ws://{dead}")]).await;
     let (status, _, _) = http_request(addr, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn several_upstreams_round_robin_with_failover() {
+    let dead = closed_port().await;
+    let (a, b) = (echo_upstream().await, echo_upstream().await);
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{dead}"),
+        "--upstream",
+        &format!("ws://{a}"),
+        "--upstream",
+        &format!("ws://{b}?weight=2"),
+        "--balance",
+        "round-robin",
+        "--max-fails",
+        "0",
+    ])
+    .await;
+    // Every session succeeds although one member is down.
+    for i in 0..8 {
+        let mut ws = connect(addr, "/").await;
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text(format!("m{i}")));
+    }
 }

@@ -443,3 +443,19 @@ fn duplicates_and_bad_members_are_named() {
         r#"invalid upstream URL "ws://h:x": invalid port "x" (expected 1-65535)"#
     );
 }
+
+#[tokio::test]
+async fn max_tries_bounds_the_failover() {
+    let (d1, d2, a) = (closed_port().await, closed_port().await, named("a").await);
+    let pool = UpstreamPool::from_urls([url(d1), url(d2), url(a)])
+        .unwrap()
+        .balance(Balance::RoundRobin)
+        .max_fails(0)
+        .max_tries(2);
+    let proxy = proxy(WsProxyLayer::new(pool.clone())).await;
+    // Round-robin starts at d1, fails over once to d2, and stops there.
+    let (status, ..) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let failures: Vec<u64> = pool.status().iter().map(|s| s.failures).collect();
+    assert_eq!(failures, [1, 1, 0]);
+}

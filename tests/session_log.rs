@@ -59,6 +59,7 @@ async fn the_session_span_records_who_what_and_how_it_closed() {
         "ws_session{".to_owned(),
         "client=127.0.0.1:".to_owned(),
         format!("upstream=ws://{up}"),
+        format!("upstream_addr={up}"),
         "path=/room/7?x=1".to_owned(),
         "messages_to_upstream=2".to_owned(),
         "bytes_to_upstream=8".to_owned(),

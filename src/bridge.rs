@@ -15,11 +15,18 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+
+use crate::keepalive::{Expired, Keepalive};
+
+/// The payload of the proxy's own keepalive pings.
+const PING: &[u8] = b"axum-ws-proxy";
 
 /// Messages a direction forwards in one go before letting the other direction run.
 const BUDGET: usize = 64;
@@ -63,6 +70,8 @@ pub(crate) enum Ended {
     ReadFailed { side: Side, error: WsError },
     /// Writing to `side` failed: its connection is gone.
     WriteFailed { side: Side, error: WsError },
+    /// A keepalive or session timer ran out.
+    Expired(Expired),
 }
 
 /// How bridging stopped, and any message read from one side that the other has not taken yet.
@@ -79,6 +88,7 @@ pub(crate) async fn run<C, U>(
     upstream: &mut WebSocketStream<U>,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
+    keepalive: &mut Keepalive,
 ) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -87,10 +97,13 @@ where
     let mut c2u = Direction::new(Side::Client, Side::Upstream);
     let mut u2c = Direction::new(Side::Upstream, Side::Client);
     let ended = poll_fn(|cx| {
-        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream) {
+        if let Poll::Ready(expired) = keepalive.poll(cx) {
+            return Poll::Ready(Ended::Expired(expired));
+        }
+        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
         }
-        u2c.poll(cx, upstream, client, to_client)
+        u2c.poll(cx, upstream, client, to_client, keepalive)
     })
     .await;
     Stopped {
@@ -125,11 +138,26 @@ impl Direction {
         src: &mut WebSocketStream<S>,
         dst: &mut WebSocketStream<D>,
         traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
     ) -> Poll<Ended>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         D: AsyncRead + AsyncWrite + Unpin,
     {
+        if keepalive.take_ping(self.to) {
+            // The proxy's own ping to the destination leg, in line with its messages.
+            match Pin::new(&mut *dst).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let ping = Message::Ping(Bytes::from_static(PING));
+                    if let Err(error) = Pin::new(&mut *dst).start_send(ping) {
+                        return self.write_failed(error);
+                    }
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Pending => keepalive.keep_ping(self.to),
+            }
+        }
         let mut budget = BUDGET;
         loop {
             if let Some(msg) = self.pending.take() {
@@ -148,6 +176,7 @@ impl Direction {
                 }
                 self.unflushed = true;
                 traffic.add(len);
+                keepalive.data(Instant::now());
             }
             if budget == 0 {
                 // Let the other direction (and other tasks) run; come back right away.
@@ -159,17 +188,21 @@ impl Direction {
             }
             budget -= 1;
             match Pin::new(&mut *src).poll_next(cx) {
-                Poll::Ready(Some(Ok(msg))) => match msg {
-                    Message::Text(_) | Message::Binary(_) => self.pending = Some(msg),
-                    // Per hop: tungstenite has queued the pong on `src` already.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    Message::Close(frame) => {
-                        return Poll::Ready(Ended::Closed {
-                            by: self.from,
-                            frame,
-                        })
+                Poll::Ready(Some(Ok(msg))) => {
+                    // Anything from a leg, pongs included, shows it is alive.
+                    keepalive.heard(self.from, Instant::now());
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => self.pending = Some(msg),
+                        // Per hop: tungstenite has queued the pong on `src` already.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        Message::Close(frame) => {
+                            return Poll::Ready(Ended::Closed {
+                                by: self.from,
+                                frame,
+                            })
+                        }
                     }
-                },
+                }
                 Poll::Ready(Some(Err(error))) => {
                     return Poll::Ready(Ended::ReadFailed {
                         side: self.from,

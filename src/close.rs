@@ -10,6 +10,9 @@
 //! | client breaks framing (e.g. unmasked frame) | **1002** | **1001** |
 //! | client message or frame over the limit | **1009** | **1001** |
 //! | upstream breaks the protocol / sends too much | **1011** | 1002 / 1007 / 1009 |
+//! | client does not answer a ping within `ping_timeout` | dropped | **1001** |
+//! | upstream does not answer a ping within `ping_timeout` | **1011** | dropped |
+//! | `idle_timeout` or `max_lifetime` reached | **1001** | **1001** |
 //!
 //! A close frame without a code is forwarded without a code. Each close handshake gets
 //! `close_timeout`; a leg that does not answer in time has its socket dropped.
@@ -24,6 +27,7 @@ use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Mes
 use tokio_tungstenite::WebSocketStream;
 
 use crate::bridge::{Ended, Side, Stopped, Traffic};
+use crate::keepalive::Expired;
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
 const MAX_REASON: usize = 123;
@@ -180,6 +184,12 @@ fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
             None => dropped(side, &error),
         },
         Ended::WriteFailed { side, error } => dropped(side, &error),
+        Ended::Expired(Expired::Unresponsive(side, after)) => {
+            let why = format!("{} did not answer a ping within {after:?}", side.as_str());
+            abandon(side, gone(side, &why), "proxy", why)
+        }
+        Ended::Expired(Expired::Idle) => going_away("idle timeout"),
+        Ended::Expired(Expired::Lifetime) => going_away("session lifetime reached"),
     }
 }
 
@@ -193,19 +203,40 @@ fn order<T>(side: Side, own: T, other: T) -> (T, T) {
 
 /// `side`'s connection dropped without a close frame.
 fn dropped(side: Side, error: &WsError) -> (LegEnd, LegEnd, Report) {
-    let other = gone(side, "");
-    let other_code = u16::from(other.code);
     let reason = format!("{} connection lost: {error}", side.as_str());
-    let (cc, uc) = order(side, 1006, other_code);
+    abandon(side, gone(side, ""), side.as_str(), reason)
+}
+
+/// Drops `side`'s socket and closes the other leg with `other`.
+fn abandon(
+    side: Side,
+    other: CloseFrame,
+    closed_by: &'static str,
+    reason: String,
+) -> (LegEnd, LegEnd, Report) {
+    let (cc, uc) = order(side, 1006, u16::from(other.code));
     let (c, u) = order(side, LegEnd::Drop, LegEnd::Initiate(Some(other)));
     let report = Report {
-        closed_by: side.as_str(),
+        closed_by,
         client_code: cc,
         upstream_code: uc,
         reason,
         undeliverable: 0,
     };
     (c, u, report)
+}
+
+/// The proxy ends a healthy session: 1001 with `why` on both legs.
+fn going_away(why: &str) -> (LegEnd, LegEnd, Report) {
+    let report = Report {
+        closed_by: "proxy",
+        client_code: 1001,
+        upstream_code: 1001,
+        reason: why.to_owned(),
+        undeliverable: 0,
+    };
+    let close = || LegEnd::Initiate(Some(frame(CloseCode::Away, why)));
+    (close(), close(), report)
 }
 
 /// The close frame the *other* leg gets when `side` is gone: the client leaving is 1001 Going

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::keepalive::Timeouts;
 use crate::UpstreamPool;
 
 /// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
@@ -20,6 +21,10 @@ pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 4 << 10;
 /// Writes are batched up to this many bytes before they go to the socket.
 pub(crate) const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
+/// Keepalive: ping a leg quiet for this long (nginx would have closed it at 60 s).
+pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A leg that has not answered a ping within this is dead.
+pub(crate) const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bodies of relayed refusals (401, 403, 404...) are short; this bounds a hostile one.
 pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
 
@@ -34,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
     pub(crate) max_response_body_size: usize,
+    pub(crate) timeouts: Timeouts,
 }
 
 impl Config {
@@ -48,6 +54,12 @@ impl Config {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             max_response_body_size: DEFAULT_MAX_RESPONSE_BODY_SIZE,
+            timeouts: Timeouts {
+                ping_interval: Some(DEFAULT_PING_INTERVAL),
+                ping_timeout: DEFAULT_PING_TIMEOUT,
+                idle_timeout: None,
+                max_lifetime: None,
+            },
         }
     }
 

@@ -91,6 +91,31 @@ impl WsProxyLayer {
         self.set(|c| c.write_buffer_size = bytes)
     }
 
+    /// How long a leg may be quiet before the proxy pings it; zero turns keepalive off.
+    /// Default: 30 s. Quiet but healthy sessions live indefinitely.
+    pub fn ping_interval(self, every: Duration) -> Self {
+        self.set(|c| c.timeouts.ping_interval = (!every.is_zero()).then_some(every))
+    }
+
+    /// How long a pinged leg has to answer (with anything). A client that does not is dropped
+    /// and the upstream gets **1001**; an upstream that does not is dropped and the client gets
+    /// **1011**. Default: 30 s.
+    pub fn ping_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.timeouts.ping_timeout = timeout)
+    }
+
+    /// Ends a session with **1001** on both legs after this long without a data message
+    /// either way (pings do not count). Default: off; zero turns it off.
+    pub fn idle_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.timeouts.idle_timeout = (!timeout.is_zero()).then_some(timeout))
+    }
+
+    /// Ends every session with **1001** on both legs once it is this old (e.g. to rebalance
+    /// or rotate credentials). Default: off; zero turns it off.
+    pub fn max_lifetime(self, lifetime: Duration) -> Self {
+        self.set(|c| c.timeouts.max_lifetime = (!lifetime.is_zero()).then_some(lifetime))
+    }
+
     /// Most bytes of a refusing upstream's body (401, 403, ...) relayed to the client; the rest
     /// is cut. Default: 64 KiB.
     pub fn max_response_body_size(self, bytes: usize) -> Self {

@@ -84,6 +84,7 @@ mod dial;
 mod error;
 mod future;
 mod headers;
+mod keepalive;
 mod layer;
 mod proxy;
 mod service;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::bridge::{self, Traffic};
 use crate::close;
 use crate::config::Config;
+use crate::keepalive::Keepalive;
 use crate::upstream::Lease;
 
 /// The upstream side of a session, already past its handshake.
@@ -77,8 +78,15 @@ async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamL
             )
             .await;
             tracing::debug!("session open");
-            let stopped =
-                bridge::run(&mut client, &mut upstream, &mut to_upstream, &mut to_client).await;
+            let mut keepalive = Keepalive::new(config.timeouts);
+            let stopped = bridge::run(
+                &mut client,
+                &mut upstream,
+                &mut to_upstream,
+                &mut to_client,
+                &mut keepalive,
+            )
+            .await;
             close::finish(
                 client,
                 upstream,

@@ -1,0 +1,176 @@
+//! Keepalive pings and session timeouts: what replaces nginx's 60 s `proxy_read_timeout`.
+//!
+//! Each leg is pinged when it has been quiet for `ping_interval`; a leg that has sent nothing
+//! (no pong, no message) within `ping_timeout` of a ping is dead, and the session ends: its
+//! socket is dropped and the other leg gets 1001 (client gone) or 1011 (upstream gone). Quiet
+//! but healthy sessions live indefinitely. Optionally, `idle_timeout` (no data messages either
+//! way) and `max_lifetime` end a session with 1001 on both legs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::bridge::Side;
+
+/// The session timers' settings; `None` is off.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+}
+
+/// A timer that ended the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// This leg did not answer a ping within `ping_timeout`.
+    Unresponsive(Side, Duration),
+    /// No data message either way for `idle_timeout`.
+    Idle,
+    /// The session reached `max_lifetime`.
+    Lifetime,
+}
+
+#[derive(Debug)]
+struct Liveness {
+    last_heard: Instant,
+    /// When the unanswered ping became due.
+    ping_since: Option<Instant>,
+    /// A ping waits to be written to this leg.
+    ping_due: bool,
+}
+
+impl Liveness {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_heard: now,
+            ping_since: None,
+            ping_due: false,
+        }
+    }
+}
+
+/// The timers of one session, driven by the bridge's task.
+#[derive(Debug)]
+pub(crate) struct Keepalive {
+    timeouts: Timeouts,
+    started: Instant,
+    last_data: Instant,
+    client: Liveness,
+    upstream: Liveness,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Keepalive {
+    pub(crate) fn new(timeouts: Timeouts) -> Self {
+        let now = Instant::now();
+        let mut ka = Self {
+            timeouts,
+            started: now,
+            last_data: now,
+            client: Liveness::new(now),
+            upstream: Liveness::new(now),
+            sleep: None,
+        };
+        if let Some(at) = ka.next_deadline() {
+            ka.sleep = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+        ka
+    }
+
+    fn leg(&mut self, side: Side) -> &mut Liveness {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Upstream => &mut self.upstream,
+        }
+    }
+
+    /// Anything (a message, a ping, a pong) arrived from `side`: it is alive.
+    pub(crate) fn heard(&mut self, side: Side, now: Instant) {
+        let leg = self.leg(side);
+        leg.last_heard = now;
+        leg.ping_since = None;
+    }
+
+    /// A data message was forwarded.
+    pub(crate) fn data(&mut self, now: Instant) {
+        self.last_data = now;
+    }
+
+    /// Whether a ping should be written to `side` now; clears the request.
+    pub(crate) fn take_ping(&mut self, side: Side) -> bool {
+        std::mem::take(&mut self.leg(side).ping_due)
+    }
+
+    /// Puts a ping back when `side` cannot take it yet.
+    pub(crate) fn keep_ping(&mut self, side: Side) {
+        self.leg(side).ping_due = true;
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let t = &self.timeouts;
+        let leg_deadline = |leg: &Liveness| {
+            t.ping_interval.map(|every| match leg.ping_since {
+                Some(since) => since + t.ping_timeout,
+                None => leg.last_heard + every,
+            })
+        };
+        [
+            leg_deadline(&self.client),
+            leg_deadline(&self.upstream),
+            t.idle_timeout.map(|d| self.last_data + d),
+            t.max_lifetime.map(|d| self.started + d),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Wakes when a timer is due: schedules pings, or reports what expired.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        loop {
+            let Some(sleep) = self.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer fired: check every deadline, then re-arm below.
+            let now = Instant::now();
+            let t = self.timeouts;
+            if t.max_lifetime.is_some_and(|d| now >= self.started + d) {
+                return Poll::Ready(Expired::Lifetime);
+            }
+            if t.idle_timeout.is_some_and(|d| now >= self.last_data + d) {
+                return Poll::Ready(Expired::Idle);
+            }
+            if let Some(every) = t.ping_interval {
+                for side in [Side::Client, Side::Upstream] {
+                    let leg = self.leg(side);
+                    match leg.ping_since {
+                        Some(since) if now >= since + t.ping_timeout => {
+                            return Poll::Ready(Expired::Unresponsive(side, t.ping_timeout));
+                        }
+                        None if now >= leg.last_heard + every => {
+                            leg.ping_since = Some(now);
+                            leg.ping_due = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // Re-arm for the next deadline; the loop polls it so the waker is registered. Due
+            // pings are written by the bridge's directions, polled right after this.
+            match (self.next_deadline(), self.sleep.as_mut()) {
+                (Some(at), Some(sleep)) => {
+                    sleep.as_mut().reset(at.max(now + Duration::from_millis(1)))
+                }
+                _ => self.sleep = None,
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //! pings itself, so forwarding them would give the peer two pongs. Close frames end this
 //! phase; [`close`](crate::close) completes the close handshakes.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::keepalive::{Expired, Keepalive};
+use crate::sessions::Sessions;
 
 /// The payload of the proxy's own keepalive pings.
 const PING: &[u8] = b"axum-ws-proxy";
@@ -72,6 +73,8 @@ pub(crate) enum Ended {
     WriteFailed { side: Side, error: WsError },
     /// A keepalive or session timer ran out.
     Expired(Expired),
+    /// The layer is shutting down.
+    ShuttingDown,
 }
 
 /// How bridging stopped, and any message read from one side that the other has not taken yet.
@@ -89,6 +92,7 @@ pub(crate) async fn run<C, U>(
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
+    sessions: &Sessions,
 ) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -96,7 +100,12 @@ where
 {
     let mut c2u = Direction::new(Side::Client, Side::Upstream);
     let mut u2c = Direction::new(Side::Upstream, Side::Client);
+    let draining = sessions.draining();
+    tokio::pin!(draining);
     let ended = poll_fn(|cx| {
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ended::ShuttingDown);
+        }
         if let Poll::Ready(expired) = keepalive.poll(cx) {
             return Poll::Ready(Ended::Expired(expired));
         }

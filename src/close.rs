@@ -13,6 +13,7 @@
 //! | client does not answer a ping within `ping_timeout` | dropped | **1001** |
 //! | upstream does not answer a ping within `ping_timeout` | **1011** | dropped |
 //! | `idle_timeout` or `max_lifetime` reached | **1001** | **1001** |
+//! | graceful shutdown | **1001** | **1001** |
 //!
 //! A close frame without a code is forwarded without a code. Each close handshake gets
 //! `close_timeout`; a leg that does not answer in time has its socket dropped.
@@ -190,6 +191,7 @@ fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
         }
         Ended::Expired(Expired::Idle) => going_away("idle timeout"),
         Ended::Expired(Expired::Lifetime) => going_away("session lifetime reached"),
+        Ended::ShuttingDown => going_away("proxy shutting down"),
     }
 }
 

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use std::sync::Arc;
+
 use crate::keepalive::Timeouts;
+use crate::origin::Origins;
+use crate::sessions::Sessions;
 use crate::UpstreamPool;
 
 /// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
@@ -40,6 +44,11 @@ pub(crate) struct Config {
     pub(crate) write_buffer_size: usize,
     pub(crate) max_response_body_size: usize,
     pub(crate) timeouts: Timeouts,
+    pub(crate) origins: Origins,
+    /// 0: no limit.
+    pub(crate) max_sessions: usize,
+    /// Shared by every clone of the layer, so one shutdown handle drains them all.
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 impl Config {
@@ -60,6 +69,9 @@ impl Config {
                 idle_timeout: None,
                 max_lifetime: None,
             },
+            origins: Origins::new([], true),
+            max_sessions: 0,
+            sessions: Arc::default(),
         }
     }
 

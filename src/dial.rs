@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::upstream::Lease;
+use crate::upstream::{Lease, NoPick};
 use crate::{Member, ProxyError, UpstreamPool};
 
 /// An upstream that answered the upgrade request (with a 101 or anything else).
@@ -37,8 +37,10 @@ pub(crate) async fn dial(
     let mut tried = Vec::with_capacity(max_tries);
     let mut last = None;
     while tried.len() < max_tries {
-        let Some(lease) = pool.pick(key, &tried) else {
-            break;
+        let lease = match pool.pick(key, &tried) {
+            Ok(lease) => lease,
+            Err(NoPick::Full(max)) => return Err(ProxyError::MembersFull(max)),
+            Err(NoPick::Exhausted) => break,
         };
         let endpoint = lease.endpoint().clone();
         tried.push(endpoint.clone());

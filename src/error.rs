@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::header::{HeaderValue, CONTENT_TYPE, SEC_WEBSOCKET_VERSION};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_VERSION};
 use http::StatusCode;
 
 /// Why an upgrade request was answered with an error instead of a `101 Switching Protocols`.
@@ -43,6 +43,16 @@ pub enum ProxyError {
     },
     /// The pool has no members (or none with an address): **502**.
     NoMembers,
+    /// The `Origin` is not in `allowed_origins`: **403**.
+    OriginNotAllowed(String),
+    /// No `Origin` header while `allow_missing_origin(false)`: **403**.
+    MissingOrigin,
+    /// The layer is shutting down: **503** with `Retry-After: 1`.
+    ShuttingDown,
+    /// `max_sessions` sessions are open: **503** with `Retry-After: 1`.
+    TooManySessions(usize),
+    /// Every pool member is at its `max_sessions`: **503** with `Retry-After: 1`.
+    MembersFull(usize),
     /// The upstream did not complete the TCP connect and handshake within the connect
     /// timeout: **504**.
     Timeout {
@@ -63,6 +73,10 @@ impl ProxyError {
         match self {
             Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::OriginNotAllowed(_) | Self::MissingOrigin => StatusCode::FORBIDDEN,
+            Self::ShuttingDown | Self::TooManySessions(_) | Self::MembersFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
             | Self::NoMembers
@@ -81,6 +95,11 @@ impl ProxyError {
             Self::Resolve { .. } => "resolve",
             Self::Connect { .. } => "connect",
             Self::NoMembers => "no_members",
+            Self::OriginNotAllowed(_) => "origin",
+            Self::MissingOrigin => "missing_origin",
+            Self::ShuttingDown => "shutting_down",
+            Self::TooManySessions(_) => "max_sessions",
+            Self::MembersFull(_) => "member_max_sessions",
             Self::Timeout { .. } => "timeout",
             Self::Handshake(_) => "handshake",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
@@ -105,6 +124,13 @@ impl fmt::Display for ProxyError {
                 write!(f, "upstream {addr} refused the connection: {source}")
             }
             Self::NoMembers => f.write_str("the upstream pool has no member to dial"),
+            Self::OriginNotAllowed(o) => write!(f, "origin {o:?} is not allowed"),
+            Self::MissingOrigin => f.write_str("an Origin header is required"),
+            Self::ShuttingDown => f.write_str("the proxy is shutting down; retry elsewhere"),
+            Self::TooManySessions(n) => write!(f, "the proxy is at its limit of {n} sessions"),
+            Self::MembersFull(n) => {
+                write!(f, "every upstream member is at its limit of {n} sessions")
+            }
             Self::Timeout { after } => {
                 write!(f, "upstream did not answer the upgrade within {after:?}")
             }
@@ -135,6 +161,9 @@ impl IntoResponse for ProxyError {
         );
         if matches!(self, Self::UnsupportedVersion) {
             headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }

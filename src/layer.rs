@@ -4,7 +4,8 @@ use std::time::Duration;
 use tower::Layer;
 
 use crate::config::Config;
-use crate::{UpstreamPool, WsProxy};
+use crate::origin::Origins;
+use crate::{ShutdownHandle, UpstreamPool, WsProxy};
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -114,6 +115,40 @@ impl WsProxyLayer {
     /// or rotate credentials). Default: off; zero turns it off.
     pub fn max_lifetime(self, lifetime: Duration) -> Self {
         self.set(|c| c.timeouts.max_lifetime = (!lifetime.is_zero()).then_some(lifetime))
+    }
+
+    /// Most sessions at once (upgrades being dialled included); beyond it new upgrades get
+    /// **503** with `Retry-After: 1` before any upstream is dialled. Default: no limit (0).
+    /// See [`UpstreamPool::max_sessions`] for a limit per member.
+    pub fn max_sessions(self, max: usize) -> Self {
+        self.set(|c| c.max_sessions = max)
+    }
+
+    /// Browser origins allowed to open sessions; other `Origin`s get **403** before the
+    /// upstream is contacted (against cross-site WebSocket hijacking). Exact origins
+    /// (`https://app.example.com`, port included if not the default) and wildcard hosts
+    /// (`https://*.example.com`, or `*.example.com` for any scheme; a wildcard is one or more
+    /// labels). Case-insensitive. Default: every origin.
+    pub fn allowed_origins<I>(self, origins: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.set(|c| {
+            let allow_missing = c.origins.allow_missing;
+            c.origins = Origins::new(origins.into_iter().map(Into::into), allow_missing);
+        })
+    }
+
+    /// Whether an upgrade without an `Origin` header passes the origin check. Browsers always
+    /// send one, so only non-browser clients (services, CLIs) lack it. Default: `true`.
+    pub fn allow_missing_origin(self, allow: bool) -> Self {
+        self.set(|c| c.origins.allow_missing = allow)
+    }
+
+    /// A handle that drains this layer's sessions (and those of its clones) on shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.config.sessions.clone())
     }
 
     /// Most bytes of a refusing upstream's body (401, 403, ...) relayed to the client; the rest

@@ -86,9 +86,11 @@ mod future;
 mod headers;
 mod keepalive;
 mod layer;
+mod origin;
 mod proxy;
 mod service;
 mod session;
+mod sessions;
 mod upstream;
 
 // The README's Rust examples are compiled as doctests.
@@ -100,6 +102,7 @@ pub use error::ProxyError;
 pub use future::ResponseFuture;
 pub use layer::WsProxyLayer;
 pub use service::WsProxy;
+pub use sessions::ShutdownHandle;
 pub use upstream::{
     Balance, EndpointStatus, HashKey, Member, ParseBalanceError, ParseUpstreamError,
     ParseUpstreamErrorKind, Resolve, Resolving, Upstream, UpstreamPool, MAX_WEIGHT,

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, HOST, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
@@ -20,7 +20,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::Config;
 use crate::headers::{self, Forwarded};
+use crate::origin::Verdict;
 use crate::session::{self, SessionInfo, UpstreamLeg};
+use crate::sessions::Refusal;
 use crate::upstream::Lease;
 use crate::{answer, detect, dial, Member, ProxyError};
 
@@ -33,9 +35,33 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
     let path = req.uri().path_and_query().cloned();
     let log_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
 
+    if config.origins.is_restricted() {
+        let refusal = match config.origins.check(req.headers().get(ORIGIN)) {
+            Verdict::Allowed => None,
+            Verdict::Refused(origin) => Some(ProxyError::OriginNotAllowed(origin)),
+            Verdict::Missing => Some(ProxyError::MissingOrigin),
+        };
+        if let Some(e) = refusal {
+            return refuse(&config, e, client_addr, &log_path);
+        }
+    }
     let client = match detect::client_handshake(&mut req) {
         Ok(client) => client,
         Err(e) => return refuse(&config, e, client_addr, &log_path),
+    };
+    let permit = match config.sessions.admit(config.max_sessions) {
+        Ok(permit) => permit,
+        Err(Refusal::ShuttingDown) => {
+            return refuse(&config, ProxyError::ShuttingDown, client_addr, &log_path)
+        }
+        Err(Refusal::Full(n)) => {
+            return refuse(
+                &config,
+                ProxyError::TooManySessions(n),
+                client_addr,
+                &log_path,
+            )
+        }
     };
     let (parts, _body) = req.into_parts();
     let hash_key = config
@@ -119,7 +145,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
                 protocol,
             };
             lease.opened();
-            session::spawn(config, client.on_upgrade, leg, lease, info);
+            session::spawn(config, client.on_upgrade, leg, lease, permit, info);
             res
         }
     }

@@ -16,6 +16,7 @@ use crate::bridge::{self, Traffic};
 use crate::close;
 use crate::config::Config;
 use crate::keepalive::Keepalive;
+use crate::sessions::{Permit, Sessions};
 use crate::upstream::Lease;
 
 /// The upstream side of a session, already past its handshake.
@@ -35,6 +36,7 @@ pub(crate) fn spawn(
     on_upgrade: OnUpgrade,
     upstream: UpstreamLeg,
     lease: Lease,
+    permit: Permit,
     info: SessionInfo,
 ) {
     let span = tracing::info_span!(
@@ -57,15 +59,30 @@ pub(crate) fn spawn(
     );
     tokio::spawn(
         async move {
-            run(config, on_upgrade, upstream).await;
-            // The member's live count drops when the session has ended.
+            let sessions = permit.sessions().clone();
+            tokio::select! {
+                biased;
+                () = run(config, on_upgrade, upstream, &sessions) => {}
+                // Past the shutdown deadline: drop both sockets where they are.
+                () = sessions.aborting() => {
+                    tracing::Span::current().record("closed_by", "proxy");
+                    tracing::info!("session dropped at the shutdown deadline");
+                }
+            }
+            // The member's and the layer's live counts drop when the session has ended.
             drop(lease);
+            drop(permit);
         }
         .instrument(span),
     );
 }
 
-async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamLeg) {
+async fn run(
+    config: Arc<Config>,
+    on_upgrade: OnUpgrade,
+    mut upstream: UpstreamLeg,
+    sessions: &Sessions,
+) {
     let started = Instant::now();
     let mut to_upstream = Traffic::default();
     let mut to_client = Traffic::default();
@@ -85,6 +102,7 @@ async fn run(config: Arc<Config>, on_upgrade: OnUpgrade, mut upstream: UpstreamL
                 &mut to_upstream,
                 &mut to_client,
                 &mut keepalive,
+                sessions,
             )
             .await;
             close::finish(

@@ -163,3 +163,94 @@ async fn several_upstreams_round_robin_with_failover() {
         assert_eq!(next_message(&mut ws).await, Message::text(format!("m{i}")));
     }
 }
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_0() {
+    let (up, mut seen) = reporting_upstream().await;
+    let (mut child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--shutdown-grace",
+        "5s",
+    ])
+    .await;
+    let mut ws = connect(addr, "/").await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("before"));
+    assert_eq!(seen.next().await, Some(Message::text("before")));
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1001, "proxy shutting down")
+            )
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    while let Some(Ok(_)) = within(
+        "the close handshake",
+        futures_util::StreamExt::next(&mut ws),
+    )
+    .await
+    {}
+    match seen.next().await {
+        Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001 upstream, got {other:?}"),
+    }
+    let status = within("ws-proxy to exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn half_sent_handshakes_do_not_delay_others_and_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--header-timeout",
+        "500ms",
+    ])
+    .await;
+    // 300 clients that send half a request head and stall (slowloris).
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websock")
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    // A real client is served at once.
+    let started = std::time::Instant::now();
+    let mut ws = connect(addr, "/").await;
+    ws.send(Message::text("not delayed")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("not delayed"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stalled ones are closed once the header timeout passes.
+    for tcp in stalled.iter_mut().take(20) {
+        let mut buf = [0u8; 512];
+        let n = within("the server to cut a stalled client", tcp.read(&mut buf)).await;
+        // EOF, a reset, or a 408 answer followed by EOF: either way the connection ends.
+        if let Ok(n) = n {
+            if n > 0 {
+                assert!(
+                    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                    "{:?}",
+                    &buf[..n]
+                );
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod url;
 
 pub use balance::{Balance, HashKey, ParseBalanceError};
 pub use member::{Member, MAX_WEIGHT};
-pub(crate) use pool::Lease;
 pub use pool::{EndpointStatus, UpstreamPool};
+pub(crate) use pool::{Lease, NoPick};
 pub use resolve::{Resolve, Resolving};
 pub use url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

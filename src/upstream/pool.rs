@@ -66,6 +66,8 @@ struct State {
     resolve_every: Duration,
     resolver: Arc<dyn Resolve>,
     members: Vec<Slot>,
+    /// Sessions per endpoint; 0: no limit.
+    max_sessions: usize,
     /// Where least-conn's tie-break starts next.
     cursor: usize,
 }
@@ -103,6 +105,14 @@ pub(crate) struct Endpoint {
     sessions: AtomicU64,
     failures: AtomicU64,
     refusals: AtomicU64,
+}
+
+/// Why no endpoint could be picked.
+pub(crate) enum NoPick {
+    /// Every endpoint was tried already, or there are none.
+    Exhausted,
+    /// The untried endpoints are all at `max_sessions`.
+    Full(usize),
 }
 
 /// A claim on an endpoint for one session (or one dial attempt): counted as live while held.
@@ -197,6 +207,7 @@ impl UpstreamPool {
                 resolve_every: DEFAULT_RESOLVE_EVERY,
                 resolver: Arc::new(SystemResolver),
                 members: Vec::new(),
+                max_sessions: 0,
                 cursor: 0,
             })),
         }
@@ -247,6 +258,14 @@ impl UpstreamPool {
     #[must_use]
     pub fn resolve_every(self, every: Duration) -> Self {
         self.set(|s| s.resolve_every = every)
+    }
+
+    /// Most live sessions per endpoint (nginx's `server ... max_conns=N`); a full endpoint is
+    /// skipped, and when all are full new upgrades get **503** with `Retry-After: 1` before any
+    /// is dialled. Default: no limit (0).
+    #[must_use]
+    pub fn max_sessions(self, max: usize) -> Self {
+        self.set(|s| s.max_sessions = max)
     }
 
     /// The resolver for member host names. Default: the system resolver.
@@ -441,14 +460,24 @@ impl UpstreamPool {
 
     /// Picks an endpoint for a session, skipping those already `tried` by this request and
     /// those out of rotation (unless every remaining one is).
-    pub(crate) fn pick(&self, key: Option<&[u8]>, tried: &[Arc<Endpoint>]) -> Option<Lease> {
+    pub(crate) fn pick(
+        &self,
+        key: Option<&[u8]>,
+        tried: &[Arc<Endpoint>],
+    ) -> Result<Lease, NoPick> {
         let now = Instant::now();
         let mut st = self.lock();
         let mut open = Vec::new();
         let mut down = Vec::new();
+        let max = st.max_sessions;
+        let mut full = false;
         for (m, slot) in st.members.iter().enumerate() {
             for (e, ep) in slot.endpoints.iter().enumerate() {
                 if tried.iter().any(|t| Arc::ptr_eq(t, &ep.endpoint)) {
+                    continue;
+                }
+                if max > 0 && ep.endpoint.live.load(Ordering::Relaxed) >= max {
+                    full = true;
                     continue;
                 }
                 if ep.down_until.is_some_and(|d| d > now) {
@@ -460,7 +489,11 @@ impl UpstreamPool {
         }
         let candidates = if open.is_empty() { down } else { open };
         if candidates.is_empty() {
-            return None;
+            return Err(if full {
+                NoPick::Full(max)
+            } else {
+                NoPick::Exhausted
+            });
         }
         let i = match (&st.balance, key) {
             (Balance::RoundRobin, _) => st.smooth_round_robin(&candidates),
@@ -468,7 +501,7 @@ impl UpstreamPool {
             _ => st.least_conn(&candidates),
         };
         let (m, e) = candidates[i];
-        Some(Lease::new(st.members[m].endpoints[e].endpoint.clone()))
+        Ok(Lease::new(st.members[m].endpoints[e].endpoint.clone()))
     }
 
     /// Records a dial's outcome for passive health.
@@ -692,6 +725,7 @@ impl fmt::Debug for UpstreamPool {
             .field("max_fails", &st.max_fails)
             .field("fail_timeout", &st.fail_timeout)
             .field("resolve_every", &st.resolve_every)
+            .field("max_sessions", &st.max_sessions)
             .field("resolver", &super::resolve::ResolverName)
             .finish()
     }

@@ -3,14 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Member, UpstreamPool};
+use axum_ws_proxy::{Balance, Member, UpstreamPool, WsProxyLayer};
 
 pub(crate) const USAGE: &str = "\
 Usage: ws-proxy --upstream URL [--upstream URL ...] [options]
 
-Proxies WebSocket upgrades to the upstreams; GET /healthz answers 200 ok.
+Proxies WebSocket upgrades (HTTP/1.1, and HTTP/2 extended CONNECT over h2c) to the upstreams;
+GET /healthz answers 200 ok. SIGTERM or SIGINT drains sessions with close 1001, then exits 0.
 
-Options:
+Upstreams:
   --upstream URL              a member, ws://host:port[/prefix][?weight=N] (required, repeatable)
   --balance STRATEGY          least-conn, round-robin, hash:ip, hash:header:NAME,
                               hash:cookie:NAME or hash:query:NAME [default: least-conn]
@@ -18,21 +19,36 @@ Options:
   --max-fails N               failures that take an endpoint out of rotation (0: never) [default: 1]
   --fail-timeout DURATION     failure window and time out of rotation [default: 10s]
   --resolve-every DURATION    how often host names are resolved again [default: 30s]
+  --connect-timeout DURATION  TCP connect + upstream handshake, failover included [default: 10s]
+
+Sessions:
+  --ping-interval DURATION    ping a leg quiet this long; 0 turns keepalive off [default: 30s]
+  --ping-timeout DURATION     time a pinged leg has to answer [default: 30s]
+  --idle-timeout DURATION     close after this long without data either way [default: 0, off]
+  --max-lifetime DURATION     close sessions this old [default: 0, off]
+  --max-message-size BYTES    largest message either way, e.g. 65536, 64KiB, 16MiB [default: 16MiB]
+
+Limits and access:
+  --max-sessions N            sessions at once; beyond, 503 [default: 0, no limit]
+  --max-member-sessions N     sessions at once per upstream endpoint [default: 0, no limit]
+  --allow-origin ORIGIN       allowed Origin, exact or https://*.example.com (repeatable)
+  --require-origin            refuse upgrades without an Origin header (with --allow-origin)
+
+Server:
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
-  --connect-timeout DURATION  TCP connect + upstream handshake, failover included, e.g. 500ms,
-                              2s, 1m [default: 10s]
-  --max-message-size BYTES    largest message either way, e.g. 1048576, 64KiB, 16MiB [default: 16MiB]
+  --header-timeout DURATION   time a client has to send its request headers [default: 10s]
+  --shutdown-grace DURATION   time sessions get to close on shutdown [default: 10s]
   -h, --help                  print this help
   -V, --version               print the version
 
-Logs go to stderr, filtered by RUST_LOG (default: info).";
+Durations: 500ms, 2s, 1m, 1h. Logs go to stderr, filtered by RUST_LOG (default: info).";
 
 #[derive(Debug)]
 pub(crate) struct Args {
     pub(crate) listen: SocketAddr,
-    pub(crate) pool: UpstreamPool,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) max_message_size: Option<usize>,
+    pub(crate) layer: WsProxyLayer,
+    pub(crate) header_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// What the command line asks for.
@@ -44,15 +60,16 @@ pub(crate) enum Command {
 }
 
 pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut listen = None;
+    let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let mut header_timeout = Duration::from_secs(10);
+    let mut shutdown_grace = Duration::from_secs(10);
     let mut members: Vec<Member> = Vec::new();
-    let mut balance = None;
-    let mut max_tries = None;
-    let mut max_fails = None;
-    let mut fail_timeout = None;
-    let mut resolve_every = None;
-    let mut connect_timeout = None;
-    let mut max_message_size = None;
+    // Pool and layer settings are applied once the members are known.
+    let mut pool_settings: Vec<Box<dyn FnOnce(UpstreamPool) -> UpstreamPool>> = Vec::new();
+    let mut layer_settings: Vec<Box<dyn FnOnce(WsProxyLayer) -> WsProxyLayer>> = Vec::new();
+    let mut origins: Vec<String> = Vec::new();
+    let mut require_origin = false;
+
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Both `--flag value` and `--flag=value`.
@@ -66,15 +83,15 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 .or_else(|| args.next())
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
-        match flag.as_str() {
+        let f = flag.as_str();
+        match f {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--listen" => {
                 let v = value()?;
-                let addr = v
+                listen = v
                     .parse()
                     .map_err(|_| format!("--listen: invalid address {v:?} (expected IP:PORT)"))?;
-                listen = Some(addr);
             }
             "--upstream" => {
                 let v = value()?;
@@ -88,61 +105,105 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             }
             "--balance" => {
                 let v = value()?;
-                balance = Some(
-                    v.parse::<Balance>()
-                        .map_err(|e| format!("--balance: {e}"))?,
-                );
+                let b = v
+                    .parse::<Balance>()
+                    .map_err(|e| format!("--balance: {e}"))?;
+                pool_settings.push(Box::new(move |p| p.balance(b)));
             }
-            "--max-tries" => max_tries = Some(parse_count(&flag, &value()?, 1)?),
-            "--max-fails" => max_fails = Some(parse_count(&flag, &value()?, 0)?),
+            "--max-tries" => {
+                let n = parse_count(f, &value()?, 1)? as usize;
+                pool_settings.push(Box::new(move |p| p.max_tries(n)));
+            }
+            "--max-fails" => {
+                let n = parse_count(f, &value()?, 0)?;
+                pool_settings.push(Box::new(move |p| p.max_fails(n)));
+            }
+            "--max-member-sessions" => {
+                let n = parse_count(f, &value()?, 0)? as usize;
+                pool_settings.push(Box::new(move |p| p.max_sessions(n)));
+            }
             "--fail-timeout" => {
-                let v = value()?;
-                fail_timeout =
-                    Some(parse_duration(&v).map_err(|e| format!("--fail-timeout: {e}"))?);
+                let d = duration(f, &value()?, false)?;
+                pool_settings.push(Box::new(move |p| p.fail_timeout(d)));
             }
             "--resolve-every" => {
-                let v = value()?;
-                resolve_every =
-                    Some(parse_duration(&v).map_err(|e| format!("--resolve-every: {e}"))?);
+                let d = duration(f, &value()?, false)?;
+                pool_settings.push(Box::new(move |p| p.resolve_every(d)));
             }
             "--connect-timeout" => {
-                let v = value()?;
-                connect_timeout =
-                    Some(parse_duration(&v).map_err(|e| format!("--connect-timeout: {e}"))?);
+                let d = duration(f, &value()?, false)?;
+                layer_settings.push(Box::new(move |l| l.connect_timeout(d)));
+            }
+            "--ping-interval" => {
+                let d = duration(f, &value()?, true)?;
+                layer_settings.push(Box::new(move |l| l.ping_interval(d)));
+            }
+            "--ping-timeout" => {
+                let d = duration(f, &value()?, false)?;
+                layer_settings.push(Box::new(move |l| l.ping_timeout(d)));
+            }
+            "--idle-timeout" => {
+                let d = duration(f, &value()?, true)?;
+                layer_settings.push(Box::new(move |l| l.idle_timeout(d)));
+            }
+            "--max-lifetime" => {
+                let d = duration(f, &value()?, true)?;
+                layer_settings.push(Box::new(move |l| l.max_lifetime(d)));
             }
             "--max-message-size" => {
                 let v = value()?;
-                max_message_size =
-                    Some(parse_size(&v).map_err(|e| format!("--max-message-size: {e}"))?);
+                let n = parse_size(&v).map_err(|e| format!("--max-message-size: {e}"))?;
+                layer_settings.push(Box::new(move |l| l.max_message_size(n).max_frame_size(n)));
             }
+            "--max-sessions" => {
+                let n = parse_count(f, &value()?, 0)? as usize;
+                layer_settings.push(Box::new(move |l| l.max_sessions(n)));
+            }
+            "--allow-origin" => {
+                let v = value()?;
+                if v.trim().is_empty() {
+                    return Err("--allow-origin: empty origin".into());
+                }
+                origins.push(v);
+            }
+            "--require-origin" => require_origin = true,
+            "--header-timeout" => header_timeout = duration(f, &value()?, false)?,
+            "--shutdown-grace" => shutdown_grace = duration(f, &value()?, false)?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
     }
     if members.is_empty() {
         return Err("--upstream URL is required (see --help)".into());
     }
+    if require_origin && origins.is_empty() {
+        return Err("--require-origin needs at least one --allow-origin".into());
+    }
     let mut pool = UpstreamPool::new(members).map_err(|e| format!("--upstream: {e}"))?;
-    if let Some(b) = balance {
-        pool = pool.balance(b);
+    for apply in pool_settings {
+        pool = apply(pool);
     }
-    if let Some(n) = max_tries {
-        pool = pool.max_tries(n as usize);
+    let mut layer = WsProxyLayer::new(pool);
+    for apply in layer_settings {
+        layer = apply(layer);
     }
-    if let Some(n) = max_fails {
-        pool = pool.max_fails(n);
-    }
-    if let Some(d) = fail_timeout {
-        pool = pool.fail_timeout(d);
-    }
-    if let Some(d) = resolve_every {
-        pool = pool.resolve_every(d);
+    if !origins.is_empty() {
+        layer = layer
+            .allowed_origins(origins)
+            .allow_missing_origin(!require_origin);
     }
     Ok(Command::Run(Args {
-        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        pool,
-        connect_timeout,
-        max_message_size,
+        listen,
+        layer,
+        header_timeout,
+        shutdown_grace,
     }))
+}
+
+fn duration(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
+    if zero_ok && v == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(v).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// A whole number of at least `min`.
@@ -222,6 +283,8 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(duration("--ping-interval", "0", true), Ok(Duration::ZERO));
+        assert!(duration("--ping-timeout", "0", false).is_err());
     }
 
     #[test]
@@ -230,12 +293,12 @@ mod tests {
             "--upstream",
             "ws://h:1",
             "--listen=0.0.0.0:9",
-            "--connect-timeout",
+            "--header-timeout",
             "2s",
         ])
         .unwrap();
         assert_eq!(a.listen.port(), 9);
-        assert_eq!(a.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(a.header_timeout, Duration::from_secs(2));
         assert!(run(&[]).unwrap_err().contains("--upstream URL is required"));
         assert!(run(&["--upstream"]).unwrap_err().contains("needs a value"));
         assert!(run(&["--upstream", "ws//x"])
@@ -244,5 +307,26 @@ mod tests {
         assert!(run(&["--bogus"])
             .unwrap_err()
             .contains("unknown flag \"--bogus\""));
+        let a = run(&[
+            "--upstream",
+            "ws://a:1",
+            "--upstream",
+            "ws://b:1?weight=3",
+            "--balance",
+            "hash:cookie:sid",
+        ])
+        .unwrap();
+        assert_eq!(a.layer.pool().to_string(), "ws://a:1, ws://b:1?weight=3");
+        assert_eq!(
+            run(&["--upstream", "ws://a:1", "--upstream", "ws://a:1?weight=2"]).unwrap_err(),
+            "--upstream: \"ws://a:1?weight=2\" is listed twice"
+        );
+        assert!(run(&["--upstream", "ws://a:1", "--max-tries", "0"])
+            .unwrap_err()
+            .starts_with("--max-tries: invalid number"));
+        assert_eq!(
+            run(&["--upstream", "ws://a:1", "--require-origin"]).unwrap_err(),
+            "--require-origin needs at least one --allow-origin"
+        );
     }
 }

@@ -1,17 +1,15 @@
 //! `ws-proxy`: the layer as a standalone WebSocket reverse proxy (e.g. a sidecar).
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
-use axum_ws_proxy::WsProxyLayer;
 use tracing_subscriber::EnvFilter;
 
 mod args;
+mod server;
 
 fn main() -> ExitCode {
     let command = match args::parse(std::env::args().skip(1)) {
@@ -61,17 +59,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: args::Args) -> Result<(), String> {
-    let mut layer = WsProxyLayer::new(args.pool.clone());
-    if let Some(t) = args.connect_timeout {
-        layer = layer.connect_timeout(t);
-    }
-    if let Some(n) = args.max_message_size {
-        layer = layer.max_message_size(n).max_frame_size(n);
-    }
+    let drain = args.layer.shutdown_handle();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(layer);
+        .layer(args.layer.clone());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -79,15 +71,43 @@ async fn serve(args: args::Args) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(listen = %local, upstream = %args.pool, "ws-proxy listening");
-    // Small messages must not wait for Nagle's algorithm; the bridge batches writes itself.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    tracing::info!(listen = %local, upstream = %args.layer.pool(), "ws-proxy listening");
+
+    server::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        args.header_timeout,
+        args.shutdown_grace,
+        shutdown_signal(),
     )
-    .await
-    .map_err(|e| format!("server error: {e}"))
+    .await;
+    tracing::info!(
+        sessions = drain.live_sessions(),
+        "shutting down: closing sessions with 1001"
+    );
+    let dropped = drain.shutdown(args.shutdown_grace).await;
+    tracing::info!(dropped, "shutdown complete");
+    Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => interrupt.await,
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await;
 }

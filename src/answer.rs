@@ -63,22 +63,29 @@ pub(crate) fn verify_switch(
     }
 }
 
-/// The client's `101 Switching Protocols`: the proxy's own handshake headers, the upstream's
-/// subprotocol choice, and the upstream's end-to-end headers (e.g. `Set-Cookie`).
-pub(crate) fn switching_protocols(
-    accept: HeaderValue,
+/// The client's acceptance: for HTTP/1.1 a `101 Switching Protocols` with the proxy's own
+/// handshake headers; for HTTP/2 (no `accept`) a `200` (RFC 8441). Either way it carries the
+/// upstream's subprotocol choice and end-to-end headers (e.g. `Set-Cookie`).
+pub(crate) fn accepted(
+    accept: Option<HeaderValue>,
     protocol: Option<HeaderValue>,
     upstream: HeaderMap,
 ) -> Response<Body> {
     let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     *h = headers::switching_response(upstream);
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    match accept {
+        Some(accept) => {
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        None => *res.status_mut() = StatusCode::OK,
+    }
     if let Some(p) = protocol {
-        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+        res.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, p);
     }
     res
 }

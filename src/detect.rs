@@ -8,21 +8,42 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::headers::has_token;
 use crate::ProxyError;
 
-/// An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token
-/// `upgrade` (case-insensitive, lists such as `keep-alive, Upgrade` included). Everything else
-/// goes to the inner service untouched.
+/// A WebSocket opening request: an HTTP/1.1 `GET` with `Upgrade: websocket` and a
+/// `Connection` header holding the token `upgrade` (case-insensitive, lists such as
+/// `keep-alive, Upgrade` included), or an HTTP/2 extended `CONNECT` with `:protocol websocket`
+/// (RFC 8441). Everything else goes to the inner service untouched.
 pub(crate) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    is_http1_upgrade(req) || is_http2_connect(req)
+}
+
+fn is_http1_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
         && has_token(req.headers(), UPGRADE, "websocket")
         && has_token(req.headers(), CONNECTION, "upgrade")
 }
 
+#[cfg(feature = "http2")]
+fn is_http2_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+#[cfg(not(feature = "http2"))]
+fn is_http2_connect<B>(_: &Request<B>) -> bool {
+    false
+}
+
 /// What is needed to answer the client once the upstream has accepted.
 pub(crate) struct ClientHandshake {
-    /// `Sec-WebSocket-Accept` for the client's key.
-    pub(crate) accept: HeaderValue,
-    /// Resolves to the client's connection once the 101 has been written.
+    /// `Sec-WebSocket-Accept` for the client's key; `None` for HTTP/2, which has no key and
+    /// is answered with `200` instead of `101`.
+    pub(crate) accept: Option<HeaderValue>,
+    /// Resolves to the client's connection (or HTTP/2 stream) once the answer has been sent.
     pub(crate) on_upgrade: OnUpgrade,
 }
 
@@ -36,12 +57,18 @@ pub(crate) fn client_handshake<B>(req: &mut Request<B>) -> Result<ClientHandshak
     {
         return Err(ProxyError::UnsupportedVersion);
     }
-    let key = headers
-        .get(SEC_WEBSOCKET_KEY)
-        .filter(|k| is_valid_key(k.as_bytes()))
-        .ok_or(ProxyError::InvalidKey)?;
-    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-        .map_err(|_| ProxyError::InvalidKey)?;
+    let accept = if req.version() == Version::HTTP_2 {
+        None
+    } else {
+        let key = headers
+            .get(SEC_WEBSOCKET_KEY)
+            .filter(|k| is_valid_key(k.as_bytes()))
+            .ok_or(ProxyError::InvalidKey)?;
+        Some(
+            HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+                .map_err(|_| ProxyError::InvalidKey)?,
+        )
+    };
     let on_upgrade = req
         .extensions_mut()
         .remove::<OnUpgrade>()

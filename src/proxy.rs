@@ -77,7 +77,13 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .iter()
         .cloned()
         .collect();
-    let client_host = parts.headers.get(HOST).cloned();
+    // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
+    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let keep_client_host = config.preserve_host && client_host.is_some();
     let forwarded = headers::upstream_request(
         parts.headers,
@@ -138,7 +144,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             headers,
             lease,
         })) => {
-            let res = answer::switching_protocols(client.accept, protocol.clone(), headers);
+            let res = answer::accepted(client.accept, protocol.clone(), headers);
             let info = SessionInfo {
                 client: client_addr,
                 path: log_path,

@@ -1,0 +1,166 @@
+//! WebSocket over HTTP/2 (RFC 8441): extended CONNECT from an HTTP/2 client, proxied to an
+//! HTTP/1.1 upstream, answered with 200.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::Router;
+use axum_ws_proxy::WsProxyLayer;
+use bytes::Bytes;
+use common::*;
+use futures_util::SinkExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type H2Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Opens a WebSocket over an HTTP/2 (prior knowledge, cleartext) connection.
+async fn h2_connect(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (http::Response<hyper::body::Incoming>, Option<H2Socket>) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let mut res = within(
+        "the HTTP/2 answer",
+        send.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .unwrap();
+    if res.status() != StatusCode::OK {
+        return (res, None);
+    }
+    let upgraded = within("the h2 stream", hyper::upgrade::on(&mut res))
+        .await
+        .unwrap();
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    (res, Some(ws))
+}
+
+/// An HTTP/1.1 upstream choosing subprotocol `chat`, echoing, and recording the request.
+async fn h1_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, http::HeaderMap)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().fallback(
+        move |uri: http::Uri,
+              version: http::Version,
+              headers: http::HeaderMap,
+              ws: WebSocketUpgrade| {
+            let tx = tx.clone();
+            async move {
+                tx.send((format!("{version:?} {uri}"), headers)).unwrap();
+                ws.protocols(["chat"]).on_upgrade(echo)
+            }
+        },
+    );
+    (serve(app).await, rx)
+}
+
+#[tokio::test]
+async fn an_http2_client_is_proxied_to_an_http1_upstream() {
+    let (up, mut seen) = h1_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (res, ws) = h2_connect(
+        proxy,
+        "/room/1?x=2",
+        &[
+            ("sec-websocket-protocol", "chat"),
+            ("origin", "https://app.example"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["sec-websocket-protocol"], "chat");
+    assert!(!res.headers().contains_key("sec-websocket-accept"));
+    let mut ws = ws.unwrap();
+
+    let (line, headers) = seen.recv().await.unwrap();
+    assert_eq!(line, "HTTP/1.1 /room/1?x=2");
+    assert_eq!(headers["host"], proxy.to_string().as_str());
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["origin"], "https://app.example");
+
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("over h2"));
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 4002u16.into(),
+        reason: "h2 bye".into(),
+    })))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4002, "h2 bye"))
+        }
+        other => panic!("expected the close echo, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_gets_the_upstreams_refusal() {
+    let up =
+        serve(Router::new().fallback(|| async { (StatusCode::UNAUTHORIZED, "who are you") })).await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (res, ws) = h2_connect(proxy, "/", &[]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(ws.is_none());
+}
+
+#[tokio::test]
+async fn the_binary_serves_http2_cleartext_on_the_same_port() {
+    let (up, _seen) = h1_upstream().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("ws://{up}"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let addr: SocketAddr = within("the listening line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    let (res, ws) = h2_connect(addr, "/", &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut ws = ws.unwrap();
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::binary(vec![1, 2, 3]));
+    // And HTTP/1.1 on the same port.
+    let mut h1 = connect(addr, "/").await;
+    h1.send(Message::text("h1")).await.unwrap();
+    assert_eq!(next_message(&mut h1).await, Message::text("h1"));
+}

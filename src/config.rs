@@ -49,6 +49,9 @@ pub(crate) struct Config {
     pub(crate) max_sessions: usize,
     /// Shared by every clone of the layer, so one shutdown handle drains them all.
     pub(crate) sessions: Arc<Sessions>,
+    /// `None`: the shared default (webpki roots).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::UpstreamTls>,
 }
 
 impl Config {
@@ -72,6 +75,8 @@ impl Config {
             origins: Origins::new([], true),
             max_sessions: 0,
             sessions: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -12,8 +12,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::Config;
 use crate::upstream::{Lease, NoPick};
-use crate::{Member, ProxyError, UpstreamPool};
+use crate::{Member, ProxyError};
+
+/// Largest upstream answer head accepted.
+const MAX_ANSWER_HEAD: usize = 64 << 10;
 
 /// An upstream that answered the upgrade request (with a 101 or anything else).
 pub(crate) struct Dialed {
@@ -27,11 +33,12 @@ pub(crate) struct Dialed {
 /// pool's `max_tries`. Each try's TCP connect gets an equal share of the time left until
 /// `deadline`; the caller bounds the whole dial by the deadline (then 504).
 pub(crate) async fn dial(
-    pool: &UpstreamPool,
+    config: &Config,
     key: Option<&[u8]>,
     deadline: Instant,
     request: impl Fn(&Member) -> Request<Empty<Bytes>>,
 ) -> Result<Dialed, ProxyError> {
+    let pool = &config.pool;
     pool.ensure_resolved().await;
     let max_tries = pool.tries();
     let mut tried = Vec::with_capacity(max_tries);
@@ -59,7 +66,13 @@ pub(crate) async fn dial(
                     })
                 }
             };
-            send_upgrade(tcp, request(&endpoint.member)).await
+            let upstream = endpoint.member.upstream();
+            if upstream.is_tls() {
+                let tls = secure(config, upstream.host(), endpoint.addr, tcp).await?;
+                send_upgrade(tls, request(&endpoint.member)).await
+            } else {
+                send_upgrade(tcp, request(&endpoint.member)).await
+            }
         };
         match attempt.await {
             Ok((response, conn)) => {
@@ -90,6 +103,34 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
     Ok(tcp)
 }
 
+/// The TLS handshake with a `wss://` member: SNI and verification for its host name.
+#[cfg(feature = "tls")]
+async fn secure(
+    config: &Config,
+    host: &str,
+    addr: SocketAddr,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    let tls = config
+        .tls
+        .as_ref()
+        .unwrap_or_else(|| crate::UpstreamTls::default_shared());
+    tls.connect(host, tcp)
+        .await
+        .map_err(|source| ProxyError::Tls { addr, source })
+}
+
+#[cfg(not(feature = "tls"))]
+async fn secure(
+    _: &Config,
+    _: &str,
+    _: SocketAddr,
+    tcp: TcpStream,
+) -> Result<TcpStream, ProxyError> {
+    // Unreachable: `wss://` does not parse without the `tls` feature.
+    Ok(tcp)
+}
+
 /// The HTTP/1.1 connection task of one upstream handshake. It is aborted when dropped, so a
 /// handshake that times out or is refused leaves nothing running.
 pub(crate) struct Connection(JoinHandle<()>);
@@ -102,11 +143,17 @@ impl Drop for Connection {
 
 /// Sends the upgrade request over `tcp` and returns the upstream's answer. Keep the returned
 /// [`Connection`] alive until the upgrade (or the answer's body) has been taken.
-async fn send_upgrade(
-    tcp: TcpStream,
+async fn send_upgrade<T>(
+    io: T,
     request: Request<Empty<Bytes>>,
-) -> Result<(Response<Incoming>, Connection), ProxyError> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+) -> Result<(Response<Incoming>, Connection), ProxyError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        // Bounds the upstream's answer head (hyper's minimum is 8 KiB).
+        .max_buf_size(MAX_ANSWER_HEAD)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ProxyError::Handshake)?;
     let conn = Connection(tokio::spawn(async move {

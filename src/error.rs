@@ -53,6 +53,14 @@ pub enum ProxyError {
     TooManySessions(usize),
     /// Every pool member is at its `max_sessions`: **503** with `Retry-After: 1`.
     MembersFull(usize),
+    /// The TLS handshake with a `wss://` upstream failed (untrusted or expired certificate,
+    /// wrong host name, no common protocol): **502**, with rustls's reason.
+    Tls {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The TLS error.
+        source: io::Error,
+    },
     /// The upstream did not complete the TCP connect and handshake within the connect
     /// timeout: **504**.
     Timeout {
@@ -79,6 +87,7 @@ impl ProxyError {
             }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
+            | Self::Tls { .. }
             | Self::NoMembers
             | Self::Connect { .. }
             | Self::Handshake(_)
@@ -94,6 +103,7 @@ impl ProxyError {
             Self::NotUpgradable => "not_upgradable",
             Self::Resolve { .. } => "resolve",
             Self::Connect { .. } => "connect",
+            Self::Tls { .. } => "tls",
             Self::NoMembers => "no_members",
             Self::OriginNotAllowed(_) => "origin",
             Self::MissingOrigin => "missing_origin",
@@ -131,6 +141,9 @@ impl fmt::Display for ProxyError {
             Self::MembersFull(n) => {
                 write!(f, "every upstream member is at its limit of {n} sessions")
             }
+            Self::Tls { addr, source } => {
+                write!(f, "TLS handshake with upstream {addr} failed: {source}")
+            }
             Self::Timeout { after } => {
                 write!(f, "upstream did not answer the upgrade within {after:?}")
             }
@@ -143,7 +156,9 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Resolve { source, .. } | Self::Connect { source, .. } => Some(source),
+            Self::Resolve { source, .. }
+            | Self::Connect { source, .. }
+            | Self::Tls { source, .. } => Some(source),
             Self::Handshake(e) => Some(e),
             _ => None,
         }

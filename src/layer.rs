@@ -146,6 +146,15 @@ impl WsProxyLayer {
         self.set(|c| c.origins.allow_missing = allow)
     }
 
+    /// How `wss://` upstreams are verified. Default: [`UpstreamTls::webpki_roots`] (public
+    /// CAs, host name checked, SNI set). A failed TLS handshake is a **502** naming the reason.
+    ///
+    /// [`UpstreamTls::webpki_roots`]: crate::UpstreamTls::webpki_roots
+    #[cfg(feature = "tls")]
+    pub fn upstream_tls(self, tls: crate::UpstreamTls) -> Self {
+        self.set(|c| c.tls = Some(tls))
+    }
+
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.config.sessions.clone())

@@ -91,6 +91,8 @@ mod proxy;
 mod service;
 mod session;
 mod sessions;
+#[cfg(feature = "tls")]
+mod tls;
 mod upstream;
 
 // The README's Rust examples are compiled as doctests.
@@ -103,6 +105,8 @@ pub use future::ResponseFuture;
 pub use layer::WsProxyLayer;
 pub use service::WsProxy;
 pub use sessions::ShutdownHandle;
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfigError, UpstreamTls};
 pub use upstream::{
     Balance, EndpointStatus, HashKey, Member, ParseBalanceError, ParseUpstreamError,
     ParseUpstreamErrorKind, Resolve, Resolving, Upstream, UpstreamPool, MAX_WEIGHT,

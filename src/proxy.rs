@@ -183,7 +183,7 @@ async fn handshake(
         response: mut res,
         conn,
         lease,
-    } = dial::dial(&config.pool, hash_key, deadline, request_for).await?;
+    } = dial::dial(config, hash_key, deadline, request_for).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let relayed = answer::relay(res, config.max_response_body_size).await?;
         return Ok(Answer::Relayed(relayed, lease));

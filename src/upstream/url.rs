@@ -11,6 +11,8 @@ use http::Uri;
 /// A WebSocket server upgrades are forwarded to, parsed from `ws://host:port[/prefix]`.
 ///
 /// - `http://` is accepted and means `ws://`; the port defaults to 80.
+/// - `wss://` (or `https://`) reaches the upstream over TLS (with the `tls` feature, on by
+///   default); the port defaults to 443. See [`UpstreamTls`](crate::UpstreamTls).
 /// - The host may be a name (resolved on every dial, so DNS changes are picked up), an IPv4
 ///   address, or a bracketed IPv6 address (`ws://[::1]:3000`).
 /// - The optional path prefix is prepended to the client's path and query: with
@@ -35,7 +37,9 @@ pub struct Upstream {
     /// Host as it is dialled: IPv6 without brackets.
     host: String,
     port: u16,
-    /// `host[:port]` as it goes in a `Host` header: brackets kept, `:80` omitted.
+    /// `wss://` (or `https://`): TLS to the upstream.
+    tls: bool,
+    /// `host[:port]` as it goes in a `Host` header: brackets kept, the default port omitted.
     authority: String,
     /// `authority` ready for a `Host` header.
     host_header: HeaderValue,
@@ -52,6 +56,11 @@ impl Upstream {
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the upstream is reached over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// `host[:port]`, as sent in `Host` when [`preserve_host(false)`] is set.
@@ -93,7 +102,8 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}{}", self.authority, self.prefix)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.authority, self.prefix)
     }
 }
 
@@ -120,12 +130,14 @@ fn parse(url: &str) -> Result<Upstream, ParseUpstreamErrorKind> {
     use ParseUpstreamErrorKind as E;
 
     let (scheme, rest) = url.split_once("://").ok_or(E::MissingScheme)?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "ws" | "http" => {}
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => false,
+        "wss" | "https" if cfg!(feature = "tls") => true,
         "wss" | "https" => return Err(E::TlsNotSupported),
         "" => return Err(E::MissingScheme),
         other => return Err(E::UnsupportedScheme(other.to_owned())),
-    }
+    };
+    let default_port = if tls { 443 } else { 80 };
 
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
@@ -141,7 +153,7 @@ fn parse(url: &str) -> Result<Upstream, ParseUpstreamErrorKind> {
 
     let (host, port) = split_host_port(authority)?;
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n != 0 => n,
             _ => return Err(E::InvalidPort(p.to_owned())),
@@ -154,17 +166,18 @@ fn parse(url: &str) -> Result<Upstream, ParseUpstreamErrorKind> {
     }
 
     let bracketed = host.contains(':');
-    let authority = match (bracketed, port) {
-        (false, 80) => host.to_owned(),
-        (false, p) => format!("{host}:{p}"),
-        (true, 80) => format!("[{host}]"),
-        (true, p) => format!("[{host}]:{p}"),
+    let authority = match (bracketed, port == default_port) {
+        (false, true) => host.to_owned(),
+        (false, false) => format!("{host}:{port}"),
+        (true, true) => format!("[{host}]"),
+        (true, false) => format!("[{host}]:{port}"),
     };
     let host_header =
         HeaderValue::from_str(&authority).map_err(|_| E::InvalidHost(host.to_owned()))?;
     Ok(Upstream {
         host: host.to_owned(),
         port,
+        tls,
         authority,
         host_header,
         prefix: prefix.to_owned(),
@@ -251,7 +264,7 @@ pub enum ParseUpstreamErrorKind {
     MissingScheme,
     /// A scheme other than `ws` or `http`.
     UnsupportedScheme(String),
-    /// `wss://` or `https://`: TLS to upstreams is not built into this version.
+    /// `wss://` or `https://` in a build without the `tls` feature.
     TlsNotSupported,
     /// Nothing between `://` and the path.
     MissingHost,
@@ -282,11 +295,14 @@ impl fmt::Display for ParseUpstreamErrorKind {
                 f.write_str("missing \"://\" after the scheme (expected ws://host:port[/prefix])")
             }
             Self::UnsupportedScheme(s) => {
-                write!(f, "unsupported scheme {s:?} (use ws:// or http://)")
+                write!(
+                    f,
+                    "unsupported scheme {s:?} (use ws://, wss://, http:// or https://)"
+                )
             }
-            Self::TlsNotSupported => {
-                f.write_str("wss:// and https:// upstreams are not supported yet (use ws://)")
-            }
+            Self::TlsNotSupported => f.write_str(
+                "wss:// and https:// need the crate's `tls` feature (this build has no TLS)",
+            ),
             Self::MissingHost => f.write_str("missing host"),
             Self::InvalidHost(h) => write!(f, "invalid host {h:?}"),
             Self::InvalidPort(p) => write!(f, "invalid port {p:?} (expected 1-65535)"),
@@ -333,6 +349,16 @@ mod tests {
         use ParseUpstreamErrorKind as E;
         assert_eq!(kind("ws//x"), E::MissingScheme);
         assert_eq!(kind("ftp://x"), E::UnsupportedScheme("ftp".into()));
+        #[cfg(feature = "tls")]
+        {
+            let wss: Upstream = "wss://x".parse().unwrap();
+            assert_eq!(
+                (wss.is_tls(), wss.port(), wss.authority()),
+                (true, 443, "x")
+            );
+            assert_eq!(wss.to_string(), "wss://x");
+        }
+        #[cfg(not(feature = "tls"))]
         assert_eq!(kind("wss://x"), E::TlsNotSupported);
         assert_eq!(kind("ws://"), E::MissingHost);
         assert_eq!(kind("ws://:80"), E::MissingHost);

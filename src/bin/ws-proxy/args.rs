@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Member, UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{Balance, Member, UpstreamPool, UpstreamTls, WsProxyLayer};
 
 pub(crate) const USAGE: &str = "\
 Usage: ws-proxy --upstream URL [--upstream URL ...] [options]
@@ -20,6 +20,9 @@ Upstreams:
   --fail-timeout DURATION     failure window and time out of rotation [default: 10s]
   --resolve-every DURATION    how often host names are resolved again [default: 30s]
   --connect-timeout DURATION  TCP connect + upstream handshake, failover included [default: 10s]
+  --upstream-ca FILE          trust only the CA certificates in this PEM file for wss:// upstreams
+                              [default: the public webpki roots]
+  --insecure-skip-verify      do not verify wss:// upstream certificates (logged loudly)
 
 Sessions:
   --ping-interval DURATION    ping a leg quiet this long; 0 turns keepalive off [default: 30s]
@@ -49,6 +52,8 @@ pub(crate) struct Args {
     pub(crate) layer: WsProxyLayer,
     pub(crate) header_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// Applied once logging is up, so its warning is seen.
+    pub(crate) insecure_skip_verify: bool,
 }
 
 /// What the command line asks for.
@@ -69,6 +74,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     let mut layer_settings: Vec<Box<dyn FnOnce(WsProxyLayer) -> WsProxyLayer>> = Vec::new();
     let mut origins: Vec<String> = Vec::new();
     let mut require_origin = false;
+    let mut upstream_ca: Option<String> = None;
+    let mut insecure_skip_verify = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -167,6 +174,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 origins.push(v);
             }
             "--require-origin" => require_origin = true,
+            "--upstream-ca" => upstream_ca = Some(value()?),
+            "--insecure-skip-verify" => insecure_skip_verify = true,
             "--header-timeout" => header_timeout = duration(f, &value()?, false)?,
             "--shutdown-grace" => shutdown_grace = duration(f, &value()?, false)?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
@@ -177,6 +186,16 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     }
     if require_origin && origins.is_empty() {
         return Err("--require-origin needs at least one --allow-origin".into());
+    }
+    if insecure_skip_verify && upstream_ca.is_some() {
+        return Err("--insecure-skip-verify and --upstream-ca exclude each other".into());
+    }
+    if let Some(path) = upstream_ca {
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("--upstream-ca: cannot read {path:?}: {e}"))?;
+        let tls = UpstreamTls::with_root_certificates_pem(&pem)
+            .map_err(|e| format!("--upstream-ca: {path:?}: {e}"))?;
+        layer_settings.push(Box::new(move |l| l.upstream_tls(tls)));
     }
     let mut pool = UpstreamPool::new(members).map_err(|e| format!("--upstream: {e}"))?;
     for apply in pool_settings {
@@ -196,6 +215,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
         layer,
         header_timeout,
         shutdown_grace,
+        insecure_skip_verify,
     }))
 }
 

@@ -58,7 +58,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: args::Args) -> Result<(), String> {
+async fn serve(mut args: args::Args) -> Result<(), String> {
+    if args.insecure_skip_verify {
+        // UpstreamTls logs its own warning too; this one names the flag.
+        tracing::warn!("--insecure-skip-verify: wss:// upstream certificates are NOT verified");
+        args.layer = args
+            .layer
+            .upstream_tls(axum_ws_proxy::UpstreamTls::insecure_skip_verify());
+    }
     let drain = args.layer.shutdown_handle();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -19,7 +19,7 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&[], "ws-proxy: --upstream URL is required (see --help)"),
         (&["--upstream", "ws//x"], "ws-proxy: --upstream: invalid upstream URL \"ws//x\": missing \"://\" after the scheme (expected ws://host:port[/prefix])"),
         (&["--upstream", "ws://h:99999"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:99999\": invalid port \"99999\" (expected 1-65535)"),
-        (&["--upstream", "ftp://h"], "ws-proxy: --upstream: invalid upstream URL \"ftp://h\": unsupported scheme \"ftp\" (use ws:// or http://)"),
+        (&["--upstream", "ftp://h"], "ws-proxy: --upstream: invalid upstream URL \"ftp://h\": unsupported scheme \"ftp\" (use ws://, wss://, http:// or https://)"),
         (&["--upstream", "ws://h", "--connect-timeout", "5x"], "ws-proxy: --connect-timeout: invalid duration \"5x\" (units: ms, s, m, h)"),
         (&["--upstream", "ws://h", "--max-message-size", "lots"], "ws-proxy: --max-message-size: invalid size \"lots\" (expected e.g. 65536, 64KiB, 16MiB)"),
         (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid address \"nowhere\" (expected IP:PORT)"),

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::keepalive::{Expired, Keepalive};
+use crate::metrics::TrafficCounters;
 use crate::sessions::Sessions;
 
 /// The payload of the proxy's own keepalive pings.
@@ -49,16 +50,27 @@ impl Side {
 }
 
 /// Data messages delivered to a leg and their payload bytes, for one direction.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Traffic {
     pub(crate) messages: u64,
     pub(crate) bytes: u64,
+    counters: TrafficCounters,
 }
 
 impl Traffic {
+    /// `direction` labels the metrics: `to_upstream` or `to_client`.
+    pub(crate) fn new(direction: &'static str) -> Self {
+        Self {
+            messages: 0,
+            bytes: 0,
+            counters: TrafficCounters::new(direction),
+        }
+    }
+
     pub(crate) fn add(&mut self, bytes: u64) {
         self.messages += 1;
         self.bytes += bytes;
+        self.counters.add(bytes);
     }
 }
 

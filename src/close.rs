@@ -45,6 +45,19 @@ pub(crate) struct Report {
     pub(crate) undeliverable: u64,
 }
 
+impl Report {
+    /// A session still open at the shutdown deadline, dropped without a close handshake.
+    pub(crate) fn dropped_at_shutdown() -> Self {
+        Self {
+            closed_by: "proxy",
+            client_code: 1006,
+            upstream_code: 1006,
+            reason: "dropped at the shutdown deadline".into(),
+            undeliverable: 0,
+        }
+    }
+}
+
 /// What happens to one leg at the end of the session.
 enum LegEnd {
     /// The peer sent a close frame: send tungstenite's queued echo, then wait for the end.
@@ -139,7 +152,7 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = frame(CloseCode::Away, "client went away during the upgrade");
-    let mut unused = Traffic::default();
+    let mut unused = Traffic::new("to_upstream");
     let undeliverable = end_leg(
         upstream,
         LegEnd::Initiate(Some(frame)),

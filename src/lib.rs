@@ -86,6 +86,7 @@ mod future;
 mod headers;
 mod keepalive;
 mod layer;
+pub mod metrics;
 mod origin;
 mod proxy;
 mod service;

@@ -20,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::Config;
 use crate::headers::{self, Forwarded};
+use crate::metrics;
 use crate::origin::Verdict;
 use crate::session::{self, SessionInfo, UpstreamLeg};
 use crate::sessions::Refusal;
@@ -108,7 +109,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         request
     };
 
-    let deadline = Instant::now() + config.connect_timeout;
+    let dialled = Instant::now();
+    let deadline = dialled + config.connect_timeout;
     let handshake = handshake(
         &config,
         hash_key.as_deref(),
@@ -129,6 +131,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         Ok(Err(e)) => refuse(&config, e, client_addr, &log_path),
         Ok(Ok(Answer::Relayed(res, lease))) => {
             lease.refused();
+            metrics::upstream_answered(dialled.elapsed());
+            metrics::handshake_failed("upstream_refused");
             tracing::info!(
                 client = ?client_addr,
                 upstream = %lease.endpoint().member.upstream(),
@@ -151,6 +155,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
                 protocol,
             };
             lease.opened();
+            metrics::upstream_answered(dialled.elapsed());
             session::spawn(config, client.on_upgrade, leg, lease, permit, info);
             res
         }
@@ -215,6 +220,7 @@ fn refuse(
     path: &str,
 ) -> Response<Body> {
     let status = error.status().as_u16();
+    metrics::handshake_failed(error.cause());
     if error.status().is_server_error() {
         tracing::warn!(client = ?client, upstream = %config.pool, path, status, cause = error.cause(), "upgrade failed: {error}");
     } else {

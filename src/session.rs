@@ -16,6 +16,7 @@ use crate::bridge::{self, Traffic};
 use crate::close;
 use crate::config::Config;
 use crate::keepalive::Keepalive;
+use crate::metrics;
 use crate::sessions::{Permit, Sessions};
 use crate::upstream::Lease;
 
@@ -57,18 +58,22 @@ pub(crate) fn spawn(
         close_reason = Empty,
         undeliverable = Empty,
     );
+    let member = lease.endpoint().addr.to_string();
+    metrics::session_opened(&member);
     tokio::spawn(
         async move {
             let sessions = permit.sessions().clone();
-            tokio::select! {
+            let report = tokio::select! {
                 biased;
-                () = run(config, on_upgrade, upstream, &sessions) => {}
+                report = run(config, on_upgrade, upstream, &sessions) => report,
                 // Past the shutdown deadline: drop both sockets where they are.
                 () = sessions.aborting() => {
                     tracing::Span::current().record("closed_by", "proxy");
                     tracing::info!("session dropped at the shutdown deadline");
+                    close::Report::dropped_at_shutdown()
                 }
-            }
+            };
+            metrics::session_closed(&member, &report);
             // The member's and the layer's live counts drop when the session has ended.
             drop(lease);
             drop(permit);
@@ -82,10 +87,10 @@ async fn run(
     on_upgrade: OnUpgrade,
     mut upstream: UpstreamLeg,
     sessions: &Sessions,
-) {
+) -> close::Report {
     let started = Instant::now();
-    let mut to_upstream = Traffic::default();
-    let mut to_client = Traffic::default();
+    let mut to_upstream = Traffic::new("to_upstream");
+    let mut to_client = Traffic::new("to_client");
     let report = match on_upgrade.await {
         Ok(io) => {
             let mut client = WebSocketStream::from_raw_socket(
@@ -133,4 +138,5 @@ async fn run(
     span.record("close_reason", report.reason.as_str());
     span.record("undeliverable", report.undeliverable);
     tracing::info!("session closed");
+    report
 }

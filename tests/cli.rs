@@ -58,6 +58,14 @@ fn help_exits_0() {
 
 /// Starts the binary on an ephemeral port and returns it with the address it logged.
 async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
+    let (child, addr, _) = start_logged(args).await;
+    (child, addr)
+}
+
+/// As `start`, also returning the metrics address if one was logged.
+async fn start_logged(
+    args: &[&str],
+) -> (Child, std::net::SocketAddr, Option<std::net::SocketAddr>) {
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -67,6 +75,7 @@ async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut metrics = None;
     let addr = within("the listening line", async {
         loop {
             let line = lines
@@ -74,6 +83,9 @@ async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
                 .await
                 .unwrap()
                 .expect("ws-proxy exited early");
+            if let Some(rest) = line.split("metrics=").nth(1) {
+                metrics = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
             if let Some(rest) = line.split("listen=").nth(1) {
                 return rest.split_whitespace().next().unwrap().parse().unwrap();
             }
@@ -82,7 +94,7 @@ async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
     .await;
     // Keep draining logs so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, metrics)
 }
 
 #[tokio::test]
@@ -252,5 +264,64 @@ async fn half_sent_handshakes_do_not_delay_others_and_are_cut_off() {
                 );
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_format() {
+    let up = echo_upstream().await;
+    let (_child, addr, metrics) = start_logged(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let metrics = metrics.expect("the metrics address is logged");
+
+    let mut ws = connect(addr, "/").await;
+    for m in ["abc", "defgh"] {
+        ws.send(Message::text(m)).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text(m));
+    }
+    assert_eq!(
+        close_and_wait(&mut ws, 4001, "bye").await,
+        Some((4001, "bye".into()))
+    );
+    let bad_version = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "8"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (status, ..) = http_request(addr, "/", &bad_version).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+
+    // The session's end is recorded just after the client sees it: scrape until it shows.
+    let text = within("the session to be counted", async {
+        loop {
+            let (status, _, body) = http_request(metrics, "/metrics", &[]).await;
+            assert_eq!(status, StatusCode::OK);
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if text.contains("ws_proxy_sessions_total{outcome=\"client\"} 1") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for line in [
+        "# HELP ws_proxy_sessions_total".to_owned(),
+        "ws_proxy_handshake_failures_total{cause=\"unsupported_version\"} 1".to_owned(),
+        "ws_proxy_messages_total{direction=\"to_upstream\"} 2".to_owned(),
+        "ws_proxy_messages_total{direction=\"to_client\"} 2".to_owned(),
+        "ws_proxy_bytes_total{direction=\"to_upstream\"} 8".to_owned(),
+        "ws_proxy_bytes_total{direction=\"to_client\"} 8".to_owned(),
+        format!("ws_proxy_sessions_live{{upstream=\"{up}\"}} 0"),
+        "ws_proxy_upstream_handshake_seconds_count 1".to_owned(),
+        "ws_proxy_close_codes_total{leg=\"client\",code=\"4001\"} 1".to_owned(),
+        "ws_proxy_close_codes_total{leg=\"upstream\",code=\"4001\"} 1".to_owned(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
     }
 }

@@ -41,6 +41,7 @@ Server:
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
   --header-timeout DURATION   time a client has to send its request headers [default: 10s]
   --shutdown-grace DURATION   time sessions get to close on shutdown [default: 10s]
+  --metrics-listen ADDR       serve Prometheus metrics at http://ADDR/metrics [default: off]
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -54,6 +55,7 @@ pub(crate) struct Args {
     pub(crate) shutdown_grace: Duration,
     /// Applied once logging is up, so its warning is seen.
     pub(crate) insecure_skip_verify: bool,
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// What the command line asks for.
@@ -76,6 +78,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     let mut require_origin = false;
     let mut upstream_ca: Option<String> = None;
     let mut insecure_skip_verify = false;
+    let mut metrics_listen = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -176,6 +179,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             "--require-origin" => require_origin = true,
             "--upstream-ca" => upstream_ca = Some(value()?),
             "--insecure-skip-verify" => insecure_skip_verify = true,
+            "--metrics-listen" => {
+                let v = value()?;
+                metrics_listen = Some(v.parse().map_err(|_| {
+                    format!("--metrics-listen: invalid address {v:?} (expected IP:PORT)")
+                })?);
+            }
             "--header-timeout" => header_timeout = duration(f, &value()?, false)?,
             "--shutdown-grace" => shutdown_grace = duration(f, &value()?, false)?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
@@ -216,6 +225,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
         header_timeout,
         shutdown_grace,
         insecure_skip_verify,
+        metrics_listen,
     }))
 }
 

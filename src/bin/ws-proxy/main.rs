@@ -66,6 +66,9 @@ async fn serve(mut args: args::Args) -> Result<(), String> {
             .layer
             .upstream_tls(axum_ws_proxy::UpstreamTls::insecure_skip_verify());
     }
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(addr).await?;
+    }
     let drain = args.layer.shutdown_handle();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -94,6 +97,44 @@ async fn serve(mut args: args::Args) -> Result<(), String> {
     );
     let dropped = drain.shutdown(args.shutdown_grace).await;
     tracing::info!(dropped, "shutdown complete");
+    Ok(())
+}
+
+/// Installs the Prometheus recorder and serves `GET /metrics` on `addr`.
+async fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("ws_proxy_upstream_handshake_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("cannot start metrics: {e}"))?;
+    axum_ws_proxy::metrics::describe_metrics();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+    let render = handle.clone();
+    let app = Router::new().route("/metrics", get(move || async move { render.render() }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    });
+    // Histograms and summaries need periodic upkeep.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    tracing::info!(metrics = %local, "metrics at /metrics");
     Ok(())
 }
 

@@ -1,0 +1,128 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (cargo feature `metrics`):
+//! install any recorder (e.g. `metrics-exporter-prometheus`, as `ws-proxy --metrics-listen`
+//! does) and these are recorded; without one they cost next to nothing.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `ws_proxy_sessions_live` | gauge | `upstream` (member endpoint) | sessions open now |
+//! | `ws_proxy_sessions_total` | counter | `outcome`: `client`, `upstream`, `proxy` | ended sessions, by who ended them |
+//! | `ws_proxy_handshake_failures_total` | counter | `cause` (see [`ProxyError::cause`](crate::ProxyError::cause), plus `upstream_refused`) | upgrades that did not become sessions |
+//! | `ws_proxy_messages_total` | counter | `direction`: `to_upstream`, `to_client` | data messages forwarded |
+//! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
+//! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
+//! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code` | close codes per leg (1005: none; 1006: dropped) |
+
+#[cfg(feature = "metrics")]
+mod imp {
+    use std::time::Duration;
+
+    use metrics::{
+        counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+        Unit,
+    };
+
+    use crate::close::Report;
+
+    pub(crate) const SESSIONS_LIVE: &str = "ws_proxy_sessions_live";
+    pub(crate) const SESSIONS_TOTAL: &str = "ws_proxy_sessions_total";
+    pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
+    pub(crate) const MESSAGES: &str = "ws_proxy_messages_total";
+    pub(crate) const BYTES: &str = "ws_proxy_bytes_total";
+    pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
+    pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
+
+    /// Registers descriptions (the `# HELP` lines) with the installed recorder.
+    pub fn describe_metrics() {
+        describe_gauge!(
+            SESSIONS_LIVE,
+            "WebSocket sessions open now, per upstream endpoint"
+        );
+        describe_counter!(SESSIONS_TOTAL, "Ended sessions, by who ended them");
+        describe_counter!(
+            HANDSHAKE_FAILURES,
+            "Upgrades that did not become sessions, by cause"
+        );
+        describe_counter!(MESSAGES, "Data messages forwarded, by direction");
+        describe_counter!(BYTES, Unit::Bytes, "Payload bytes forwarded, by direction");
+        describe_histogram!(
+            HANDSHAKE_SECONDS,
+            Unit::Seconds,
+            "Dial to the upstream's answer, failover included"
+        );
+        describe_counter!(
+            CLOSE_CODES,
+            "Close codes per leg (1005: none, 1006: dropped)"
+        );
+    }
+
+    pub(crate) fn session_opened(upstream: &str) {
+        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_owned()).increment(1.0);
+    }
+
+    pub(crate) fn session_closed(upstream: &str, report: &Report) {
+        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_owned()).decrement(1.0);
+        counter!(SESSIONS_TOTAL, "outcome" => report.closed_by).increment(1);
+        counter!(CLOSE_CODES, "leg" => "client", "code" => report.client_code.to_string())
+            .increment(1);
+        counter!(CLOSE_CODES, "leg" => "upstream", "code" => report.upstream_code.to_string())
+            .increment(1);
+    }
+
+    pub(crate) fn handshake_failed(cause: &'static str) {
+        counter!(HANDSHAKE_FAILURES, "cause" => cause).increment(1);
+    }
+
+    pub(crate) fn upstream_answered(after: Duration) {
+        histogram!(HANDSHAKE_SECONDS).record(after.as_secs_f64());
+    }
+
+    /// Handles for one direction's message and byte counters, looked up once per session.
+    #[derive(Debug)]
+    pub(crate) struct TrafficCounters {
+        messages: Counter,
+        bytes: Counter,
+    }
+
+    impl TrafficCounters {
+        pub(crate) fn new(direction: &'static str) -> Self {
+            Self {
+                messages: counter!(MESSAGES, "direction" => direction),
+                bytes: counter!(BYTES, "direction" => direction),
+            }
+        }
+
+        pub(crate) fn add(&self, bytes: u64) {
+            self.messages.increment(1);
+            self.bytes.increment(bytes);
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod imp {
+    use std::time::Duration;
+
+    use crate::close::Report;
+
+    pub(crate) fn session_opened(_: &str) {}
+    pub(crate) fn session_closed(_: &str, _: &Report) {}
+    pub(crate) fn handshake_failed(_: &'static str) {}
+    pub(crate) fn upstream_answered(_: Duration) {}
+
+    #[derive(Debug)]
+    pub(crate) struct TrafficCounters;
+
+    impl TrafficCounters {
+        pub(crate) fn new(_: &'static str) -> Self {
+            Self
+        }
+
+        pub(crate) fn add(&self, _: u64) {}
+    }
+}
+
+#[cfg(feature = "metrics")]
+pub use imp::describe_metrics;
+pub(crate) use imp::{
+    handshake_failed, session_closed, session_opened, upstream_answered, TrafficCounters,
+};

@@ -1,4 +1,5 @@
 //! `ws-proxy`: the layer as a standalone WebSocket reverse proxy (e.g. a sidecar).
+#![deny(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 mod args;
 mod server;
+mod trim;
 
 fn main() -> ExitCode {
     let command = match args::parse(std::env::args().skip(1)) {
@@ -70,6 +72,7 @@ async fn serve(mut args: args::Args) -> Result<(), String> {
         serve_metrics(addr).await?;
     }
     let drain = args.layer.shutdown_handle();
+    trim::spawn(drain.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })

@@ -31,6 +31,15 @@
 //! members at run time ([`UpstreamPool::insert`], [`UpstreamPool::remove`],
 //! [`UpstreamPool::watch`] for a `tower::discover::Discover` stream).
 //!
+//! # Production
+//!
+//! Sessions are kept alive with pings and dead peers reaped ([`WsProxyLayer::ping_interval`]);
+//! optional idle and lifetime limits; [`WsProxyLayer::max_sessions`] and per-member limits
+//! answer 503; [`WsProxyLayer::allowed_origins`] answers 403 to foreign origins; a
+//! [`ShutdownHandle`] drains sessions with close 1001; `wss://` upstreams are verified
+//! ([`UpstreamTls`], feature `tls`); HTTP/2 clients (RFC 8441) are proxied (feature `http2`);
+//! and [`metrics`] are recorded through the `metrics` facade (feature `metrics`).
+//!
 //! # What is proxied
 //!
 //! An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token

@@ -24,6 +24,7 @@ pub(crate) fn verify_switch(
     upstream: &HeaderMap,
     sent_key: &HeaderValue,
     offered: &[HeaderValue],
+    extensions_offered: bool,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     if !has_token(upstream, UPGRADE, "websocket") {
         return Err(ProxyError::InvalidUpgrade("no `Upgrade: websocket`"));
@@ -41,7 +42,7 @@ pub(crate) fn verify_switch(
             "Sec-WebSocket-Accept does not match the key that was sent",
         ));
     }
-    if upstream.contains_key(SEC_WEBSOCKET_EXTENSIONS) {
+    if upstream.contains_key(SEC_WEBSOCKET_EXTENSIONS) && !extensions_offered {
         return Err(ProxyError::InvalidUpgrade(
             "an extension was accepted but none was offered",
         ));
@@ -69,11 +70,18 @@ pub(crate) fn verify_switch(
 pub(crate) fn accepted(
     accept: Option<HeaderValue>,
     protocol: Option<HeaderValue>,
-    upstream: HeaderMap,
+    mut upstream: HeaderMap,
+    keep_extensions: bool,
 ) -> Response<Body> {
+    let extensions = upstream
+        .remove(SEC_WEBSOCKET_EXTENSIONS)
+        .filter(|_| keep_extensions);
     let mut res = Response::new(Body::empty());
     let h = res.headers_mut();
     *h = headers::switching_response(upstream);
+    if let Some(e) = extensions {
+        h.insert(SEC_WEBSOCKET_EXTENSIONS, e);
+    }
     match accept {
         Some(accept) => {
             *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -46,6 +46,17 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// The client's upgrade failed before a tunnel could open; the upstream is dropped.
+    pub(crate) fn client_vanished_report() -> Self {
+        Self {
+            closed_by: "client",
+            client_code: 1006,
+            upstream_code: 1006,
+            reason: "client went away during the upgrade".into(),
+            undeliverable: 0,
+        }
+    }
+
     /// A session still open at the shutdown deadline, dropped without a close handshake.
     pub(crate) fn dropped_at_shutdown() -> Self {
         Self {

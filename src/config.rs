@@ -32,6 +32,21 @@ pub(crate) const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bodies of relayed refusals (401, 403, 404...) are short; this bounds a hostile one.
 pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
 
+/// How sessions cross the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Message by message (the default): every message is parsed and re-framed, so close codes
+    /// are mapped per leg, protocol errors get their RFC code, limits apply per message, and
+    /// message hooks can apply. permessage-deflate is not offered upstream.
+    #[default]
+    Frames,
+    /// Bytes spliced after a validated 101, as nginx does: cheaper, and extensions
+    /// (permessage-deflate) work end to end. The proxy still reads frame headers, so pings,
+    /// shutdown (1001) and session timers work; payloads are neither checked nor limited.
+    Tunnel,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) pool: UpstreamPool,
@@ -47,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) origins: Origins,
     /// 0: no limit.
     pub(crate) max_sessions: usize,
+    pub(crate) mode: Mode,
     /// Shared by every clone of the layer, so one shutdown handle drains them all.
     pub(crate) sessions: Arc<Sessions>,
     /// `None`: the shared default (webpki roots).
@@ -74,6 +90,7 @@ impl Config {
             },
             origins: Origins::new([], true),
             max_sessions: 0,
+            mode: Mode::Frames,
             sessions: Arc::default(),
             #[cfg(feature = "tls")]
             tls: None,

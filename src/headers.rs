@@ -68,6 +68,8 @@ pub(crate) struct Forwarded {
     pub(crate) client_ip: Option<IpAddr>,
     /// Fresh `Sec-WebSocket-Key` for the upstream leg.
     pub(crate) key: HeaderValue,
+    /// Tunnel mode: the client's extension offer goes upstream.
+    pub(crate) keep_extensions: bool,
 }
 
 /// Turns the client's upgrade request headers into the upstream's.
@@ -82,10 +84,12 @@ pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> Header
         CONTENT_LENGTH,
         SEC_WEBSOCKET_KEY,
         SEC_WEBSOCKET_VERSION,
-        SEC_WEBSOCKET_EXTENSIONS,
         SEC_WEBSOCKET_ACCEPT,
     ] {
         headers.remove(name);
+    }
+    if !fwd.keep_extensions {
+        headers.remove(SEC_WEBSOCKET_EXTENSIONS);
     }
     if let Some(host) = fwd.host {
         headers.insert(HOST, host);

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::origin::Origins;
 use crate::{ShutdownHandle, UpstreamPool, WsProxy};
 
@@ -153,6 +153,23 @@ impl WsProxyLayer {
     #[cfg(feature = "tls")]
     pub fn upstream_tls(self, tls: crate::UpstreamTls) -> Self {
         self.set(|c| c.tls = Some(tls))
+    }
+
+    /// How sessions cross the proxy: [`Mode::Frames`] (default) or [`Mode::Tunnel`].
+    pub fn mode(self, mode: Mode) -> Self {
+        self.set(|c| c.mode = mode)
+    }
+
+    /// Shorthand for [`mode(Mode::Tunnel)`](Self::mode): splice bytes after a validated 101.
+    ///
+    /// The tunnel opens only on a 101 whose `Sec-WebSocket-Accept` matches the key the proxy
+    /// sent and whose `Upgrade`/`Connection` are right (otherwise 502), so a forged 101 cannot
+    /// smuggle requests. `Sec-WebSocket-Extensions` is forwarded and relayed, so
+    /// permessage-deflate works end to end. Limits, balancing, failover, origin checks,
+    /// keepalive pings, timers, graceful shutdown and metrics keep working; message size limits
+    /// and protocol checks are left to the two peers, and per-message hooks do not apply.
+    pub fn tunnel(self) -> Self {
+        self.mode(Mode::Tunnel)
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.

@@ -103,6 +103,7 @@ mod session;
 mod sessions;
 #[cfg(feature = "tls")]
 mod tls;
+mod tunnel;
 mod upstream;
 
 // The README's Rust examples are compiled as doctests.
@@ -110,6 +111,7 @@ mod upstream;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
 pub use layer::WsProxyLayer;

@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{
+    HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
@@ -18,7 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::headers::{self, Forwarded};
 use crate::metrics;
 use crate::origin::Verdict;
@@ -79,6 +81,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .cloned()
         .collect();
     // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
+    let tunnel = config.mode == Mode::Tunnel;
+    let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
     let client_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -93,6 +97,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             client_host,
             client_ip: client_addr.map(|a| a.ip()),
             key: key.clone(),
+            keep_extensions: tunnel,
         },
     );
     // Target and (unless the client's is kept) Host depend on the member each try dials.
@@ -118,6 +123,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         request_for,
         &key,
         &offered,
+        extensions_offered,
     );
     match tokio::time::timeout_at(deadline.into(), handshake).await {
         Err(_) => refuse(
@@ -148,7 +154,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             headers,
             lease,
         })) => {
-            let res = answer::accepted(client.accept, protocol.clone(), headers);
+            let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
             let info = SessionInfo {
                 client: client_addr,
                 path: log_path,
@@ -183,6 +189,7 @@ async fn handshake(
     request_for: impl Fn(&Member) -> Request<Empty<Bytes>>,
     key: &HeaderValue,
     offered: &[HeaderValue],
+    extensions_offered: bool,
 ) -> Result<Answer, ProxyError> {
     let dial::Dialed {
         response: mut res,
@@ -193,18 +200,23 @@ async fn handshake(
         let relayed = answer::relay(res, config.max_response_body_size).await?;
         return Ok(Answer::Relayed(relayed, lease));
     }
-    let protocol = answer::verify_switch(res.headers(), key, offered)?;
+    let protocol = answer::verify_switch(res.headers(), key, offered, extensions_offered)?;
     let headers = std::mem::take(res.headers_mut());
     let upgraded = hyper::upgrade::on(&mut res)
         .await
         .map_err(ProxyError::Handshake)?;
     drop(conn);
-    let leg = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Client,
-        Some(config.websocket()),
-    )
-    .await;
+    let leg = match config.mode {
+        Mode::Tunnel => UpstreamLeg::Tunnel(upgraded),
+        _ => UpstreamLeg::Frames(
+            WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Client,
+                Some(config.websocket()),
+            )
+            .await,
+        ),
+    };
     Ok(Answer::Switched {
         leg,
         protocol,

@@ -13,15 +13,22 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::bridge::{self, Traffic};
-use crate::close;
 use crate::config::Config;
 use crate::keepalive::Keepalive;
 use crate::metrics;
 use crate::sessions::{Permit, Sessions};
 use crate::upstream::Lease;
+use crate::{close, tunnel};
 
 /// The upstream side of a session, already past its handshake.
-pub(crate) type UpstreamLeg = WebSocketStream<TokioIo<Upgraded>>;
+// Built once per session and moved into its task: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum UpstreamLeg {
+    /// Message by message.
+    Frames(WebSocketStream<TokioIo<Upgraded>>),
+    /// Bytes spliced.
+    Tunnel(Upgraded),
+}
 
 /// What the session span records about the request.
 pub(crate) struct SessionInfo {
@@ -85,14 +92,28 @@ pub(crate) fn spawn(
 async fn run(
     config: Arc<Config>,
     on_upgrade: OnUpgrade,
-    mut upstream: UpstreamLeg,
+    upstream: UpstreamLeg,
     sessions: &Sessions,
 ) -> close::Report {
     let started = Instant::now();
     let mut to_upstream = Traffic::new("to_upstream");
     let mut to_client = Traffic::new("to_client");
-    let report = match on_upgrade.await {
-        Ok(io) => {
+    let report = match (on_upgrade.await, upstream) {
+        (Ok(io), UpstreamLeg::Tunnel(upstream)) => {
+            tracing::debug!("tunnel open");
+            let mut keepalive = Keepalive::new(config.timeouts);
+            tunnel::run(
+                TokioIo::new(io),
+                TokioIo::new(upstream),
+                &mut to_upstream,
+                &mut to_client,
+                &mut keepalive,
+                sessions,
+                config.close_timeout,
+            )
+            .await
+        }
+        (Ok(io), UpstreamLeg::Frames(mut upstream)) => {
             let mut client = WebSocketStream::from_raw_socket(
                 TokioIo::new(io),
                 Role::Server,
@@ -120,9 +141,15 @@ async fn run(
             )
             .await
         }
-        Err(e) => {
+        (Err(e), UpstreamLeg::Frames(upstream)) => {
             tracing::debug!("client upgrade failed: {e}");
             close::client_vanished(upstream, config.close_timeout).await
+        }
+        (Err(e), UpstreamLeg::Tunnel(upstream)) => {
+            tracing::debug!("client upgrade failed: {e}");
+            let frame = close::Report::client_vanished_report();
+            drop(upstream);
+            frame
         }
     };
 

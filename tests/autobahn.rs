@@ -9,6 +9,46 @@ use std::path::{Path, PathBuf};
 use axum_ws_proxy::WsProxyLayer;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+/// An echo server that is conformant on errors too: a peer that breaks the protocol gets the
+/// RFC 6455 close code (1002, 1007, 1009) before the connection closes. (tokio-tungstenite
+/// leaves that to the application; a plain echo loop just drops the connection.) Behind a
+/// tunnel this is what the client sees, as it would talking to the server directly.
+async fn conformant_echo(mut ws: Server) {
+    let error = loop {
+        match ws.next().await {
+            Some(Ok(m)) => {
+                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => break e,
+            None => return,
+        }
+    };
+    let code = match error {
+        Error::Utf8(_) => 1007,
+        Error::Capacity(_) => 1009,
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return,
+        Error::Protocol(_) => 1002,
+        _ => return,
+    };
+    let close = CloseFrame {
+        code: code.into(),
+        reason: "protocol error".into(),
+    };
+    if ws.send(Message::Close(Some(close))).await.is_ok() {
+        // The stream cannot be read as frames any more: half-close and drain to EOF.
+        let tcp = ws.get_mut();
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+}
 
 /// The same interpreter search as autobahn.sh: $PYTHON2, pyenv's 2.7.x, `python2` on PATH.
 fn python2() -> Option<PathBuf> {
@@ -38,6 +78,15 @@ fn python2() -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_through_the_frame_bridge() {
+    autobahn(WsProxyLayer::new, "axum-ws-proxy-frames").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autobahn_through_the_tunnel() {
+    autobahn(|up| WsProxyLayer::new(up).tunnel(), "axum-ws-proxy-tunnel").await;
+}
+
+async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLayer, agent: &str) {
     if python2().is_none() {
         println!("SKIPPED: no Python 2.7 interpreter (set PYTHON2, or install pyenv's 2.7) - Autobahn needs one");
         return;
@@ -53,21 +102,13 @@ async fn autobahn_through_the_frame_bridge() {
         script.display()
     );
 
-    // A conformant echo upstream: tokio-tungstenite, echoing text and binary messages.
-    let up = tt_upstream(|mut ws: Server| async move {
-        while let Some(Ok(m)) = ws.next().await {
-            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let up = tt_upstream(conformant_echo).await;
+    let proxy = proxy(layer(upstream(up))).await;
 
     let out = tokio::process::Command::new("bash")
         .arg(&script)
         .arg(format!("ws://{proxy}"))
-        .arg("axum-ws-proxy")
+        .arg(agent)
         .output()
         .await
         .expect("run autobahn.sh");

@@ -25,6 +25,7 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid address \"nowhere\" (expected IP:PORT)"),
         (&["--upstream", "ws://h", "--listen"], "ws-proxy: --listen needs a value"),
         (&["--verbose"], "ws-proxy: unknown flag \"--verbose\" (see --help)"),
+        (&["--upstream", "ws://h", "--mode", "splice"], "ws-proxy: --mode: invalid mode \"splice\" (expected frames or tunnel)"),
         (&["--upstream", "ws://h:1", "--upstream", "ws://h:1"], "ws-proxy: --upstream: \"ws://h:1\" is listed twice"),
         (&["--upstream", "ws://h:1?weight=0"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:1?weight=0\": invalid weight \"0\" (expected 1-1000)"),
         (&["--upstream", "ws://h", "--balance", "random"], "ws-proxy: --balance: invalid balancing strategy \"random\" (expected least-conn, round-robin, hash:ip, hash:header:NAME, hash:cookie:NAME or hash:query:NAME)"),
@@ -324,4 +325,17 @@ async fn metrics_are_served_in_prometheus_format() {
     ] {
         assert!(text.contains(&line), "missing {line:?} in:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn tunnel_mode_through_the_binary() {
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&["--upstream", &format!("ws://{up}"), "--mode", "tunnel"]).await;
+    let mut ws = connect(addr, "/").await;
+    ws.send(Message::text("spliced")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("spliced"));
+    assert_eq!(
+        close_and_wait(&mut ws, 4003, "t").await,
+        Some((4003, "t".into()))
+    );
 }

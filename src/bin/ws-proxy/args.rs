@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Member, UpstreamPool, UpstreamTls, WsProxyLayer};
+use axum_ws_proxy::{Balance, Member, Mode, UpstreamPool, UpstreamTls, WsProxyLayer};
 
 pub(crate) const USAGE: &str = "\
 Usage: ws-proxy --upstream URL [--upstream URL ...] [options]
@@ -25,6 +25,8 @@ Upstreams:
   --insecure-skip-verify      do not verify wss:// upstream certificates (logged loudly)
 
 Sessions:
+  --mode MODE                 frames (message by message) or tunnel (bytes spliced after a
+                              validated 101; extensions pass end to end) [default: frames]
   --ping-interval DURATION    ping a leg quiet this long; 0 turns keepalive off [default: 30s]
   --ping-timeout DURATION     time a pinged leg has to answer [default: 30s]
   --idle-timeout DURATION     close after this long without data either way [default: 0, off]
@@ -143,6 +145,19 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             "--connect-timeout" => {
                 let d = duration(f, &value()?, false)?;
                 layer_settings.push(Box::new(move |l| l.connect_timeout(d)));
+            }
+            "--mode" => {
+                let v = value()?;
+                let mode = match v.as_str() {
+                    "frames" => Mode::Frames,
+                    "tunnel" => Mode::Tunnel,
+                    _ => {
+                        return Err(format!(
+                            "--mode: invalid mode {v:?} (expected frames or tunnel)"
+                        ))
+                    }
+                };
+                layer_settings.push(Box::new(move |l| l.mode(mode)));
             }
             "--ping-interval" => {
                 let d = duration(f, &value()?, true)?;

@@ -1,0 +1,553 @@
+//! Tunnel mode: after a validated 101, bytes are spliced both ways, as nginx does, so
+//! extensions such as permessage-deflate work end to end and nothing is unmasked, validated or
+//! re-framed.
+//!
+//! Unlike a blind copy, the tunnel reads frame headers as they pass (never payloads, except the
+//! two bytes of a close code). That keeps what a proxy needs: it knows where frames start, so it
+//! can put its own frames between them — keepalive pings, and close 1001 on shutdown, idle
+//! timeout or max lifetime — and it counts messages and sees close codes for logs and metrics.
+//!
+//! Memory: bytes are read into a per-thread scratch buffer and written straight on; a session
+//! holds a buffer of its own only while its destination is not accepting bytes, and frees it
+//! once drained. An idle tunnel holds no buffers.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::bridge::{Side, Traffic};
+use crate::close::Report;
+use crate::keepalive::{Expired, Keepalive};
+use crate::sessions::Sessions;
+
+const SCRATCH: usize = 32 << 10;
+/// Bytes one direction moves before letting the other run.
+const BUDGET: usize = 256 << 10;
+const PING: &[u8] = b"axum-ws-proxy";
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Follows frame boundaries in one direction's byte stream.
+#[derive(Debug, Default)]
+struct Frames {
+    head: [u8; 14],
+    have: usize,
+    remaining: u64,
+    opcode: u8,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+    offset: u64,
+    code: [u8; 2],
+    /// The close code sent in this direction (1005: a close frame without one).
+    closed: Option<u16>,
+    /// Payload bytes of the data message in progress.
+    payload: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
+    /// Walks `data`, counting completed data messages into `traffic`; returns how many.
+    fn feed(&mut self, data: &[u8], traffic: &mut Traffic) -> u64 {
+        let mut completed = 0;
+        let mut i = 0;
+        while i < data.len() {
+            if self.remaining == 0 {
+                self.head[self.have] = data[i];
+                self.have += 1;
+                i += 1;
+                if self.have >= 2 && self.have == header_len(&self.head) {
+                    self.start();
+                    if self.remaining == 0 {
+                        completed += self.end(traffic);
+                    }
+                }
+            } else {
+                let take = self.remaining.min((data.len() - i) as u64) as usize;
+                if self.opcode == 0x8 && self.offset < 2 {
+                    for (k, b) in data[i..i + take].iter().take(2).enumerate() {
+                        let at = (self.offset as usize) + k;
+                        if at < 2 {
+                            self.code[at] = b ^ self.mask.map_or(0, |m| m[at % 4]);
+                        }
+                    }
+                }
+                if self.opcode <= 0x2 {
+                    self.payload += take as u64;
+                }
+                self.remaining -= take as u64;
+                self.offset += take as u64;
+                i += take;
+                if self.remaining == 0 {
+                    completed += self.end(traffic);
+                }
+            }
+        }
+        completed
+    }
+
+    fn start(&mut self) {
+        let h = &self.head;
+        self.fin = h[0] & 0x80 != 0;
+        self.opcode = h[0] & 0x0f;
+        let (len, at) = match h[1] & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => (
+                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                10,
+            ),
+            n => (u64::from(n), 2),
+        };
+        self.mask = (h[1] & 0x80 != 0).then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        self.remaining = len;
+        self.offset = 0;
+        self.have = 0;
+        self.code = [0; 2];
+    }
+
+    /// A frame ended; returns 1 if it completed a data message.
+    fn end(&mut self, traffic: &mut Traffic) -> u64 {
+        if self.opcode == 0x8 {
+            self.closed = Some(if self.offset >= 2 {
+                u16::from_be_bytes(self.code)
+            } else {
+                1005
+            });
+        }
+        if self.fin && self.opcode <= 0x2 {
+            traffic.add(std::mem::take(&mut self.payload));
+            return 1;
+        }
+        0
+    }
+}
+
+fn header_len(h: &[u8; 14]) -> usize {
+    let ext = match h[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if h[1] & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// A control frame of the proxy's own; masked when it goes to the upstream (the proxy is the
+/// upstream's client).
+fn control_frame(opcode: u8, payload: &[u8], to: Side) -> Vec<u8> {
+    let mut f = Vec::with_capacity(6 + payload.len());
+    f.push(0x80 | opcode);
+    match to {
+        Side::Client => {
+            f.push(payload.len() as u8);
+            f.extend_from_slice(payload);
+        }
+        Side::Upstream => {
+            let mask: [u8; 4] = rand_mask();
+            f.push(0x80 | payload.len() as u8);
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+    }
+    f
+}
+
+fn close_frame(code: u16, reason: &str, to: Side) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    control_frame(0x8, &payload, to)
+}
+
+/// A mask key: RFC 6455 wants it unpredictable; the clock's low bits mixed are plenty for the
+/// proxy's few control frames (data frames keep the client's own masks).
+fn rand_mask() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
+    let mut z = nanos.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) as u32).to_be_bytes()
+}
+
+/// One direction of the tunnel: `from`'s bytes to `to`.
+#[derive(Debug)]
+struct Pipe {
+    from: Side,
+    to: Side,
+    frames: Frames,
+    /// Bytes the destination has not taken yet (empty, and unallocated, when idle).
+    held: Vec<u8>,
+    pos: usize,
+    /// A frame of the proxy's own for `to`, written at the next frame boundary.
+    inject: Option<Vec<u8>>,
+    /// After the injected frame: stop forwarding, read `from` only to see its close answer.
+    discard_after_inject: bool,
+    discard: bool,
+    /// A close frame has crossed (either way): an EOF now ends the handshake, so it is passed
+    /// on. Before that, an EOF means the peer vanished, and the run loop decides.
+    handshake_started: bool,
+    eof: bool,
+    shut: bool,
+}
+
+/// What stopped a pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PipeEnd {
+    /// `from` closed its side (EOF) and, unless discarding, `to`'s write side was shut down.
+    Finished,
+    /// A read from or a write to this side failed: its connection is gone.
+    Lost(Side),
+}
+
+enum Step {
+    Pending,
+    Eof,
+    Lost(Side),
+    Moved(usize),
+}
+
+impl Pipe {
+    fn new(from: Side, to: Side) -> Self {
+        Self {
+            from,
+            to,
+            frames: Frames::default(),
+            held: Vec::new(),
+            pos: 0,
+            inject: None,
+            discard_after_inject: false,
+            discard: false,
+            handshake_started: false,
+            eof: false,
+            shut: false,
+        }
+    }
+
+    /// Queues `frame` for `to` at the next boundary; `then_discard` stops forwarding after it.
+    fn queue(&mut self, frame: Vec<u8>, then_discard: bool) {
+        self.inject = Some(frame);
+        self.discard_after_inject |= then_discard;
+    }
+
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Poll<PipeEnd>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        let mut moved = 0;
+        loop {
+            if self.pos < self.held.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(PipeEnd::Lost(self.to))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        if self.pos == self.held.len() {
+                            // Give the buffer back: an idle tunnel holds none.
+                            self.held = Vec::new();
+                            self.pos = 0;
+                        }
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // The proxy's own frames go between frames (or anywhere once `from` is gone).
+            if self.frames.at_boundary() || self.eof || self.discard {
+                if let Some(frame) = self.inject.take() {
+                    self.held = frame;
+                    self.discard |= self.discard_after_inject;
+                    continue;
+                }
+            }
+            if self.eof {
+                let pass_on = self.handshake_started || self.frames.closed.is_some();
+                if pass_on && !self.shut && !self.discard {
+                    if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.shut = true;
+                }
+                return Poll::Ready(PipeEnd::Finished);
+            }
+            if moved >= BUDGET {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let step = SCRATCH_BUF.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                    Poll::Pending => Step::Pending,
+                    Poll::Ready(Err(_)) => Step::Lost(self.from),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Eof,
+                    Poll::Ready(Ok(())) => {
+                        let data = buf.filled();
+                        let now = Instant::now();
+                        keepalive.heard(self.from, now);
+                        if self.frames.feed(data, traffic) > 0 {
+                            keepalive.data(now);
+                        }
+                        if self.discard {
+                            return Step::Moved(data.len());
+                        }
+                        let mut written = 0;
+                        while written < data.len() {
+                            match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
+                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                    return Step::Lost(self.to)
+                                }
+                                Poll::Ready(Ok(n)) => written += n,
+                                Poll::Pending => break,
+                            }
+                        }
+                        if written < data.len() {
+                            // Only now does the session hold bytes of its own.
+                            self.held.extend_from_slice(&data[written..]);
+                        }
+                        Step::Moved(data.len())
+                    }
+                }
+            });
+            match step {
+                Step::Pending => return Poll::Pending,
+                Step::Eof => self.eof = true,
+                Step::Lost(side) => return Poll::Ready(PipeEnd::Lost(side)),
+                Step::Moved(n) => moved += n,
+            }
+        }
+    }
+}
+
+/// Why the proxy closes a tunnel itself.
+struct ProxyClose {
+    client_code: u16,
+    upstream_code: u16,
+    reason: String,
+    closed_by: &'static str,
+    /// A leg whose connection is gone: nothing is sent to it and no answer awaited.
+    dead: Option<Side>,
+}
+
+impl ProxyClose {
+    fn going_away(reason: &str) -> Self {
+        Self {
+            client_code: 1001,
+            upstream_code: 1001,
+            reason: reason.to_owned(),
+            closed_by: "proxy",
+            dead: None,
+        }
+    }
+
+    /// `side` is gone: the other leg gets 1001 (client gone) or 1011 (upstream gone).
+    fn gone(side: Side, reason: String, closed_by: &'static str) -> Self {
+        let (client_code, upstream_code) = match side {
+            Side::Client => (1006, 1001),
+            Side::Upstream => (1011, 1006),
+        };
+        Self {
+            client_code,
+            upstream_code,
+            reason,
+            closed_by,
+            dead: Some(side),
+        }
+    }
+}
+
+/// Sets up the close of leg `side`: `to_leg` writes to it, `from_leg` reads from it.
+fn prepare_close(
+    to_leg: &mut Pipe,
+    from_leg: &mut Pipe,
+    side: Side,
+    code: u16,
+    close: &ProxyClose,
+) {
+    if close.dead == Some(side) {
+        // Nothing more goes to a dead leg, and nothing more comes from it.
+        from_leg.eof = true;
+        from_leg.discard = true;
+        to_leg.discard = true;
+        return;
+    }
+    // Sent between frames; the other leg's bytes are no longer forwarded after it.
+    to_leg.queue(close_frame(code, &close.reason, side), true);
+    // The leg's answer counts from now on.
+    from_leg.frames.closed = None;
+}
+
+/// Splices `client` and `upstream` until both sides are done. Keepalive pings, shutdown and
+/// the session timers act between frames; a close the proxy starts is bounded by
+/// `close_timeout`.
+pub(crate) async fn run<C, U>(
+    mut client: C,
+    mut upstream: U,
+    to_upstream: &mut Traffic,
+    to_client: &mut Traffic,
+    keepalive: &mut Keepalive,
+    sessions: &Sessions,
+    close_timeout: Duration,
+) -> Report
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c2u = Pipe::new(Side::Client, Side::Upstream);
+    let mut u2c = Pipe::new(Side::Upstream, Side::Client);
+    let (mut c_done, mut u_done) = (false, false);
+    let mut first_close: Option<Side> = None;
+    let draining = sessions.draining();
+    tokio::pin!(draining);
+
+    // Open: splice until both sides finish, or something makes the proxy close the session.
+    let close = poll_fn(|cx| {
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(ProxyClose::going_away("proxy shutting down")));
+        }
+        if let Poll::Ready(expired) = keepalive.poll(cx) {
+            return Poll::Ready(Some(match expired {
+                Expired::Idle => ProxyClose::going_away("idle timeout"),
+                Expired::Lifetime => ProxyClose::going_away("session lifetime reached"),
+                Expired::Unresponsive(side, after) => ProxyClose::gone(
+                    side,
+                    format!("{} did not answer a ping within {after:?}", side.as_str()),
+                    "proxy",
+                ),
+            }));
+        }
+        for (pipe, side) in [(&mut u2c, Side::Client), (&mut c2u, Side::Upstream)] {
+            if keepalive.take_ping(side) {
+                pipe.queue(control_frame(0x9, PING, side), false);
+            }
+        }
+        let started = first_close.is_some();
+        for (pipe, done, src_is_client) in [
+            (&mut c2u, &mut c_done, true),
+            (&mut u2c, &mut u_done, false),
+        ] {
+            if *done {
+                continue;
+            }
+            pipe.handshake_started = started;
+            let polled = if src_is_client {
+                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
+            } else {
+                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
+            };
+            if first_close.is_none() && pipe.frames.closed.is_some() {
+                first_close = Some(pipe.from);
+            }
+            match polled {
+                Poll::Pending => {}
+                Poll::Ready(PipeEnd::Finished) => {
+                    *done = true;
+                    if first_close.is_none() {
+                        // EOF without any close frame: that side went away.
+                        let side = pipe.from;
+                        let why = format!("{} went away without a close frame", side.as_str());
+                        return Poll::Ready(Some(ProxyClose::gone(side, why, side.as_str())));
+                    }
+                }
+                Poll::Ready(PipeEnd::Lost(side)) => {
+                    if first_close.is_some() {
+                        // The close handshake had started: a lost connection now is its end.
+                        return Poll::Ready(None);
+                    }
+                    let why = format!("{} connection lost", side.as_str());
+                    return Poll::Ready(Some(ProxyClose::gone(side, why, side.as_str())));
+                }
+            }
+        }
+        if c_done && u_done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+
+    let Some(close) = close else {
+        // The peers closed each other through the tunnel.
+        let (by, code) = match first_close {
+            Some(Side::Client) => ("client", c2u.frames.closed.unwrap_or(1005)),
+            Some(Side::Upstream) => ("upstream", u2c.frames.closed.unwrap_or(1005)),
+            None => ("client", 1006),
+        };
+        return Report {
+            closed_by: by,
+            client_code: code,
+            upstream_code: code,
+            reason: String::new(),
+            undeliverable: 0,
+        };
+    };
+
+    // Closing: the proxy's close frame to each live leg, then its answer (or the deadline).
+    // `u2c` carries frames to the client and reads the upstream; `c2u` the other way round.
+    prepare_close(&mut u2c, &mut c2u, Side::Client, close.client_code, &close);
+    prepare_close(
+        &mut c2u,
+        &mut u2c,
+        Side::Upstream,
+        close.upstream_code,
+        &close,
+    );
+    let (mut c_answered, mut u_answered) = (
+        close.dead == Some(Side::Client),
+        close.dead == Some(Side::Upstream),
+    );
+    let closing = poll_fn(|cx| {
+        for (pipe, answered, src_is_client) in [
+            (&mut c2u, &mut c_answered, true),
+            (&mut u2c, &mut u_answered, false),
+        ] {
+            if *answered && pipe.held.is_empty() && pipe.inject.is_none() {
+                continue;
+            }
+            let polled = if src_is_client {
+                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
+            } else {
+                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
+            };
+            if pipe.frames.closed.is_some() || polled.is_ready() {
+                *answered = true;
+            }
+        }
+        // Done once both live legs answered and every close frame was written.
+        let written = c2u.held.is_empty()
+            && c2u.inject.is_none()
+            && u2c.held.is_empty()
+            && u2c.inject.is_none();
+        if c_answered && u_answered && written {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    let _ = tokio::time::timeout(close_timeout, closing).await;
+    Report {
+        closed_by: close.closed_by,
+        client_code: close.client_code,
+        upstream_code: close.upstream_code,
+        reason: close.reason,
+        undeliverable: 0,
+    }
+}

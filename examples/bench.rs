@@ -1,0 +1,701 @@
+//! Side-by-side benchmark: this crate's `ws-proxy` (frame and tunnel mode) against a direct
+//! connection and, when installed, nginx, HAProxy and Caddy — all in one run.
+//!
+//! ```text
+//! cargo build --release --bin ws-proxy
+//! cargo run --release --example bench            # full run (a few minutes)
+//! cargo run --release --example bench -- --quick # smaller counts, for iterating
+//! cargo run --release --example bench -- --only ws-proxy,nginx
+//! ```
+//!
+//! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
+//! generator on CPU 1. Proxy CPU is read from `/proc/<pid>/task/*/schedstat` before and after
+//! each workload; RSS from `/proc/<pid>/status`. Every echoed message is checked for order and
+//! content (a lost or reordered message aborts the run). The load generator reads and writes
+//! each session concurrently. Rows:
+//!
+//! - CPU per 64 B echoed message: 50 sessions, 8 messages in flight each;
+//! - CPU per MB: 256 KiB messages, 4 sessions, 2 in flight each;
+//! - CPU per handshake: connect, upgrade, close, 20 at a time;
+//! - RSS per idle session: 8000 sessions held, against none;
+//! - round trip p50: one session, one 64 B message at a time (direct: no proxy).
+//!
+//! nginx runs the usual recipe (`proxy_http_version 1.1`, `Upgrade`/`Connection` mapped, one
+//! worker, access log off), HAProxy with `timeout tunnel` and one thread, Caddy with
+//! `reverse_proxy`, and `ws-proxy` with `RUST_LOG=warn` (no per-session log line, as the others
+//! have their access logs off).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+struct Counts {
+    small: u64,
+    bulk_mb: u64,
+    handshakes: u64,
+    idle: usize,
+    rtt: usize,
+}
+
+const FULL: Counts = Counts {
+    small: 200_000,
+    bulk_mb: 256,
+    handshakes: 3000,
+    idle: 8000,
+    rtt: 3000,
+};
+const QUICK: Counts = Counts {
+    small: 40_000,
+    bulk_mb: 64,
+    handshakes: 600,
+    idle: 2000,
+    rtt: 1000,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    Frames,
+    Tunnel,
+    Nginx,
+    Haproxy,
+    Caddy,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Frames => "ws-proxy",
+            Kind::Tunnel => "ws-proxy tunnel",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Caddy => "caddy",
+        }
+    }
+
+    fn is_anchor(self) -> bool {
+        matches!(self, Kind::Nginx | Kind::Haproxy | Kind::Caddy)
+    }
+}
+
+/// Results for one target; `None` where a row does not apply.
+#[derive(Default, Debug)]
+struct Row {
+    us_per_msg: Option<f64>,
+    ms_per_mb: Option<f64>,
+    us_per_handshake: Option<f64>,
+    kb_per_idle: Option<f64>,
+    rtt_p50_us: Option<f64>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let counts = if args.iter().any(|a| a == "--quick") {
+        QUICK
+    } else {
+        FULL
+    };
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    raise_fd_limit();
+    pin_self_to(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(counts, only));
+}
+
+async fn run(counts: Counts, only: Option<Vec<String>>) {
+    let upstream = start_echo().await;
+    let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel];
+    for (kind, bin) in [
+        (Kind::Nginx, "nginx"),
+        (Kind::Haproxy, "haproxy"),
+        (Kind::Caddy, "caddy"),
+    ] {
+        if which(bin).is_some() {
+            kinds.push(kind);
+        } else {
+            eprintln!("{bin} not installed: skipped (Debian: apt-get install {bin})");
+        }
+    }
+    if let Some(only) = &only {
+        kinds.retain(|k| {
+            *k == Kind::Direct || only.iter().any(|o| k.name().starts_with(o.as_str()))
+        });
+    }
+    let mut rows: BTreeMap<&'static str, Row> = BTreeMap::new();
+    let mut order = Vec::new();
+    for kind in kinds {
+        eprintln!("== {}", kind.name());
+        let target = match Target::start(kind, upstream) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: could not start ({e}); skipped", kind.name());
+                continue;
+            }
+        };
+        if let Err(e) = wait_ready(target.addr).await {
+            eprintln!("{}: not ready ({e}); skipped", kind.name());
+            continue;
+        }
+        let row = measure(&target, &counts).await;
+        eprintln!("   {row:?}");
+        rows.insert(kind.name(), row);
+        order.push(kind);
+    }
+    print_table(&order, &rows);
+}
+
+async fn measure(t: &Target, c: &Counts) -> Row {
+    let mut row = Row::default();
+    // Warm up: a few sessions, so lazy allocations are not charged to the first workload.
+    small_messages(t.addr, 10, 4, 2000).await;
+
+    let before = t.cpu_ns();
+    let n = small_messages(t.addr, 50, 8, c.small).await;
+    row.us_per_msg = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+
+    let before = t.cpu_ns();
+    let bytes = bulk(t.addr, 4, 2, 256 << 10, c.bulk_mb << 20).await;
+    row.ms_per_mb = t
+        .cpu_since(before)
+        .map(|ns| ns as f64 / 1e6 / (bytes as f64 / (1u64 << 20) as f64));
+
+    let before = t.cpu_ns();
+    let n = handshakes(t.addr, c.handshakes, 20).await;
+    row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+
+    if t.kind != Kind::Direct {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_before = t.rss_kib();
+        let held = idle(t.addr, c.idle).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_after = t.rss_kib();
+        row.kb_per_idle =
+            Some((rss_after.saturating_sub(rss_before)) as f64 * 1.024 / held.len() as f64);
+        drop(held);
+    }
+
+    row.rtt_p50_us = Some(rtt_p50(t.addr, c.rtt).await);
+    row
+}
+
+// ---------------------------------------------------------------------------------------
+// Targets
+
+struct Target {
+    kind: Kind,
+    addr: SocketAddr,
+    child: Option<Child>,
+    _dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn start(kind: Kind, upstream: SocketAddr) -> Result<Self, String> {
+        if kind == Kind::Direct {
+            return Ok(Self {
+                kind,
+                addr: upstream,
+                child: None,
+                _dir: None,
+            });
+        }
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = std::env::temp_dir().join(format!(
+            "ws-bench-{}-{}",
+            std::process::id(),
+            kind.name().replace(' ', "-")
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg("0");
+        match kind {
+            Kind::Frames | Kind::Tunnel => {
+                let bin = ws_proxy_bin()?;
+                let mode = if kind == Kind::Tunnel {
+                    "tunnel"
+                } else {
+                    "frames"
+                };
+                cmd.arg(bin)
+                    .args([
+                        "--listen",
+                        &addr.to_string(),
+                        "--upstream",
+                        &format!("ws://{upstream}"),
+                        "--mode",
+                        mode,
+                    ])
+                    .env("RUST_LOG", "warn");
+            }
+            Kind::Nginx => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_conf(port, upstream, &dir))
+                    .map_err(|e| e.to_string())?;
+                cmd.arg(which("nginx").unwrap_or_default())
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf);
+            }
+            Kind::Haproxy => {
+                let conf = dir.join("haproxy.cfg");
+                std::fs::write(&conf, haproxy_conf(port, upstream)).map_err(|e| e.to_string())?;
+                cmd.arg(which("haproxy").unwrap_or_default())
+                    .arg("-db")
+                    .arg("-f")
+                    .arg(&conf);
+            }
+            Kind::Caddy => {
+                let conf = dir.join("Caddyfile");
+                std::fs::write(&conf, caddy_conf(port, upstream)).map_err(|e| e.to_string())?;
+                cmd.arg(which("caddy").unwrap_or_default())
+                    .args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(&conf)
+                    .env("HOME", &dir)
+                    .env("XDG_DATA_HOME", &dir)
+                    .env("XDG_CONFIG_HOME", &dir);
+            }
+            Kind::Direct => unreachable!(),
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        Ok(Self {
+            kind,
+            addr,
+            child: Some(child),
+            _dir: Some(dir),
+        })
+    }
+
+    /// Every process of the target: the child (taskset execs into it) and its descendants.
+    fn pids(&self) -> Vec<u32> {
+        let Some(child) = &self.child else {
+            return Vec::new();
+        };
+        let mut pids = vec![child.id()];
+        let mut i = 0;
+        while i < pids.len() {
+            let p = pids[i];
+            if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+            i += 1;
+        }
+        pids
+    }
+
+    /// CPU time of every thread of every process, in nanoseconds.
+    fn cpu_ns(&self) -> Option<u64> {
+        if self.child.is_none() {
+            return None;
+        }
+        let mut total = 0;
+        for pid in self.pids() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+                    total += s
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        Some(total)
+    }
+
+    fn cpu_since(&self, before: Option<u64>) -> Option<u64> {
+        Some(self.cpu_ns()? - before?)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.pids().into_iter().skip(1) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn nginx_conf(port: u16, up: SocketAddr, dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
+         pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 19000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+           fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+           map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass http://{up};\n      proxy_http_version 1.1;\n\
+               proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection $connection_upgrade;\n\
+               proxy_set_header Host $host;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n"
+    )
+}
+
+fn haproxy_conf(port: u16, up: SocketAddr) -> String {
+    format!(
+        "global\n  maxconn 9000\n  nbthread 1\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+         backend be\n  server s1 {up} maxconn 9000\n"
+    )
+}
+
+fn caddy_conf(port: u16, up: SocketAddr) -> String {
+    format!("{{\n  admin off\n  auto_https off\n}}\nhttp://127.0.0.1:{port} {{\n  reverse_proxy {up}\n}}\n")
+}
+
+fn ws_proxy_bin() -> Result<PathBuf, String> {
+    // target/release/examples/bench -> target/release/ws-proxy
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("ws-proxy"))
+        .ok_or("cannot locate target/")?;
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not built: run `cargo build --release --bin ws-proxy`",
+            bin.display()
+        ))
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(bin))
+            .find(|p| p.exists())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
+    for _ in 0..200 {
+        if let Ok((mut ws, _)) = connect(addr).await {
+            let _ = ws.close(None).await;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("no WebSocket answer on {addr}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The echo upstream and the load generator (both on CPU 1)
+
+async fn start_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20));
+                let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(cfg)).await
+                else {
+                    return;
+                };
+                let (mut tx, mut rx) = ws.split();
+                while let Some(Ok(m)) = rx.next().await {
+                    if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn connect(addr: SocketAddr) -> Result<(Ws, ()), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20));
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/bench"), tcp, Some(cfg))
+            .await
+            .map_err(|e| e.to_string())?;
+    Ok((ws, ()))
+}
+
+fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut p = vec![(seq % 251) as u8; size];
+    p[..8].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn check(data: &[u8], seq: u64, size: usize) {
+    assert_eq!(data.len(), size, "message {seq}: wrong length");
+    assert_eq!(
+        u64::from_be_bytes(data[..8].try_into().unwrap_or_default()),
+        seq,
+        "lost or reordered message"
+    );
+    let fill = (seq % 251) as u8;
+    assert!(
+        data[8..].iter().all(|b| *b == fill),
+        "message {seq}: corrupted"
+    );
+}
+
+/// `sessions` sessions, each with `inflight` messages of `size` bytes outstanding, until
+/// `total` messages have been echoed and checked. Returns the count.
+async fn echo_load(
+    addr: SocketAddr,
+    sessions: usize,
+    inflight: usize,
+    size: usize,
+    total: u64,
+) -> u64 {
+    let per = total / sessions as u64;
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        tasks.push(tokio::spawn(async move {
+            let (ws, _) = connect(addr).await.expect("connect");
+            let (mut tx, mut rx) = ws.split();
+            let window = Arc::new(Semaphore::new(inflight));
+            let w = window.clone();
+            let writer = tokio::spawn(async move {
+                for seq in 0..per {
+                    w.acquire().await.expect("window").forget();
+                    tx.send(Message::binary(payload(seq, size)))
+                        .await
+                        .expect("send");
+                }
+                tx
+            });
+            for seq in 0..per {
+                match rx.next().await {
+                    Some(Ok(Message::Binary(d))) => check(&d, seq, size),
+                    other => panic!("expected echo {seq}, got {other:?}"),
+                }
+                window.add_permits(1);
+            }
+            let mut tx = writer.await.expect("writer");
+            let _ = tx.close().await;
+            per
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.expect("session");
+    }
+    n
+}
+
+async fn small_messages(addr: SocketAddr, sessions: usize, inflight: usize, total: u64) -> u64 {
+    echo_load(addr, sessions, inflight, 64, total).await
+}
+
+async fn bulk(
+    addr: SocketAddr,
+    sessions: usize,
+    inflight: usize,
+    size: usize,
+    total_bytes: u64,
+) -> u64 {
+    let n = echo_load(addr, sessions, inflight, size, total_bytes / size as u64).await;
+    // Counted once each way through the proxy; CPU per MB is per MB echoed.
+    n * size as u64
+}
+
+async fn handshakes(addr: SocketAddr, total: u64, concurrency: u64) -> u64 {
+    let per = total / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let (mut ws, _) = connect(addr).await.expect("handshake");
+                ws.close(None).await.expect("close");
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            per
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.expect("handshakes");
+    }
+    n
+}
+
+async fn idle(addr: SocketAddr, n: usize) -> Vec<Ws> {
+    let mut held = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(200) {
+        let mut tasks = Vec::new();
+        for _ in 0..200.min(n - chunk * 200) {
+            tasks.push(tokio::spawn(async move {
+                connect(addr).await.expect("idle session").0
+            }));
+        }
+        for t in tasks {
+            held.push(t.await.expect("idle"));
+        }
+    }
+    held
+}
+
+async fn rtt_p50(addr: SocketAddr, n: usize) -> f64 {
+    let (mut ws, _) = connect(addr).await.expect("connect");
+    let mut samples = Vec::with_capacity(n);
+    for seq in 0..n as u64 {
+        let started = Instant::now();
+        ws.send(Message::binary(payload(seq, 64)))
+            .await
+            .expect("send");
+        match ws.next().await {
+            Some(Ok(Message::Binary(d))) => check(&d, seq, 64),
+            other => panic!("expected echo, got {other:?}"),
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = ws.close(None).await;
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+fn print_table(order: &[Kind], rows: &BTreeMap<&'static str, Row>) {
+    let get = |k: Kind, f: fn(&Row) -> Option<f64>| rows.get(k.name()).and_then(f);
+    type Field = fn(&Row) -> Option<f64>;
+    let lines: [(&str, Field, &str); 5] = [
+        ("proxy CPU per 64 B echoed message", |r| r.us_per_msg, "us"),
+        ("proxy CPU per MB (256 KiB messages)", |r| r.ms_per_mb, "ms"),
+        ("proxy CPU per handshake", |r| r.us_per_handshake, "us"),
+        ("proxy RSS per idle session", |r| r.kb_per_idle, "KB"),
+        ("1-session round trip p50", |r| r.rtt_p50_us, "us"),
+    ];
+    println!();
+    print!("| per unit |");
+    for k in order {
+        print!(" {} |", k.name());
+    }
+    println!();
+    print!("|---|");
+    for _ in order {
+        print!("---|");
+    }
+    println!();
+    let direct_rtt = get(Kind::Direct, |r| r.rtt_p50_us).unwrap_or(0.0);
+    for (label, field, unit) in lines {
+        let is_rtt = unit == "us" && label.contains("round trip");
+        // Lower is better everywhere; latency compares the time added over direct.
+        let value = |k: Kind| get(k, field).map(|v| if is_rtt { v - direct_rtt } else { v });
+        let best_anchor = order
+            .iter()
+            .filter(|k| k.is_anchor())
+            .filter_map(|k| value(*k))
+            .fold(f64::INFINITY, f64::min);
+        print!("| {label} |");
+        for k in order {
+            match get(*k, field) {
+                Some(v) if is_rtt && *k == Kind::Direct => print!(" {v:.1} {unit} |"),
+                Some(v) if is_rtt => {
+                    let added = v - direct_rtt;
+                    if k.is_anchor() || !best_anchor.is_finite() {
+                        print!(" {v:.1} {unit} (+{added:.1}) |");
+                    } else {
+                        print!(
+                            " {v:.1} {unit} (+{added:.1}; {:.2}x) |",
+                            added / best_anchor
+                        );
+                    }
+                }
+                Some(v) if k.is_anchor() || !best_anchor.is_finite() => print!(" {v:.2} {unit} |"),
+                Some(v) => print!(" {v:.2} {unit} ({:.2}x) |", v / best_anchor),
+                None => print!(" - |"),
+            }
+        }
+        println!();
+    }
+    println!("\nRatios are to the best of nginx, HAProxy and Caddy for the row (latency: time added over direct).");
+}
+
+// ---------------------------------------------------------------------------------------
+// Process setup
+
+fn pin_self_to(cpu: usize) {
+    #[allow(unsafe_code)]
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within its bounds.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("could not pin the load generator to CPU {cpu}; numbers will be noisier");
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

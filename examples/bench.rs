@@ -312,9 +312,7 @@ impl Target {
 
     /// CPU time of every thread of every process, in nanoseconds.
     fn cpu_ns(&self) -> Option<u64> {
-        if self.child.is_none() {
-            return None;
-        }
+        self.child.as_ref()?;
         let mut total = 0;
         for pid in self.pids() {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -6,6 +6,7 @@
 //! cargo run --release --example bench            # full run (a few minutes)
 //! cargo run --release --example bench -- --quick # smaller counts, for iterating
 //! cargo run --release --example bench -- --only ws-proxy,nginx
+//! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt
 //! ```
 //!
 //! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
@@ -107,21 +108,28 @@ fn main() {
     } else {
         FULL
     };
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.split(',').map(str::to_owned).collect());
+    let list = |flag: &str| -> Option<Vec<String>> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.split(',').map(str::to_owned).collect())
+    };
+    let only = list("--only");
+    let rows = list("--rows").unwrap_or_else(|| {
+        ["msg", "mb", "handshake", "idle", "rtt"]
+            .map(String::from)
+            .to_vec()
+    });
     raise_fd_limit();
     pin_self_to(1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(counts, only));
+    rt.block_on(run(counts, only, rows));
 }
 
-async fn run(counts: Counts, only: Option<Vec<String>>) {
+async fn run(counts: Counts, only: Option<Vec<String>>, rows_wanted: Vec<String>) {
     let upstream = start_echo().await;
     let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel];
     for (kind, bin) in [
@@ -155,7 +163,7 @@ async fn run(counts: Counts, only: Option<Vec<String>>) {
             eprintln!("{}: not ready ({e}); skipped", kind.name());
             continue;
         }
-        let row = measure(&target, &counts).await;
+        let row = measure(&target, &counts, &rows_wanted).await;
         eprintln!("   {row:?}");
         rows.insert(kind.name(), row);
         order.push(kind);
@@ -163,37 +171,39 @@ async fn run(counts: Counts, only: Option<Vec<String>>) {
     print_table(&order, &rows);
 }
 
-async fn measure(t: &Target, c: &Counts) -> Row {
+async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
+    let want = |r: &str| rows.iter().any(|x| x == r);
     let mut row = Row::default();
     // Warm up: a few sessions, so lazy allocations are not charged to the first workload.
     small_messages(t.addr, 10, 4, 2000).await;
 
-    let before = t.cpu_ns();
-    let n = small_messages(t.addr, 50, 8, c.small).await;
-    row.us_per_msg = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
-
-    let before = t.cpu_ns();
-    let bytes = bulk(t.addr, 4, 2, 256 << 10, c.bulk_mb << 20).await;
-    row.ms_per_mb = t
-        .cpu_since(before)
-        .map(|ns| ns as f64 / 1e6 / (bytes as f64 / (1u64 << 20) as f64));
-
-    let before = t.cpu_ns();
-    let n = handshakes(t.addr, c.handshakes, 20).await;
-    row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
-
-    if t.kind != Kind::Direct {
+    if want("msg") {
+        let before = t.cpu_ns();
+        let n = small_messages(t.addr, 50, 8, c.small).await;
+        row.us_per_msg = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+    }
+    if want("mb") {
+        let before = t.cpu_ns();
+        let bytes = bulk(t.addr, 4, 2, 256 << 10, c.bulk_mb << 20).await;
+        let mb = bytes as f64 / (1u64 << 20) as f64;
+        row.ms_per_mb = t.cpu_since(before).map(|ns| ns as f64 / 1e6 / mb);
+    }
+    if want("handshake") {
+        let before = t.cpu_ns();
+        let n = handshakes(t.addr, c.handshakes, 20).await;
+        row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+    }
+    if want("idle") && t.kind != Kind::Direct {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss_before = t.rss_kib();
+        let before = t.rss_kib();
         let held = idle(t.addr, c.idle).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss_after = t.rss_kib();
-        row.kb_per_idle =
-            Some((rss_after.saturating_sub(rss_before)) as f64 * 1.024 / held.len() as f64);
-        drop(held);
+        let after = t.rss_kib();
+        row.kb_per_idle = Some(after.saturating_sub(before) as f64 * 1.024 / held.len() as f64);
     }
-
-    row.rtt_p50_us = Some(rtt_p50(t.addr, c.rtt).await);
+    if want("rtt") {
+        row.rtt_p50_us = Some(rtt_p50(t.addr, c.rtt).await);
+    }
     row
 }
 

@@ -131,19 +131,20 @@ async fn run(
                 sessions,
             )
             .await;
-            close::finish(
+            // Boxed: the close phase is short, and inline it would enlarge every idle session.
+            Box::pin(close::finish(
                 client,
                 upstream,
                 stopped,
                 &mut to_client,
                 &mut to_upstream,
                 config.close_timeout,
-            )
+            ))
             .await
         }
         (Err(e), UpstreamLeg::Frames(upstream)) => {
             tracing::debug!("client upgrade failed: {e}");
-            close::client_vanished(upstream, config.close_timeout).await
+            Box::pin(close::client_vanished(upstream, config.close_timeout)).await
         }
         (Err(e), UpstreamLeg::Tunnel(upstream)) => {
             tracing::debug!("client upgrade failed: {e}");

@@ -25,7 +25,7 @@ use crate::close::Report;
 use crate::keepalive::{Expired, Keepalive};
 use crate::sessions::Sessions;
 
-const SCRATCH: usize = 32 << 10;
+const SCRATCH: usize = 256 << 10;
 /// Bytes one direction moves before letting the other run.
 const BUDGET: usize = 256 << 10;
 const PING: &[u8] = b"axum-ws-proxy";

@@ -51,7 +51,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    // Run the server as a task on the runtime's workers: under `block_on` the accept loop would
+    // live on the main thread, and every accepted connection would cost a cross-thread wake-up.
+    let served = runtime.block_on(async {
+        tokio::spawn(serve(args))
+            .await
+            .unwrap_or_else(|e| Err(format!("server task failed: {e}")))
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("ws-proxy: {msg}");

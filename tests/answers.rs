@@ -21,21 +21,10 @@ async fn raw_upstream(answer: fn(&str) -> String) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut b = [0u8; 1];
-                    if tcp.read(&mut b).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let key = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
-                    .map(|(_, v)| v.trim().to_owned())
-                    .unwrap_or_default();
+                let Some(head) = read_head(&mut tcp).await else {
+                    return;
+                };
+                let key = head_header(&head, "sec-websocket-key").unwrap_or_default();
                 let _ = tcp.write_all(answer(&key).as_bytes()).await;
                 let mut sink = [0u8; 1024];
                 while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}

@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use futures_util::SinkExt;
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
@@ -59,43 +57,8 @@ fn help_exits_0() {
 
 /// Starts the binary on an ephemeral port and returns it with the address it logged.
 async fn start(args: &[&str]) -> (Child, std::net::SocketAddr) {
-    let (child, addr, _) = start_logged(args).await;
+    let (child, addr, _) = start_ws_proxy(args).await;
     (child, addr)
-}
-
-/// As `start`, also returning the metrics address if one was logged.
-async fn start_logged(
-    args: &[&str],
-) -> (Child, std::net::SocketAddr, Option<std::net::SocketAddr>) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut metrics = None;
-    let addr = within("the listening line", async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("ws-proxy exited early");
-            if let Some(rest) = line.split("metrics=").nth(1) {
-                metrics = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-            }
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
-    // Keep draining logs so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr, metrics)
 }
 
 #[tokio::test]
@@ -271,7 +234,7 @@ async fn half_sent_handshakes_do_not_delay_others_and_are_cut_off() {
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_format() {
     let up = echo_upstream().await;
-    let (_child, addr, metrics) = start_logged(&[
+    let (_child, addr, metrics) = start_ws_proxy(&[
         "--upstream",
         &format!("ws://{up}"),
         "--metrics-listen",

@@ -132,28 +132,7 @@ async fn an_http2_client_gets_the_upstreams_refusal() {
 #[tokio::test]
 async fn the_binary_serves_http2_cleartext_on_the_same_port() {
     let (up, _seen) = h1_upstream().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("ws://{up}"),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
-    let addr: SocketAddr = within("the listening line", async {
-        loop {
-            let line = lines.next_line().await.unwrap().unwrap();
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
+    let (_child, addr, _) = start_ws_proxy(&["--upstream", &format!("ws://{up}")]).await;
     let (res, ws) = h2_connect(addr, "/", &[]).await;
     assert_eq!(res.status(), StatusCode::OK);
     let mut ws = ws.unwrap();

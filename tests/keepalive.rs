@@ -9,9 +9,8 @@ use axum_ws_proxy::WsProxyLayer;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 
 const PING: &[u8] = b"axum-ws-proxy";
@@ -29,22 +28,10 @@ async fn hung_upstream() -> SocketAddr {
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                if tcp.read(&mut b).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let key = head
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key"))
-                .map(|(_, v)| v.trim().to_owned())
-                .unwrap_or_default();
-            let accept = derive_accept_key(key.as_bytes());
+            let Some(head) = read_head(&mut tcp).await else {
+                continue;
+            };
+            let accept = accept_for(&head);
             let res = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n");
             tcp.write_all(res.as_bytes()).await.unwrap();
             held.push(tcp);

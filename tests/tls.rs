@@ -196,30 +196,10 @@ async fn the_binary_trusts_upstream_ca_and_rejects_bad_files() {
     );
     assert_eq!(err.lines().count(), 1);
 
-    let mut child = tokio::process::Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("wss://127.0.0.1:{}", up.port()),
-        ])
-        .arg("--upstream-ca")
-        .arg(&ca_file)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
-    let addr: SocketAddr = within("the listening line", async {
-        loop {
-            let line = lines.next_line().await.unwrap().unwrap();
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
+    let ca_path = ca_file.to_string_lossy().into_owned();
+    let upstream = format!("wss://127.0.0.1:{}", up.port());
+    let (_child, addr, _) =
+        start_ws_proxy(&["--upstream", &upstream, "--upstream-ca", &ca_path]).await;
     // The CA is trusted, but the certificate names "localhost", not 127.0.0.1.
     let (status, _, body) = http_request(addr, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);

@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -57,24 +56,12 @@ async fn raw_tunnel_upstream(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let header = |name: &str| {
-            head.lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_owned())
-        };
+        let head = read_head(&mut tcp).await.unwrap();
         assert_eq!(
-            header("sec-websocket-extensions").as_deref(),
+            head_header(&head, "sec-websocket-extensions").as_deref(),
             Some("permessage-deflate; client_max_window_bits")
         );
-        let accept = derive_accept_key(header("sec-websocket-key").unwrap().as_bytes());
+        let accept = accept_for(&head);
         let res = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\nsec-websocket-extensions: {extensions}\r\n\r\n");
         tcp.write_all(res.as_bytes()).await.unwrap();
         tcp.write_all(frame).await.unwrap();

@@ -329,3 +329,67 @@ pub async fn reporting_upstream() -> (SocketAddr, Reported) {
     .await;
     (addr, Reported(rx))
 }
+
+/// Starts the `ws-proxy` binary on 127.0.0.1:0 with `args`; returns it (killed on drop), the
+/// address it logged, and its metrics address if it logged one. Its logs keep being drained.
+pub async fn start_ws_proxy(
+    args: &[&str],
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut metrics = None;
+    let addr = within("the listening line", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("ws-proxy exited early");
+            if let Some(rest) = line.split("metrics=").nth(1) {
+                metrics = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    // Keep draining logs so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, metrics)
+}
+
+/// Reads an HTTP request head byte by byte (so nothing after it is consumed); `None` on EOF.
+pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A header's value in a request head (case-insensitive name).
+pub fn head_header(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// The `Sec-WebSocket-Accept` answering the key in a request head.
+pub fn accept_for(head: &str) -> String {
+    let key = head_header(head, "sec-websocket-key").unwrap_or_default();
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+}

@@ -143,3 +143,32 @@ async fn the_binary_serves_http2_cleartext_on_the_same_port() {
     h1.send(Message::text("h1")).await.unwrap();
     assert_eq!(next_message(&mut h1).await, Message::text("h1"));
 }
+
+#[tokio::test]
+async fn an_http2_client_through_a_tunnel() {
+    let (up, _seen) = h1_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).tunnel()).await;
+    let (res, ws) = h2_connect(proxy, "/", &[("sec-websocket-protocol", "chat")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["sec-websocket-protocol"], "chat");
+    let mut ws = ws.unwrap();
+    for i in 0..5 {
+        ws.send(Message::text(format!("h2 tunnel {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Message::text(format!("h2 tunnel {i}"))
+        );
+    }
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 4004u16.into(),
+        reason: "done".into(),
+    })))
+    .await
+    .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4004),
+        other => panic!("expected the close echo, got {other:?}"),
+    }
+}

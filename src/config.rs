@@ -6,6 +6,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use std::sync::Arc;
 
+use crate::hooks::Hooks;
 use crate::keepalive::Timeouts;
 use crate::origin::Origins;
 use crate::sessions::Sessions;
@@ -63,6 +64,7 @@ pub(crate) struct Config {
     /// 0: no limit.
     pub(crate) max_sessions: usize,
     pub(crate) mode: Mode,
+    pub(crate) hooks: Hooks,
     /// Shared by every clone of the layer, so one shutdown handle drains them all.
     pub(crate) sessions: Arc<Sessions>,
     /// `None`: the shared default (webpki roots).
@@ -91,6 +93,7 @@ impl Config {
             origins: Origins::new([], true),
             max_sessions: 0,
             mode: Mode::Frames,
+            hooks: Hooks::default(),
             sessions: Arc::default(),
             #[cfg(feature = "tls")]
             tls: None,

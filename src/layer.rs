@@ -5,7 +5,7 @@ use tower::Layer;
 
 use crate::config::{Config, Mode};
 use crate::origin::Origins;
-use crate::{ShutdownHandle, UpstreamPool, WsProxy};
+use crate::{SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, WsProxy};
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -170,6 +170,24 @@ impl WsProxyLayer {
     /// and protocol checks are left to the two peers, and per-message hooks do not apply.
     pub fn tunnel(self) -> Self {
         self.mode(Mode::Tunnel)
+    }
+
+    /// Called when a session starts (the client has its 101 and the upstream leg is open), on
+    /// the session's task. See [`SessionInfo`].
+    pub fn on_open<F>(self, hook: F) -> Self
+    where
+        F: Fn(&SessionInfo) + Send + Sync + 'static,
+    {
+        self.set(|c| c.hooks.on_open = Some(Arc::new(hook)))
+    }
+
+    /// Called when a session has ended, with its [`SessionSummary`]: duration, messages and
+    /// bytes each way, who closed it and with which codes.
+    pub fn on_close<F>(self, hook: F) -> Self
+    where
+        F: Fn(&SessionSummary) + Send + Sync + 'static,
+    {
+        self.set(|c| c.hooks.on_close = Some(Arc::new(hook)))
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.

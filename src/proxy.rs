@@ -24,7 +24,7 @@ use crate::config::{Config, Mode};
 use crate::headers::{self, Forwarded};
 use crate::metrics;
 use crate::origin::Verdict;
-use crate::session::{self, SessionInfo, UpstreamLeg};
+use crate::session::{self, RequestInfo, UpstreamLeg};
 use crate::sessions::Refusal;
 use crate::upstream::Lease;
 use crate::{answer, detect, dial, Member, ProxyError};
@@ -155,7 +155,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             lease,
         })) => {
             let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
-            let info = SessionInfo {
+            let info = RequestInfo {
                 client: client_addr,
                 path: log_path,
                 protocol,

@@ -18,7 +18,7 @@ use crate::keepalive::Keepalive;
 use crate::metrics;
 use crate::sessions::{Permit, Sessions};
 use crate::upstream::Lease;
-use crate::{close, tunnel};
+use crate::{close, tunnel, ClosedBy};
 
 /// The upstream side of a session, already past its handshake.
 // Built once per session and moved into its task: boxing would only add an allocation.
@@ -31,7 +31,7 @@ pub(crate) enum UpstreamLeg {
 }
 
 /// What the session span records about the request.
-pub(crate) struct SessionInfo {
+pub(crate) struct RequestInfo {
     pub(crate) client: Option<SocketAddr>,
     pub(crate) path: String,
     pub(crate) protocol: Option<HeaderValue>,
@@ -45,7 +45,7 @@ pub(crate) fn spawn(
     upstream: UpstreamLeg,
     lease: Lease,
     permit: Permit,
-    info: SessionInfo,
+    info: RequestInfo,
 ) {
     let span = tracing::info_span!(
         "ws_session",
@@ -67,20 +67,59 @@ pub(crate) fn spawn(
     );
     let member = lease.endpoint().addr.to_string();
     metrics::session_opened(&member);
+    // Built only when a hook will read it.
+    let hooked = config.hooks.any().then(|| crate::SessionInfo {
+        id: permit.sessions().next_id(),
+        client: info.client,
+        path: info.path.clone(),
+        upstream: lease.endpoint().member.upstream().clone(),
+        upstream_addr: lease.endpoint().addr,
+        subprotocol: info
+            .protocol
+            .as_ref()
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+        mode: config.mode,
+    });
     tokio::spawn(
         async move {
             let sessions = permit.sessions().clone();
+            let started = Instant::now();
+            let mut to_upstream = Traffic::new("to_upstream");
+            let mut to_client = Traffic::new("to_client");
+            let session = run(
+                &config,
+                on_upgrade,
+                upstream,
+                &sessions,
+                &mut to_upstream,
+                &mut to_client,
+                hooked.as_ref(),
+            );
             let report = tokio::select! {
                 biased;
-                report = run(config, on_upgrade, upstream, &sessions) => report,
+                report = session => report,
                 // Past the shutdown deadline: drop both sockets where they are.
-                () = sessions.aborting() => {
-                    tracing::Span::current().record("closed_by", "proxy");
-                    tracing::info!("session dropped at the shutdown deadline");
-                    close::Report::dropped_at_shutdown()
-                }
+                () = sessions.aborting() => close::Report::dropped_at_shutdown(),
             };
+            let duration = started.elapsed();
+            record(&report, duration, &to_upstream, &to_client);
             metrics::session_closed(&member, &report);
+            if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
+                hook(&crate::SessionSummary {
+                    session,
+                    duration,
+                    messages_to_upstream: to_upstream.messages,
+                    bytes_to_upstream: to_upstream.bytes,
+                    messages_to_client: to_client.messages,
+                    bytes_to_client: to_client.bytes,
+                    closed_by: ClosedBy::from_label(report.closed_by),
+                    client_close_code: report.client_code,
+                    upstream_close_code: report.upstream_code,
+                    close_reason: report.reason.clone(),
+                    undeliverable: report.undeliverable,
+                });
+            }
             // The member's and the layer's live counts drop when the session has ended.
             drop(lease);
             drop(permit);
@@ -89,24 +128,49 @@ pub(crate) fn spawn(
     );
 }
 
+/// Records the session's outcome on its span and logs the `session closed` event.
+fn record(
+    report: &close::Report,
+    duration: std::time::Duration,
+    to_upstream: &Traffic,
+    to_client: &Traffic,
+) {
+    let span = tracing::Span::current();
+    span.record("duration_ms", duration.as_millis() as u64);
+    span.record("messages_to_upstream", to_upstream.messages);
+    span.record("bytes_to_upstream", to_upstream.bytes);
+    span.record("messages_to_client", to_client.messages);
+    span.record("bytes_to_client", to_client.bytes);
+    span.record("closed_by", report.closed_by);
+    span.record("client_close_code", report.client_code);
+    span.record("upstream_close_code", report.upstream_code);
+    span.record("close_reason", report.reason.as_str());
+    span.record("undeliverable", report.undeliverable);
+    tracing::info!("session closed");
+}
+
 async fn run(
-    config: Arc<Config>,
+    config: &Config,
     on_upgrade: OnUpgrade,
     upstream: UpstreamLeg,
     sessions: &Sessions,
+    to_upstream: &mut Traffic,
+    to_client: &mut Traffic,
+    hooked: Option<&crate::SessionInfo>,
 ) -> close::Report {
-    let started = Instant::now();
-    let mut to_upstream = Traffic::new("to_upstream");
-    let mut to_client = Traffic::new("to_client");
-    let report = match (on_upgrade.await, upstream) {
+    let upgraded = on_upgrade.await;
+    if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &config.hooks.on_open, hooked) {
+        hook(info);
+    }
+    match (upgraded, upstream) {
         (Ok(io), UpstreamLeg::Tunnel(upstream)) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(config.timeouts);
             tunnel::run(
                 TokioIo::new(io),
                 TokioIo::new(upstream),
-                &mut to_upstream,
-                &mut to_client,
+                to_upstream,
+                to_client,
                 &mut keepalive,
                 sessions,
                 config.close_timeout,
@@ -125,8 +189,8 @@ async fn run(
             let stopped = bridge::run(
                 &mut client,
                 &mut upstream,
-                &mut to_upstream,
-                &mut to_client,
+                to_upstream,
+                to_client,
                 &mut keepalive,
                 sessions,
             )
@@ -136,8 +200,8 @@ async fn run(
                 client,
                 upstream,
                 stopped,
-                &mut to_client,
-                &mut to_upstream,
+                to_client,
+                to_upstream,
                 config.close_timeout,
             ))
             .await
@@ -152,19 +216,5 @@ async fn run(
             drop(upstream);
             frame
         }
-    };
-
-    let span = tracing::Span::current();
-    span.record("duration_ms", started.elapsed().as_millis() as u64);
-    span.record("messages_to_upstream", to_upstream.messages);
-    span.record("bytes_to_upstream", to_upstream.bytes);
-    span.record("messages_to_client", to_client.messages);
-    span.record("bytes_to_client", to_client.bytes);
-    span.record("closed_by", report.closed_by);
-    span.record("client_close_code", report.client_code);
-    span.record("upstream_close_code", report.upstream_code);
-    span.record("close_reason", report.reason.as_str());
-    span.record("undeliverable", report.undeliverable);
-    tracing::info!("session closed");
-    report
+    }
 }

@@ -1,6 +1,6 @@
 //! Live sessions of a layer: the `max_sessions` limit and graceful shutdown.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ const ABORTING: u8 = 2;
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     live: AtomicUsize,
+    /// The last session id handed out.
+    ids: AtomicU64,
     phase: AtomicU8,
     /// Woken when the phase changes.
     phase_changed: Notify,
@@ -99,6 +101,11 @@ impl Sessions {
                 Err(now) => live = now,
             }
         }
+    }
+
+    /// A new session id, unique per layer.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub(crate) fn live(&self) -> usize {

@@ -476,13 +476,32 @@ where
                 }
             }
         }
-        if c_done && u_done {
+        // Both done, or the close handshake crossed and one side finished: the rest is bounded
+        // below, so a peer that never closes its socket cannot hold the session open.
+        if (c_done && u_done) || (first_close.is_some() && (c_done || u_done)) {
             Poll::Ready(None)
         } else {
             Poll::Pending
         }
     })
     .await;
+
+    if close.is_none() && !(c_done && u_done) {
+        let rest = poll_fn(|cx| {
+            let (pipe, client_first) = if c_done {
+                (&mut u2c, false)
+            } else {
+                (&mut c2u, true)
+            };
+            let polled = if client_first {
+                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
+            } else {
+                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
+            };
+            polled.map(|_| ())
+        });
+        let _ = tokio::time::timeout(close_timeout, rest).await;
+    }
 
     let Some(close) = close else {
         // The peers closed each other through the tunnel.

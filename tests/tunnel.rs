@@ -205,3 +205,25 @@ async fn tunnels_get_keepalive_pings_between_frames() {
         assert_eq!(next_message(&mut ws).await, Message::text(format!("{i}")));
     }
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_its_socket_after_the_close_does_not_hold_the_tunnel() {
+    let layer = WsProxyLayer::new(upstream(echo_upstream().await))
+        .tunnel()
+        .close_timeout(Duration::from_millis(200));
+    let handle = layer.shutdown_handle();
+    let proxy = proxy(layer).await;
+    let mut ws = connect(proxy, "/").await;
+    assert_eq!(
+        close_and_wait(&mut ws, 1000, "").await,
+        Some((1000, String::new()))
+    );
+    // `ws` is still held: its socket stays open. The session must end anyway.
+    within("the tunnel to end", async {
+        while handle.live_sessions() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(ws);
+}

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The echo upstream chooses the subprotocol `echo.v1` when offered, and answers the message
-//! `/close` by closing with code 4000, so the page shows both crossing the proxy.
+//! `/close` by closing with code 4000, so the page shows both crossing the proxy. (The
+//! browser test in `tests/browser.rs` drives this same code in headless Chromium.)
 
 use std::net::SocketAddr;
 
@@ -20,21 +21,11 @@ use tokio::net::TcpListener;
 
 const PAGE: &str = include_str!("quickstart.html");
 
+#[allow(dead_code)] // also compiled into tests/browser.rs, which has its own entry point
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
-
-    // The upstream: any WebSocket service; here an axum echo server on a free port.
-    let upstream = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream_addr = upstream.local_addr()?;
-    let echo = Router::new()
-        .fallback(|ws: WebSocketUpgrade| async { ws.protocols(["echo.v1"]).on_upgrade(echo) });
-    tokio::spawn(async move { axum::serve(upstream, echo).await });
-
-    // The app: an ordinary page, and every WebSocket upgrade proxied to the upstream.
-    let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .layer(WsProxyLayer::new(format!("ws://{upstream_addr}").parse()?));
+    let upstream = echo_upstream().await?;
 
     let listener = match std::env::args().nth(1) {
         Some(addr) => TcpListener::bind(addr.as_str()).await?,
@@ -45,13 +36,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let addr = listener.local_addr()?;
     println!("WebSocket proxy ready: open http://{addr}/ in a browser");
-    println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream_addr})");
+    println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream})");
+    let app = app(upstream)?;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await?;
     Ok(())
+}
+
+/// The app: the page at `/`, and every WebSocket upgrade proxied to `upstream`.
+pub fn app(upstream: SocketAddr) -> Result<Router, axum_ws_proxy::ParseUpstreamError> {
+    Ok(Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .layer(WsProxyLayer::new(format!("ws://{upstream}").parse()?)))
+}
+
+/// The upstream: any WebSocket service; here an axum echo server on a free port.
+pub async fn echo_upstream() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let echo = Router::new()
+        .fallback(|ws: WebSocketUpgrade| async { ws.protocols(["echo.v1"]).on_upgrade(echo) });
+    tokio::spawn(async move { axum::serve(listener, echo).await });
+    Ok(addr)
 }
 
 /// Echoes text and binary; `/close` closes with 4000 and a reason.

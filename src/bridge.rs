@@ -23,9 +23,15 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use std::sync::Arc;
+
+use http::Extensions;
+
+use crate::hooks::{MessageHook, VerdictFuture};
 use crate::keepalive::{Expired, Keepalive};
 use crate::metrics::TrafficCounters;
 use crate::sessions::Sessions;
+use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 
 /// The payload of the proxy's own keepalive pings.
 const PING: &[u8] = b"axum-ws-proxy";
@@ -87,6 +93,16 @@ pub(crate) enum Ended {
     Expired(Expired),
     /// The layer is shutting down.
     ShuttingDown,
+    /// A message hook closed the session.
+    HookClosed(u16, String),
+}
+
+/// The message hooks of one session, and the state they share.
+pub(crate) struct SessionHooks<'a> {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) to_upstream: Option<&'a MessageHook>,
+    pub(crate) to_client: Option<&'a MessageHook>,
+    pub(crate) state: Extensions,
 }
 
 /// How bridging stopped, and any message read from one side that the other has not taken yet.
@@ -105,6 +121,7 @@ pub(crate) async fn run<C, U>(
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
     sessions: &Sessions,
+    mut hooks: Option<SessionHooks<'_>>,
 ) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -121,10 +138,12 @@ where
         if let Poll::Ready(expired) = keepalive.poll(cx) {
             return Poll::Ready(Ended::Expired(expired));
         }
-        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
+        if let Poll::Ready(end) =
+            c2u.poll(cx, client, upstream, to_upstream, keepalive, hooks.as_mut())
+        {
             return Poll::Ready(end);
         }
-        u2c.poll(cx, upstream, client, to_client, keepalive)
+        u2c.poll(cx, upstream, client, to_client, keepalive, hooks.as_mut())
     })
     .await;
     Stopped {
@@ -141,6 +160,8 @@ struct Direction {
     to: Side,
     pending: Option<Message>,
     unflushed: bool,
+    /// An asynchronous hook's verdict being awaited, with the message it is about.
+    awaiting: Option<(VerdictFuture, Message)>,
 }
 
 impl Direction {
@@ -150,7 +171,53 @@ impl Direction {
             to,
             pending: None,
             unflushed: false,
+            awaiting: None,
         }
+    }
+
+    /// Runs this direction's hook on a data message: it may be forwarded as is, replaced,
+    /// dropped, or end the session. An asynchronous verdict is awaited before anything else is
+    /// read from this side, so order is kept (and the hook's pace is backpressure).
+    fn hook(&mut self, msg: Message, hooks: Option<&mut SessionHooks<'_>>) -> Option<Ended> {
+        let Some(hooks) = hooks else {
+            self.pending = Some(msg);
+            return None;
+        };
+        let (hook, direction) = match self.from {
+            Side::Client => (hooks.to_upstream, Way::ToUpstream),
+            Side::Upstream => (hooks.to_client, Way::ToClient),
+        };
+        match hook {
+            None => {
+                self.pending = Some(msg);
+                None
+            }
+            Some(MessageHook::Sync(f)) => {
+                let mut ctx = MessageContext {
+                    session: &hooks.session,
+                    direction,
+                    state: &mut hooks.state,
+                };
+                let msg = crate::Message(msg);
+                let verdict = f(&mut ctx, &msg);
+                self.apply(verdict, msg.0)
+            }
+            Some(MessageHook::Async(f)) => {
+                let fut = f(hooks.session.clone(), crate::Message(msg.clone()));
+                self.awaiting = Some((fut, msg));
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, verdict: Verdict, original: Message) -> Option<Ended> {
+        match verdict {
+            Verdict::Forward => self.pending = Some(original),
+            Verdict::Replace(m) => self.pending = Some(m.0),
+            Verdict::Drop => {}
+            Verdict::Close(code, reason) => return Some(Ended::HookClosed(code, reason)),
+        }
+        None
     }
 
     fn poll<S, D>(
@@ -160,6 +227,7 @@ impl Direction {
         dst: &mut WebSocketStream<D>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
+        mut hooks: Option<&mut SessionHooks<'_>>,
     ) -> Poll<Ended>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -181,6 +249,19 @@ impl Direction {
         }
         let mut budget = BUDGET;
         loop {
+            if let Some((fut, _)) = self.awaiting.as_mut() {
+                let Poll::Ready(verdict) = fut.as_mut().poll(cx) else {
+                    // Flush what was fed meanwhile; read nothing more until the verdict.
+                    if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
+                        return Poll::Ready(end);
+                    }
+                    return Poll::Pending;
+                };
+                let (_, original) = self.awaiting.take().expect("awaiting was just polled");
+                if let Some(end) = self.apply(verdict, original) {
+                    return Poll::Ready(end);
+                }
+            }
             if let Some(msg) = self.pending.take() {
                 match Pin::new(&mut *dst).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
@@ -213,7 +294,11 @@ impl Direction {
                     // Anything from a leg, pongs included, shows it is alive.
                     keepalive.heard(self.from, Instant::now());
                     match msg {
-                        Message::Text(_) | Message::Binary(_) => self.pending = Some(msg),
+                        Message::Text(_) | Message::Binary(_) => {
+                            if let Some(end) = self.hook(msg, hooks.as_deref_mut()) {
+                                return Poll::Ready(end);
+                            }
+                        }
                         // Per hop: tungstenite has queued the pong on `src` already.
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(frame) => {

@@ -216,6 +216,17 @@ fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
         Ended::Expired(Expired::Idle) => going_away("idle timeout"),
         Ended::Expired(Expired::Lifetime) => going_away("session lifetime reached"),
         Ended::ShuttingDown => going_away("proxy shutting down"),
+        Ended::HookClosed(code, reason) => {
+            let report = Report {
+                closed_by: "proxy",
+                client_code: code,
+                upstream_code: code,
+                reason: reason.clone(),
+                undeliverable: 0,
+            };
+            let close = || LegEnd::Initiate(Some(frame(CloseCode::from(code), &reason)));
+            (close(), close(), report)
+        }
     }
 }
 

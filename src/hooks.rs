@@ -24,9 +24,15 @@
 //! slow belongs in a task of its own.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap};
+use tokio_tungstenite::tungstenite;
 
 use crate::{Mode, Upstream};
 
@@ -48,6 +54,10 @@ pub struct SessionInfo {
     pub subprotocol: Option<String>,
     /// Frames or tunnel.
     pub mode: Mode,
+    /// The client's upgrade request headers, as received (before any rewriting).
+    pub request_headers: HeaderMap,
+    /// The upgrade request's extensions (e.g. an identity an auth layer inserted).
+    pub request_extensions: Extensions,
 }
 
 /// Who ended a session.
@@ -100,19 +110,121 @@ pub struct SessionSummary {
     pub undeliverable: u64,
 }
 
+/// A data message crossing the proxy, as message hooks see it (frame mode only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message(pub(crate) tungstenite::Message);
+
+impl Message {
+    /// A text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self(tungstenite::Message::text(text.into()))
+    }
+
+    /// A binary message.
+    pub fn binary(data: impl Into<Bytes>) -> Self {
+        Self(tungstenite::Message::binary(data.into()))
+    }
+
+    /// The text, if this is a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match &self.0 {
+            tungstenite::Message::Text(t) => Some(t.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The payload bytes (text as UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            tungstenite::Message::Text(t) => t.as_bytes(),
+            tungstenite::Message::Binary(b) => b,
+            _ => &[],
+        }
+    }
+
+    /// Whether this is a text message.
+    pub fn is_text(&self) -> bool {
+        self.0.is_text()
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a message hook decides for a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Forward the message unchanged.
+    Forward,
+    /// Forward this message instead.
+    Replace(Message),
+    /// Drop the message (it is counted neither as delivered nor as lost).
+    Drop,
+    /// End the session: both legs get a close frame with this code and reason (e.g. 1008
+    /// Policy Violation); the message is not forwarded.
+    Close(u16, String),
+}
+
+/// Which way a message is going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Direction {
+    /// From the client to the upstream.
+    ToUpstream,
+    /// From the upstream to the client.
+    ToClient,
+}
+
+/// What a synchronous message hook gets besides the message: the session, the direction, and
+/// state kept for this session (any `Clone + Send + Sync` type, one value per type).
+#[derive(Debug)]
+pub struct MessageContext<'a> {
+    /// The session.
+    pub session: &'a SessionInfo,
+    /// Which way the message is going.
+    pub direction: Direction,
+    /// Per-session state: `ctx.state.get_mut::<u64>()`, `ctx.state.insert(..)`.
+    pub state: &'a mut Extensions,
+}
+
+/// The future an asynchronous message hook returns.
+pub type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
 type OpenFn = dyn Fn(&SessionInfo) + Send + Sync;
 type CloseFn = dyn Fn(&SessionSummary) + Send + Sync;
+pub(crate) type SyncMessageFn = dyn Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync;
+pub(crate) type AsyncMessageFn = dyn Fn(Arc<SessionInfo>, Message) -> VerdictFuture + Send + Sync;
+
+/// A message hook for one direction.
+#[derive(Clone)]
+pub(crate) enum MessageHook {
+    Sync(Arc<SyncMessageFn>),
+    Async(Arc<AsyncMessageFn>),
+}
 
 /// The hooks of a layer; cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub(crate) on_open: Option<Arc<OpenFn>>,
     pub(crate) on_close: Option<Arc<CloseFn>>,
+    pub(crate) on_client_message: Option<MessageHook>,
+    pub(crate) on_upstream_message: Option<MessageHook>,
 }
 
 impl Hooks {
     pub(crate) fn any(&self) -> bool {
-        self.on_open.is_some() || self.on_close.is_some()
+        self.on_open.is_some()
+            || self.on_close.is_some()
+            || self.on_client_message.is_some()
+            || self.on_upstream_message.is_some()
     }
 }
 
@@ -121,6 +233,8 @@ impl fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("on_open", &self.on_open.is_some())
             .field("on_close", &self.on_close.is_some())
+            .field("on_client_message", &self.on_client_message.is_some())
+            .field("on_upstream_message", &self.on_upstream_message.is_some())
             .finish()
     }
 }

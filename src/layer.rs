@@ -5,7 +5,13 @@ use tower::Layer;
 
 use crate::config::{Config, Mode};
 use crate::origin::Origins;
-use crate::{SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, WsProxy};
+use std::future::Future;
+
+use crate::hooks::{AsyncMessageFn, MessageHook};
+use crate::{
+    Message, MessageContext, SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, Verdict,
+    WsProxy,
+};
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -188,6 +194,69 @@ impl WsProxyLayer {
         F: Fn(&SessionSummary) + Send + Sync + 'static,
     {
         self.set(|c| c.hooks.on_close = Some(Arc::new(hook)))
+    }
+
+    /// Sees every data message from the client before it goes upstream (frame mode; tunnels do
+    /// not parse messages) and decides: forward, replace, drop, or close the session. Runs on
+    /// the session's task, so it should be quick; see
+    /// [`on_client_message_async`](Self::on_client_message_async) for hooks that wait.
+    /// Without a hook a message costs nothing extra.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Verdict, WsProxyLayer};
+    ///
+    /// // At most 100 messages per session, then close with 1008 Policy Violation.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message(|ctx, _msg| {
+    ///     if ctx.state.get::<u32>().is_none() {
+    ///         ctx.state.insert(0u32);
+    ///     }
+    ///     let count = ctx.state.get_mut::<u32>().map_or(0, |c| { *c += 1; *c });
+    ///     if count > 100 {
+    ///         Verdict::Close(1008, "message limit reached".into())
+    ///     } else {
+    ///         Verdict::Forward
+    ///     }
+    /// });
+    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// ```
+    pub fn on_client_message<F>(self, hook: F) -> Self
+    where
+        F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
+    {
+        self.set(|c| c.hooks.on_client_message = Some(MessageHook::Sync(Arc::new(hook))))
+    }
+
+    /// As [`on_client_message`](Self::on_client_message), for messages from the upstream to
+    /// the client.
+    pub fn on_upstream_message<F>(self, hook: F) -> Self
+    where
+        F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
+    {
+        self.set(|c| c.hooks.on_upstream_message = Some(MessageHook::Sync(Arc::new(hook))))
+    }
+
+    /// A client-message hook that can wait (call a service, write to a database). The verdict
+    /// is awaited before the next message from the client is read, so order is kept and a slow
+    /// hook slows that client instead of queueing. It gets the session as an `Arc` and the
+    /// message by value; keep per-session state keyed by `session.id` if you need it.
+    pub fn on_client_message_async<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(Arc<SessionInfo>, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Verdict> + Send + 'static,
+    {
+        let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
+        self.set(|c| c.hooks.on_client_message = Some(MessageHook::Async(hook)))
+    }
+
+    /// As [`on_client_message_async`](Self::on_client_message_async), for messages from the
+    /// upstream to the client.
+    pub fn on_upstream_message_async<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(Arc<SessionInfo>, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Verdict> + Send + 'static,
+    {
+        let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
+        self.set(|c| c.hooks.on_upstream_message = Some(MessageHook::Async(hook)))
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.

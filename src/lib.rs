@@ -115,7 +115,10 @@ struct ReadmeDoctests;
 pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
-pub use hooks::{ClosedBy, SessionInfo, SessionSummary};
+pub use hooks::{
+    ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
+    VerdictFuture,
+};
 pub use layer::WsProxyLayer;
 pub use service::WsProxy;
 pub use sessions::ShutdownHandle;

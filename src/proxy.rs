@@ -67,6 +67,12 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         }
     };
     let (parts, _body) = req.into_parts();
+    // Kept for the hooks only: copying them costs nothing when no hook is set.
+    let (hook_headers, hook_extensions) = if config.hooks.any() {
+        (Some(parts.headers.clone()), Some(parts.extensions.clone()))
+    } else {
+        (None, None)
+    };
     let hash_key = config
         .pool
         .hash_key()
@@ -159,6 +165,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
                 client: client_addr,
                 path: log_path,
                 protocol,
+                headers: hook_headers,
+                extensions: hook_extensions,
             };
             lease.opened();
             metrics::upstream_answered(dialled.elapsed());

@@ -12,7 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::bridge::{self, Traffic};
+use crate::bridge::{self, SessionHooks, Traffic};
 use crate::config::Config;
 use crate::keepalive::Keepalive;
 use crate::metrics;
@@ -35,6 +35,9 @@ pub(crate) struct RequestInfo {
     pub(crate) client: Option<SocketAddr>,
     pub(crate) path: String,
     pub(crate) protocol: Option<HeaderValue>,
+    /// The upgrade request's headers and extensions, kept only when hooks will read them.
+    pub(crate) headers: Option<http::HeaderMap>,
+    pub(crate) extensions: Option<http::Extensions>,
 }
 
 /// Starts the session once the client's 101 has been sent. The task owns both legs and ends on
@@ -68,18 +71,22 @@ pub(crate) fn spawn(
     let member = lease.endpoint().addr.to_string();
     metrics::session_opened(&member);
     // Built only when a hook will read it.
-    let hooked = config.hooks.any().then(|| crate::SessionInfo {
-        id: permit.sessions().next_id(),
-        client: info.client,
-        path: info.path.clone(),
-        upstream: lease.endpoint().member.upstream().clone(),
-        upstream_addr: lease.endpoint().addr,
-        subprotocol: info
-            .protocol
-            .as_ref()
-            .and_then(|p| p.to_str().ok())
-            .map(str::to_owned),
-        mode: config.mode,
+    let hooked = config.hooks.any().then(|| {
+        Arc::new(crate::SessionInfo {
+            id: permit.sessions().next_id(),
+            client: info.client,
+            path: info.path.clone(),
+            upstream: lease.endpoint().member.upstream().clone(),
+            upstream_addr: lease.endpoint().addr,
+            subprotocol: info
+                .protocol
+                .as_ref()
+                .and_then(|p| p.to_str().ok())
+                .map(str::to_owned),
+            mode: config.mode,
+            request_headers: info.headers.clone().unwrap_or_default(),
+            request_extensions: info.extensions.clone().unwrap_or_default(),
+        })
     });
     tokio::spawn(
         async move {
@@ -107,7 +114,7 @@ pub(crate) fn spawn(
             metrics::session_closed(&member, &report);
             if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
                 hook(&crate::SessionSummary {
-                    session,
+                    session: (*session).clone(),
                     duration,
                     messages_to_upstream: to_upstream.messages,
                     bytes_to_upstream: to_upstream.bytes,
@@ -126,6 +133,23 @@ pub(crate) fn spawn(
         }
         .instrument(span),
     );
+}
+
+/// The session's message hooks, if any are set.
+fn message_hooks<'a>(
+    config: &'a Config,
+    session: Option<&Arc<crate::SessionInfo>>,
+) -> Option<SessionHooks<'a>> {
+    let hooks = &config.hooks;
+    if hooks.on_client_message.is_none() && hooks.on_upstream_message.is_none() {
+        return None;
+    }
+    Some(SessionHooks {
+        session: session?.clone(),
+        to_upstream: hooks.on_client_message.as_ref(),
+        to_client: hooks.on_upstream_message.as_ref(),
+        state: http::Extensions::new(),
+    })
 }
 
 /// Records the session's outcome on its span and logs the `session closed` event.
@@ -156,7 +180,7 @@ async fn run(
     sessions: &Sessions,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
-    hooked: Option<&crate::SessionInfo>,
+    hooked: Option<&Arc<crate::SessionInfo>>,
 ) -> close::Report {
     let upgraded = on_upgrade.await;
     if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &config.hooks.on_open, hooked) {
@@ -193,6 +217,7 @@ async fn run(
                 to_client,
                 &mut keepalive,
                 sessions,
+                message_hooks(config, hooked),
             )
             .await;
             // Boxed: the close phase is short, and inline it would enlarge every idle session.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::hooks::Hooks;
 use crate::keepalive::Timeouts;
 use crate::origin::Origins;
+use crate::route::RouteHook;
 use crate::sessions::Sessions;
 use crate::UpstreamPool;
 
@@ -65,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) max_sessions: usize,
     pub(crate) mode: Mode,
     pub(crate) hooks: Hooks,
+    pub(crate) route: Option<RouteHook>,
     /// Shared by every clone of the layer, so one shutdown handle drains them all.
     pub(crate) sessions: Arc<Sessions>,
     /// `None`: the shared default (webpki roots).
@@ -94,6 +96,7 @@ impl Config {
             max_sessions: 0,
             mode: Mode::Frames,
             hooks: Hooks::default(),
+            route: None,
             sessions: Arc::default(),
             #[cfg(feature = "tls")]
             tls: None,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Config;
 use crate::upstream::{Lease, NoPick};
-use crate::{Member, ProxyError};
+use crate::{Member, ProxyError, UpstreamPool};
 
 /// Largest upstream answer head accepted.
 const MAX_ANSWER_HEAD: usize = 64 << 10;
@@ -34,11 +34,11 @@ pub(crate) struct Dialed {
 /// `deadline`; the caller bounds the whole dial by the deadline (then 504).
 pub(crate) async fn dial(
     config: &Config,
+    pool: &UpstreamPool,
     key: Option<&[u8]>,
     deadline: Instant,
     request: impl Fn(&Member) -> Request<Empty<Bytes>>,
 ) -> Result<Dialed, ProxyError> {
-    let pool = &config.pool;
     pool.ensure_resolved().await;
     let max_tries = pool.tries();
     let mut tried = Vec::with_capacity(max_tries);

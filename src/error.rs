@@ -53,6 +53,8 @@ pub enum ProxyError {
     TooManySessions(usize),
     /// Every pool member is at its `max_sessions`: **503** with `Retry-After: 1`.
     MembersFull(usize),
+    /// The routing hook refused the upgrade: its status and body.
+    Refused(StatusCode, String),
     /// The TLS handshake with a `wss://` upstream failed (untrusted or expired certificate,
     /// wrong host name, no common protocol): **502**, with rustls's reason.
     Tls {
@@ -81,6 +83,7 @@ impl ProxyError {
         match self {
             Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::Refused(status, _) => *status,
             Self::OriginNotAllowed(_) | Self::MissingOrigin => StatusCode::FORBIDDEN,
             Self::ShuttingDown | Self::TooManySessions(_) | Self::MembersFull(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -110,6 +113,7 @@ impl ProxyError {
             Self::ShuttingDown => "shutting_down",
             Self::TooManySessions(_) => "max_sessions",
             Self::MembersFull(_) => "member_max_sessions",
+            Self::Refused(..) => "route_refused",
             Self::Timeout { .. } => "timeout",
             Self::Handshake(_) => "handshake",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
@@ -138,6 +142,7 @@ impl fmt::Display for ProxyError {
             Self::MissingOrigin => f.write_str("an Origin header is required"),
             Self::ShuttingDown => f.write_str("the proxy is shutting down; retry elsewhere"),
             Self::TooManySessions(n) => write!(f, "the proxy is at its limit of {n} sessions"),
+            Self::Refused(_, body) => f.write_str(body),
             Self::MembersFull(n) => {
                 write!(f, "every upstream member is at its limit of {n} sessions")
             }

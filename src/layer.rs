@@ -8,10 +8,12 @@ use crate::origin::Origins;
 use std::future::Future;
 
 use crate::hooks::{AsyncMessageFn, MessageHook};
+use crate::route::RouteHook;
 use crate::{
     Message, MessageContext, SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, Verdict,
     WsProxy,
 };
+use crate::{Refusal, RouteRequest};
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -257,6 +259,17 @@ impl WsProxyLayer {
     {
         let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
         self.set(|c| c.hooks.on_upstream_message = Some(MessageHook::Async(hook)))
+    }
+
+    /// A hook run for every upgrade before the upstream is dialled (after the origin check,
+    /// the client handshake and the session limit): it can pick the pool, rewrite the path and
+    /// query, change the headers sent upstream, or refuse with a status and body. See
+    /// [`RouteRequest`].
+    pub fn route<F>(self, hook: F) -> Self
+    where
+        F: Fn(&mut RouteRequest<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        self.set(|c| c.route = Some(RouteHook(Arc::new(hook))))
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.

@@ -99,6 +99,7 @@ mod layer;
 pub mod metrics;
 mod origin;
 mod proxy;
+mod route;
 mod service;
 mod session;
 mod sessions;
@@ -120,6 +121,7 @@ pub use hooks::{
     VerdictFuture,
 };
 pub use layer::WsProxyLayer;
+pub use route::{Refusal, RouteRequest};
 pub use service::WsProxy;
 pub use sessions::ShutdownHandle;
 #[cfg(feature = "tls")]

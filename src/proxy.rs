@@ -24,10 +24,11 @@ use crate::config::{Config, Mode};
 use crate::headers::{self, Forwarded};
 use crate::metrics;
 use crate::origin::Verdict;
+use crate::route::RouteRequest;
 use crate::session::{self, RequestInfo, UpstreamLeg};
 use crate::sessions::Refusal;
 use crate::upstream::Lease;
-use crate::{answer, detect, dial, Member, ProxyError};
+use crate::{answer, detect, dial, Member, ProxyError, UpstreamPool};
 
 /// Answers one upgrade request (already detected as such).
 pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Response<Body> {
@@ -66,17 +67,13 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             )
         }
     };
-    let (parts, _body) = req.into_parts();
+    let (mut parts, _body) = req.into_parts();
     // Kept for the hooks only: copying them costs nothing when no hook is set.
     let (hook_headers, hook_extensions) = if config.hooks.any() {
         (Some(parts.headers.clone()), Some(parts.extensions.clone()))
     } else {
         (None, None)
     };
-    let hash_key = config
-        .pool
-        .hash_key()
-        .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr));
 
     // base64 of 16 random bytes: always a valid header value.
     let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
@@ -86,9 +83,9 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .iter()
         .cloned()
         .collect();
-    // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
     let tunnel = config.mode == Mode::Tunnel;
     let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
+    // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
     let client_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -96,8 +93,22 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let keep_client_host = config.preserve_host && client_host.is_some();
-    let forwarded = headers::upstream_request(
-        parts.headers,
+    // Balancing reads the client's own headers. Without a routing hook (which may pick another
+    // pool) the key is taken now, before the headers move into the upstream request.
+    let early_hash_key = match config.route {
+        Some(_) => None,
+        None => config
+            .pool
+            .hash_key()
+            .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr)),
+    };
+    // The routing hook reads the client's headers after they are rewritten: keep a copy then.
+    let client_headers = match config.route {
+        Some(_) => parts.headers.clone(),
+        None => std::mem::take(&mut parts.headers),
+    };
+    let mut forwarded = headers::upstream_request(
+        client_headers,
         Forwarded {
             host: client_host.clone(),
             client_host,
@@ -106,6 +117,30 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             keep_extensions: tunnel,
         },
     );
+    let mut pool = config.pool.clone();
+    let mut path = path;
+    if let Some(route) = &config.route {
+        let mut request = RouteRequest {
+            parts: &parts,
+            client: client_addr,
+            upstream_headers: &mut forwarded,
+            pool: None,
+            path: None,
+        };
+        if let Err(refusal) = (route.0)(&mut request) {
+            let e = ProxyError::Refused(refusal.status, refusal.body);
+            return refuse(&config, e, client_addr, &log_path);
+        }
+        let (chosen, rewritten) = (request.pool, request.path);
+        pool = chosen.unwrap_or(pool);
+        path = rewritten.or(path);
+    }
+    let hash_key = match config.route {
+        Some(_) => pool
+            .hash_key()
+            .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr)),
+        None => early_hash_key,
+    };
     // Target and (unless the client's is kept) Host depend on the member each try dials.
     let request_for = |member: &Member| {
         let upstream = member.upstream();
@@ -124,6 +159,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
     let deadline = dialled + config.connect_timeout;
     let handshake = handshake(
         &config,
+        &pool,
         hash_key.as_deref(),
         deadline,
         request_for,
@@ -192,6 +228,7 @@ enum Answer {
 /// refusal.
 async fn handshake(
     config: &Config,
+    pool: &UpstreamPool,
     hash_key: Option<&[u8]>,
     deadline: Instant,
     request_for: impl Fn(&Member) -> Request<Empty<Bytes>>,
@@ -203,7 +240,7 @@ async fn handshake(
         response: mut res,
         conn,
         lease,
-    } = dial::dial(config, hash_key, deadline, request_for).await?;
+    } = dial::dial(config, pool, hash_key, deadline, request_for).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let relayed = answer::relay(res, config.max_response_body_size).await?;
         return Ok(Answer::Relayed(relayed, lease));

@@ -157,15 +157,18 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
 
     let dialled = Instant::now();
     let deadline = dialled + config.connect_timeout;
+    let offer = Offer {
+        key: &key,
+        protocols: &offered,
+        extensions: extensions_offered,
+    };
     let handshake = handshake(
         &config,
         &pool,
         hash_key.as_deref(),
         deadline,
         request_for,
-        &key,
-        &offered,
-        extensions_offered,
+        offer,
     );
     match tokio::time::timeout_at(deadline.into(), handshake).await {
         Err(_) => refuse(
@@ -226,15 +229,21 @@ enum Answer {
 
 /// Dial (with failover), send the upgrade, and either open the upstream leg or collect the
 /// refusal.
+/// What the upstream's 101 is checked against: the key the proxy sent, and what the client
+/// offered.
+struct Offer<'a> {
+    key: &'a HeaderValue,
+    protocols: &'a [HeaderValue],
+    extensions: bool,
+}
+
 async fn handshake(
     config: &Config,
     pool: &UpstreamPool,
     hash_key: Option<&[u8]>,
     deadline: Instant,
     request_for: impl Fn(&Member) -> Request<Empty<Bytes>>,
-    key: &HeaderValue,
-    offered: &[HeaderValue],
-    extensions_offered: bool,
+    offer: Offer<'_>,
 ) -> Result<Answer, ProxyError> {
     let dial::Dialed {
         response: mut res,
@@ -245,7 +254,8 @@ async fn handshake(
         let relayed = answer::relay(res, config.max_response_body_size).await?;
         return Ok(Answer::Relayed(relayed, lease));
     }
-    let protocol = answer::verify_switch(res.headers(), key, offered, extensions_offered)?;
+    let protocol =
+        answer::verify_switch(res.headers(), offer.key, offer.protocols, offer.extensions)?;
     let headers = std::mem::take(res.headers_mut());
     let upgraded = hyper::upgrade::on(&mut res)
         .await

@@ -18,13 +18,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
     let upstream = quickstart::echo_upstream().await?;
     let proxy = WsProxyLayer::new(format!("ws://{upstream}").parse()?)
-        .on_open(|s| tracing::info!(session = s.id, client = ?s.client, path = %s.path, "audit: open"))
+        .on_open(
+            |s| tracing::info!(session = s.id, client = ?s.client, path = %s.path, "audit: open"),
+        )
         .on_client_message(|ctx, msg| {
-            tracing::info!(session = ctx.session.id, bytes = msg.len(), text = msg.as_text(), "audit: client -> upstream");
+            tracing::info!(
+                session = ctx.session.id,
+                bytes = msg.len(),
+                text = msg.as_text(),
+                "audit: client -> upstream"
+            );
             Verdict::Forward
         })
         .on_upstream_message(|ctx, msg| {
-            tracing::info!(session = ctx.session.id, bytes = msg.len(), text = msg.as_text(), "audit: upstream -> client");
+            tracing::info!(
+                session = ctx.session.id,
+                bytes = msg.len(),
+                text = msg.as_text(),
+                "audit: upstream -> client"
+            );
             Verdict::Forward
         })
         .on_close(|s| {
@@ -38,9 +50,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "audit: closed"
             )
         });
-    let app = Router::new().fallback(|| async { "send a WebSocket upgrade\n" }).layer(proxy);
+    let app = Router::new()
+        .fallback(|| async { "send a WebSocket upgrade\n" })
+        .layer(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("audited proxy on ws://{}/", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

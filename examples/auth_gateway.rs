@@ -37,7 +37,13 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
     let user_id = match token {
         Some("alice-token") => "alice",
         Some("bob-token") => "bob",
-        _ => return (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response(),
+        _ => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required\n",
+            )
+                .into_response()
+        }
     };
     req.extensions_mut().insert(Identity { user_id });
     next.run(req).await
@@ -66,7 +72,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(middleware::from_fn(authenticate));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("auth gateway on ws://{}/ (tokens: alice-token, bob-token)", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    println!(
+        "auth gateway on ws://{}/ (tokens: alice-token, bob-token)",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

@@ -39,12 +39,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 req.set_pool(pool.clone());
                 Ok(())
             }
-            None => Err(Refusal::new(StatusCode::FORBIDDEN, "unknown or missing X-Tenant")),
+            None => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "unknown or missing X-Tenant",
+            )),
         }
     });
-    let app = Router::new().fallback(|| async { "send a WebSocket upgrade with X-Tenant\n" }).layer(proxy);
+    let app = Router::new()
+        .fallback(|| async { "send a WebSocket upgrade with X-Tenant\n" })
+        .layer(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("multi-tenant gateway on ws://{}/ (tenants: acme, globex)", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    println!(
+        "multi-tenant gateway on ws://{}/ (tenants: acme, globex)",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

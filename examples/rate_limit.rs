@@ -28,26 +28,37 @@ const BURST: f64 = 10.0;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
     let upstream = quickstart::echo_upstream().await?;
-    let proxy = WsProxyLayer::new(format!("ws://{upstream}").parse()?).on_client_message(|ctx, _msg| {
-        let now = Instant::now();
-        if ctx.state.get::<Bucket>().is_none() {
-            ctx.state.insert(Bucket { tokens: BURST, last: now });
-        }
-        let Some(bucket) = ctx.state.get_mut::<Bucket>() else {
-            return Verdict::Forward;
-        };
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * RATE).min(BURST);
-        bucket.last = now;
-        if bucket.tokens < 1.0 {
-            tracing::warn!(session = ctx.session.id, "rate limit exceeded");
-            return Verdict::Close(1008, format!("rate limit: {RATE} messages per second"));
-        }
-        bucket.tokens -= 1.0;
-        Verdict::Forward
-    });
-    let app = Router::new().fallback(|| async { "send a WebSocket upgrade\n" }).layer(proxy);
+    let proxy =
+        WsProxyLayer::new(format!("ws://{upstream}").parse()?).on_client_message(|ctx, _msg| {
+            let now = Instant::now();
+            if ctx.state.get::<Bucket>().is_none() {
+                ctx.state.insert(Bucket {
+                    tokens: BURST,
+                    last: now,
+                });
+            }
+            let Some(bucket) = ctx.state.get_mut::<Bucket>() else {
+                return Verdict::Forward;
+            };
+            bucket.tokens =
+                (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * RATE).min(BURST);
+            bucket.last = now;
+            if bucket.tokens < 1.0 {
+                tracing::warn!(session = ctx.session.id, "rate limit exceeded");
+                return Verdict::Close(1008, format!("rate limit: {RATE} messages per second"));
+            }
+            bucket.tokens -= 1.0;
+            Verdict::Forward
+        });
+    let app = Router::new()
+        .fallback(|| async { "send a WebSocket upgrade\n" })
+        .layer(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("rate-limited proxy on ws://{}/", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

@@ -493,6 +493,8 @@ where
             } else {
                 (&mut c2u, true)
             };
+            // The close handshake has crossed: an EOF now is its end, to be passed on.
+            pipe.handshake_started = true;
             let polled = if client_first {
                 pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
             } else {

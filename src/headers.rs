@@ -75,8 +75,8 @@ pub(crate) struct Forwarded {
 /// Turns the client's upgrade request headers into the upstream's.
 ///
 /// End-to-end headers (`Origin`, `Cookie`, `Authorization`, `Sec-WebSocket-Protocol`, custom
-/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped because a frame bridge cannot
-/// carry permessage-deflate.
+/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped in frame mode (a message bridge
+/// cannot carry permessage-deflate) and forwarded in tunnel mode.
 pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     for name in [

@@ -53,7 +53,8 @@
 //! - Removed: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
 //!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, every header
 //!   named in `Connection`, the client's `Sec-WebSocket-Key`/`-Version`, and
-//!   `Sec-WebSocket-Extensions` (a message bridge cannot carry permessage-deflate).
+//!   `Sec-WebSocket-Extensions` in frame mode (a message bridge cannot carry permessage-deflate;
+//!   tunnel mode forwards it).
 //! - Set: `Upgrade: websocket`, `Connection: Upgrade`, a fresh `Sec-WebSocket-Key`,
 //!   `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
 //!   `X-Forwarded-For` gets the client address appended (only when the app is served with

@@ -16,6 +16,18 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
+/// Headless, and quiet on this machine's closed network.
+const HEADLESS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+];
+
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
@@ -34,18 +46,8 @@ async fn run_chromium(browser: &Path, url: &str, extra: &[String]) -> String {
     let out = within(
         "Chromium",
         tokio::process::Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--virtual-time-budget=5000",
-                "--window-size=800,600",
-            ])
+            .args(HEADLESS)
+            .args(["--virtual-time-budget=5000", "--window-size=800,600"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
             .arg(url)
@@ -70,17 +72,8 @@ fn tempdir(name: &str) -> PathBuf {
 async fn title_when(browser: &Path, url: &str, done: &str) -> String {
     let profile = tempdir("devtools");
     let _chromium = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--remote-debugging-port=0",
-        ])
+        .args(HEADLESS)
+        .arg("--remote-debugging-port=0")
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdout(std::process::Stdio::null())

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Member, Mode, UpstreamPool, UpstreamTls, WsProxyLayer};
+use axum::http::StatusCode;
+use axum_ws_proxy::{Balance, Member, Mode, Refusal, UpstreamPool, UpstreamTls, WsProxyLayer};
 
 pub(crate) const USAGE: &str = "\
 Usage: ws-proxy --upstream URL [--upstream URL ...] [options]
@@ -39,6 +40,11 @@ Limits and access:
   --allow-origin ORIGIN       allowed Origin, exact or https://*.example.com (repeatable)
   --require-origin            refuse upgrades without an Origin header (with --allow-origin)
 
+Configuration:
+  --config FILE               read settings (and routes and named pools) from a TOML file;
+                              flags given on the command line override it
+  --check-config              validate the configuration, print it resolved, and exit
+
 Server:
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
   --header-timeout DURATION   time a client has to send its request headers [default: 10s]
@@ -58,96 +64,165 @@ pub(crate) struct Args {
     /// Applied once logging is up, so its warning is seen.
     pub(crate) insecure_skip_verify: bool,
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// `prefix -> pool` routes from a config file, longest prefix first (for --check-config).
+    pub(crate) routes: Vec<(String, String)>,
 }
 
 /// What the command line asks for.
 #[derive(Debug)]
 pub(crate) enum Command {
     Run(Args),
+    /// `--check-config`: validate and print the resolved configuration.
+    Check(Args),
     Help,
     Version,
 }
 
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    let mut header_timeout = Duration::from_secs(10);
-    let mut shutdown_grace = Duration::from_secs(10);
-    let mut members: Vec<Member> = Vec::new();
-    // Pool and layer settings are applied once the members are known.
-    let mut pool_settings: Vec<Box<dyn FnOnce(UpstreamPool) -> UpstreamPool>> = Vec::new();
-    let mut layer_settings: Vec<Box<dyn FnOnce(WsProxyLayer) -> WsProxyLayer>> = Vec::new();
-    let mut origins: Vec<String> = Vec::new();
-    let mut require_origin = false;
-    let mut upstream_ca: Option<String> = None;
-    let mut insecure_skip_verify = false;
-    let mut metrics_listen = None;
+type PoolSetting = Box<dyn FnOnce(UpstreamPool) -> UpstreamPool>;
+type LayerSetting = Box<dyn FnOnce(WsProxyLayer) -> WsProxyLayer>;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // Both `--flag value` and `--flag=value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        let f = flag.as_str();
+/// Flags that take no value.
+const SWITCHES: [&str; 3] = [
+    "--require-origin",
+    "--insecure-skip-verify",
+    "--check-config",
+];
+/// Flags that take a value.
+const VALUE_FLAGS: [&str; 22] = [
+    "--upstream",
+    "--balance",
+    "--max-tries",
+    "--max-fails",
+    "--fail-timeout",
+    "--resolve-every",
+    "--connect-timeout",
+    "--upstream-ca",
+    "--mode",
+    "--ping-interval",
+    "--ping-timeout",
+    "--idle-timeout",
+    "--max-lifetime",
+    "--max-message-size",
+    "--max-sessions",
+    "--max-member-sessions",
+    "--allow-origin",
+    "--listen",
+    "--header-timeout",
+    "--shutdown-grace",
+    "--metrics-listen",
+    "--config",
+];
+/// Flags that may be given several times; on the command line they replace the file's list.
+pub(crate) const REPEATABLE: [&str; 2] = ["--upstream", "--allow-origin"];
+
+/// Settings collected from a config file and the command line, in that order.
+pub(crate) struct Settings {
+    listen: SocketAddr,
+    header_timeout: Duration,
+    shutdown_grace: Duration,
+    metrics_listen: Option<SocketAddr>,
+    members: Vec<Member>,
+    pool_settings: Vec<PoolSetting>,
+    layer_settings: Vec<LayerSetting>,
+    origins: Vec<String>,
+    require_origin: bool,
+    upstream_ca: Option<String>,
+    insecure_skip_verify: bool,
+    /// Named pools and routes: config file only.
+    pub(crate) pools: Vec<(String, UpstreamPool)>,
+    pub(crate) routes: Vec<(String, String)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            metrics_listen: None,
+            members: Vec::new(),
+            pool_settings: Vec::new(),
+            layer_settings: Vec::new(),
+            origins: Vec::new(),
+            require_origin: false,
+            upstream_ca: None,
+            insecure_skip_verify: false,
+            pools: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// A pool-level setting (also valid inside a config file's `[pools.NAME]`); `None` if `flag`
+/// is not one.
+pub(crate) fn pool_setting(flag: &str, v: &str) -> Option<Result<PoolSetting, String>> {
+    let setting: Result<PoolSetting, String> = match flag {
+        "--balance" => v
+            .parse::<Balance>()
+            .map(|b| Box::new(move |p: UpstreamPool| p.balance(b)) as PoolSetting)
+            .map_err(|e| format!("{flag}: {e}")),
+        "--max-tries" => parse_count(flag, v, 1)
+            .map(|n| Box::new(move |p: UpstreamPool| p.max_tries(n as usize)) as PoolSetting),
+        "--max-fails" => parse_count(flag, v, 0)
+            .map(|n| Box::new(move |p: UpstreamPool| p.max_fails(n)) as PoolSetting),
+        "--max-member-sessions" => parse_count(flag, v, 0)
+            .map(|n| Box::new(move |p: UpstreamPool| p.max_sessions(n as usize)) as PoolSetting),
+        "--fail-timeout" => duration(flag, v, false)
+            .map(|d| Box::new(move |p: UpstreamPool| p.fail_timeout(d)) as PoolSetting),
+        "--resolve-every" => duration(flag, v, false)
+            .map(|d| Box::new(move |p: UpstreamPool| p.resolve_every(d)) as PoolSetting),
+        _ => return None,
+    };
+    Some(setting)
+}
+
+/// A pool member, refusing one listed twice in `members`.
+pub(crate) fn member(v: &str, members: &[Member]) -> Result<Member, String> {
+    let member = v
+        .parse::<Member>()
+        .map_err(|e| format!("--upstream: {e}"))?;
+    if members.iter().any(|m| m.upstream() == member.upstream()) {
+        return Err(format!("--upstream: {v:?} is listed twice"));
+    }
+    Ok(member)
+}
+
+impl Settings {
+    /// Applies one setting; `value` is `None` for switches.
+    pub(crate) fn apply(&mut self, flag: &str, value: Option<String>) -> Result<(), String> {
+        if !SWITCHES.contains(&flag) && !VALUE_FLAGS.contains(&flag) {
+            return Err(format!("unknown flag {flag:?} (see --help)"));
+        }
+        if SWITCHES.contains(&flag) {
+            match flag {
+                "--require-origin" => self.require_origin = true,
+                "--insecure-skip-verify" => self.insecure_skip_verify = true,
+                _ => {}
+            }
+            return Ok(());
+        }
+        let v = value.ok_or_else(|| format!("{flag} needs a value"))?;
+        if let Some(setting) = pool_setting(flag, &v) {
+            self.pool_settings.push(setting?);
+            return Ok(());
+        }
+        let f = flag;
         match f {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
             "--listen" => {
-                let v = value()?;
-                listen = v
+                self.listen = v
                     .parse()
                     .map_err(|_| format!("--listen: invalid address {v:?} (expected IP:PORT)"))?;
             }
             "--upstream" => {
-                let v = value()?;
-                let member = v
-                    .parse::<Member>()
-                    .map_err(|e| format!("--upstream: {e}"))?;
-                if members.iter().any(|m| m.upstream() == member.upstream()) {
-                    return Err(format!("--upstream: {v:?} is listed twice"));
-                }
-                members.push(member);
-            }
-            "--balance" => {
-                let v = value()?;
-                let b = v
-                    .parse::<Balance>()
-                    .map_err(|e| format!("--balance: {e}"))?;
-                pool_settings.push(Box::new(move |p| p.balance(b)));
-            }
-            "--max-tries" => {
-                let n = parse_count(f, &value()?, 1)? as usize;
-                pool_settings.push(Box::new(move |p| p.max_tries(n)));
-            }
-            "--max-fails" => {
-                let n = parse_count(f, &value()?, 0)?;
-                pool_settings.push(Box::new(move |p| p.max_fails(n)));
-            }
-            "--max-member-sessions" => {
-                let n = parse_count(f, &value()?, 0)? as usize;
-                pool_settings.push(Box::new(move |p| p.max_sessions(n)));
-            }
-            "--fail-timeout" => {
-                let d = duration(f, &value()?, false)?;
-                pool_settings.push(Box::new(move |p| p.fail_timeout(d)));
-            }
-            "--resolve-every" => {
-                let d = duration(f, &value()?, false)?;
-                pool_settings.push(Box::new(move |p| p.resolve_every(d)));
+                let m = member(&v, &self.members)?;
+                self.members.push(m);
             }
             "--connect-timeout" => {
-                let d = duration(f, &value()?, false)?;
-                layer_settings.push(Box::new(move |l| l.connect_timeout(d)));
+                let d = duration(f, &v, false)?;
+                self.layer_settings
+                    .push(Box::new(move |l| l.connect_timeout(d)));
             }
             "--mode" => {
-                let v = value()?;
                 let mode = match v.as_str() {
                     "frames" => Mode::Frames,
                     "tunnel" => Mode::Tunnel,
@@ -157,94 +232,177 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                         ))
                     }
                 };
-                layer_settings.push(Box::new(move |l| l.mode(mode)));
+                self.layer_settings.push(Box::new(move |l| l.mode(mode)));
             }
             "--ping-interval" => {
-                let d = duration(f, &value()?, true)?;
-                layer_settings.push(Box::new(move |l| l.ping_interval(d)));
+                let d = duration(f, &v, true)?;
+                self.layer_settings
+                    .push(Box::new(move |l| l.ping_interval(d)));
             }
             "--ping-timeout" => {
-                let d = duration(f, &value()?, false)?;
-                layer_settings.push(Box::new(move |l| l.ping_timeout(d)));
+                let d = duration(f, &v, false)?;
+                self.layer_settings
+                    .push(Box::new(move |l| l.ping_timeout(d)));
             }
             "--idle-timeout" => {
-                let d = duration(f, &value()?, true)?;
-                layer_settings.push(Box::new(move |l| l.idle_timeout(d)));
+                let d = duration(f, &v, true)?;
+                self.layer_settings
+                    .push(Box::new(move |l| l.idle_timeout(d)));
             }
             "--max-lifetime" => {
-                let d = duration(f, &value()?, true)?;
-                layer_settings.push(Box::new(move |l| l.max_lifetime(d)));
+                let d = duration(f, &v, true)?;
+                self.layer_settings
+                    .push(Box::new(move |l| l.max_lifetime(d)));
             }
             "--max-message-size" => {
-                let v = value()?;
                 let n = parse_size(&v).map_err(|e| format!("--max-message-size: {e}"))?;
-                layer_settings.push(Box::new(move |l| l.max_message_size(n).max_frame_size(n)));
+                self.layer_settings
+                    .push(Box::new(move |l| l.max_message_size(n).max_frame_size(n)));
             }
             "--max-sessions" => {
-                let n = parse_count(f, &value()?, 0)? as usize;
-                layer_settings.push(Box::new(move |l| l.max_sessions(n)));
+                let n = parse_count(f, &v, 0)? as usize;
+                self.layer_settings
+                    .push(Box::new(move |l| l.max_sessions(n)));
             }
             "--allow-origin" => {
-                let v = value()?;
                 if v.trim().is_empty() {
                     return Err("--allow-origin: empty origin".into());
                 }
-                origins.push(v);
+                self.origins.push(v);
             }
-            "--require-origin" => require_origin = true,
-            "--upstream-ca" => upstream_ca = Some(value()?),
-            "--insecure-skip-verify" => insecure_skip_verify = true,
+            "--upstream-ca" => self.upstream_ca = Some(v),
             "--metrics-listen" => {
-                let v = value()?;
-                metrics_listen = Some(v.parse().map_err(|_| {
+                self.metrics_listen = Some(v.parse().map_err(|_| {
                     format!("--metrics-listen: invalid address {v:?} (expected IP:PORT)")
                 })?);
             }
-            "--header-timeout" => header_timeout = duration(f, &value()?, false)?,
-            "--shutdown-grace" => shutdown_grace = duration(f, &value()?, false)?,
+            "--header-timeout" => self.header_timeout = duration(f, &v, false)?,
+            "--shutdown-grace" => self.shutdown_grace = duration(f, &v, false)?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
+        Ok(())
     }
-    if members.is_empty() {
-        return Err("--upstream URL is required (see --help)".into());
+
+    pub(crate) fn finish(self) -> Result<Args, String> {
+        if self.members.is_empty() && self.routes.is_empty() {
+            return Err("--upstream URL is required (see --help)".into());
+        }
+        if self.require_origin && self.origins.is_empty() {
+            return Err("--require-origin needs at least one --allow-origin".into());
+        }
+        if self.insecure_skip_verify && self.upstream_ca.is_some() {
+            return Err("--insecure-skip-verify and --upstream-ca exclude each other".into());
+        }
+        let mut layer_settings = self.layer_settings;
+        if let Some(path) = self.upstream_ca {
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("--upstream-ca: cannot read {path:?}: {e}"))?;
+            let tls = UpstreamTls::with_root_certificates_pem(&pem)
+                .map_err(|e| format!("--upstream-ca: {path:?}: {e}"))?;
+            layer_settings.push(Box::new(move |l| l.upstream_tls(tls)));
+        }
+        let mut pool = UpstreamPool::new(self.members).map_err(|e| format!("--upstream: {e}"))?;
+        for apply in self.pool_settings {
+            pool = apply(pool);
+        }
+        let mut layer = WsProxyLayer::new(pool.clone());
+        for apply in layer_settings {
+            layer = apply(layer);
+        }
+        if !self.origins.is_empty() {
+            layer = layer
+                .allowed_origins(self.origins)
+                .allow_missing_origin(!self.require_origin);
+        }
+        let mut routes = self.routes;
+        if !routes.is_empty() {
+            // Longest prefix first; unmatched paths use the default pool, if it has members.
+            routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            let table: Vec<(String, UpstreamPool)> = routes
+                .iter()
+                .filter_map(|(prefix, name)| {
+                    let pool = self.pools.iter().find(|(n, _)| n == name)?.1.clone();
+                    Some((prefix.clone(), pool))
+                })
+                .collect();
+            let has_default = !pool.members().is_empty();
+            layer = layer.route(move |req| {
+                let path = req.uri().path();
+                let hit = table.iter().find(|(prefix, _)| {
+                    path == prefix.as_str()
+                        || path
+                            .strip_prefix(prefix.as_str())
+                            .is_some_and(|rest| prefix.ends_with('/') || rest.starts_with('/'))
+                });
+                match hit {
+                    Some((_, pool)) => {
+                        req.set_pool(pool.clone());
+                        Ok(())
+                    }
+                    None if has_default => Ok(()),
+                    None => Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no route for {path}"),
+                    )),
+                }
+            });
+        }
+        Ok(Args {
+            listen: self.listen,
+            layer,
+            header_timeout: self.header_timeout,
+            shutdown_grace: self.shutdown_grace,
+            insecure_skip_verify: self.insecure_skip_verify,
+            metrics_listen: self.metrics_listen,
+            routes,
+        })
     }
-    if require_origin && origins.is_empty() {
-        return Err("--require-origin needs at least one --allow-origin".into());
-    }
-    if insecure_skip_verify && upstream_ca.is_some() {
-        return Err("--insecure-skip-verify and --upstream-ca exclude each other".into());
-    }
-    if let Some(path) = upstream_ca {
-        let pem = std::fs::read(&path)
-            .map_err(|e| format!("--upstream-ca: cannot read {path:?}: {e}"))?;
-        let tls = UpstreamTls::with_root_certificates_pem(&pem)
-            .map_err(|e| format!("--upstream-ca: {path:?}: {e}"))?;
-        layer_settings.push(Box::new(move |l| l.upstream_tls(tls)));
-    }
-    let mut pool = UpstreamPool::new(members).map_err(|e| format!("--upstream: {e}"))?;
-    for apply in pool_settings {
-        pool = apply(pool);
-    }
-    let mut layer = WsProxyLayer::new(pool);
-    for apply in layer_settings {
-        layer = apply(layer);
-    }
-    if !origins.is_empty() {
-        layer = layer
-            .allowed_origins(origins)
-            .allow_missing_origin(!require_origin);
-    }
-    Ok(Command::Run(Args {
-        listen,
-        layer,
-        header_timeout,
-        shutdown_grace,
-        insecure_skip_verify,
-        metrics_listen,
-    }))
 }
 
-fn duration(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    // `--flag value` and `--flag=value`, split into (flag, inline value) pairs first.
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            f if VALUE_FLAGS.contains(&f) => {
+                let value = inline.or_else(|| args.next());
+                flags.push((flag, value));
+            }
+            // Switches, and unknown flags (refused below, without eating the next argument).
+            _ => flags.push((flag, inline)),
+        }
+    }
+    let check = flags.iter().any(|(f, _)| f == "--check-config");
+    let mut settings = Settings::default();
+    if let Some((_, file)) = flags.iter().find(|(f, _)| f == "--config") {
+        let file = file.clone().ok_or("--config needs a value")?;
+        let on_command_line: Vec<&str> = flags.iter().map(|(f, _)| f.as_str()).collect();
+        crate::config_file::load(&file, &mut settings, |flag| {
+            // Repeatable flags on the command line replace the file's list.
+            REPEATABLE.contains(&flag) && on_command_line.contains(&flag)
+        })?;
+    }
+    for (flag, value) in flags {
+        if flag != "--config" {
+            settings.apply(&flag, value)?;
+        }
+    }
+    let args = settings.finish()?;
+    Ok(if check {
+        Command::Check(args)
+    } else {
+        Command::Run(args)
+    })
+}
+
+pub(crate) fn duration(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
     if zero_ok && v == "0" {
         return Ok(Duration::ZERO);
     }
@@ -252,7 +410,7 @@ fn duration(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
 }
 
 /// A whole number of at least `min`.
-fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, String> {
+pub(crate) fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, String> {
     match v.parse::<u32>() {
         Ok(n) if n >= min => Ok(n),
         _ => Err(format!(

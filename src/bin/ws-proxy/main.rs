@@ -10,6 +10,7 @@ use axum::Router;
 use tracing_subscriber::EnvFilter;
 
 mod args;
+mod config_file;
 mod server;
 mod trim;
 
@@ -31,6 +32,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         args::Command::Run(a) => a,
+        args::Command::Check(a) => {
+            println!("configuration OK");
+            println!("listen = {}", a.listen);
+            println!("header_timeout = {:?}", a.header_timeout);
+            println!("shutdown_grace = {:?}", a.shutdown_grace);
+            if let Some(m) = a.metrics_listen {
+                println!("metrics_listen = {m}");
+            }
+            for (prefix, pool) in &a.routes {
+                println!("route {prefix} -> pool {pool}");
+            }
+            println!("{:#?}", a.layer);
+            return ExitCode::SUCCESS;
+        }
     };
 
     tracing_subscriber::fmt()

@@ -15,6 +15,16 @@ use http::StatusCode;
 /// Each variant becomes a response whose status is [`status`](Self::status) and whose body is
 /// the [`Display`](fmt::Display) text, so the client (and whoever reads its logs) sees the cause.
 /// A non-101 answer from the upstream is not an error: it is relayed as-is.
+///
+/// ```
+/// use axum_ws_proxy::ProxyError;
+/// use http::StatusCode;
+///
+/// let e = ProxyError::TooManySessions(8000);
+/// assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(e.cause(), "max_sessions");
+/// assert_eq!(e.to_string(), "the proxy is at its limit of 8000 sessions");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ProxyError {

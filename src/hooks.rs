@@ -111,6 +111,15 @@ pub struct SessionSummary {
 }
 
 /// A data message crossing the proxy, as message hooks see it (frame mode only).
+///
+/// ```
+/// use axum_ws_proxy::Message;
+///
+/// let m = Message::text("hello");
+/// assert_eq!((m.as_text(), m.len(), m.is_text()), (Some("hello"), 5, true));
+/// let b = Message::binary(vec![1, 2, 3]);
+/// assert_eq!((b.as_text(), b.as_bytes()), (None, &[1u8, 2, 3][..]));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message(pub(crate) tungstenite::Message);
 

@@ -60,6 +60,17 @@ impl WsProxyLayer {
     /// Time allowed for the TCP connect plus the upstream's answer to the upgrade (its body
     /// included, when it refuses), failover to other pool members included. Past it the client
     /// gets **504**. Default: 10 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .close_timeout(Duration::from_secs(2))
+    ///     .preserve_host(false);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect_timeout(self, timeout: Duration) -> Self {
         self.set(|c| c.connect_timeout = timeout)
     }
@@ -78,6 +89,19 @@ impl WsProxyLayer {
 
     /// Largest message accepted from either side, in bytes. A client that sends more is closed
     /// with **1009**; an upstream that does gets 1009 and the client **1011**. Default: 16 MiB.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // A chat: small messages, many idle sessions.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .max_message_size(64 << 10)
+    ///     .max_frame_size(64 << 10)
+    ///     .read_buffer_size(2 << 10)
+    ///     .write_buffer_size(4 << 10)
+    ///     .max_response_body_size(4 << 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_message_size(self, bytes: usize) -> Self {
         self.set(|c| c.max_message_size = bytes)
     }
@@ -102,6 +126,18 @@ impl WsProxyLayer {
 
     /// How long a leg may be quiet before the proxy pings it; zero turns keepalive off.
     /// Default: 30 s. Quiet but healthy sessions live indefinitely.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // Behind a load balancer that drops flows idle for 60 s: ping after 20 s of quiet.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .ping_interval(Duration::from_secs(20))
+    ///     .ping_timeout(Duration::from_secs(10))
+    ///     .idle_timeout(Duration::from_secs(3600));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ping_interval(self, every: Duration) -> Self {
         self.set(|c| c.timeouts.ping_interval = (!every.is_zero()).then_some(every))
     }
@@ -128,6 +164,15 @@ impl WsProxyLayer {
     /// Most sessions at once (upgrades being dialled included); beyond it new upgrades get
     /// **503** with `Retry-After: 1` before any upstream is dialled. Default: no limit (0).
     /// See [`UpstreamPool::max_sessions`] for a limit per member.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
+    ///
+    /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?
+    ///     .max_sessions(5_000); // per member
+    /// let layer = WsProxyLayer::new(pool).max_sessions(8_000); // in all
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_sessions(self, max: usize) -> Self {
         self.set(|c| c.max_sessions = max)
     }
@@ -137,6 +182,15 @@ impl WsProxyLayer {
     /// (`https://app.example.com`, port included if not the default) and wildcard hosts
     /// (`https://*.example.com`, or `*.example.com` for any scheme; a wildcard is one or more
     /// labels). Case-insensitive. Default: every origin.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .allowed_origins(["https://app.example.com", "https://*.example.com"])
+    ///     .allow_missing_origin(false); // browsers only
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn allowed_origins<I>(self, origins: I) -> Self
     where
         I: IntoIterator,
@@ -158,12 +212,28 @@ impl WsProxyLayer {
     /// CAs, host name checked, SNI set). A failed TLS handshake is a **502** naming the reason.
     ///
     /// [`UpstreamTls::webpki_roots`]: crate::UpstreamTls::webpki_roots
+    ///
+    /// ```no_run
+    /// use axum_ws_proxy::{UpstreamTls, WsProxyLayer};
+    ///
+    /// let ca = std::fs::read("/etc/ssl/internal-ca.pem")?;
+    /// let tls = UpstreamTls::with_root_certificates_pem(&ca)?;
+    /// let layer = WsProxyLayer::new("wss://chat.internal".parse()?).upstream_tls(tls);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "tls")]
     pub fn upstream_tls(self, tls: crate::UpstreamTls) -> Self {
         self.set(|c| c.tls = Some(tls))
     }
 
     /// How sessions cross the proxy: [`Mode::Frames`] (default) or [`Mode::Tunnel`].
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Mode, WsProxyLayer};
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).mode(Mode::Tunnel);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mode(self, mode: Mode) -> Self {
         self.set(|c| c.mode = mode)
     }
@@ -176,12 +246,33 @@ impl WsProxyLayer {
     /// permessage-deflate works end to end. Limits, balancing, failover, origin checks,
     /// keepalive pings, timers, graceful shutdown and metrics keep working; message size limits
     /// and protocol checks are left to the two peers, and per-message hooks do not apply.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // permessage-deflate between browser and backend, bytes spliced.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).tunnel();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tunnel(self) -> Self {
         self.mode(Mode::Tunnel)
     }
 
     /// Called when a session starts (the client has its 101 and the upstream leg is open), on
     /// the session's task. See [`SessionInfo`].
+    ///
+    /// ```
+    /// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .on_open(|s| println!("session {} from {:?} to {}", s.id, s.client, s.upstream))
+    ///     .on_close(|s| {
+    ///         if s.closed_by == ClosedBy::Upstream {
+    ///             eprintln!("session {} ended by the upstream with {}", s.session.id, s.client_close_code);
+    ///         }
+    ///     });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_open<F>(self, hook: F) -> Self
     where
         F: Fn(&SessionInfo) + Send + Sync + 'static,
@@ -230,6 +321,19 @@ impl WsProxyLayer {
 
     /// As [`on_client_message`](Self::on_client_message), for messages from the upstream to
     /// the client.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Message, Verdict, WsProxyLayer};
+    ///
+    /// // Redact a field before it reaches browsers.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_upstream_message(|_ctx, msg| {
+    ///     match msg.as_text() {
+    ///         Some(t) if t.contains("\"ssn\"") => Verdict::Replace(Message::text("{\"redacted\":true}")),
+    ///         _ => Verdict::Forward,
+    ///     }
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_upstream_message<F>(self, hook: F) -> Self
     where
         F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
@@ -241,6 +345,22 @@ impl WsProxyLayer {
     /// is awaited before the next message from the client is read, so order is kept and a slow
     /// hook slows that client instead of queueing. It gets the session as an `Arc` and the
     /// message by value; keep per-session state keyed by `session.id` if you need it.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Verdict, WsProxyLayer};
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message_async(
+    ///     |session, msg| async move {
+    ///         // e.g. ask a moderation service; here: refuse empty messages.
+    ///         if msg.is_empty() {
+    ///             Verdict::Close(1008, format!("session {}: empty messages are not allowed", session.id))
+    ///         } else {
+    ///             Verdict::Forward
+    ///         }
+    ///     },
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_client_message_async<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Arc<SessionInfo>, Message) -> Fut + Send + Sync + 'static,
@@ -265,6 +385,23 @@ impl WsProxyLayer {
     /// the client handshake and the session limit): it can pick the pool, rewrite the path and
     /// query, change the headers sent upstream, or refuse with a status and body. See
     /// [`RouteRequest`].
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+    /// use http::StatusCode;
+    ///
+    /// let eu: UpstreamPool = "ws://10.1.0.1:3000".parse()?;
+    /// let layer = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?).route(move |req| {
+    ///     match req.headers().get("x-tenant").and_then(|v| v.to_str().ok()) {
+    ///         Some("eu") => req.set_pool(eu.clone()),
+    ///         Some(_) => return Err(Refusal::new(StatusCode::FORBIDDEN, "unknown tenant")),
+    ///         None => {}
+    ///     }
+    ///     req.upstream_headers().remove("authorization");
+    ///     Ok(())
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn route<F>(self, hook: F) -> Self
     where
         F: Fn(&mut RouteRequest<'_>) -> Result<(), Refusal> + Send + Sync + 'static,

@@ -31,7 +31,14 @@ mod imp {
     pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
     pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
 
-    /// Registers descriptions (the `# HELP` lines) with the installed recorder.
+    /// Registers descriptions (the `# HELP` lines) with the installed recorder; call it once
+    /// after installing one.
+    ///
+    /// ```
+    /// // With e.g. metrics-exporter-prometheus:
+    /// // let handle = PrometheusBuilder::new().install_recorder()?;
+    /// axum_ws_proxy::metrics::describe_metrics();
+    /// ```
     pub fn describe_metrics() {
         describe_gauge!(
             SESSIONS_LIVE,

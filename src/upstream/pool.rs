@@ -322,6 +322,16 @@ impl UpstreamPool {
     }
 
     /// Live session counts and outcomes of every endpoint, for dashboards and tests.
+    ///
+    /// ```
+    /// use axum_ws_proxy::UpstreamPool;
+    ///
+    /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000"])?;
+    /// for e in pool.status() {
+    ///     println!("{} {}: {} live, {} failed dials, down: {}", e.member, e.addr, e.live_sessions, e.failures, e.down);
+    /// }
+    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// ```
     pub fn status(&self) -> Vec<EndpointStatus> {
         let now = Instant::now();
         let st = self.lock();
@@ -346,6 +356,24 @@ impl UpstreamPool {
     /// Follows a [`Discover`] stream (Kubernetes endpoints, Consul, ...) until it ends:
     /// `Change::Insert(key, member)` inserts (replacing what `key` named before) and
     /// `Change::Remove(key)` removes. Run it in a task of its own.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use axum_ws_proxy::{Member, UpstreamPool};
+    /// use tower::discover::Change;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = UpstreamPool::empty();
+    /// let changes = futures_util::stream::iter([
+    ///     Ok::<_, Infallible>(Change::Insert("pod-a", "ws://10.0.0.1:3000".parse::<Member>()?)),
+    ///     Ok(Change::Insert("pod-b", "ws://10.0.0.2:3000".parse::<Member>()?)),
+    ///     Ok(Change::Remove("pod-a")),
+    /// ]);
+    /// pool.watch(changes).await?;
+    /// assert_eq!(pool.to_string(), "ws://10.0.0.2:3000");
+    /// # Ok(()) }
+    /// ```
     pub async fn watch<D>(&self, discover: D) -> Result<(), D::Error>
     where
         D: Discover<Service = Member>,
@@ -376,6 +404,21 @@ impl UpstreamPool {
 
     /// Resolves every host-name member now and waits for the answers (e.g. on SIGHUP, or in a
     /// test). Periodic re-resolution happens anyway, lazily, as sessions are dialled.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum_ws_proxy::UpstreamPool;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_ws_proxy::ParseUpstreamError> {
+    /// let pool = UpstreamPool::from_urls(["ws://chat.service.internal:3000"])?
+    ///     .resolver(|_host: String, port: u16| async move {
+    ///         Ok(vec![SocketAddr::from(([10, 0, 0, 5], port)), SocketAddr::from(([10, 0, 0, 6], port))])
+    ///     });
+    /// pool.resolve_now().await;
+    /// assert_eq!(pool.status().len(), 2); // every address is an endpoint
+    /// # Ok(()) }
+    /// ```
     pub async fn resolve_now(&self) {
         let names: Vec<Upstream> = {
             let mut st = self.lock();

@@ -66,44 +66,121 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-/// Opens `url` in headless Chromium and waits until the page's title contains `done`;
-/// returns the title. The page mirrors its state into its title; Chromium's DevTools HTTP
-/// endpoint reports it.
-async fn title_when(browser: &Path, url: &str, done: &str) -> String {
-    let profile = tempdir("devtools");
-    let _chromium = tokio::process::Command::new(browser)
-        .args(HEADLESS)
-        .arg("--remote-debugging-port=0")
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start Chromium");
-    let port_file = profile.join("DevToolsActivePort");
-    within("the page to finish", async {
-        loop {
-            if let Some(port) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.lines().next().and_then(|p| p.parse::<u16>().ok()))
-            {
-                let devtools = SocketAddr::from(([127, 0, 0, 1], port));
-                let (_, _, body) = http_request(devtools, "/json/list", &[]).await;
-                let list = String::from_utf8_lossy(&body).into_owned();
-                if let Some(title) = list
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("\"title\": \""))
-                    .map(|t| t.trim_end_matches("\",").to_owned())
-                    .filter(|t| t.contains(done))
-                {
+/// Headless Chromium showing `url`, driven through its DevTools protocol.
+struct Browser {
+    _process: tokio::process::Child,
+    devtools: SocketAddr,
+    page: Option<Client>,
+    next_id: u64,
+}
+
+impl Browser {
+    async fn open(browser: &Path, url: &str) -> Self {
+        let profile = tempdir("devtools");
+        let process = tokio::process::Command::new(browser)
+            .args(HEADLESS)
+            .arg("--remote-debugging-port=0")
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start Chromium");
+        let port_file = profile.join("DevToolsActivePort");
+        let devtools = within("Chromium's DevTools port", async {
+            loop {
+                let port = std::fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|s| s.lines().next().and_then(|p| p.parse::<u16>().ok()));
+                if let Some(port) = port {
+                    return SocketAddr::from(([127, 0, 0, 1], port));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Self {
+            _process: process,
+            devtools,
+            page: None,
+            next_id: 0,
+        }
+    }
+
+    /// A field of the page's entry in `/json/list`.
+    async fn page_field(&self, field: &str) -> Option<String> {
+        let (_, _, body) = http_request(self.devtools, "/json/list", &[]).await;
+        let list = String::from_utf8_lossy(&body).into_owned();
+        let prefix = format!("\"{field}\": \"");
+        list.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+            .map(|t| t.trim_end_matches("\",").trim_end_matches('"').to_owned())
+    }
+
+    /// Waits until the page's title contains `text` (the page mirrors its state there).
+    async fn title_with(&self, text: &str) -> String {
+        within(&format!("a page title with {text:?}"), async {
+            loop {
+                if let Some(title) = self.page_field("title").await.filter(|t| t.contains(text)) {
                     return title;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        })
+        .await
+    }
+
+    /// Sends one DevTools command and waits for its answer.
+    async fn command(&mut self, method: &str, params: &str) {
+        use futures_util::{SinkExt, StreamExt};
+        if self.page.is_none() {
+            let url = self
+                .page_field("webSocketDebuggerUrl")
+                .await
+                .expect("a page to drive");
+            self.page = Some(
+                tokio_tungstenite::connect_async(url)
+                    .await
+                    .expect("DevTools")
+                    .0,
+            );
         }
-    })
-    .await
+        let page = self.page.as_mut().expect("connected above");
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = format!("{{\"id\":{id},\"method\":\"{method}\",\"params\":{params}}}");
+        page.send(tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
+        let answer = format!("\"id\":{id},");
+        within("a DevTools answer", async {
+            while let Some(Ok(m)) = page.next().await {
+                if m.to_text().is_ok_and(|t| t.contains(&answer)) {
+                    return;
+                }
+            }
+            panic!("DevTools closed");
+        })
+        .await;
+    }
+
+    /// Types `text` into the page's message field (as keyboard input) and clicks Send.
+    async fn type_and_send(&mut self, text: &str) {
+        let js = |e: &str| format!("{{\"expression\":\"{e}\"}}");
+        self.command(
+            "Runtime.evaluate",
+            &js("document.getElementById('text').focus()"),
+        )
+        .await;
+        self.command("Input.insertText", &format!("{{\"text\":\"{text}\"}}"))
+            .await;
+        self.command(
+            "Runtime.evaluate",
+            &js("document.querySelector('form button').click()"),
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,16 +195,28 @@ async fn the_quickstart_page_works_in_headless_chromium() {
     };
     let upstream = quickstart::echo_upstream().await.unwrap();
     let proxy: SocketAddr = serve(quickstart::app(upstream).unwrap()).await;
-    let url = format!("http://{proxy}/?say=hello%20from%20chromium&say=/close");
 
-    // The page's WebSocket: through the proxy to the upstream and back, then the upstream's
-    // close with its code and reason reaches `onclose`.
-    let title = title_when(&browser, &url, "closed").await;
+    // Type into the page as a person would: the message crosses the proxy and comes back,
+    // the upstream's subprotocol is seen, and `/close` makes the upstream close with 4000,
+    // whose code and reason reach the page's `onclose`.
+    let mut page = Browser::open(&browser, &format!("http://{proxy}/")).await;
+    page.title_with("open (subprotocol: echo.v1)").await;
+    page.type_and_send("typed in chromium").await;
+    let title = page.title_with("echo typed in chromium").await;
     assert_eq!(
         title,
-        "closed 4000 goodbye from the upstream | subprotocol echo.v1 | echo hello from chromium"
+        "open (subprotocol: echo.v1) | subprotocol echo.v1 | echo typed in chromium"
     );
+    page.type_and_send("/close").await;
+    let title = page.title_with("closed").await;
+    assert_eq!(
+        title,
+        "closed 4000 goodbye from the upstream | subprotocol echo.v1 | echo typed in chromium"
+    );
+    drop(page);
 
+    // The scripted form (`?say=`) works too, and gives the screenshot its content.
+    let url = format!("http://{proxy}/?say=hello%20from%20chromium&say=/close");
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart.png");
     let _ = std::fs::remove_file(&shot);
     run_chromium(

@@ -252,3 +252,24 @@ async fn a_valid_hand_written_101_opens_the_session() {
     let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
     assert_eq!(status, 101, "{head}");
 }
+
+#[tokio::test]
+async fn an_oversized_upstream_answer_head_is_502() {
+    // 100 KiB of headers in the answer: past the proxy's 64 KiB bound for an answer head.
+    let up = raw_upstream(|_| {
+        let mut head = String::from("HTTP/1.1 403 Forbidden\r\n");
+        for i in 0..1000 {
+            head.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(90)));
+        }
+        head.push_str("content-length: 0\r\n\r\n");
+        head
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("broke the handshake"),
+        "{body:?}"
+    );
+}

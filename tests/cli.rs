@@ -302,3 +302,25 @@ async fn tunnel_mode_through_the_binary() {
         Some((4003, "t".into()))
     );
 }
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_by_the_binary() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&["--upstream", &format!("ws://{up}")]).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..1000 {
+        req.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(90)));
+    }
+    req.push_str("\r\n");
+    // The server may stop reading before the whole head is written.
+    let _ = tcp.write_all(req.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = within("the refusal", tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "expected 431, got {answer:?}"
+    );
+}

@@ -81,6 +81,9 @@ pub enum ProxyError {
     },
     /// The upstream broke the HTTP exchange (closed the connection, sent malformed HTTP): **502**.
     Handshake(hyper::Error),
+    /// The upstream's answer head (status line and headers) is larger than the proxy accepts
+    /// (64 KiB): **502**.
+    AnswerTooLarge(usize),
     /// The upstream answered 101 but the answer is not a valid WebSocket acceptance (wrong
     /// `Sec-WebSocket-Accept`, missing `Upgrade`/`Connection`, a subprotocol or extension that
     /// was not offered): **502**. No session is opened on a forged or broken 101.
@@ -104,6 +107,7 @@ impl ProxyError {
             | Self::NoMembers
             | Self::Connect { .. }
             | Self::Handshake(_)
+            | Self::AnswerTooLarge(_)
             | Self::InvalidUpgrade(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -126,6 +130,7 @@ impl ProxyError {
             Self::Refused(..) => "route_refused",
             Self::Timeout { .. } => "timeout",
             Self::Handshake(_) => "handshake",
+            Self::AnswerTooLarge(_) => "answer_too_large",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
         }
     }
@@ -163,6 +168,9 @@ impl fmt::Display for ProxyError {
                 write!(f, "upstream did not answer the upgrade within {after:?}")
             }
             Self::Handshake(e) => write!(f, "upstream broke the handshake: {e}"),
+            Self::AnswerTooLarge(max) => {
+                write!(f, "upstream's answer head is larger than {} KiB", max >> 10)
+            }
             Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
         }
     }

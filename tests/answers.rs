@@ -258,8 +258,9 @@ async fn an_oversized_upstream_answer_head_is_502() {
     // 100 KiB of headers in the answer: past the proxy's 64 KiB bound for an answer head.
     let up = raw_upstream(|_| {
         let mut head = String::from("HTTP/1.1 403 Forbidden\r\n");
-        for i in 0..1000 {
-            head.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(90)));
+        // Two long headers: the size bound refuses them, not hyper's limit on their count.
+        for i in 0..2 {
+            head.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(50 << 10)));
         }
         head.push_str("content-length: 0\r\n\r\n");
         head
@@ -269,7 +270,7 @@ async fn an_oversized_upstream_answer_head_is_502() {
     let (status, _, body) = upgrade_via_hyper(proxy).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
-        String::from_utf8_lossy(&body).contains("broke the handshake"),
+        String::from_utf8_lossy(&body).contains("answer head is larger than 64 KiB"),
         "{body:?}"
     );
 }

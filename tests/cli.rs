@@ -310,8 +310,9 @@ async fn an_oversized_request_head_is_refused_by_the_binary() {
     let (_child, addr) = start(&["--upstream", &format!("ws://{up}")]).await;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
-    for i in 0..1000 {
-        req.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(90)));
+    // Two long headers: the size bound refuses them, not hyper's limit on their count.
+    for i in 0..2 {
+        req.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(50 << 10)));
     }
     req.push_str("\r\n");
     // The server may stop reading before the whole head is written.

@@ -302,14 +302,19 @@ fn violation(error: &WsError) -> Option<CloseFrame> {
 
 /// A close frame, its reason cut to fit a control frame (on a character boundary).
 fn frame(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: fit_reason(reason).to_owned().into(),
+    }
+}
+
+/// `reason` cut to fit a close frame (123 bytes), on a character boundary so it stays UTF-8.
+pub(crate) fn fit_reason(reason: &str) -> &str {
     let mut end = reason.len().min(MAX_REASON);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    CloseFrame {
-        code,
-        reason: reason[..end].to_owned().into(),
-    }
+    &reason[..end]
 }
 
 /// Runs one leg's ending within `timeout`, sending `held` first where the leg can still take

@@ -162,7 +162,7 @@ fn control_frame(opcode: u8, payload: &[u8], to: Side) -> Vec<u8> {
 
 fn close_frame(code: u16, reason: &str, to: Side) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    payload.extend_from_slice(crate::close::fit_reason(reason).as_bytes());
     control_frame(0x8, &payload, to)
 }
 
@@ -570,5 +570,21 @@ where
         upstream_code: close.upstream_code,
         reason: close.reason,
         undeliverable: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_close_reason_is_cut_on_a_character_boundary() {
+        let frame = close_frame(1001, &"é".repeat(100), Side::Client);
+        let reason = &frame[4..];
+        assert!(reason.len() <= 123);
+        assert!(
+            std::str::from_utf8(reason).is_ok(),
+            "the cut split a character"
+        );
     }
 }

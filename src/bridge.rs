@@ -28,13 +28,10 @@ use std::sync::Arc;
 use http::Extensions;
 
 use crate::hooks::{MessageHook, VerdictFuture};
-use crate::keepalive::{Expired, Keepalive};
+use crate::keepalive::{Expired, Keepalive, PING};
 use crate::metrics::TrafficCounters;
 use crate::sessions::Sessions;
 use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
-
-/// The payload of the proxy's own keepalive pings.
-const PING: &[u8] = b"axum-ws-proxy";
 
 /// Messages a direction forwards in one go before letting the other direction run.
 const BUDGET: usize = 64;
@@ -162,6 +159,9 @@ struct Direction {
     unflushed: bool,
     /// An asynchronous hook's verdict being awaited, with the message it is about.
     awaiting: Option<(VerdictFuture, Message)>,
+    /// When the last message was read: its delivery counts as activity for `idle_timeout`
+    /// (one clock read per message, not two).
+    read_at: Instant,
 }
 
 impl Direction {
@@ -172,6 +172,7 @@ impl Direction {
             pending: None,
             unflushed: false,
             awaiting: None,
+            read_at: Instant::now(),
         }
     }
 
@@ -278,7 +279,7 @@ impl Direction {
                 }
                 self.unflushed = true;
                 traffic.add(len);
-                keepalive.data(Instant::now());
+                keepalive.data(self.read_at);
             }
             if budget == 0 {
                 // Let the other direction (and other tasks) run; come back right away.
@@ -292,7 +293,8 @@ impl Direction {
             match Pin::new(&mut *src).poll_next(cx) {
                 Poll::Ready(Some(Ok(msg))) => {
                     // Anything from a leg, pongs included, shows it is alive.
-                    keepalive.heard(self.from, Instant::now());
+                    self.read_at = Instant::now();
+                    keepalive.heard(self.from, self.read_at);
                     match msg {
                         Message::Text(_) | Message::Binary(_) => {
                             if let Some(end) = self.hook(msg, hooks.as_deref_mut()) {

@@ -15,6 +15,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::bridge::Side;
 
+/// The payload of the proxy's own keepalive pings (both modes).
+pub(crate) const PING: &[u8] = b"axum-ws-proxy";
+
 /// The session timers' settings; `None` is off.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timeouts {

@@ -22,13 +22,12 @@ use tokio::time::Instant;
 
 use crate::bridge::{Side, Traffic};
 use crate::close::Report;
-use crate::keepalive::{Expired, Keepalive};
+use crate::keepalive::{Expired, Keepalive, PING};
 use crate::sessions::Sessions;
 
 const SCRATCH: usize = 256 << 10;
 /// Bytes one direction moves before letting the other run.
 const BUDGET: usize = 256 << 10;
-const PING: &[u8] = b"axum-ws-proxy";
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
@@ -172,10 +171,7 @@ fn rand_mask() -> [u8; 4] {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
-    let mut z = nanos.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((z ^ (z >> 31)) as u32).to_be_bytes()
+    (crate::upstream::mix(nanos.wrapping_add(0x9e37_79b9_7f4a_7c15)) as u32).to_be_bytes()
 }
 
 /// One direction of the tunnel: `from`'s bytes to `to`.

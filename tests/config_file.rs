@@ -21,19 +21,6 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// An echo upstream that says `name` first.
-async fn named(name: &'static str) -> std::net::SocketAddr {
-    tt_upstream(move |mut ws: Server| async move {
-        let _ = ws.send(Message::text(name)).await;
-        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
-            if m.is_text() && ws.send(m).await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-}
-
 async fn reached(proxy: std::net::SocketAddr, path: &str) -> String {
     let mut ws = connect(proxy, path).await;
     match next_message(&mut ws).await {

@@ -2,15 +2,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum_ws_proxy::WsProxyLayer;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 const PING: &[u8] = b"axum-ws-proxy";
@@ -19,25 +16,6 @@ fn fast(layer: WsProxyLayer) -> WsProxyLayer {
     layer
         .ping_interval(Duration::from_millis(50))
         .ping_timeout(Duration::from_millis(150))
-}
-
-/// An upstream that accepts the upgrade and then never reads again (a hung process).
-async fn hung_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let Some(head) = read_head(&mut tcp).await else {
-                continue;
-            };
-            let accept = accept_for(&head);
-            let res = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n");
-            tcp.write_all(res.as_bytes()).await.unwrap();
-            held.push(tcp);
-        }
-    });
-    addr
 }
 
 #[tokio::test]

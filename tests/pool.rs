@@ -12,29 +12,11 @@ use axum::response::IntoResponse;
 use axum::Router;
 use axum_ws_proxy::{Balance, Member, UpstreamPool, WsProxyLayer};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tower::discover::Change;
-
-/// An upstream that says its name first, then echoes.
-async fn named(name: &'static str) -> SocketAddr {
-    named_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), name)
-}
-
-fn named_on(listener: TcpListener, name: &'static str) -> SocketAddr {
-    tt_upstream_on(listener, move |mut ws: Server| async move {
-        if ws.send(Message::text(name)).await.is_err() {
-            return;
-        }
-        while let Some(Ok(m)) = ws.next().await {
-            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                break;
-            }
-        }
-    })
-}
 
 fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}")

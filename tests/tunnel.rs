@@ -230,19 +230,7 @@ async fn a_client_that_keeps_its_socket_after_the_close_does_not_hold_the_tunnel
 
 #[tokio::test]
 async fn a_tunnel_upstream_that_stops_answering_pings_gives_the_client_1011() {
-    // Accepts the upgrade, then never reads: the proxy's pings go unanswered.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let head = read_head(&mut tcp).await.unwrap();
-        let res = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-            accept_for(&head)
-        );
-        tcp.write_all(res.as_bytes()).await.unwrap();
-        std::future::pending::<()>().await;
-    });
+    let up = hung_upstream().await;
     let layer = WsProxyLayer::new(upstream(up))
         .tunnel()
         .ping_interval(Duration::from_millis(50))

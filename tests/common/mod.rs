@@ -393,3 +393,44 @@ pub fn accept_for(head: &str) -> String {
     let key = head_header(head, "sec-websocket-key").unwrap_or_default();
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
+
+/// An upstream that says its name first, then echoes text and binary messages.
+pub async fn named(name: &'static str) -> SocketAddr {
+    named_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), name)
+}
+
+/// As [`named`], on a given listener (e.g. to come back on a port after a restart).
+pub fn named_on(listener: TcpListener, name: &'static str) -> SocketAddr {
+    tt_upstream_on(listener, move |mut ws: Server| async move {
+        if ws.send(Message::text(name)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(m)) = ws.next().await {
+            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// An upstream that accepts the upgrade and then never reads again (a hung process).
+pub async fn hung_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let Some(head) = read_head(&mut tcp).await else {
+                continue;
+            };
+            let res = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                accept_for(&head)
+            );
+            if tcp.write_all(res.as_bytes()).await.is_ok() {
+                held.push(tcp);
+            }
+        }
+    });
+    addr
+}

@@ -82,13 +82,13 @@ type PoolSetting = Box<dyn FnOnce(UpstreamPool) -> UpstreamPool>;
 type LayerSetting = Box<dyn FnOnce(WsProxyLayer) -> WsProxyLayer>;
 
 /// Flags that take no value.
-const SWITCHES: [&str; 3] = [
+pub(crate) const SWITCHES: [&str; 3] = [
     "--require-origin",
     "--insecure-skip-verify",
     "--check-config",
 ];
 /// Flags that take a value.
-const VALUE_FLAGS: [&str; 22] = [
+pub(crate) const VALUE_FLAGS: [&str; 22] = [
     "--upstream",
     "--balance",
     "--max-tries",

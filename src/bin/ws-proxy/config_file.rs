@@ -175,3 +175,38 @@ fn values(flag: &str, value: &Value) -> Result<Vec<Option<String>>, String> {
         other => Err(format!("unexpected {} value", other.type_str())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags and the file's keys are listed separately: every flag must be a key, and
+    /// every key a flag, so neither can drift.
+    #[test]
+    fn every_flag_is_a_file_key_and_back() {
+        let flags: Vec<&str> = args::VALUE_FLAGS
+            .iter()
+            .chain(args::SWITCHES.iter())
+            .copied()
+            .filter(|f| !matches!(*f, "--config" | "--check-config"))
+            .collect();
+        let mut text = String::new();
+        for flag in &flags {
+            text.push_str(&format!(
+                "{} = 1\n",
+                flag.trim_start_matches("--").replace('-', "_")
+            ));
+        }
+        let file: File = toml::from_str(&text).expect("every flag is a file key");
+        let keys: Vec<String> = file
+            .settings()
+            .iter()
+            .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+            .collect();
+        assert_eq!(
+            keys.len(),
+            flags.len(),
+            "a file key without a flag: {keys:?}"
+        );
+    }
+}

@@ -31,6 +31,7 @@ use crate::hooks::{MessageHook, VerdictFuture};
 use crate::keepalive::{Expired, Keepalive, PING};
 use crate::metrics::TrafficCounters;
 use crate::sessions::Sessions;
+use crate::wire::{Wire, DIRECT_MIN};
 use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 
 /// Messages a direction forwards in one go before letting the other direction run.
@@ -112,8 +113,8 @@ pub(crate) struct Stopped {
 
 /// Forwards messages both ways until a close frame or an error ends the session.
 pub(crate) async fn run<C, U>(
-    client: &mut WebSocketStream<C>,
-    upstream: &mut WebSocketStream<U>,
+    client: &mut WebSocketStream<Wire<C>>,
+    upstream: &mut WebSocketStream<Wire<U>>,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
@@ -224,8 +225,8 @@ impl Direction {
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<S>,
-        dst: &mut WebSocketStream<D>,
+        src: &mut WebSocketStream<Wire<S>>,
+        dst: &mut WebSocketStream<Wire<D>>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
         mut hooks: Option<&mut SessionHooks<'_>>,
@@ -264,7 +265,15 @@ impl Direction {
                 }
             }
             if let Some(msg) = self.pending.take() {
-                match Pin::new(&mut *dst).poll_ready(cx) {
+                // A large message is written from its own bytes (see `wire`), after whatever
+                // tungstenite holds; a small one joins tungstenite's batch.
+                let direct = msg.len() >= DIRECT_MIN;
+                let ready = if direct {
+                    Pin::new(&mut *dst).poll_flush(cx)
+                } else {
+                    Pin::new(&mut *dst).poll_ready(cx)
+                };
+                match ready {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(error)) => return self.write_failed(error),
                     Poll::Pending => {
@@ -274,8 +283,17 @@ impl Direction {
                     }
                 }
                 let len = msg.len() as u64;
-                if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
-                    return self.write_failed(error);
+                let msg = if direct {
+                    dst.get_mut()
+                        .send_frame(msg, self.to == Side::Upstream)
+                        .err()
+                } else {
+                    Some(msg)
+                };
+                if let Some(msg) = msg {
+                    if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
+                        return self.write_failed(error);
+                    }
                 }
                 self.unflushed = true;
                 traffic.add(len);

@@ -108,6 +108,7 @@ mod sessions;
 mod tls;
 mod tunnel;
 mod upstream;
+mod wire;
 
 // The README's Rust examples are compiled as doctests.
 #[cfg(doctest)]

@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::wire::Wire;
+
 use crate::config::{Config, Mode};
 use crate::headers::{self, Forwarded};
 use crate::metrics;
@@ -265,7 +267,7 @@ async fn handshake(
         Mode::Tunnel => UpstreamLeg::Tunnel(upgraded),
         _ => UpstreamLeg::Frames(
             WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                Wire::new(TokioIo::new(upgraded)),
                 Role::Client,
                 Some(config.websocket()),
             )

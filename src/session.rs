@@ -1,9 +1,11 @@
 //! A proxied session: runs detached from the request, bridges, closes, and logs a summary.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use http::HeaderValue;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -18,6 +20,7 @@ use crate::keepalive::Keepalive;
 use crate::metrics;
 use crate::sessions::{Permit, Sessions};
 use crate::upstream::Lease;
+use crate::wire::Wire;
 use crate::{close, tunnel, ClosedBy};
 
 /// The upstream side of a session, already past its handshake.
@@ -25,7 +28,7 @@ use crate::{close, tunnel, ClosedBy};
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum UpstreamLeg {
     /// Message by message.
-    Frames(WebSocketStream<TokioIo<Upgraded>>),
+    Frames(WebSocketStream<Wire<TokioIo<Upgraded>>>),
     /// Bytes spliced.
     Tunnel(Upgraded),
 }
@@ -94,18 +97,18 @@ pub(crate) fn spawn(
             let started = Instant::now();
             let mut to_upstream = Traffic::new("to_upstream");
             let mut to_client = Traffic::new("to_client");
-            let session = run(
-                &config,
-                on_upgrade,
-                upstream,
-                &sessions,
-                &mut to_upstream,
-                &mut to_client,
-                hooked.as_ref(),
-            );
+            // Built in place: a `let` first would keep a second copy of it in this task.
             let report = tokio::select! {
                 biased;
-                report = session => report,
+                report = run(
+                    &config,
+                    on_upgrade,
+                    upstream,
+                    &sessions,
+                    &mut to_upstream,
+                    &mut to_client,
+                    hooked.as_ref(),
+                ) => report,
                 // Past the shutdown deadline: drop both sockets where they are.
                 () = sessions.aborting() => close::Report::dropped_at_shutdown(),
             };
@@ -173,21 +176,63 @@ fn record(
     tracing::info!("session closed");
 }
 
-async fn run(
-    config: &Config,
+/// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
+/// the copy each arm moves out, and every idle session would carry both.
+fn run<'a>(
+    config: &'a Config,
     on_upgrade: OnUpgrade,
     upstream: UpstreamLeg,
+    sessions: &'a Sessions,
+    to_upstream: &'a mut Traffic,
+    to_client: &'a mut Traffic,
+    hooked: Option<&'a Arc<crate::SessionInfo>>,
+) -> impl Future<Output = close::Report> + 'a {
+    match upstream {
+        UpstreamLeg::Tunnel(upstream) => Either::Left(tunnel_session(
+            config,
+            on_upgrade,
+            upstream,
+            sessions,
+            to_upstream,
+            to_client,
+            hooked,
+        )),
+        UpstreamLeg::Frames(upstream) => Either::Right(frames_session(
+            config,
+            on_upgrade,
+            upstream,
+            sessions,
+            to_upstream,
+            to_client,
+            hooked,
+        )),
+    }
+}
+
+/// Waits for the client's upgrade and runs `on_open` once it has succeeded.
+async fn client_upgrade(
+    config: &Config,
+    on_upgrade: OnUpgrade,
+    hooked: Option<&Arc<crate::SessionInfo>>,
+) -> hyper::Result<Upgraded> {
+    let upgraded = on_upgrade.await;
+    if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &config.hooks.on_open, hooked) {
+        hook(info);
+    }
+    upgraded
+}
+
+async fn tunnel_session(
+    config: &Config,
+    on_upgrade: OnUpgrade,
+    upstream: Upgraded,
     sessions: &Sessions,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     hooked: Option<&Arc<crate::SessionInfo>>,
 ) -> close::Report {
-    let upgraded = on_upgrade.await;
-    if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &config.hooks.on_open, hooked) {
-        hook(info);
-    }
-    match (upgraded, upstream) {
-        (Ok(io), UpstreamLeg::Tunnel(upstream)) => {
+    match client_upgrade(config, on_upgrade, hooked).await {
+        Ok(io) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(config.timeouts);
             tunnel::run(
@@ -201,45 +246,56 @@ async fn run(
             )
             .await
         }
-        (Ok(io), UpstreamLeg::Frames(mut upstream)) => {
-            let mut client = WebSocketStream::from_raw_socket(
-                TokioIo::new(io),
-                Role::Server,
-                Some(config.websocket()),
-            )
-            .await;
-            tracing::debug!("session open");
-            let mut keepalive = Keepalive::new(config.timeouts);
-            let stopped = bridge::run(
-                &mut client,
-                &mut upstream,
-                to_upstream,
-                to_client,
-                &mut keepalive,
-                sessions,
-                message_hooks(config, hooked),
-            )
-            .await;
-            // Boxed: the close phase is short, and inline it would enlarge every idle session.
-            Box::pin(close::finish(
-                client,
-                upstream,
-                stopped,
-                to_client,
-                to_upstream,
-                config.close_timeout,
-            ))
-            .await
-        }
-        (Err(e), UpstreamLeg::Frames(upstream)) => {
+        Err(e) => {
             tracing::debug!("client upgrade failed: {e}");
-            Box::pin(close::client_vanished(upstream, config.close_timeout)).await
-        }
-        (Err(e), UpstreamLeg::Tunnel(upstream)) => {
-            tracing::debug!("client upgrade failed: {e}");
-            let frame = close::Report::client_vanished_report();
             drop(upstream);
-            frame
+            close::Report::client_vanished_report()
         }
     }
+}
+
+async fn frames_session(
+    config: &Config,
+    on_upgrade: OnUpgrade,
+    mut upstream: WebSocketStream<Wire<TokioIo<Upgraded>>>,
+    sessions: &Sessions,
+    to_upstream: &mut Traffic,
+    to_client: &mut Traffic,
+    hooked: Option<&Arc<crate::SessionInfo>>,
+) -> close::Report {
+    let io = match client_upgrade(config, on_upgrade, hooked).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!("client upgrade failed: {e}");
+            return Box::pin(close::client_vanished(upstream, config.close_timeout)).await;
+        }
+    };
+    let mut client = WebSocketStream::from_raw_socket(
+        Wire::new(TokioIo::new(io)),
+        Role::Server,
+        Some(config.websocket()),
+    )
+    .await;
+    tracing::debug!("session open");
+    let mut keepalive = Keepalive::new(config.timeouts);
+    let stopped = bridge::run(
+        &mut client,
+        &mut upstream,
+        to_upstream,
+        to_client,
+        &mut keepalive,
+        sessions,
+        message_hooks(config, hooked),
+    )
+    .await;
+    // Boxed: the close phase is short, and inline it would enlarge every idle session.
+    Box::pin(close::finish(
+        client,
+        upstream,
+        stopped,
+        to_client,
+        to_upstream,
+        config.close_timeout,
+    ))
+    .await
 }

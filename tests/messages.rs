@@ -265,3 +265,74 @@ async fn a_slow_reader_slows_the_upstream_and_loses_nothing() {
     }
     assert_eq!(sent.load(Ordering::SeqCst), COUNT);
 }
+
+/// Sizes on both sides of the proxy's own frame writer (8 KiB and up) and of each length form
+/// (126 = 16-bit, 127 = 64-bit), mixed with small messages and pings, sent as one burst. The
+/// upstream (a tungstenite server) rejects unmasked frames and the client rejects masked ones,
+/// so a wrong header or mask fails the test as surely as a wrong byte.
+#[tokio::test]
+async fn large_and_small_messages_cross_intact_and_in_order_both_ways() {
+    let proxy = echo_proxy().await;
+    let mut ws = connect(proxy, "/").await;
+    let bytes = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    let text = |len: usize| -> String { "é✓a".chars().cycle().take(len).collect() };
+    let mut sent = Vec::new();
+    for (i, len) in [8191, 8192, 65_535, 65_536, 300_000, 2 << 20].into_iter().enumerate() {
+        sent.push(Message::binary(bytes(len, i as u8)));
+        sent.push(Message::text(format!("small {i}")));
+        sent.push(Message::text(text(len / 3)));
+        sent.push(Message::binary(bytes(3, i as u8)));
+    }
+    // Everything goes out before anything is read back: the echoes meet the client's own
+    // writes on the same sockets.
+    for m in &sent {
+        ws.feed(m.clone()).await.unwrap();
+        ws.feed(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        match within("the echoes", ws.next()).await {
+            Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"p"),
+            Some(Ok(m)) => received.push(m),
+            other => panic!("expected an echo, got {other:?}"),
+        }
+    }
+    for (i, (got, want)) in received.iter().zip(&sent).enumerate() {
+        assert!(got == want, "message {i} ({} bytes) changed", want.len());
+    }
+}
+
+/// A client that stops reading while a large echo is being written to it, then pings: the pong
+/// waits behind the frame instead of landing in the middle of it.
+#[tokio::test]
+async fn a_pong_waits_behind_a_large_frame_still_being_written() {
+    let proxy = echo_proxy().await;
+    let mut ws = connect(proxy, "/").await;
+    // Far more than the socket buffers hold, so the proxy's write stalls part-way.
+    let big: Vec<u8> = (0..16_000_000u32).map(|i| (i % 253) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"mid-frame")))
+        .await
+        .unwrap();
+    ws.send(Message::text("after")).await.unwrap();
+    let mut pong = false;
+    let mut data = Vec::new();
+    while data.len() < 2 {
+        match within("the echoes", ws.next()).await {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"mid-frame");
+                pong = true;
+            }
+            Some(Ok(m)) => data.push(m),
+            other => panic!("expected an echo or a pong, got {other:?}"),
+        }
+    }
+    assert!(data[0] == Message::binary(big), "the large echo changed");
+    assert_eq!(data[1], Message::text("after"));
+    assert!(pong, "the ping was not answered");
+}

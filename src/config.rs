@@ -23,8 +23,9 @@ pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 /// tungstenite allocates its read buffer eagerly per connection (128 KiB by default, twice per
-/// session here); idle sessions are the common case for a proxy.
-pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 4 << 10;
+/// session here) and zero-fills it on every read; idle sessions are the common case for a
+/// proxy. Bulk does not need it larger: `wire` reads bursts ahead in 64 KiB reads.
+pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1 << 10;
 /// Writes are batched up to this many bytes before they go to the socket.
 pub(crate) const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
 /// Keepalive: ping a leg quiet for this long (nginx would have closed it at 60 s).

@@ -112,8 +112,10 @@ impl WsProxyLayer {
         self.set(|c| c.max_frame_size = bytes)
     }
 
-    /// Read buffer per leg, allocated when the session starts. Small keeps idle sessions cheap;
-    /// large reads big messages in fewer system calls. Default: 4 KiB.
+    /// tungstenite's read buffer per leg, held for the whole session: small keeps idle sessions
+    /// cheap. It does not set the size of system calls: once a read fills it, the proxy reads
+    /// up to 64 KiB at a time into a buffer that exists only while the burst lasts. Default:
+    /// 1 KiB.
     pub fn read_buffer_size(self, bytes: usize) -> Self {
         self.set(|c| c.read_buffer_size = bytes)
     }

@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --quick # smaller counts, for iterating
 //! cargo run --release --example bench -- --only ws-proxy,nginx
 //! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt
+//! BENCH_HOLD_IDLE_MS=5000 cargo run --release --example bench -- --rows idle  # time to profile
 //! ```
 //!
 //! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
@@ -199,6 +200,14 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
         let held = idle(t.addr, c.idle).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after = t.rss_kib();
+        if let Some(ms) = std::env::var("BENCH_HOLD_IDLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            // For a heap profiler to snapshot the proxy while the sessions are held.
+            eprintln!("holding {} idle sessions for {ms} ms", held.len());
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         row.kb_per_idle = Some(after.saturating_sub(before) as f64 * 1.024 / held.len() as f64);
     }
     if want("rtt") {

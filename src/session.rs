@@ -177,7 +177,8 @@ fn record(
 }
 
 /// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
-/// the copy each arm moves out, and every idle session would carry both.
+/// the copy each arm moves out, and every idle session would carry both. Each mode's future is
+/// boxed so that it takes its own size, not the larger of the two.
 fn run<'a>(
     config: &'a Config,
     on_upgrade: OnUpgrade,
@@ -188,7 +189,7 @@ fn run<'a>(
     hooked: Option<&'a Arc<crate::SessionInfo>>,
 ) -> impl Future<Output = close::Report> + 'a {
     match upstream {
-        UpstreamLeg::Tunnel(upstream) => Either::Left(tunnel_session(
+        UpstreamLeg::Tunnel(upstream) => Either::Left(Box::pin(tunnel_session(
             config,
             on_upgrade,
             upstream,
@@ -196,8 +197,8 @@ fn run<'a>(
             to_upstream,
             to_client,
             hooked,
-        )),
-        UpstreamLeg::Frames(upstream) => Either::Right(frames_session(
+        ))),
+        UpstreamLeg::Frames(upstream) => Either::Right(Box::pin(frames_session(
             config,
             on_upgrade,
             upstream,
@@ -205,7 +206,7 @@ fn run<'a>(
             to_upstream,
             to_client,
             hooked,
-        )),
+        ))),
     }
 }
 

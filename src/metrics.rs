@@ -14,6 +14,7 @@
 
 #[cfg(feature = "metrics")]
 mod imp {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use metrics::{
@@ -62,12 +63,12 @@ mod imp {
         );
     }
 
-    pub(crate) fn session_opened(upstream: &str) {
-        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_owned()).increment(1.0);
+    pub(crate) fn session_opened(upstream: SocketAddr) {
+        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).increment(1.0);
     }
 
-    pub(crate) fn session_closed(upstream: &str, report: &Report) {
-        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_owned()).decrement(1.0);
+    pub(crate) fn session_closed(upstream: SocketAddr, report: &Report) {
+        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).decrement(1.0);
         counter!(SESSIONS_TOTAL, "outcome" => report.closed_by).increment(1);
         counter!(CLOSE_CODES, "leg" => "client", "code" => report.client_code.to_string())
             .increment(1);
@@ -107,12 +108,13 @@ mod imp {
 
 #[cfg(not(feature = "metrics"))]
 mod imp {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use crate::close::Report;
 
-    pub(crate) fn session_opened(_: &str) {}
-    pub(crate) fn session_closed(_: &str, _: &Report) {}
+    pub(crate) fn session_opened(_: SocketAddr) {}
+    pub(crate) fn session_closed(_: SocketAddr, _: &Report) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn upstream_answered(_: Duration) {}
 

@@ -217,8 +217,6 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
     }
 }
 
-// Built once per handshake and moved once: boxing the leg would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 enum Answer {
     Switched {
         leg: UpstreamLeg,
@@ -265,14 +263,14 @@ async fn handshake(
     drop(conn);
     let leg = match config.mode {
         Mode::Tunnel => UpstreamLeg::Tunnel(upgraded),
-        _ => UpstreamLeg::Frames(
+        _ => UpstreamLeg::Frames(Box::new(
             WebSocketStream::from_raw_socket(
                 Wire::new(TokioIo::new(upgraded)),
                 Role::Client,
                 Some(config.websocket()),
             )
             .await,
-        ),
+        )),
     };
     Ok(Answer::Switched {
         leg,

@@ -24,11 +24,10 @@ use crate::wire::Wire;
 use crate::{close, tunnel, ClosedBy};
 
 /// The upstream side of a session, already past its handshake.
-// Built once per session and moved into its task: boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum UpstreamLeg {
-    /// Message by message.
-    Frames(WebSocketStream<Wire<TokioIo<Upgraded>>>),
+    /// Message by message. Boxed: the session task keeps the slot it was moved in from, and
+    /// inline every tunnel session's task would carry this variant's size too.
+    Frames(Box<WebSocketStream<Wire<TokioIo<Upgraded>>>>),
     /// Bytes spliced.
     Tunnel(Upgraded),
 }
@@ -71,8 +70,8 @@ pub(crate) fn spawn(
         close_reason = Empty,
         undeliverable = Empty,
     );
-    let member = lease.endpoint().addr.to_string();
-    metrics::session_opened(&member);
+    // The label is built again at the end rather than kept: idle sessions carry no string.
+    metrics::session_opened(lease.endpoint().addr);
     // Built only when a hook will read it.
     let hooked = config.hooks.any().then(|| {
         Arc::new(crate::SessionInfo {
@@ -114,7 +113,7 @@ pub(crate) fn spawn(
             };
             let duration = started.elapsed();
             record(&report, duration, &to_upstream, &to_client);
-            metrics::session_closed(&member, &report);
+            metrics::session_closed(lease.endpoint().addr, &report);
             if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
                 hook(&crate::SessionSummary {
                     session: (*session).clone(),
@@ -258,12 +257,13 @@ async fn tunnel_session(
 async fn frames_session(
     config: &Config,
     on_upgrade: OnUpgrade,
-    mut upstream: WebSocketStream<Wire<TokioIo<Upgraded>>>,
+    upstream: Box<WebSocketStream<Wire<TokioIo<Upgraded>>>>,
     sessions: &Sessions,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     hooked: Option<&Arc<crate::SessionInfo>>,
 ) -> close::Report {
+    let mut upstream = *upstream;
     let io = match client_upgrade(config, on_upgrade, hooked).await {
         Ok(io) => io,
         Err(e) => {

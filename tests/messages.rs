@@ -281,7 +281,10 @@ async fn large_and_small_messages_cross_intact_and_in_order_both_ways() {
     };
     let text = |len: usize| -> String { "é✓a".chars().cycle().take(len).collect() };
     let mut sent = Vec::new();
-    for (i, len) in [8191, 8192, 65_535, 65_536, 300_000, 2 << 20].into_iter().enumerate() {
+    for (i, len) in [8191, 8192, 65_535, 65_536, 300_000, 2 << 20]
+        .into_iter()
+        .enumerate()
+    {
         sent.push(Message::binary(bytes(len, i as u8)));
         sent.push(Message::text(format!("small {i}")));
         sent.push(Message::text(text(len / 3)));
@@ -291,7 +294,9 @@ async fn large_and_small_messages_cross_intact_and_in_order_both_ways() {
     // writes on the same sockets.
     for m in &sent {
         ws.feed(m.clone()).await.unwrap();
-        ws.feed(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        ws.feed(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
     }
     ws.flush().await.unwrap();
     let mut received = Vec::new();

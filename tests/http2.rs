@@ -105,6 +105,13 @@ async fn an_http2_client_is_proxied_to_an_http1_upstream() {
 
     ws.send(Message::text("over h2")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("over h2"));
+    // Large enough for the proxy's own frame writer and read-ahead, over an HTTP/2 stream.
+    let big: String = "h2✓".chars().cycle().take(1_000_000).collect();
+    ws.send(Message::text(big.clone())).await.unwrap();
+    assert!(
+        next_message(&mut ws).await == Message::text(big),
+        "changed over h2"
+    );
     ws.send(Message::Close(Some(CloseFrame {
         code: 4002u16.into(),
         reason: "h2 bye".into(),

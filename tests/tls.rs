@@ -95,6 +95,13 @@ async fn a_wss_upstream_signed_by_a_trusted_ca_works_with_sni() {
     ws.send(Message::text("over tls")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("over tls"));
     assert_eq!(sni.recv().await.unwrap().as_deref(), Some("localhost"));
+    // Large enough for the proxy's own frame writer and read-ahead, over TLS records.
+    let big: String = "tls✓".chars().cycle().take(1_000_000).collect();
+    ws.send(Message::text(big.clone())).await.unwrap();
+    assert!(
+        next_message(&mut ws).await == Message::text(big),
+        "changed over TLS"
+    );
 }
 
 #[tokio::test]

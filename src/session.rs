@@ -100,13 +100,15 @@ pub(crate) fn spawn(
             let report = tokio::select! {
                 biased;
                 report = run(
-                    &config,
+                    Ctx {
+                        config: &config,
+                        sessions: &sessions,
+                        to_upstream: &mut to_upstream,
+                        to_client: &mut to_client,
+                        hooked: hooked.as_ref(),
+                    },
                     on_upgrade,
                     upstream,
-                    &sessions,
-                    &mut to_upstream,
-                    &mut to_client,
-                    hooked.as_ref(),
                 ) => report,
                 // Past the shutdown deadline: drop both sockets where they are.
                 () = sessions.aborting() => close::Report::dropped_at_shutdown(),
@@ -175,37 +177,31 @@ fn record(
     tracing::info!("session closed");
 }
 
-/// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
-/// the copy each arm moves out, and every idle session would carry both. Each mode's future is
-/// boxed so that it takes its own size, not the larger of the two.
-fn run<'a>(
+/// What a session borrows from its task. The traffic counts live in the task so that they
+/// survive a session dropped at the shutdown deadline.
+struct Ctx<'a> {
     config: &'a Config,
-    on_upgrade: OnUpgrade,
-    upstream: UpstreamLeg,
     sessions: &'a Sessions,
     to_upstream: &'a mut Traffic,
     to_client: &'a mut Traffic,
     hooked: Option<&'a Arc<crate::SessionInfo>>,
+}
+
+/// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
+/// the copy each arm moves out, and every idle session would carry both. Each mode's future is
+/// boxed so that it takes its own size, not the larger of the two.
+fn run<'a>(
+    ctx: Ctx<'a>,
+    on_upgrade: OnUpgrade,
+    upstream: UpstreamLeg,
 ) -> impl Future<Output = close::Report> + 'a {
     match upstream {
-        UpstreamLeg::Tunnel(upstream) => Either::Left(Box::pin(tunnel_session(
-            config,
-            on_upgrade,
-            upstream,
-            sessions,
-            to_upstream,
-            to_client,
-            hooked,
-        ))),
-        UpstreamLeg::Frames(upstream) => Either::Right(Box::pin(frames_session(
-            config,
-            on_upgrade,
-            upstream,
-            sessions,
-            to_upstream,
-            to_client,
-            hooked,
-        ))),
+        UpstreamLeg::Tunnel(upstream) => {
+            Either::Left(Box::pin(tunnel_session(ctx, on_upgrade, upstream)))
+        }
+        UpstreamLeg::Frames(upstream) => {
+            Either::Right(Box::pin(frames_session(ctx, on_upgrade, upstream)))
+        }
     }
 }
 
@@ -222,27 +218,19 @@ async fn client_upgrade(
     upgraded
 }
 
-async fn tunnel_session(
-    config: &Config,
-    on_upgrade: OnUpgrade,
-    upstream: Upgraded,
-    sessions: &Sessions,
-    to_upstream: &mut Traffic,
-    to_client: &mut Traffic,
-    hooked: Option<&Arc<crate::SessionInfo>>,
-) -> close::Report {
-    match client_upgrade(config, on_upgrade, hooked).await {
+async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Upgraded) -> close::Report {
+    match client_upgrade(ctx.config, on_upgrade, ctx.hooked).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
-            let mut keepalive = Keepalive::new(config.timeouts);
+            let mut keepalive = Keepalive::new(ctx.config.timeouts);
             tunnel::run(
                 TokioIo::new(io),
                 TokioIo::new(upstream),
-                to_upstream,
-                to_client,
+                ctx.to_upstream,
+                ctx.to_client,
                 &mut keepalive,
-                sessions,
-                config.close_timeout,
+                ctx.sessions,
+                ctx.config.close_timeout,
             )
             .await
         }
@@ -255,16 +243,13 @@ async fn tunnel_session(
 }
 
 async fn frames_session(
-    config: &Config,
+    ctx: Ctx<'_>,
     on_upgrade: OnUpgrade,
     upstream: Box<WebSocketStream<Wire<TokioIo<Upgraded>>>>,
-    sessions: &Sessions,
-    to_upstream: &mut Traffic,
-    to_client: &mut Traffic,
-    hooked: Option<&Arc<crate::SessionInfo>>,
 ) -> close::Report {
+    let config = ctx.config;
     let mut upstream = *upstream;
-    let io = match client_upgrade(config, on_upgrade, hooked).await {
+    let io = match client_upgrade(config, on_upgrade, ctx.hooked).await {
         Ok(io) => io,
         Err(e) => {
             tracing::debug!("client upgrade failed: {e}");
@@ -282,11 +267,11 @@ async fn frames_session(
     let stopped = bridge::run(
         &mut client,
         &mut upstream,
-        to_upstream,
-        to_client,
+        ctx.to_upstream,
+        ctx.to_client,
         &mut keepalive,
-        sessions,
-        message_hooks(config, hooked),
+        ctx.sessions,
+        message_hooks(config, ctx.hooked),
     )
     .await;
     // Boxed: the close phase is short, and inline it would enlarge every idle session.
@@ -294,8 +279,8 @@ async fn frames_session(
         client,
         upstream,
         stopped,
-        to_client,
-        to_upstream,
+        ctx.to_client,
+        ctx.to_upstream,
         config.close_timeout,
     ))
     .await

@@ -104,6 +104,7 @@ mod route;
 mod service;
 mod session;
 mod sessions;
+mod splice;
 #[cfg(feature = "tls")]
 mod tls;
 mod tunnel;

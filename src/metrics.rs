@@ -11,6 +11,7 @@
 //! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
 //! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
 //! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code` | close codes per leg (1005: none; 1006: dropped) |
+//! | `ws_proxy_spliced_bytes_total` | counter | | tunnel payload bytes moved socket to socket with `splice(2)`, never copied into the proxy |
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -31,6 +32,7 @@ mod imp {
     pub(crate) const BYTES: &str = "ws_proxy_bytes_total";
     pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
     pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
+    pub(crate) const SPLICED_BYTES: &str = "ws_proxy_spliced_bytes_total";
 
     /// Registers descriptions (the `# HELP` lines) with the installed recorder; call it once
     /// after installing one.
@@ -61,6 +63,11 @@ mod imp {
             CLOSE_CODES,
             "Close codes per leg (1005: none, 1006: dropped)"
         );
+        describe_counter!(
+            SPLICED_BYTES,
+            Unit::Bytes,
+            "Tunnel payload bytes moved socket to socket with splice(2)"
+        );
     }
 
     pub(crate) fn session_opened(upstream: SocketAddr) {
@@ -82,6 +89,10 @@ mod imp {
 
     pub(crate) fn upstream_answered(after: Duration) {
         histogram!(HANDSHAKE_SECONDS).record(after.as_secs_f64());
+    }
+
+    pub(crate) fn spliced(bytes: usize) {
+        counter!(SPLICED_BYTES).increment(bytes as u64);
     }
 
     /// Handles for one direction's message and byte counters, looked up once per session.
@@ -117,6 +128,7 @@ mod imp {
     pub(crate) fn session_closed(_: SocketAddr, _: &Report) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn upstream_answered(_: Duration) {}
+    pub(crate) fn spliced(_: usize) {}
 
     #[derive(Debug)]
     pub(crate) struct TrafficCounters;
@@ -133,5 +145,5 @@ mod imp {
 #[cfg(feature = "metrics")]
 pub use imp::describe_metrics;
 pub(crate) use imp::{
-    handshake_failed, session_closed, session_opened, upstream_answered, TrafficCounters,
+    handshake_failed, session_closed, session_opened, spliced, upstream_answered, TrafficCounters,
 };

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::keepalive::Keepalive;
 use crate::metrics;
 use crate::sessions::{Permit, Sessions};
+use crate::splice::TunnelIo;
 use crate::upstream::Lease;
 use crate::wire::Wire;
 use crate::{close, tunnel, ClosedBy};
@@ -224,8 +225,8 @@ async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Upgraded)
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(ctx.config.timeouts);
             tunnel::run(
-                TokioIo::new(io),
-                TokioIo::new(upstream),
+                TunnelIo::new(io),
+                TunnelIo::new(upstream),
                 ctx.to_upstream,
                 ctx.to_client,
                 &mut keepalive,

@@ -23,9 +23,13 @@ use tokio::time::Instant;
 use crate::bridge::{Side, Traffic};
 use crate::close::Report;
 use crate::keepalive::{Expired, Keepalive, PING};
+use crate::metrics;
 use crate::sessions::Sessions;
+use crate::splice::{self, SplicePipe, Spliced, TunnelIo};
 
 const SCRATCH: usize = 256 << 10;
+/// Payloads at least this long are spliced when both legs are plain sockets (see `splice`).
+const SPLICE_MIN: u64 = 16 << 10;
 /// Bytes one direction moves before letting the other run.
 const BUDGET: usize = 256 << 10;
 
@@ -92,6 +96,30 @@ impl Frames {
             }
         }
         completed
+    }
+
+    /// The payload bytes a frame needs before it ends, when they may pass unread: a data frame
+    /// whose header is complete. Zero otherwise.
+    fn unread_payload(&self) -> u64 {
+        if self.have == 0 && self.opcode <= 0x2 {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
+    /// `n` payload bytes of the current data frame passed without being read (spliced);
+    /// returns 1 if that completed a data message.
+    fn skip(&mut self, n: u64, traffic: &mut Traffic) -> u64 {
+        let n = n.min(self.remaining);
+        self.payload += n;
+        self.remaining -= n;
+        self.offset += n;
+        if self.remaining == 0 {
+            self.end(traffic)
+        } else {
+            0
+        }
     }
 
     fn start(&mut self) {
@@ -193,6 +221,13 @@ struct Pipe {
     handshake_started: bool,
     eof: bool,
     shut: bool,
+    /// Payload bytes on their way through the kernel (see `splice`); they go out before
+    /// anything else.
+    spliced: Option<SplicePipe>,
+    /// No pipe could be made: stay on the buffered path.
+    no_splice: bool,
+    /// Frames have been large: read only up to the next header, so the payload can be spliced.
+    header_reads: bool,
 }
 
 /// What stopped a pipe.
@@ -225,7 +260,18 @@ impl Pipe {
             handshake_started: false,
             eof: false,
             shut: false,
+            spliced: None,
+            no_splice: false,
+            header_reads: false,
         }
+    }
+
+    /// Nothing of this direction's is waiting to be written: no held bytes, no frame of the
+    /// proxy's own, nothing in its pipe.
+    fn written_out(&self) -> bool {
+        self.held.is_empty()
+            && self.inject.is_none()
+            && self.spliced.as_ref().is_none_or(SplicePipe::is_empty)
     }
 
     /// Queues `frame` for `to` at the next boundary; `then_discard` stops forwarding after it.
@@ -234,20 +280,31 @@ impl Pipe {
         self.discard_after_inject |= then_discard;
     }
 
-    fn poll<S, D>(
+    fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut S,
-        dst: &mut D,
+        src: &mut TunnelIo,
+        dst: &mut TunnelIo,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
-    ) -> Poll<PipeEnd>
-    where
-        S: AsyncRead + Unpin,
-        D: AsyncWrite + Unpin,
-    {
+    ) -> Poll<PipeEnd> {
         let mut moved = 0;
         loop {
+            if let Some(pipe) = self.spliced.as_mut() {
+                if self.discard {
+                    // Nothing more goes to `to`, spliced bytes included.
+                    self.spliced = None;
+                } else if !pipe.is_empty() {
+                    let Some(to) = dst.socket() else {
+                        return Poll::Ready(PipeEnd::Lost(self.to));
+                    };
+                    match pipe.poll_flush(cx, to) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(PipeEnd::Lost(self.to)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
             if self.pos < self.held.len() {
                 match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -287,9 +344,37 @@ impl Pipe {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
+            // Inside a large data frame's payload, between two plain sockets: splice it.
+            let unread = self.frames.unread_payload();
+            if unread >= SPLICE_MIN && !self.discard && !self.no_splice {
+                if let (Some(from), Some(to)) = (src.socket(), dst.socket()) {
+                    let len = usize::try_from(unread).unwrap_or(usize::MAX);
+                    match splice::step(cx, from, to, len, &mut self.spliced) {
+                        Spliced::Pending => return Poll::Pending,
+                        Spliced::Eof => self.eof = true,
+                        Spliced::SourceLost => return Poll::Ready(PipeEnd::Lost(self.from)),
+                        Spliced::DestinationLost => return Poll::Ready(PipeEnd::Lost(self.to)),
+                        Spliced::Moved(n) => {
+                            let now = Instant::now();
+                            keepalive.heard(self.from, now);
+                            if self.frames.skip(n as u64, traffic) > 0 {
+                                keepalive.data(now);
+                            }
+                            metrics::spliced(n);
+                            self.header_reads = true;
+                            moved += n;
+                        }
+                        Spliced::Unavailable => self.no_splice = true,
+                    }
+                    continue;
+                }
+            }
             let step = SCRATCH_BUF.with(|cell| {
                 let mut scratch = cell.borrow_mut();
-                let mut buf = ReadBuf::new(&mut scratch[..]);
+                // After a spliced frame, read just a header's worth: if the next frame is
+                // large too, its payload is left in the socket to be spliced.
+                let want = if self.header_reads { 14 } else { SCRATCH };
+                let mut buf = ReadBuf::new(&mut scratch[..want]);
                 match Pin::new(&mut *src).poll_read(cx, &mut buf) {
                     Poll::Pending => Step::Pending,
                     Poll::Ready(Err(_)) => Step::Lost(self.from),
@@ -300,6 +385,13 @@ impl Pipe {
                         keepalive.heard(self.from, now);
                         if self.frames.feed(data, traffic) > 0 {
                             keepalive.data(now);
+                        }
+                        if self.frames.unread_payload() < SPLICE_MIN {
+                            self.header_reads = false;
+                            if self.spliced.as_ref().is_some_and(SplicePipe::is_empty) {
+                                // Frames are small again: give the pipe's descriptors back.
+                                self.spliced = None;
+                            }
                         }
                         if self.discard {
                             return Step::Moved(data.len());
@@ -393,19 +485,15 @@ fn prepare_close(
 /// Splices `client` and `upstream` until both sides are done. Keepalive pings, shutdown and
 /// the session timers act between frames; a close the proxy starts is bounded by
 /// `close_timeout`.
-pub(crate) async fn run<C, U>(
-    mut client: C,
-    mut upstream: U,
+pub(crate) async fn run(
+    mut client: TunnelIo,
+    mut upstream: TunnelIo,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
     sessions: &Sessions,
     close_timeout: Duration,
-) -> Report
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Report {
     let mut c2u = Pipe::new(Side::Client, Side::Upstream);
     let mut u2c = Pipe::new(Side::Upstream, Side::Client);
     let (mut c_done, mut u_done) = (false, false);
@@ -536,7 +624,7 @@ where
             (&mut c2u, &mut c_answered, true),
             (&mut u2c, &mut u_answered, false),
         ] {
-            if *answered && pipe.held.is_empty() && pipe.inject.is_none() {
+            if *answered && pipe.written_out() {
                 continue;
             }
             let polled = if src_is_client {
@@ -549,10 +637,7 @@ where
             }
         }
         // Done once both live legs answered and every close frame was written.
-        let written = c2u.held.is_empty()
-            && c2u.inject.is_none()
-            && u2c.held.is_empty()
-            && u2c.inject.is_none();
+        let written = c2u.written_out() && u2c.written_out();
         if c_answered && u_answered && written {
             Poll::Ready(())
         } else {

@@ -86,10 +86,29 @@ async fn autobahn_through_the_tunnel() {
     autobahn(|up| WsProxyLayer::new(up).tunnel(), "axum-ws-proxy-tunnel").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autobahn_through_the_binarys_spliced_tunnel() {
+    // ws-proxy hands hyper the socket itself: both legs are plain sockets, and payloads of
+    // 16 KiB and more (cases 1.1.6-1.1.8, 1.2.6-1.2.8, 6.x fragments) go through splice(2).
+    let Some(script) = suite() else { return };
+    let up = tt_upstream(conformant_echo).await;
+    let (_child, proxy, _) =
+        start_ws_proxy(&["--upstream", &format!("ws://{up}"), "--mode", "tunnel"]).await;
+    run_suite(&script, proxy, "ws-proxy-binary-tunnel").await;
+}
+
 async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLayer, agent: &str) {
+    let Some(script) = suite() else { return };
+    let up = tt_upstream(conformant_echo).await;
+    let proxy = proxy(layer(upstream(up))).await;
+    run_suite(&script, proxy, agent).await;
+}
+
+/// The conformance script, or `None` (after saying why) where the suite cannot run.
+fn suite() -> Option<PathBuf> {
     if python2().is_none() {
         println!("SKIPPED: no Python 2.7 interpreter (set PYTHON2, or install pyenv's 2.7) - Autobahn needs one");
-        return;
+        return None;
     }
     let script = std::env::var_os("AUTOBAHN_SH")
         .map(PathBuf::from)
@@ -101,12 +120,12 @@ async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLaye
         "conformance script not found at {} (set AUTOBAHN_SH)",
         script.display()
     );
+    Some(script)
+}
 
-    let up = tt_upstream(conformant_echo).await;
-    let proxy = proxy(layer(upstream(up))).await;
-
+async fn run_suite(script: &Path, proxy: std::net::SocketAddr, agent: &str) {
     let out = tokio::process::Command::new("bash")
-        .arg(&script)
+        .arg(script)
         .arg(format!("ws://{proxy}"))
         .arg(agent)
         .output()

@@ -133,9 +133,11 @@ fn main() {
 }
 
 async fn run(counts: Counts, only: Option<Vec<String>>, rows_wanted: Vec<String>) {
-    // Right after `cargo build` the kernel is still writing the build out, on the proxy's CPU
-    // too: the first targets measured read up to 25% high (seen twice). Flush it first.
+    // Right after `cargo build` the machine is still busy with it (writeback, the kernel's
+    // memory scanning), on the proxy's CPU too: the first targets measured read up to 25% high
+    // (seen three times). Flush, then wait for CPU 0 to go quiet.
     let _ = Command::new("sync").status();
+    wait_for_quiet_cpu(0).await;
     let upstream = start_echo().await;
     let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel];
     for (kind, bin) in [
@@ -789,6 +791,44 @@ fn print_targets(rows: &BTreeMap<&'static str, Row>) {
 
 // ---------------------------------------------------------------------------------------
 // Process setup
+
+/// Waits (up to a minute) until `cpu` is at most 3% busy over half a second.
+async fn wait_for_quiet_cpu(cpu: usize) {
+    // (busy, total) jiffies of `cpu` from /proc/stat.
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu{cpu} ")))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+        let total: u64 = v.iter().take(8).sum();
+        Some((total - idle, total))
+    };
+    let started = Instant::now();
+    let mut said = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        let Some((b0, t0)) = sample() else { return };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some((b1, t1)) = sample() else { return };
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        if busy <= 0.03 {
+            return;
+        }
+        if !said {
+            eprintln!(
+                "CPU {cpu} is {:.0}% busy with something else; waiting for it to settle",
+                busy * 100.0
+            );
+            said = true;
+        }
+    }
+    eprintln!("CPU {cpu} did not settle within a minute; numbers may read high");
+}
 
 fn pin_self_to(cpu: usize) {
     #[allow(unsafe_code)]

@@ -129,7 +129,7 @@ pub(crate) enum Spliced {
     DestinationLost,
     /// Bytes taken from the source (some may still wait in the pipe).
     Moved(usize),
-    /// No pipe could be made: use the buffered path.
+    /// No pipe (or only a tiny one) could be made: use the buffered path.
     Unavailable,
 }
 
@@ -147,6 +147,8 @@ mod imp {
 
     /// Asked of the kernel for each pipe.
     const PIPE_SIZE: usize = 1 << 20;
+    /// Below this a pipe is not worth it (see `SplicePipe::new`).
+    const MIN_PIPE_SIZE: usize = 64 << 10;
 
     const FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
 
@@ -169,6 +171,11 @@ mod imp {
             let size = pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
                 .or_else(|_| pipe::fcntl_getpipe_size(&write))
                 .ok()?;
+            if size < MIN_PIPE_SIZE {
+                // Past the per-user pipe limit the kernel hands out one-page pipes: a splice
+                // per 4 KiB would cost more than the copy it saves.
+                return None;
+            }
             Some(Self {
                 read,
                 write,

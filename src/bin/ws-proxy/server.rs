@@ -64,10 +64,13 @@ pub(crate) async fn serve(
                     app.call(req).await
                 }
             });
+            let accepted = tokio::time::Instant::now();
             let Ok(h2) = tokio::time::timeout(header_timeout, opens_with_h2_preface(&tcp)).await
             else {
                 return; // Nothing decisive within the header deadline.
             };
+            // The head's deadline counts from the accept, not from the first byte.
+            let header_timeout = header_timeout.saturating_sub(accepted.elapsed());
             if h2 {
                 let conn = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())

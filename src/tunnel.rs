@@ -26,6 +26,7 @@ use crate::keepalive::{Expired, Keepalive, PING};
 use crate::metrics;
 use crate::sessions::Sessions;
 use crate::splice::{self, SplicePipe, Spliced, TunnelIo};
+use crate::wire;
 
 const SCRATCH: usize = 256 << 10;
 /// Payloads at least this long are spliced when both legs are plain sockets (see `splice`).
@@ -168,38 +169,23 @@ fn header_len(h: &[u8; 14]) -> usize {
 }
 
 /// A control frame of the proxy's own; masked when it goes to the upstream (the proxy is the
-/// upstream's client).
+/// upstream's client), with a fresh key as for the frame bridge's own frames.
 fn control_frame(opcode: u8, payload: &[u8], to: Side) -> Vec<u8> {
-    let mut f = Vec::with_capacity(6 + payload.len());
-    f.push(0x80 | opcode);
-    match to {
-        Side::Client => {
-            f.push(payload.len() as u8);
-            f.extend_from_slice(payload);
-        }
-        Side::Upstream => {
-            let mask: [u8; 4] = rand_mask();
-            f.push(0x80 | payload.len() as u8);
-            f.extend_from_slice(&mask);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        }
+    let key = (to == Side::Upstream).then(rand::random::<[u8; 4]>);
+    let (head, head_len) = wire::frame_head(0x80 | opcode, payload.len(), key);
+    let mut frame = Vec::with_capacity(head_len + payload.len());
+    frame.extend_from_slice(&head[..head_len]);
+    frame.extend_from_slice(payload);
+    if let Some(key) = key {
+        wire::apply_mask(&mut frame[head_len..], key);
     }
-    f
+    frame
 }
 
 fn close_frame(code: u16, reason: &str, to: Side) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
     payload.extend_from_slice(crate::close::fit_reason(reason).as_bytes());
     control_frame(0x8, &payload, to)
-}
-
-/// A mask key: RFC 6455 wants it unpredictable; the clock's low bits mixed are plenty for the
-/// proxy's few control frames (data frames keep the client's own masks).
-fn rand_mask() -> [u8; 4] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
-    (crate::upstream::mix(nanos.wrapping_add(0x9e37_79b9_7f4a_7c15)) as u32).to_be_bytes()
 }
 
 /// One direction of the tunnel: `from`'s bytes to `to`.

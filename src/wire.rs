@@ -80,34 +80,19 @@ impl<S> Wire<S> {
             other => return Err(other),
         };
         let payload = msg.into_data();
-        let mut head = [0u8; 14];
-        head[0] = 0x80 | opcode;
-        let len = payload.len();
-        let mut head_len = if len < 126 {
-            head[1] = len as u8;
-            2
-        } else if let Ok(short) = u16::try_from(len) {
-            head[1] = 126;
-            head[2..4].copy_from_slice(&short.to_be_bytes());
-            4
-        } else {
-            head[1] = 127;
-            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
-        let payload = if mask {
-            let key: [u8; 4] = rand::random();
-            head[1] |= 0x80;
-            head[head_len..head_len + 4].copy_from_slice(&key);
-            head_len += 4;
-            // In place when the bridge holds the only reference (the usual case).
-            let mut data = payload
-                .try_into_mut()
-                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            apply_mask(&mut data, key);
-            data.freeze()
-        } else {
-            payload
+        // Toward the upstream the proxy is the client: a fresh key per frame (RFC 6455 5.3).
+        let key = mask.then(rand::random::<[u8; 4]>);
+        let (head, head_len) = frame_head(0x80 | opcode, payload.len(), key);
+        let payload = match key {
+            Some(key) => {
+                // In place when the bridge holds the only reference (the usual case).
+                let mut data = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                apply_mask(&mut data, key);
+                data.freeze()
+            }
+            None => payload,
         };
         debug_assert!(self.frame.is_none(), "one frame at a time");
         self.frame = Some(Frame {
@@ -150,8 +135,33 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     }
 }
 
+/// A frame header: `first` is FIN, RSV and opcode; the length in its shortest form; the mask
+/// bit and key when `mask` is given. Returns the bytes and how many of them are used.
+pub(crate) fn frame_head(first: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
+    let mut head = [0u8; 14];
+    head[0] = first;
+    let mut used = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    if let Some(key) = mask {
+        head[1] |= 0x80;
+        head[used..used + 4].copy_from_slice(&key);
+        used += 4;
+    }
+    (head, used)
+}
+
 /// XORs `data` with the repeating 4-byte `key` (RFC 6455 section 5.3).
-fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);

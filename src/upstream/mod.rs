@@ -6,7 +6,6 @@ mod pool;
 mod resolve;
 mod url;
 
-pub(crate) use balance::mix;
 pub use balance::{Balance, HashKey, ParseBalanceError};
 pub use member::{Member, MAX_WEIGHT};
 pub use pool::{EndpointStatus, UpstreamPool};

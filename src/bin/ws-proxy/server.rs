@@ -141,7 +141,12 @@ async fn until_stopped<C: Future>(
 /// The request head's size as received, near enough: hyper bounds its buffer only while a head
 /// is incomplete, so a large head that arrives in one read would pass.
 fn head_size(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    // Without formatting the URI (this runs for every request): origin-form is path and
+    // query; absolute-form adds a scheme and an authority.
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = req.method().as_str().len() + target + 12;
     let fields: usize = req
         .headers()
         .iter()

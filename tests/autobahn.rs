@@ -97,6 +97,16 @@ async fn autobahn_through_the_binarys_spliced_tunnel() {
     run_suite(&script, proxy, "ws-proxy-binary-tunnel").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autobahn_through_the_binarys_frame_bridge() {
+    // The binary serves HTTP/1.1 on the socket itself; messages of 8 KiB and more are written
+    // by the proxy's own frame writer (cases 1.1.6-1.1.8, 1.2.6-1.2.8, 6.x, 7.x).
+    let Some(script) = suite() else { return };
+    let up = tt_upstream(conformant_echo).await;
+    let (_child, proxy, _) = start_ws_proxy(&["--upstream", &format!("ws://{up}")]).await;
+    run_suite(&script, proxy, "ws-proxy-binary-frames").await;
+}
+
 async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLayer, agent: &str) {
     let Some(script) = suite() else { return };
     let up = tt_upstream(conformant_echo).await;

@@ -7,9 +7,10 @@
 //! 7 µs per 256 KiB on AMD EPYC). [`Wire`] sits between tungstenite and the socket and fixes
 //! both without changing what goes on the wire:
 //!
-//! - **Read-ahead.** Once a read fills tungstenite's buffer (more is probably waiting), the
-//!   next read takes up to [`AHEAD`] bytes into a per-session buffer that tungstenite then
-//!   drains without a system call. The buffer exists only while a burst lasts, so an idle
+//! - **Read-ahead.** Once a read fills tungstenite's buffer (more is probably waiting; a
+//!   request of under [`STREAM_MIN`] bytes does not count), the next read takes up to
+//!   [`AHEAD`] bytes into a per-session buffer that tungstenite then drains without a system
+//!   call. The buffer exists only while a burst lasts, so an idle
 //!   session holds none.
 //! - **Frames written from the message's own bytes.** The bridge hands a large data message
 //!   to [`Wire::send_frame`]: its header and payload go out in one vectored write, with no

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,7 @@ async fn session(
     id: usize,
     stop: Arc<AtomicBool>,
     on: Arc<Mutex<HashMap<usize, String>>>,
+    cut: Arc<AtomicUsize>,
 ) -> Fate {
     let mut ws = connect(proxy, &format!("/s/{id}")).await;
     let Message::Text(member) = next_message(&mut ws).await else {
@@ -213,6 +214,7 @@ async fn session(
             }
             Some(Ok(Message::Close(Some(f)))) => {
                 assert_eq!(u16::from(f.code), 1011, "session {id}: {f:?}");
+                cut.fetch_add(1, Ordering::Relaxed);
                 return Fate::Closed1011;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -242,9 +244,10 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let on = Arc::new(Mutex::new(HashMap::new()));
+    let cut = Arc::new(AtomicUsize::new(0));
     let mut sessions = JoinSet::new();
     for id in 0..SESSIONS {
-        sessions.spawn(session(proxy, id, stop.clone(), on.clone()));
+        sessions.spawn(session(proxy, id, stop.clone(), on.clone(), cut.clone()));
     }
     within("1000 sessions to open", async {
         while on.lock().await.len() < SESSIONS {
@@ -257,12 +260,14 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
     let mut opened = SESSIONS;
     let mut long_lived = SESSIONS;
     for round in 0..2 {
-        let doomed = on
+        // Every session ever routed to the victim: earlier rounds' are already cut.
+        let on_victim = on
             .lock()
             .await
             .values()
             .filter(|m| *m == victim.name)
             .count();
+        let doomed = on_victim - cut.load(Ordering::Relaxed);
         assert!(doomed > 0, "round {round}: no session on the victim");
         victim.kill().await;
         // New sessions keep succeeding on the survivors while it is down.
@@ -287,10 +292,34 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
             "routed to the dead member"
         );
         opened += 50;
+        // Each session on the victim learns of it (1011) at its next echo; wait for all of
+        // them, so that none is still sleeping when the test ends the others.
+        within("the victim's sessions to be closed with 1011", async {
+            while cut.load(Ordering::Relaxed) < on_victim {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
         victim.restart().await;
-        // Sessions opened after the restart reach the victim again (least-conn prefers it).
+        // The victim is out of rotation until `--fail-timeout` has passed since its last
+        // failed dial; probe until the proxy routes to it again.
+        within("the victim to be back in rotation", async {
+            loop {
+                let mut ws = connect(proxy, "/probe").await;
+                let Message::Text(m) = next_message(&mut ws).await else {
+                    panic!("probe: no greeting")
+                };
+                close_and_wait(&mut ws, 1000, "").await;
+                if m.as_str() == victim.name {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        // Sessions opened now reach the victim again (least-conn prefers it: it has none).
         for id in opened..opened + 30 {
-            sessions.spawn(session(proxy, id, stop.clone(), on.clone()));
+            sessions.spawn(session(proxy, id, stop.clone(), on.clone(), cut.clone()));
         }
         opened += 30;
         long_lived += 30;

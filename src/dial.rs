@@ -166,12 +166,7 @@ where
         .map_err(ProxyError::Handshake)?;
     // hyper checks its buffer limit only while a head is incomplete: a large head that arrives
     // in one read passes. Bound what is relayed here.
-    let head: usize = response
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if head > MAX_ANSWER_HEAD {
+    if crate::headers::fields_size(response.headers()) > MAX_ANSWER_HEAD {
         return Err(ProxyError::AnswerTooLarge(MAX_ANSWER_HEAD));
     }
     Ok((response, conn))

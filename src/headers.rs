@@ -128,6 +128,15 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     }
 }
 
+/// The size of `headers` as they would be sent (`name: value\r\n` each). hyper bounds a head
+/// only while it is incomplete, so a large head that arrives in one read is measured here.
+pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// The upstream's 101 headers that go on to the client: end-to-end ones only (e.g.
 /// `Set-Cookie`), without hop-by-hop and `Sec-WebSocket-*` headers, which are per leg.
 pub(crate) fn switching_response(mut headers: HeaderMap) -> HeaderMap {

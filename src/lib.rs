@@ -21,6 +21,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`serve`] (feature `serve`) is a drop-in for `axum::serve` that lets tunnels splice and
+//! bounds request heads in size and time.
+//!
 //! # Where sessions go
 //!
 //! [`WsProxyLayer::new`] takes an [`UpstreamPool`]: `"ws://host:port".parse()?` is a pool of
@@ -101,6 +104,8 @@ pub mod metrics;
 mod origin;
 mod proxy;
 mod route;
+#[cfg(feature = "serve")]
+mod serve;
 mod service;
 mod session;
 mod sessions;
@@ -125,6 +130,8 @@ pub use hooks::{
 };
 pub use layer::WsProxyLayer;
 pub use route::{Refusal, RouteRequest};
+#[cfg(feature = "serve")]
+pub use serve::{serve, Serve};
 pub use service::WsProxy;
 pub use sessions::ShutdownHandle;
 #[cfg(feature = "tls")]

@@ -8,9 +8,9 @@
 //!
 //! A leg is a plain socket when hyper hands over a `TokioIo<TcpStream>`: the upstream leg of a
 //! `ws://` member always, the client leg when the server runs hyper's HTTP/1 connection
-//! directly on the socket (as `ws-proxy` does). Behind TLS, HTTP/2, or a server that wraps the
-//! socket (hyper-util's `auto` builder, hence `axum::serve`), bytes go through a buffer as
-//! before.
+//! directly on the socket (as `axum_ws_proxy::serve`, and so `ws-proxy`, does). Behind TLS, HTTP/2, or
+//! a server that wraps the socket (hyper-util's `auto` builder, hence `axum::serve`), bytes go
+//! through a buffer as before.
 //!
 //! Each direction that splices gets its own pipe (two file descriptors, 64 KiB of kernel
 //! buffer) when its first large payload arrives, and gives it back when frames turn small

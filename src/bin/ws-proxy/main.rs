@@ -11,7 +11,6 @@ use tracing_subscriber::EnvFilter;
 
 mod args;
 mod config_file;
-mod server;
 mod trim;
 
 fn main() -> ExitCode {
@@ -108,14 +107,14 @@ async fn serve(mut args: args::Args) -> Result<(), String> {
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     tracing::info!(listen = %local, upstream = %args.layer.pool(), "ws-proxy listening");
 
-    server::serve(
-        listener,
-        app,
-        args.header_timeout,
-        args.shutdown_grace,
-        shutdown_signal(),
-    )
-    .await;
+    // The library's server: hyper gets the socket (tunnels splice), heads have a deadline and
+    // a bound, and HTTP/2 (h2c) is served on the same port.
+    axum_ws_proxy::serve(listener, app)
+        .header_timeout(args.header_timeout)
+        .grace(args.shutdown_grace)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
     tracing::info!(
         sessions = drain.live_sessions(),
         "shutting down: closing sessions with 1001"

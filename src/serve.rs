@@ -1,0 +1,346 @@
+//! Step 0: the server a connection arrives at, for apps that want what `ws-proxy` gets:
+//! splicing tunnels, a request-head deadline and bound, and the client address. See [`serve`].
+
+use std::convert::Infallible;
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::Service;
+
+use crate::headers;
+
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_HEAD: usize = 64 << 10;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves `app` on `listener`; `.await` it.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use axum_ws_proxy::WsProxyLayer;
+/// use std::time::Duration;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).tunnel();
+/// let sessions = layer.shutdown_handle();
+/// let app = Router::new()
+///     .route("/api/health", get(|| async { "ok" }))
+///     .layer(layer);
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// axum_ws_proxy::serve(listener, app)
+///     .header_timeout(Duration::from_secs(10))
+///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+///     .await?;
+/// // HTTP is done; now the WebSocket sessions (close 1001, then drop at the deadline).
+/// sessions.shutdown(Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+///
+/// [`serve`] is a drop-in for `axum::serve(listener, app.into_make_service_with_connect_info())`
+/// that differs where a proxy cares:
+///
+/// - **Splicing.** hyper's HTTP/1.1 connection gets the socket itself, so an upgraded
+///   connection can be taken back as a `TcpStream` and a tunnel moves large payloads with
+///   `splice(2)` (see [`WsProxyLayer::tunnel`](crate::WsProxyLayer::tunnel)). `axum::serve`
+///   wraps the socket in a private type, so behind it the tunnel copies through a buffer.
+/// - **A deadline for the request head** ([`Serve::header_timeout`], 10 s by default, counted
+///   from the accept): `axum::serve` sets none, so a client that sends half a head holds a
+///   connection forever. On expiry the connection is closed without an answer.
+/// - **A bound on the request head** ([`Serve::max_head_size`], 64 KiB): larger heads get
+///   `431 Request Header Fields Too Large` and `Connection: close`. hyper bounds its buffer only
+///   while a head is incomplete; this also catches a head that arrives in one read.
+/// - **The client address** is in every request as `ConnectInfo<SocketAddr>`, so the layer
+///   appends it to `X-Forwarded-For`.
+///
+/// HTTP/2 with prior knowledge (h2c, RFC 8441 WebSocket) is served on the same port with the
+/// `http2` feature: the first bytes are peeked, never consumed. Accept errors (such as running
+/// out of file descriptors) are logged and retried after 50 ms.
+pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
+    Serve {
+        listener,
+        app,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
+        max_head: DEFAULT_MAX_HEAD,
+        grace: DEFAULT_GRACE,
+        shutdown: None,
+    }
+}
+
+/// A server being set up; made by [`serve`], run by `.await`.
+#[must_use = "a server does nothing until it is awaited"]
+pub struct Serve<S> {
+    listener: TcpListener,
+    app: S,
+    header_timeout: Duration,
+    max_head: usize,
+    grace: Duration,
+    shutdown: Option<Signal>,
+}
+
+impl<S> std::fmt::Debug for Serve<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("header_timeout", &self.header_timeout)
+            .field("max_head_size", &self.max_head)
+            .field("grace", &self.grace)
+            .field("graceful_shutdown", &self.shutdown.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Serve<S> {
+    /// Time a client has, from the accept, to send a whole request head (default 10 s; nginx's
+    /// `client_header_timeout` is 60 s). Past it the connection is closed.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// Largest request head accepted, request line and fields together (default 64 KiB;
+    /// hyper enforces at least 8 KiB). Larger heads get 431.
+    pub fn max_head_size(mut self, bytes: usize) -> Self {
+        self.max_head = bytes;
+        self
+    }
+
+    /// On shutdown, how long HTTP requests in progress get to finish before their connections
+    /// are dropped (default 10 s). Upgraded connections are not HTTP any more: drain them with
+    /// the layer's [`ShutdownHandle`](crate::ShutdownHandle).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Stops accepting when `signal` completes, then lets requests in progress finish (up to
+    /// [`Serve::grace`]); the server's future completes after that.
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+}
+
+impl<S, B> IntoFuture for Serve<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Completes only after a graceful shutdown; accept errors are retried, not returned.
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self))
+    }
+}
+
+async fn run<S, B>(server: Serve<S>) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Serve {
+        listener,
+        app,
+        header_timeout,
+        max_head,
+        grace,
+        shutdown,
+    } = server;
+    let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small messages must not wait for Nagle's algorithm; the bridge batches writes.
+        let _ = tcp.set_nodelay(true);
+        let conn = Conn {
+            app: app.clone(),
+            remote,
+            header_timeout,
+            max_head,
+        };
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move { conn.serve(tcp, &mut stop).await });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop_tx.send(());
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::warn!("HTTP connections still open after {grace:?}; closing them");
+    }
+    Ok(())
+}
+
+/// One accepted connection.
+struct Conn<S> {
+    app: S,
+    remote: SocketAddr,
+    header_timeout: Duration,
+    max_head: usize,
+}
+
+impl<S, B> Conn<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn serve(self, tcp: TcpStream, stop: &mut watch::Receiver<()>) {
+        let Conn {
+            app,
+            remote,
+            header_timeout,
+            max_head,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            let mut app = app.clone();
+            async move {
+                if head_size(&req) > max_head {
+                    return Ok::<_, Infallible>(head_too_large(max_head));
+                }
+                let Ok(res) = app.call(req).await;
+                Ok(res.map(Body::new))
+            }
+        });
+        let accepted = tokio::time::Instant::now();
+        let Ok(h2) = tokio::time::timeout(header_timeout, opens_with_h2_preface(&tcp)).await else {
+            return; // Nothing decisive within the header deadline.
+        };
+        // The head's deadline counts from the accept, not from the first byte.
+        let header_timeout = header_timeout.saturating_sub(accepted.elapsed());
+        #[cfg(feature = "http2")]
+        if h2 {
+            let conn =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(tcp), service);
+            until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+            return;
+        }
+        #[cfg(not(feature = "http2"))]
+        let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
+                    // hyper gets the socket itself, so an upgraded connection can be downcast back to it
+                    // and a tunnel can splice it.
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_head.max(8 << 10))
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Whether the client opened with the HTTP/2 connection preface (h2c with prior knowledge).
+/// Peeks, so that whichever protocol serves the connection gets the socket untouched.
+async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = match tcp.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // Part of the preface so far: peeking again would return the same bytes at once.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves `conn` until it ends, or until shutdown asks it to finish what it is doing.
+async fn until_stopped<C: Future>(
+    conn: C,
+    stop: &mut watch::Receiver<()>,
+    graceful_shutdown: fn(Pin<&mut C>),
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            graceful_shutdown(conn.as_mut());
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The request head's size as received, near enough.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    // Without formatting the URI (this runs for every request): origin-form is path and
+    // query; absolute-form adds a scheme and an authority.
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    req.method().as_str().len() + target + 12 + headers::fields_size(req.headers())
+}
+
+fn head_too_large(max_head: usize) -> Response<Body> {
+    let limit = if max_head % 1024 == 0 {
+        format!("{} KiB", max_head >> 10)
+    } else {
+        format!("{max_head} bytes")
+    };
+    let mut res = Response::new(Body::from(format!("request head larger than {limit}\n")));
+    *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res
+}

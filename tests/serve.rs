@@ -1,0 +1,221 @@
+//! `axum_ws_proxy::serve`: the library's server, for apps that want what `ws-proxy` gets.
+#![cfg(all(feature = "serve", feature = "metrics"))]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::routing::get;
+use axum::Router;
+use axum_ws_proxy::WsProxyLayer;
+use common::*;
+use futures_util::SinkExt;
+use http::HeaderMap;
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Counts `ws_proxy_spliced_bytes_total` for this test process; every other metric is dropped.
+#[derive(Default)]
+struct SplicedBytes(Arc<AtomicU64>);
+
+struct Add(Arc<AtomicU64>);
+
+impl CounterFn for Add {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+impl Recorder for SplicedBytes {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        if key.name() == "ws_proxy_spliced_bytes_total" {
+            Counter::from_arc(Arc::new(Add(self.0.clone())))
+        } else {
+            Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+/// Bytes spliced in this process so far.
+fn spliced() -> u64 {
+    static TOTAL: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+    TOTAL
+        .get_or_init(|| {
+            let recorder = SplicedBytes::default();
+            let total = recorder.0.clone();
+            metrics::set_global_recorder(recorder).expect("the only recorder in this test");
+            total
+        })
+        .load(Ordering::Relaxed)
+}
+
+/// Serves `app` with the library's server on 127.0.0.1:0.
+async fn serve_lib(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum_ws_proxy::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn tunnel_app(upstream_addr: SocketAddr) -> Router {
+    Router::new().layer(WsProxyLayer::new(upstream(upstream_addr)).tunnel())
+}
+
+/// Echoes `n` messages of `size` bytes through `proxy`, checking every byte.
+async fn echo_large(proxy: SocketAddr, n: usize, size: usize) {
+    let mut ws = connect(proxy, "/").await;
+    for i in 0..n {
+        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        within("a large send", ws.send(Message::binary(payload.clone())))
+            .await
+            .unwrap();
+        match next_message(&mut ws).await {
+            Message::Binary(got) => assert!(got[..] == payload[..], "message {i} changed"),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    close_and_wait(&mut ws, 1000, "").await;
+}
+
+#[tokio::test]
+async fn a_tunnel_behind_serve_splices_where_axum_serve_copies() {
+    let echo = echo_upstream().await;
+    const MIB: usize = 1 << 20;
+
+    let before = spliced();
+    echo_large(serve(tunnel_app(echo)).await, 4, MIB).await;
+    assert_eq!(
+        spliced() - before,
+        0,
+        "axum::serve wraps the socket: nothing to splice"
+    );
+
+    let before = spliced();
+    echo_large(serve_lib(tunnel_app(echo)).await, 4, MIB).await;
+    let moved = spliced() - before;
+    // 4 MiB each way; the first frame's start may be read before the tunnel knows it is large.
+    assert!(moved >= 6 * MIB as u64, "only {moved} bytes spliced");
+}
+
+#[tokio::test]
+async fn the_layer_gets_the_client_address_for_x_forwarded_for() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let upstream_app = Router::new().fallback(move |headers: HeaderMap, ws: WebSocketUpgrade| {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let _ = seen_tx.send(forwarded);
+        async move { ws.on_upgrade(echo) }
+    });
+    let up = serve(upstream_app).await;
+    let proxy = serve_lib(Router::new().layer(WsProxyLayer::new(upstream(up)))).await;
+    let mut ws = connect(proxy, "/").await;
+    let forwarded = within("the upstream's request", seen.recv()).await.unwrap();
+    assert_eq!(forwarded.as_deref(), Some("127.0.0.1"));
+    close_and_wait(&mut ws, 1000, "").await;
+}
+
+#[tokio::test]
+async fn a_head_over_the_bound_gets_431_and_connection_close() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .max_head_size(4096)
+            .await
+            .unwrap()
+    });
+    // Within the bound: served.
+    let (status, _, _) = http_request(addr, "/", &[("x-pad", &"a".repeat(3000))]).await;
+    assert_eq!(status, 200);
+    // Over it, all in one write (hyper alone would take it).
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within("the 431", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("request head larger than 4 KiB\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_half_sent_head_is_cut_at_the_header_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .header_timeout(Duration::from_millis(300))
+            .await
+            .unwrap()
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection; without a deadline this would wait forever.
+    within("the server to close", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains(" 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_completes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let (status, _, _) = http_request(addr, "/", &[]).await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    within("the server to finish", server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}

@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::Service;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 
 use crate::headers;
 
@@ -157,20 +158,23 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run(self))
+        // One concrete service type from here on; a box per request is noise next to a
+        // connection's cost.
+        let app = BoxCloneService::new(self.app.map_response(|res| res.map(Body::new)));
+        Box::pin(run(Serve {
+            listener: self.listener,
+            app,
+            header_timeout: self.header_timeout,
+            max_head: self.max_head,
+            grace: self.grace,
+            shutdown: self.shutdown,
+        }))
     }
 }
 
-async fn run<S, B>(server: Serve<S>) -> io::Result<()>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+type App = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
+
+async fn run(server: Serve<App>) -> io::Result<()> {
     let Serve {
         listener,
         app,
@@ -219,23 +223,14 @@ where
 }
 
 /// One accepted connection.
-struct Conn<S> {
-    app: S,
+struct Conn {
+    app: App,
     remote: SocketAddr,
     header_timeout: Duration,
     max_head: usize,
 }
 
-impl<S, B> Conn<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl Conn {
     async fn serve(self, tcp: TcpStream, stop: &mut watch::Receiver<()>) {
         let Conn {
             app,
@@ -246,13 +241,13 @@ where
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
-            let mut app = app.clone();
+            let app = app.clone();
             async move {
                 if head_size(&req) > max_head {
                     return Ok::<_, Infallible>(head_too_large(max_head));
                 }
-                let Ok(res) = app.call(req).await;
-                Ok(res.map(Body::new))
+                // Readiness first, as tower asks (a Router is always ready).
+                app.oneshot(req).await
             }
         });
         let accepted = tokio::time::Instant::now();

@@ -1,4 +1,5 @@
 //! wss:// upstreams through rustls, with certificates generated at test time.
+#![cfg(feature = "tls")]
 
 mod common;
 

@@ -9,6 +9,7 @@
 //!                                                  # amortise handshake-time memory less)
 //! cargo run --release --example bench -- --only ws-proxy,nginx
 //! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt
+//! cargo run --release --example bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! BENCH_HOLD_IDLE_MS=5000 cargo run --release --example bench -- --rows idle  # time to profile
 //! ```
 //!
@@ -16,7 +17,9 @@
 //! generator on CPU 1. Proxy CPU is read from `/proc/<pid>/task/*/schedstat` before and after
 //! each workload; RSS from `/proc/<pid>/status`. Every echoed message is checked for order and
 //! content (a lost or reordered message aborts the run). The load generator reads and writes
-//! each session concurrently. Rows:
+//! each session concurrently. Every target is measured in each of 3 rounds (a fresh process
+//! each time; all targets in round 1, then all in round 2, ...) and each row is the median of
+//! its rounds. Rows:
 //!
 //! - CPU per 64 B echoed message: 50 sessions, 8 messages in flight each;
 //! - CPU per MB: 256 KiB messages, 4 sessions, 2 in flight each;
@@ -45,6 +48,8 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 struct Counts {
+    /// Each target is measured this many times; rows are medians.
+    rounds: usize,
     small: u64,
     bulk_mb: u64,
     handshakes: u64,
@@ -53,6 +58,7 @@ struct Counts {
 }
 
 const FULL: Counts = Counts {
+    rounds: 3,
     small: 200_000,
     bulk_mb: 256,
     handshakes: 3000,
@@ -60,6 +66,7 @@ const FULL: Counts = Counts {
     rtt: 3000,
 };
 const QUICK: Counts = Counts {
+    rounds: 1,
     small: 40_000,
     bulk_mb: 64,
     handshakes: 600,
@@ -104,6 +111,32 @@ struct Row {
     rtt_p50_us: Option<f64>,
 }
 
+impl Row {
+    /// Each field's median over `rounds` (the mean of the middle two for an even count).
+    fn median(rounds: &[Row]) -> Row {
+        let of = |field: fn(&Row) -> Option<f64>| {
+            let mut v: Vec<f64> = rounds.iter().filter_map(field).collect();
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            Some(if v.len() % 2 == 1 {
+                v[mid]
+            } else {
+                (v[mid - 1] + v[mid]) / 2.0
+            })
+        };
+        Row {
+            us_per_msg: of(|r| r.us_per_msg),
+            ms_per_mb: of(|r| r.ms_per_mb),
+            us_per_handshake: of(|r| r.us_per_handshake),
+            kb_per_idle: of(|r| r.kb_per_idle),
+            rtt_p50_us: of(|r| r.rtt_p50_us),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let counts = if args.iter().any(|a| a == "--quick") {
@@ -118,6 +151,14 @@ fn main() {
             .map(|s| s.split(',').map(str::to_owned).collect())
     };
     let only = list("--only");
+    let rounds = match list("--rounds").map(|v| v.join(",").parse::<usize>()) {
+        None => counts.rounds,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("bench: --rounds takes a whole number of rounds, at least 1");
+            std::process::exit(2);
+        }
+    };
     let rows = list("--rows").unwrap_or_else(|| {
         ["msg", "mb", "handshake", "idle", "rtt"]
             .map(String::from)
@@ -129,10 +170,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(counts, only, rows));
+    rt.block_on(run(counts, rounds, only, rows));
 }
 
-async fn run(counts: Counts, only: Option<Vec<String>>, rows_wanted: Vec<String>) {
+async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_wanted: Vec<String>) {
     // Right after `cargo build` the machine is still busy with it (writeback, the kernel's
     // memory scanning), on the proxy's CPU too: the first targets measured read up to 25% high
     // (seen three times). Flush, then wait for CPU 0 to go quiet.
@@ -156,25 +197,38 @@ async fn run(counts: Counts, only: Option<Vec<String>>, rows_wanted: Vec<String>
             *k == Kind::Direct || only.iter().any(|o| k.name().starts_with(o.as_str()))
         });
     }
-    let mut rows: BTreeMap<&'static str, Row> = BTreeMap::new();
+    // Every target once per round, rounds one after another, so that drift over the run
+    // reaches all targets alike; each row is the median of its rounds.
+    let mut rounds_of: BTreeMap<&'static str, Vec<Row>> = BTreeMap::new();
     let mut order = Vec::new();
-    for kind in kinds {
-        eprintln!("== {}", kind.name());
-        let target = match Target::start(kind, upstream) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("{}: could not start ({e}); skipped", kind.name());
+    for round in 1..=rounds {
+        for &kind in &kinds {
+            eprintln!("== {} (round {round} of {rounds})", kind.name());
+            let target = match Target::start(kind, upstream) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: could not start ({e}); skipped", kind.name());
+                    continue;
+                }
+            };
+            if let Err(e) = wait_ready(target.addr).await {
+                eprintln!("{}: not ready ({e}); skipped", kind.name());
                 continue;
             }
-        };
-        if let Err(e) = wait_ready(target.addr).await {
-            eprintln!("{}: not ready ({e}); skipped", kind.name());
-            continue;
+            let row = measure(&target, &counts, &rows_wanted).await;
+            eprintln!("   {row:?}");
+            rounds_of.entry(kind.name()).or_default().push(row);
+            if !order.contains(&kind) {
+                order.push(kind);
+            }
         }
-        let row = measure(&target, &counts, &rows_wanted).await;
-        eprintln!("   {row:?}");
-        rows.insert(kind.name(), row);
-        order.push(kind);
+    }
+    let rows: BTreeMap<&'static str, Row> = rounds_of
+        .iter()
+        .map(|(name, rows)| (*name, Row::median(rows)))
+        .collect();
+    if rounds > 1 {
+        println!("Medians of {rounds} rounds.\n");
     }
     print_table(&order, &rows);
     print_targets(&rows);

@@ -111,7 +111,8 @@ impl<S> std::fmt::Debug for Serve<S> {
 
 impl<S> Serve<S> {
     /// Time a client has, from the accept, to send a whole request head (default 10 s; nginx's
-    /// `client_header_timeout` is 60 s). Past it the connection is closed.
+    /// `client_header_timeout` is 60 s). Past it the connection is closed without an answer.
+    /// On a keep-alive connection each later head gets the same time from its first byte.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self

@@ -112,7 +112,9 @@ impl<S> std::fmt::Debug for Serve<S> {
 impl<S> Serve<S> {
     /// Time a client has, from the accept, to send a whole request head (default 10 s; nginx's
     /// `client_header_timeout` is 60 s). Past it the connection is closed without an answer.
-    /// On a keep-alive connection each later head gets the same time from its first byte.
+    /// On a keep-alive connection the clock restarts when a response is done, so the next
+    /// request's head must come within the same time (an idle connection is closed then, as
+    /// nginx's `keepalive_timeout` would).
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self

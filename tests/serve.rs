@@ -198,6 +198,31 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .header_timeout(Duration::from_millis(300))
+            .await
+            .unwrap()
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // One answer, then nothing more: the server closes the idle connection.
+    within("the server to close", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+}
+
+#[tokio::test]
 async fn graceful_shutdown_stops_accepting_and_completes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

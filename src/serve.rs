@@ -120,8 +120,8 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Largest request head accepted, request line and fields together (default 64 KiB;
-    /// hyper enforces at least 8 KiB). Larger heads get 431.
+    /// Largest request head accepted, request line and fields together (default 64 KiB).
+    /// Larger heads get 431 and the connection is closed.
     pub fn max_head_size(mut self, bytes: usize) -> Self {
         self.max_head = bytes;
         self

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::WsProxyLayer;
+use axum_ws_proxy::{Serve, WsProxyLayer};
 use common::*;
 use futures_util::SinkExt;
 use http::HeaderMap;
@@ -78,6 +78,26 @@ async fn serve_lib(app: Router) -> SocketAddr {
     addr
 }
 
+/// A one-route app ("ok" at `/`) served by the library's server as `setup` configures it.
+async fn hello(setup: fn(Serve<Router>) -> Serve<Router>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    tokio::spawn(async move { setup(axum_ws_proxy::serve(listener, app)).await.unwrap() });
+    addr
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes it.
+async fn until_closed(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    within("the server to close", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn tunnel_app(upstream_addr: SocketAddr) -> Router {
     Router::new().layer(WsProxyLayer::new(upstream(upstream_addr)).tunnel())
 }
@@ -138,30 +158,16 @@ async fn the_layer_gets_the_client_address_for_x_forwarded_for() {
 
 #[tokio::test]
 async fn a_head_over_the_bound_gets_431_and_connection_close() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/", get(|| async { "ok" }));
-    tokio::spawn(async move {
-        axum_ws_proxy::serve(listener, app)
-            .max_head_size(4096)
-            .await
-            .unwrap()
-    });
+    let addr = hello(|s| s.max_head_size(4096)).await;
     // Within the bound: served.
     let (status, _, _) = http_request(addr, "/", &[("x-pad", &"a".repeat(3000))]).await;
     assert_eq!(status, 200);
     // Over it, all in one write (hyper alone would take it).
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
         "a".repeat(5000)
     );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    within("the 431", tcp.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = until_closed(addr, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
@@ -175,49 +181,17 @@ async fn a_head_over_the_bound_gets_431_and_connection_close() {
 
 #[tokio::test]
 async fn a_half_sent_head_is_cut_at_the_header_timeout() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/", get(|| async { "ok" }));
-    tokio::spawn(async move {
-        axum_ws_proxy::serve(listener, app)
-            .header_timeout(Duration::from_millis(300))
-            .await
-            .unwrap()
-    });
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    // The server closes the connection; without a deadline this would wait forever.
-    within("the server to close", tcp.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let addr = hello(|s| s.header_timeout(Duration::from_millis(300))).await;
+    // Without a deadline the server would wait for the rest forever.
+    let answer = until_closed(addr, b"GET / HTTP/1.1\r\nhost: x\r\n").await;
     assert!(!answer.contains(" 200 "), "{answer}");
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/", get(|| async { "ok" }));
-    tokio::spawn(async move {
-        axum_ws_proxy::serve(listener, app)
-            .header_timeout(Duration::from_millis(300))
-            .await
-            .unwrap()
-    });
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
+    let addr = hello(|s| s.header_timeout(Duration::from_millis(300))).await;
     // One answer, then nothing more: the server closes the idle connection.
-    within("the server to close", tcp.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = until_closed(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }

@@ -144,14 +144,16 @@ fn main() {
     } else {
         FULL
     };
-    let list = |flag: &str| -> Option<Vec<String>> {
+    let value = |flag: &str| -> Option<&String> {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .map(|s| s.split(',').map(str::to_owned).collect())
+    };
+    let list = |flag: &str| -> Option<Vec<String>> {
+        value(flag).map(|s| s.split(',').map(str::to_owned).collect())
     };
     let only = list("--only");
-    let rounds = match list("--rounds").map(|v| v.join(",").parse::<usize>()) {
+    let rounds = match value("--rounds").map(|v| v.parse::<usize>()) {
         None => counts.rounds,
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {

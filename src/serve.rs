@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -338,7 +338,12 @@ fn head_too_large(max_head: usize) -> Response<Body> {
     };
     let mut res = Response::new(Body::from(format!("request head larger than {limit}\n")));
     *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-    res.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let headers = res.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    // As every error answer of the proxy's.
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     res
 }

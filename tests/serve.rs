@@ -174,6 +174,12 @@ async fn a_head_over_the_bound_gets_431_and_connection_close() {
         "{answer}"
     );
     assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; charset=utf-8"),
+        "{answer}"
+    );
+    assert!(
         answer.ends_with("request head larger than 4 KiB\n"),
         "{answer}"
     );

@@ -38,7 +38,7 @@ use crate::{Refusal, RouteRequest};
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct WsProxyLayer {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
 }
 
 impl WsProxyLayer {

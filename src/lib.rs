@@ -103,6 +103,7 @@ mod layer;
 pub mod metrics;
 mod origin;
 mod proxy;
+mod reload;
 mod route;
 #[cfg(feature = "serve")]
 mod serve;
@@ -129,6 +130,7 @@ pub use hooks::{
     VerdictFuture,
 };
 pub use layer::WsProxyLayer;
+pub use reload::{ReloadHandle, ReloadableLayer};
 pub use route::{Refusal, RouteRequest};
 #[cfg(feature = "serve")]
 pub use serve::{serve, Serve};

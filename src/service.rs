@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::config::Config;
+use crate::reload::Live;
 use crate::{detect, proxy, ResponseFuture};
 
 /// The service made by [`WsProxyLayer`](crate::WsProxyLayer): proxies WebSocket upgrades and
@@ -15,12 +16,30 @@ use crate::{detect, proxy, ResponseFuture};
 #[derive(Clone, Debug)]
 pub struct WsProxy<S> {
     inner: S,
-    config: Arc<Config>,
+    config: Source,
+}
+
+/// Where a service finds its configuration.
+#[derive(Clone, Debug)]
+enum Source {
+    Fixed(Arc<Config>),
+    /// Read for each upgrade: a [`ReloadHandle`](crate::ReloadHandle) may replace it.
+    Live(Arc<Live>),
 }
 
 impl<S> WsProxy<S> {
     pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
-        Self { inner, config }
+        Self {
+            inner,
+            config: Source::Fixed(config),
+        }
+    }
+
+    pub(crate) fn reloadable(inner: S, live: Arc<Live>) -> Self {
+        Self {
+            inner,
+            config: Source::Live(live),
+        }
     }
 
     /// The wrapped service.
@@ -56,7 +75,11 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if detect::is_websocket_upgrade(&req) {
-            ResponseFuture::proxy(Box::pin(proxy::upgrade(self.config.clone(), req)))
+            let config = match &self.config {
+                Source::Fixed(c) => c.clone(),
+                Source::Live(live) => live.get(),
+            };
+            ResponseFuture::proxy(Box::pin(proxy::upgrade(config, req)))
         } else {
             ResponseFuture::inner(self.inner.call(req))
         }

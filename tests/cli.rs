@@ -18,17 +18,22 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws//x"], "ws-proxy: --upstream: invalid upstream URL \"ws//x\": missing \"://\" after the scheme (expected ws://host:port[/prefix])"),
         (&["--upstream", "ws://h:99999"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:99999\": invalid port \"99999\" (expected 1-65535)"),
         (&["--upstream", "ftp://h"], "ws-proxy: --upstream: invalid upstream URL \"ftp://h\": unsupported scheme \"ftp\" (use ws://, wss://, http:// or https://)"),
-        (&["--upstream", "ws://h", "--connect-timeout", "5x"], "ws-proxy: --connect-timeout: invalid duration \"5x\" (units: ms, s, m, h)"),
+        (&["--upstream", "ws://h", "--connect-timeout", "5x"], "ws-proxy: --connect-timeout: invalid duration \"5x\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
         (&["--upstream", "ws://h", "--max-message-size", "lots"], "ws-proxy: --max-message-size: invalid size \"lots\" (expected e.g. 65536, 64KiB, 16MiB)"),
-        (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid address \"nowhere\" (expected IP:PORT)"),
+        (&["--upstream", "ws://h", "--listen", "nowhere"], "ws-proxy: --listen: invalid value \"nowhere\" (expected IP:PORT)"),
         (&["--upstream", "ws://h", "--listen"], "ws-proxy: --listen needs a value"),
-        (&["--verbose"], "ws-proxy: unknown flag \"--verbose\" (see --help)"),
-        (&["--upstream", "ws://h", "--mode", "splice"], "ws-proxy: --mode: invalid mode \"splice\" (expected frames or tunnel)"),
-        (&["--upstream", "ws://h:1", "--upstream", "ws://h:1"], "ws-proxy: --upstream: \"ws://h:1\" is listed twice"),
+        (&["--verbose"], "ws-proxy: unknown flag \"--verbose\" (did you mean \"--version\"? see --help)"),
+        (&["--upstream", "ws://h", "--mode", "splice"], "ws-proxy: --mode: invalid value \"splice\" (expected frames or tunnel)"),
+        (&["--upstream", "ws://h:1", "--upstream", "ws://h:1"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:1\": listed more than once in the pool"),
         (&["--upstream", "ws://h:1?weight=0"], "ws-proxy: --upstream: invalid upstream URL \"ws://h:1?weight=0\": invalid weight \"0\" (expected 1-1000)"),
         (&["--upstream", "ws://h", "--balance", "random"], "ws-proxy: --balance: invalid balancing strategy \"random\" (expected least-conn, round-robin, hash:ip, hash:header:NAME, hash:cookie:NAME or hash:query:NAME)"),
-        (&["--upstream", "ws://h", "--max-tries", "none"], "ws-proxy: --max-tries: invalid number \"none\" (expected a whole number >= 1)"),
-        (&["--upstream", "ws://h", "--resolve-every", "often"], "ws-proxy: --resolve-every: invalid duration \"often\" (expected e.g. 500ms, 2s, 1m)"),
+        (&["--upstream", "ws://h", "--max-tries", "none"], "ws-proxy: --max-tries: invalid value \"none\" (expected a whole number >= 1)"),
+        (&["--upstream", "ws://h", "--max-message-size", "0"], "ws-proxy: --max-message-size: size \"0\" must be more than zero"),
+        (&["--upstream", "ws://h", "--header-timeout", "0"], "ws-proxy: --header-timeout: duration \"0\" must be more than zero"),
+        (&["--upstrem", "ws://h"], "ws-proxy: unknown flag \"--upstrem\" (did you mean \"--upstream\"? see --help)"),
+        (&["--upstream", "ws://h", "--require-origin", "false"], "ws-proxy: unexpected argument \"false\" (a switch takes its value with =, e.g. --require-origin=false)"),
+        (&["--upstream", "ws://h", "--insecure-skip-verify=maybe"], "ws-proxy: --insecure-skip-verify: invalid value \"maybe\" (expected true or false)"),
+        (&["--upstream", "ws://h", "--resolve-every", "often"], "ws-proxy: --resolve-every: invalid duration \"often\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(BIN)
@@ -52,7 +57,7 @@ fn help_exits_0() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--connect-timeout DURATION"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--connect-timeout <DURATION>"));
 }
 
 /// Starts the binary on an ephemeral port and returns it with the address it logged.

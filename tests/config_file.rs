@@ -113,12 +113,122 @@ fn check_config_validates_the_annotated_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws-proxy.toml");
     let (code, out, err) = run(&["--config", example, "--check-config"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\nlisten = \"0.0.0.0:8080\"\n"), "{out}");
     assert!(
-        out.starts_with("configuration OK\nlisten = 0.0.0.0:8080\n"),
+        out.contains("[pools.chat]\nupstream = [\"ws://10.0.1.10:4000\", \"ws://10.0.1.11:4000\"]\nbalance = \"hash:query:room\"\n"),
         "{out}"
     );
-    assert!(out.contains("route /chat -> pool chat"), "{out}");
-    assert!(out.contains("route /feed -> pool feed"), "{out}");
+    assert!(
+        out.contains("[[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[[routes]]\nprefix = \"/feed\"\npool = \"feed\"\n"),
+        "{out}"
+    );
+    // Every default is spelled out.
+    assert!(out.contains("\nshutdown_grace = \"10s\"\n"), "{out}");
+}
+
+/// What `--check-config` prints, `--config` accepts, and resolves to the same configuration.
+#[test]
+fn check_config_output_reads_back_as_the_same_configuration() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws-proxy.toml");
+    let (code, first, err) = run(&[
+        "--config",
+        example,
+        "--check-config",
+        "--idle-timeout",
+        "1.5s",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(first.contains("\nidle_timeout = \"1s500ms\"\n"), "{first}");
+    let again = write("round-trip.toml", &first);
+    let (code, second, err) = run(&["--config", again.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(first, second);
+}
+
+/// `false` means false, on the command line, in a variable and in the file.
+#[test]
+fn switches_given_false_are_false() {
+    let file = write(
+        "switch.toml",
+        "upstream = [\"ws://h:1\"]\nrequire_origin = false\n",
+    );
+    for (args, env) in [
+        (
+            &["--upstream", "ws://h:1", "--insecure-skip-verify=false"][..],
+            None,
+        ),
+        (
+            &["--upstream", "ws://h:1"][..],
+            Some(("WS_PROXY_INSECURE_SKIP_VERIFY", "false")),
+        ),
+        (&["--config", file.to_str().unwrap()][..], None),
+    ] {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(args).arg("--check-config");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            text.contains("\ninsecure_skip_verify = false\n"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            text.contains("\nrequire_origin = false\n"),
+            "{args:?}: {text}"
+        );
+    }
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--upstream",
+            "ws://h:1",
+            "--insecure-skip-verify",
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\ninsecure_skip_verify = true\n"));
+}
+
+/// Flags win over WS_PROXY_* variables, which win over the file.
+#[test]
+fn flags_over_variables_over_the_file() {
+    let file = write(
+        "layers.toml",
+        "upstream = [\"ws://file:1\"]\nmax_sessions = 1\nmax_fails = 5\nmode = \"tunnel\"\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--check-config",
+            "--max-sessions",
+            "3",
+        ])
+        .env("WS_PROXY_MAX_SESSIONS", "2")
+        .env("WS_PROXY_MAX_FAILS", "4")
+        .env("WS_PROXY_UPSTREAM", "ws://env:1,ws://env:2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "max_sessions = 3",
+        "max_fails = 4",
+        "mode = \"tunnel\"",
+        "upstream = [\"ws://env:1\", \"ws://env:2\"]",
+    ] {
+        assert!(
+            text.contains(&format!("\n{line}\n")) || text.starts_with(line),
+            "{line}: {text}"
+        );
+    }
 }
 
 #[test]
@@ -127,7 +237,7 @@ fn errors_name_the_file_line_and_key() {
         (
             "unknown.toml",
             "upstream = [\"ws://h:1\"]\n\nbalanse = \"least-conn\"\n",
-            ":3: unknown field `balanse`",
+            ":3: unknown field `balanse` (did you mean `balance`?)",
         ),
         (
             "value.toml",
@@ -142,12 +252,12 @@ fn errors_name_the_file_line_and_key() {
         (
             "type.toml",
             "upstream = [\"ws://h:1\"]\nping_interval = [1]\n",
-            ":2: ping_interval: unexpected array value",
+            ":2: ping_interval: expected a string or a number",
         ),
         (
             "pool.toml",
             "[pools.a]\nupstream = [\"ws://h:1\"]\nping_interval = \"1s\"\n",
-            ":3: pools.a.ping_interval: not a pool setting",
+            ":3: pools.a.ping_interval: unknown field `ping_interval`, expected one of `upstream`",
         ),
         (
             "route.toml",

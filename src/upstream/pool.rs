@@ -288,18 +288,7 @@ impl UpstreamPool {
             slot.member = member;
             return false;
         }
-        let literal = literal_addr(member.upstream());
-        let endpoints = literal
-            .map(|addr| vec![EndpointSlot::new(Endpoint::new(member.clone(), addr))])
-            .unwrap_or_default();
-        st.members.push(Slot {
-            member,
-            literal: literal.is_some(),
-            endpoints,
-            resolved_at: None,
-            refreshing: false,
-            resolve_error: None,
-        });
+        st.members.push(Slot::new(member));
         true
     }
 
@@ -310,6 +299,76 @@ impl UpstreamPool {
         let before = st.members.len();
         st.members.retain(|s| s.member.upstream() != upstream);
         st.members.len() != before
+    }
+
+    /// Takes `other`'s members and settings (balancing, tries, failure policy, resolution,
+    /// per-endpoint limit, resolver) in one step, for a configuration reload. Members in
+    /// both keep their endpoints, live-session counts and health; members only in `other`
+    /// join; members not in `other` take no new sessions, while their live sessions go on
+    /// until they end. Every clone of this pool sees the change.
+    ///
+    /// ```
+    /// use axum_ws_proxy::UpstreamPool;
+    ///
+    /// let running = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
+    /// let reloaded = UpstreamPool::from_urls(["ws://10.0.0.2:3000", "ws://10.0.0.3:3000"])?
+    ///     .balance("round-robin".parse().unwrap());
+    /// running.update_from(&reloaded);
+    /// assert_eq!(running.to_string(), "ws://10.0.0.2:3000, ws://10.0.0.3:3000");
+    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// ```
+    pub fn update_from(&self, other: &UpstreamPool) {
+        if Arc::ptr_eq(&self.shared, &other.shared) {
+            return;
+        }
+        let (settings, members) = {
+            let o = other.lock();
+            (
+                (
+                    o.balance.clone(),
+                    o.max_tries,
+                    o.max_fails,
+                    o.fail_timeout,
+                    o.resolve_every,
+                    o.max_sessions,
+                    o.resolver.clone(),
+                ),
+                o.members
+                    .iter()
+                    .map(|s| s.member.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut st = self.lock();
+        (
+            st.balance,
+            st.max_tries,
+            st.max_fails,
+            st.fail_timeout,
+            st.resolve_every,
+            st.max_sessions,
+            st.resolver,
+        ) = settings;
+        st.members
+            .retain(|s| members.iter().any(|m| m.upstream() == s.member.upstream()));
+        let mut slots = Vec::with_capacity(members.len());
+        for member in members {
+            let existing = st
+                .members
+                .iter()
+                .position(|s| s.member.upstream() == member.upstream());
+            match existing {
+                Some(i) => {
+                    let mut slot = st.members.swap_remove(i);
+                    slot.member = member;
+                    slots.push(slot);
+                }
+                None => slots.push(Slot::new(member)),
+            }
+        }
+        // In the new file's order, as a fresh start would have them.
+        st.members = slots;
+        st.cursor = 0;
     }
 
     /// The current members.
@@ -686,6 +745,23 @@ impl Endpoint {
             sessions: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Slot {
+    fn new(member: Member) -> Self {
+        let literal = literal_addr(member.upstream());
+        let endpoints = literal
+            .map(|addr| vec![EndpointSlot::new(Endpoint::new(member.clone(), addr))])
+            .unwrap_or_default();
+        Slot {
+            member,
+            literal: literal.is_some(),
+            endpoints,
+            resolved_at: None,
+            refreshing: false,
+            resolve_error: None,
         }
     }
 }

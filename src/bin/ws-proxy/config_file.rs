@@ -1,212 +1,140 @@
-//! `ws-proxy --config FILE`: every flag as a TOML key (`connect_timeout = "2s"` for
-//! `--connect-timeout 2s`; lists for repeatable flags; `true` for switches), plus named pools and
-//! path-prefix routes. Unknown keys and invalid values are errors naming the file, line and key.
+//! `ws-proxy --config FILE`: the keys of [`Settings`] in TOML, plus named pools and routes.
+//! Every problem is one line, `file:line: key: problem`.
 
-use std::collections::BTreeMap;
+use std::path::Path;
 
-use axum_ws_proxy::UpstreamPool;
-use serde::Deserialize;
-use toml::{Spanned, Value};
+use crate::settings::Settings;
 
-use crate::args::{self, Settings, REPEATABLE};
-
-macro_rules! top_level_keys {
-    ($($key:ident),* $(,)?) => {
-        /// The file, as written: every key optional, anything else refused.
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            $( $key: Option<Spanned<Value>>, )*
-            pools: Option<BTreeMap<String, BTreeMap<String, Spanned<Value>>>>,
-            routes: Option<Vec<Spanned<Route>>>,
-        }
-
-        impl File {
-            /// The top-level settings, in the order of the flags' help.
-            fn settings(&self) -> Vec<(&'static str, &Spanned<Value>)> {
-                let mut out = Vec::new();
-                $( if let Some(v) = &self.$key { out.push((stringify!($key), v)); } )*
-                out
-            }
-        }
-    };
-}
-
-top_level_keys!(
-    upstream,
-    balance,
-    max_tries,
-    max_fails,
-    fail_timeout,
-    resolve_every,
-    connect_timeout,
-    upstream_ca,
-    insecure_skip_verify,
-    mode,
-    ping_interval,
-    ping_timeout,
-    idle_timeout,
-    max_lifetime,
-    max_message_size,
-    max_sessions,
-    max_member_sessions,
-    allow_origin,
-    require_origin,
-    listen,
-    header_timeout,
-    shutdown_grace,
-    metrics_listen,
-);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Route {
-    prefix: Spanned<String>,
-    pool: Spanned<String>,
-}
-
-/// Reads `path` into `settings`. `overridden(flag)` says a repeatable flag is given on the
-/// command line, whose list then replaces the file's.
-pub(crate) fn load(
-    path: &str,
-    settings: &mut Settings,
-    overridden: impl Fn(&str) -> bool,
-) -> Result<(), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--config: cannot read {path:?}: {e}"))?;
-    let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let file: File = toml::from_str(&text).map_err(|e| {
-        let at = e.span().map_or(1, |s| line(s.start));
-        format!("{path}:{at}: {}", e.message().trim())
+/// Reads and checks the file at `path`.
+pub(crate) fn load(path: &Path) -> Result<Settings, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "--config: cannot read {:?}: {e}",
+            path.display().to_string()
+        )
     })?;
-    let fail = |key: &str, at: usize, msg: String| {
-        // "--flag: problem" -> "problem": the key is named already.
-        let msg = msg
-            .split_once(": ")
-            .filter(|(f, _)| f.starts_with("--"))
-            .map_or(msg.clone(), |(_, m)| m.to_owned());
-        format!("{path}:{}: {key}: {msg}", line(at))
-    };
-
-    for (key, value) in file.settings() {
-        let flag = format!("--{}", key.replace('_', "-"));
-        if overridden(&flag) {
-            continue;
-        }
-        for item in values(&flag, value.get_ref()).map_err(|m| fail(key, value.span().start, m))? {
-            settings
-                .apply(&flag, item)
-                .map_err(|m| fail(key, value.span().start, m))?;
-        }
-    }
-
-    for (name, keys) in file.pools.unwrap_or_default() {
-        let mut members = Vec::new();
-        let mut tuning = Vec::new();
-        for (key, value) in &keys {
-            let flag = format!("--{}", key.replace('_', "-"));
-            let where_ = format!("pools.{name}.{key}");
-            let at = value.span().start;
-            for item in values(&flag, value.get_ref()).map_err(|m| fail(&where_, at, m))? {
-                let item = item.unwrap_or_default();
-                if flag == "--upstream" {
-                    members.push(args::member(&item, &members).map_err(|m| fail(&where_, at, m))?);
-                } else if let Some(setting) = args::pool_setting(&flag, &item) {
-                    tuning.push(setting.map_err(|m| fail(&where_, at, m))?);
-                } else {
-                    return Err(fail(&where_, at, "not a pool setting (upstream, balance, max_tries, max_fails, fail_timeout, resolve_every, max_member_sessions)".into()));
-                }
+    let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let settings: Settings = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        let message = e.message().trim();
+        let message = suggest(message).unwrap_or_else(|| message.to_owned());
+        match key_at(&text, at) {
+            // A misplaced key inside a table: name the table ("pools.a.ping_interval").
+            Some(key) if !message.starts_with("unknown field") || key.contains('.') => {
+                format!("{shown}:{}: {key}: {message}", line(at))
             }
+            _ => format!("{shown}:{}: {message}", line(at)),
         }
-        if members.is_empty() {
+    })?;
+    for (name, pool) in &settings.pools {
+        if pool.upstream.is_empty() {
             return Err(format!(
-                "{path}: pools.{name}: a pool needs at least one upstream"
+                "{shown}: pools.{name}: a pool needs at least one upstream"
             ));
         }
-        let mut pool =
-            UpstreamPool::new(members).map_err(|e| format!("{path}: pools.{name}: {e}"))?;
-        for apply in tuning {
-            pool = apply(pool);
-        }
-        settings.pools.push((name, pool));
     }
-
-    for route in file.routes.unwrap_or_default() {
-        let route = route.into_inner();
+    for route in &settings.routes {
         let prefix = route.prefix.get_ref();
         if !prefix.starts_with('/') {
-            return Err(fail(
-                "routes.prefix",
-                route.prefix.span().start,
-                format!("{prefix:?} must start with /"),
+            let at = line(route.prefix.span().start);
+            return Err(format!(
+                "{shown}:{at}: routes.prefix: {prefix:?} must start with /"
             ));
         }
         let pool = route.pool.get_ref();
-        if !settings.pools.iter().any(|(n, _)| n == pool) {
-            return Err(fail(
-                "routes.pool",
-                route.pool.span().start,
-                format!("no pool named {pool:?} (define [pools.{pool}])"),
+        if !settings.pools.contains_key(pool) {
+            let at = line(route.pool.span().start);
+            return Err(format!(
+                "{shown}:{at}: routes.pool: no pool named {pool:?} (define [pools.{pool}])"
             ));
         }
-        settings.routes.push((prefix.clone(), pool.clone()));
     }
-    Ok(())
+    Ok(settings)
 }
 
-/// A TOML value as flag values: a string or number is one value, a list one per item (only
-/// for repeatable flags), `true` a switch given (`None`), `false` nothing.
-fn values(flag: &str, value: &Value) -> Result<Vec<Option<String>>, String> {
-    match value {
-        Value::String(s) => Ok(vec![Some(s.clone())]),
-        Value::Integer(n) => Ok(vec![Some(n.to_string())]),
-        Value::Boolean(true) => Ok(vec![None]),
-        Value::Boolean(false) => Ok(Vec::new()),
-        Value::Array(items) if REPEATABLE.contains(&flag) || flag == "--upstream" => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => Ok(Some(s.clone())),
-                other => Err(format!(
-                    "expected a list of strings, found {}",
-                    other.type_str()
-                )),
-            })
-            .collect(),
-        other => Err(format!("unexpected {} value", other.type_str())),
+/// The dotted key whose value starts at `offset`: `balance`, `pools.chat.balance`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
     }
+    // The table the line is in, from the last header above it.
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// serde's "unknown field `balanse`, expected one of ..." as "unknown key `balanse` (did you
+/// mean `balance`?)".
+fn suggest(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let best = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (strsim(unknown, known), known))
+        .min();
+    Some(match best {
+        Some((d, known)) if d <= 2 + unknown.len() / 4 => {
+            format!("unknown field `{unknown}` (did you mean `{known}`?)")
+        }
+        // A short list (a pool's keys) helps; the top level's would be a wall of text.
+        _ if rest.matches('`').count() <= 16 => format!("unknown field `{unknown}`{rest}"),
+        _ => format!("unknown field `{unknown}`"),
+    })
+}
+
+/// Edit distance (Levenshtein), for suggestions.
+fn strsim(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The flags and the file's keys are listed separately: every flag must be a key, and
-    /// every key a flag, so neither can drift.
     #[test]
-    fn every_flag_is_a_file_key_and_back() {
-        let flags: Vec<&str> = args::VALUE_FLAGS
-            .iter()
-            .chain(args::SWITCHES.iter())
-            .copied()
-            .filter(|f| !matches!(*f, "--config" | "--check-config"))
-            .collect();
-        let mut text = String::new();
-        for flag in &flags {
-            text.push_str(&format!(
-                "{} = 1\n",
-                flag.trim_start_matches("--").replace('-', "_")
-            ));
-        }
-        let file: File = toml::from_str(&text).expect("every flag is a file key");
-        let keys: Vec<String> = file
-            .settings()
-            .iter()
-            .map(|(k, _)| format!("--{}", k.replace('_', "-")))
-            .collect();
+    fn keys_are_named_with_their_table() {
+        let text = "a = 1\n[pools.chat]\nbalance = \"x\"\n";
         assert_eq!(
-            keys.len(),
-            flags.len(),
-            "a file key without a flag: {keys:?}"
+            key_at(text, text.find("\"x\"").unwrap()).as_deref(),
+            Some("pools.chat.balance")
+        );
+        assert_eq!(key_at(text, 4).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        assert_eq!(
+            suggest("unknown field `balanse`, expected one of `upstream`, `balance`").as_deref(),
+            Some("unknown field `balanse` (did you mean `balance`?)")
+        );
+        assert_eq!(
+            suggest("unknown field `zzzzzzzz`, expected one of `upstream`, `balance`").as_deref(),
+            Some("unknown field `zzzzzzzz`, expected one of `upstream`, `balance`")
         );
     }
 }

@@ -1,60 +1,57 @@
 //! `ws-proxy`: the layer as a standalone WebSocket reverse proxy (e.g. a sidecar).
 #![deny(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use tracing_subscriber::EnvFilter;
+use axum_ws_proxy::ReloadHandle;
 
-mod args;
 mod config_file;
+mod log;
+mod plan;
+mod settings;
 mod trim;
 
+use plan::Plan;
+
 fn main() -> ExitCode {
-    let command = match args::parse(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(msg) => {
-            eprintln!("ws-proxy: {msg}");
-            return ExitCode::from(2);
-        }
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let fail = |msg: String| {
+        eprintln!("ws-proxy: {msg}");
+        ExitCode::from(2)
     };
-    let args = match command {
-        args::Command::Help => {
-            println!("{}", args::USAGE);
+    let (resolved, check) = match settings::parse(argv.clone()) {
+        Ok(settings::Command::Print(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
-        args::Command::Version => {
-            println!("ws-proxy {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        args::Command::Run(a) => a,
-        args::Command::Check(a) => {
-            println!("configuration OK");
-            println!("listen = {}", a.listen);
-            println!("header_timeout = {:?}", a.header_timeout);
-            println!("shutdown_grace = {:?}", a.shutdown_grace);
-            if let Some(m) = a.metrics_listen {
-                println!("metrics_listen = {m}");
-            }
-            for (prefix, pool) in &a.routes {
-                println!("route {prefix} -> pool {pool}");
-            }
-            println!("{:#?}", a.layer);
-            return ExitCode::SUCCESS;
-        }
+        Ok(settings::Command::Run(r)) => (r, false),
+        Ok(settings::Command::Check(r)) => (r, true),
+        Err(msg) => return fail(msg),
     };
+    let plan = match Plan::new(resolved) {
+        Ok(p) => p,
+        Err(msg) => return fail(msg),
+    };
+    if check {
+        return match toml::to_string(&plan.settings) {
+            Ok(text) => {
+                println!(
+                    "# ws-proxy {}: the resolved configuration (--config accepts it as it is)\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("cannot print the configuration: {e}")),
+        };
+    }
 
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-
+    let (_log_guard, dropped_lines) = log::init(plan.settings.log_format.unwrap_or_default());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,60 +65,146 @@ fn main() -> ExitCode {
     // Run the server as a task on the runtime's workers: under `block_on` the accept loop would
     // live on the main thread, and every accepted connection would cost a cross-thread wake-up.
     let served = runtime.block_on(async {
-        tokio::spawn(serve(args))
+        tokio::spawn(log::report_drops(dropped_lines));
+        tokio::spawn(serve(plan, argv))
             .await
             .unwrap_or_else(|e| Err(format!("server task failed: {e}")))
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
+            tracing::error!("{msg}");
             eprintln!("ws-proxy: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(mut args: args::Args) -> Result<(), String> {
-    if args.insecure_skip_verify {
+async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
+    if plan.settings.insecure_skip_verify == Some(true) {
         // UpstreamTls logs its own warning too; this one names the flag.
         tracing::warn!("--insecure-skip-verify: wss:// upstream certificates are NOT verified");
-        args.layer = args
-            .layer
-            .upstream_tls(axum_ws_proxy::UpstreamTls::insecure_skip_verify());
     }
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = plan.settings.metrics_listen {
         serve_metrics(addr).await?;
     }
-    let drain = args.layer.shutdown_handle();
-    trim::spawn(drain.clone());
+    let layer = plan.layer();
+    let sessions = layer.shutdown_handle();
+    trim::spawn(sessions.clone());
+    let (layer, reload) = layer.reloadable();
+    // Set from SIGTERM until exit: /healthz answers 503 so load balancers move away.
+    let draining = Arc::new(AtomicBool::new(false));
+    let health = draining.clone();
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                if health.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(args.layer.clone());
+        .layer(layer);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listen = plan
+        .settings
+        .listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(listen = %local, upstream = %args.layer.pool(), "ws-proxy listening");
+    // Before the first log line says we are up: from then on SIGHUP must never end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    tracing::info!(listen = %local, upstream = %plan.default_pool, "ws-proxy listening");
 
-    // The library's server: hyper gets the socket (tunnels splice), heads have a deadline and
-    // a bound, and HTTP/2 (h2c) is served on the same port.
-    axum_ws_proxy::serve(listener, app)
-        .header_timeout(args.header_timeout)
-        .grace(args.shutdown_grace)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
-    tracing::info!(
-        sessions = drain.live_sessions(),
-        "shutting down: closing sessions with 1001"
+    let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
+    let header_timeout = plan.header_timeout();
+    tokio::spawn(reload_on_hangup(plan, argv, reload, hangups));
+
+    // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and at
+    // the same moment send 1001 to every session; (3) everything shares one grace period.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown_signal().await;
+        draining.store(true, Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "shutdown: still serving, /healthz answers 503");
+            tokio::time::sleep(delay).await;
+        }
+        let _ = stopping.send(true);
+    };
+    tokio::spawn(signal);
+    let mut stopped = stop.clone();
+    let drain = sessions.clone();
+    let sessions_closed = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tracing::info!(
+            sessions = drain.live_sessions(),
+            "shutting down: closing sessions with 1001"
+        );
+        drain.shutdown(grace).await
+    };
+    let (served, dropped) = tokio::join!(
+        axum_ws_proxy::serve(listener, app)
+            .header_timeout(header_timeout)
+            .grace(grace)
+            .with_graceful_shutdown(async move {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+        sessions_closed
     );
-    let dropped = drain.shutdown(args.shutdown_grace).await;
+    served.map_err(|e| format!("server failed: {e}"))?;
     tracing::info!(dropped, "shutdown complete");
     Ok(())
+}
+
+/// SIGHUP: read the command line's file again; new sessions follow it, live ones continue.
+async fn reload_on_hangup(
+    mut running: Plan,
+    argv: Vec<String>,
+    reload: ReloadHandle,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    while hangups.recv().await.is_some() {
+        // File reads on a blocking thread: the runtime's workers never wait on a disk.
+        let args = argv.clone();
+        let built =
+            tokio::task::spawn_blocking(move || settings::reparse(args).and_then(Plan::new))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        match built {
+            Ok(mut fresh) => {
+                let ignored = running.restart_only_changes(&fresh);
+                if !ignored.is_empty() {
+                    tracing::warn!(
+                        settings = ?ignored,
+                        "reload: these settings change only with a restart; keeping the running values"
+                    );
+                }
+                fresh.adopt(&running);
+                let generation = reload.reload(fresh.layer());
+                metrics::counter!("ws_proxy_config_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(generation, upstream = %fresh.default_pool, "configuration reloaded");
+                running = fresh;
+            }
+            Err(msg) => {
+                metrics::counter!("ws_proxy_config_reloads_total", "result" => "error")
+                    .increment(1);
+                tracing::error!(
+                    generation = reload.generation(),
+                    "reload refused, the running configuration stays: {msg}"
+                );
+            }
+        }
+    }
 }
 
 /// Installs the Prometheus recorder and serves `GET /metrics` on `addr`.

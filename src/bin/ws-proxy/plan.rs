@@ -1,0 +1,224 @@
+//! From resolved [`Settings`] to what runs: pools, routes and the layer. Building a plan has
+//! no side effects, so a reload can build one, and only then swap it in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum_ws_proxy::{Mode, Refusal, UpstreamPool, UpstreamTls, WsProxyLayer};
+
+use crate::settings::{ModeSetting, PoolSettings, Positive, Settings};
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) settings: Settings,
+    /// Paths no route matches go here (may be empty when routes exist: 404).
+    pub(crate) default_pool: UpstreamPool,
+    pub(crate) pools: BTreeMap<String, UpstreamPool>,
+    tls: Option<UpstreamTls>,
+}
+
+impl Plan {
+    /// Checks `settings` (reading the files they name) and builds fresh pools.
+    pub(crate) fn new(settings: Settings) -> Result<Self, String> {
+        let s = &settings;
+        if s.upstream.is_empty() && s.routes.is_empty() {
+            return Err("--upstream URL is required (see --help)".into());
+        }
+        if s.require_origin == Some(true) && s.allow_origin.is_empty() {
+            return Err("--require-origin needs at least one --allow-origin".into());
+        }
+        if let Some(empty) = s.allow_origin.iter().find(|o| o.trim().is_empty()) {
+            return Err(format!("--allow-origin: empty origin {empty:?}"));
+        }
+        let insecure = s.insecure_skip_verify == Some(true);
+        if insecure && s.upstream_ca.is_some() {
+            return Err("--insecure-skip-verify and --upstream-ca exclude each other".into());
+        }
+        let tls = match &s.upstream_ca {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--upstream-ca: cannot read {shown:?}: {e}"))?;
+                Some(
+                    UpstreamTls::with_root_certificates_pem(&pem)
+                        .map_err(|e| format!("--upstream-ca: {shown:?}: {e}"))?,
+                )
+            }
+            None if insecure => Some(UpstreamTls::insecure_skip_verify()),
+            None => None,
+        };
+        let default_pool = pool(&PoolSettings {
+            upstream: s.upstream.clone(),
+            balance: s.balance.clone(),
+            max_tries: s.max_tries,
+            max_fails: s.max_fails,
+            fail_timeout: s.fail_timeout,
+            resolve_every: s.resolve_every,
+            max_member_sessions: s.max_member_sessions,
+        })
+        .map_err(|e| format!("--upstream: {e}"))?;
+        let mut pools = BTreeMap::new();
+        for (name, p) in &s.pools {
+            pools.insert(
+                name.clone(),
+                pool(p).map_err(|e| format!("pools.{name}: {e}"))?,
+            );
+        }
+        Ok(Self {
+            settings,
+            default_pool,
+            pools,
+            tls,
+        })
+    }
+
+    /// For a reload: the running pools take this plan's members and settings (keeping the
+    /// live sessions and health of members in both), and this plan uses them.
+    pub(crate) fn adopt(&mut self, running: &Plan) {
+        running.default_pool.update_from(&self.default_pool);
+        self.default_pool = running.default_pool.clone();
+        for (name, pool) in &mut self.pools {
+            if let Some(old) = running.pools.get(name) {
+                old.update_from(pool);
+                *pool = old.clone();
+            }
+        }
+    }
+
+    /// Settings that only a restart changes, where `other` differs from this plan.
+    pub(crate) fn restart_only_changes(&self, other: &Plan) -> Vec<&'static str> {
+        let (a, b) = (&self.settings, &other.settings);
+        let mut changed = Vec::new();
+        if a.listen != b.listen {
+            changed.push("listen");
+        }
+        if a.metrics_listen != b.metrics_listen {
+            changed.push("metrics_listen");
+        }
+        if a.header_timeout != b.header_timeout {
+            changed.push("header_timeout");
+        }
+        if a.log_format != b.log_format {
+            changed.push("log_format");
+        }
+        changed
+    }
+
+    /// The layer this plan describes.
+    pub(crate) fn layer(&self) -> WsProxyLayer {
+        let s = &self.settings;
+        let mut layer = WsProxyLayer::new(self.default_pool.clone());
+        if let Some(d) = s.connect_timeout {
+            layer = layer.connect_timeout(d.get());
+        }
+        if let Some(m) = s.mode {
+            layer = layer.mode(match m {
+                ModeSetting::Frames => Mode::Frames,
+                ModeSetting::Tunnel => Mode::Tunnel,
+            });
+        }
+        if let Some(d) = s.ping_interval {
+            layer = layer.ping_interval(d.0);
+        }
+        if let Some(d) = s.ping_timeout {
+            layer = layer.ping_timeout(d.get());
+        }
+        if let Some(d) = s.idle_timeout {
+            layer = layer.idle_timeout(d.0);
+        }
+        if let Some(d) = s.max_lifetime {
+            layer = layer.max_lifetime(d.0);
+        }
+        if let Some(n) = s.max_message_size {
+            layer = layer.max_message_size(n.0).max_frame_size(n.0);
+        }
+        if let Some(n) = s.max_sessions {
+            layer = layer.max_sessions(n);
+        }
+        if let Some(tls) = &self.tls {
+            layer = layer.upstream_tls(tls.clone());
+        }
+        if !s.allow_origin.is_empty() {
+            layer = layer
+                .allowed_origins(s.allow_origin.clone())
+                .allow_missing_origin(s.require_origin != Some(true));
+        }
+        if s.routes.is_empty() {
+            return layer;
+        }
+        // Longest prefix first; unmatched paths use the default pool, if it has members.
+        let mut table: Vec<(String, UpstreamPool)> = s
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let pool = self.pools.get(r.pool.get_ref())?.clone();
+                Some((r.prefix.get_ref().clone(), pool))
+            })
+            .collect();
+        table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let has_default = !s.upstream.is_empty();
+        layer.route(move |req| {
+            let path = req.uri().path();
+            let hit = table.iter().find(|(prefix, _)| {
+                path == prefix.as_str()
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| prefix.ends_with('/') || rest.starts_with('/'))
+            });
+            match hit {
+                Some((_, pool)) => {
+                    req.set_pool(pool.clone());
+                    Ok(())
+                }
+                None if has_default => Ok(()),
+                None => Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {path}"),
+                )),
+            }
+        })
+    }
+
+    pub(crate) fn header_timeout(&self) -> Duration {
+        self.settings
+            .header_timeout
+            .map_or(Duration::from_secs(10), Positive::get)
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        self.settings
+            .shutdown_grace
+            .map_or(Duration::from_secs(10), Positive::get)
+    }
+
+    pub(crate) fn shutdown_delay(&self) -> Duration {
+        self.settings.shutdown_delay.map_or(Duration::ZERO, |d| d.0)
+    }
+}
+
+/// A pool from its settings; an error names the member.
+fn pool(p: &PoolSettings) -> Result<UpstreamPool, String> {
+    let mut pool =
+        UpstreamPool::new(p.upstream.iter().map(|m| m.0.clone())).map_err(|e| e.to_string())?;
+    if let Some(b) = &p.balance {
+        pool = pool.balance(b.0.clone());
+    }
+    if let Some(n) = p.max_tries {
+        pool = pool.max_tries(n.get() as usize);
+    }
+    if let Some(n) = p.max_fails {
+        pool = pool.max_fails(n);
+    }
+    if let Some(d) = p.fail_timeout {
+        pool = pool.fail_timeout(d.get());
+    }
+    if let Some(d) = p.resolve_every {
+        pool = pool.resolve_every(d.get());
+    }
+    if let Some(n) = p.max_member_sessions {
+        pool = pool.max_sessions(n);
+    }
+    Ok(pool)
+}

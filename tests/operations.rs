@@ -1,0 +1,403 @@
+//! Operating the `ws-proxy` binary: logs that never stall traffic, reload on SIGHUP, the
+//! shutdown delay, JSON logs. Real processes, real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("operations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A port nothing listens on right now (for a process that must be told its address).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The binary, with every stderr line sent to the returned channel; returns once it listens.
+async fn start_logged(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = within("the listening line", async {
+        loop {
+            let line = rx.recv().await.expect("ws-proxy exited early");
+            let rest = line
+                .split("listen=")
+                .nth(1)
+                .or_else(|| line.split("\"listen\":\"").nth(1));
+            if let Some(rest) = rest {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                return addr.parse().unwrap();
+            }
+        }
+    })
+    .await;
+    (child, addr, rx)
+}
+
+/// Waits for a log line containing `needle`, returning it.
+async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needle: &str) -> String {
+    within(needle, async {
+        loop {
+            let line = rx.recv().await.expect("ws-proxy exited");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn first_text(proxy: SocketAddr, path: &str) -> String {
+    let mut ws = connect(proxy, path).await;
+    match next_message(&mut ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected a name, got {other:?}"),
+    }
+}
+
+async fn metric(metrics: SocketAddr, line_start: &str) -> Option<String> {
+    let (status, _, body) = http_request(metrics, "/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .map(str::to_owned)
+}
+
+/// A stuck log collector: stderr is a pipe nobody reads. Before, a runtime worker blocked in
+/// write(2) after ~200 sessions and every connection, /healthz included, hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_log_pipe_does_not_stall_traffic() {
+    let up = echo_upstream().await;
+    let (listen, metrics) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["--upstream", &format!("ws://{up}")])
+        .args(["--listen", &listen.to_string()])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--allow-origin", "https://app.example"])
+        // A few lines per session: the pipe's 64 KiB fill within a few hundred sessions.
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _unread = child.stderr.take().unwrap();
+    within("the proxy to answer /healthz", async {
+        loop {
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..30 {
+        let done = done.clone();
+        tasks.spawn(async move {
+            for i in 0..50 {
+                let mut ws = connect(listen, "/").await;
+                let text = format!("w{worker}-m{i}");
+                ws.send(Message::text(text.clone())).await.unwrap();
+                assert_eq!(next_message(&mut ws).await, Message::text(text));
+                ws.close(None).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "stalled after {} sessions",
+            done.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    });
+    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), 1500);
+    let (status, _, body) = http_request(listen, "/healthz", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    // A log flood (refused upgrades log a line each) past the queue's 16 Ki lines: still no
+    // stall, and the lines that did not fit are dropped and counted, not queued without bound.
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        flood.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            for _ in 0..1000 {
+                let mut req = http::Request::get("/").header("host", "proxy");
+                for (k, v) in UPGRADE_HEADERS {
+                    req = req.header(k, v);
+                }
+                let req = req
+                    .header("origin", "https://evil.example")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let res = sender.send_request(req).await.unwrap();
+                assert_eq!(res.status(), StatusCode::FORBIDDEN);
+                http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = flood.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the refused-upgrade flood stalled");
+    let (status, _, _) = http_request(listen, "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let dropped = within("the dropped-lines counter", async {
+        loop {
+            if let Some(line) = metric(metrics, "ws_proxy_log_lines_dropped_total ").await {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let count: u64 = dropped.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count > 0, "{dropped}");
+}
+
+/// SIGHUP: 100 live sessions stay on the old upstream and keep echoing; new sessions follow
+/// the new file; the process keeps running; the reload is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_new_sessions_and_keeps_live_ones() {
+    let (old, new) = (named("old").await, named("new").await);
+    let metrics = free_port().to_string();
+    let file = write("reload.toml", &format!("upstream = [\"ws://{old}\"]\n"));
+    let (child, proxy, mut logs) = start_logged(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[],
+    )
+    .await;
+    let mut live = Vec::new();
+    for _ in 0..100 {
+        let mut ws = connect(proxy, "/").await;
+        assert_eq!(next_message(&mut ws).await, Message::text("old"));
+        live.push(ws);
+    }
+    // The new file: the default pool moves, and a route to a named pool appears.
+    write(
+        "reload.toml",
+        &format!(
+            "upstream = [\"ws://{new}\"]\n[pools.chat]\nupstream = [\"ws://{old}\"]\n\
+             [[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"
+        ),
+    );
+    signal(&child, "-HUP");
+    let line = line_with(&mut logs, "configuration reloaded").await;
+    assert!(line.contains("generation=2"), "{line}");
+    assert_eq!(first_text(proxy, "/").await, "new");
+    assert_eq!(first_text(proxy, "/chat/1").await, "old");
+    for (i, ws) in live.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still {i}"))).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text(format!("still {i}")));
+    }
+    let metrics: SocketAddr = metrics.parse().unwrap();
+    assert_eq!(
+        metric(metrics, "ws_proxy_config_reloads_total{result=\"ok\"}")
+            .await
+            .as_deref(),
+        Some("ws_proxy_config_reloads_total{result=\"ok\"} 1")
+    );
+}
+
+/// A broken file on SIGHUP is refused with `file:line: key`, and the running configuration
+/// stays.
+#[tokio::test]
+async fn a_broken_file_on_reload_keeps_the_running_configuration() {
+    let up = named("running").await;
+    let file = write("broken.toml", &format!("upstream = [\"ws://{up}\"]\n"));
+    let (child, proxy, mut logs) = start_logged(&["--config", file.to_str().unwrap()], &[]).await;
+    write(
+        "broken.toml",
+        "upstream = [\"ws://127.0.0.1:1\"]\nbalance = \"random\"\n",
+    );
+    signal(&child, "-HUP");
+    let line = line_with(&mut logs, "reload refused").await;
+    assert!(
+        line.contains("broken.toml:2: balance: invalid balancing strategy \"random\""),
+        "{line}"
+    );
+    assert_eq!(first_text(proxy, "/").await, "running");
+    // A good file after a bad one applies.
+    let other = named("fixed").await;
+    write("broken.toml", &format!("upstream = [\"ws://{other}\"]\n"));
+    signal(&child, "-HUP");
+    line_with(&mut logs, "configuration reloaded").await;
+    assert_eq!(first_text(proxy, "/").await, "fixed");
+}
+
+/// Settings only a restart changes are named in the log, and keep their running values.
+#[tokio::test]
+async fn a_reload_names_settings_that_need_a_restart() {
+    let up = echo_upstream().await;
+    let file = write(
+        "restart-only.toml",
+        &format!("upstream = [\"ws://{up}\"]\n"),
+    );
+    let (child, proxy, mut logs) = start_logged(&["--config", file.to_str().unwrap()], &[]).await;
+    write(
+        "restart-only.toml",
+        &format!("upstream = [\"ws://{up}\"]\nheader_timeout = \"3s\"\n"),
+    );
+    signal(&child, "-HUP");
+    let line = line_with(&mut logs, "only with a restart").await;
+    assert!(line.contains("header_timeout"), "{line}");
+    let (status, _, _) = http_request(proxy, "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `--shutdown-delay`: after SIGTERM the proxy keeps serving (new sessions included) while
+/// /healthz answers 503; then sessions get 1001 and the process exits 0.
+#[tokio::test]
+async fn the_shutdown_delay_keeps_serving_while_healthz_fails() {
+    let up = echo_upstream().await;
+    let (mut child, proxy, _logs) = start_logged(
+        &[
+            "--upstream",
+            &format!("ws://{up}"),
+            "--shutdown-delay",
+            "1s",
+            "--shutdown-grace",
+            "5s",
+        ],
+        &[],
+    )
+    .await;
+    let mut before = connect(proxy, "/").await;
+    let term = Instant::now();
+    signal(&child, "-TERM");
+    within("/healthz to fail", async {
+        loop {
+            let (status, _, body) = http_request(proxy, "/healthz", &[]).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(&body[..], b"shutting down\n");
+                break;
+            }
+        }
+    })
+    .await;
+    // Still accepting and proxying during the delay.
+    let mut during = connect(proxy, "/").await;
+    during.send(Message::text("during")).await.unwrap();
+    assert_eq!(next_message(&mut during).await, Message::text("during"));
+    assert!(
+        term.elapsed() < Duration::from_secs(1),
+        "the check ran past the delay"
+    );
+    for ws in [&mut before, &mut during] {
+        match next_message(ws).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected 1001, got {other:?}"),
+        }
+    }
+    assert!(
+        term.elapsed() >= Duration::from_secs(1),
+        "1001 came before the delay ended"
+    );
+    let status = within("ws-proxy to exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `--log-format json`: every line is a JSON object; session lines carry the session's fields.
+#[tokio::test]
+async fn json_logs_parse_and_carry_session_fields() {
+    let up = echo_upstream().await;
+    let (_child, proxy, mut logs) = start_logged(
+        &["--upstream", &format!("ws://{up}"), "--log-format", "json"],
+        &[],
+    )
+    .await;
+    let mut ws = connect(proxy, "/room?x=1").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("hi"));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let line = line_with(&mut logs, "session closed").await;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["message"], "session closed", "{line}");
+    let span = &v["span"];
+    assert_eq!(span["name"], "ws_session", "{line}");
+    assert_eq!(span["path"], "/room?x=1", "{line}");
+    assert_eq!(span["closed_by"], "client", "{line}");
+    assert_eq!(span["messages_to_upstream"], 1, "{line}");
+    assert!(
+        span["upstream"]
+            .as_str()
+            .is_some_and(|u| u.contains(&up.to_string())),
+        "{line}"
+    );
+}

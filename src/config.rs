@@ -65,6 +65,7 @@ pub(crate) struct Config {
     pub(crate) origins: Origins,
     /// 0: no limit.
     pub(crate) max_sessions: usize,
+    pub(crate) trusted_proxies: crate::forwarded::TrustedProxies,
     pub(crate) mode: Mode,
     pub(crate) hooks: Hooks,
     pub(crate) route: Option<RouteHook>,
@@ -95,6 +96,7 @@ impl Config {
             },
             origins: Origins::new([], true),
             max_sessions: 0,
+            trusted_proxies: Default::default(),
             mode: Mode::Frames,
             hooks: Hooks::default(),
             route: None,

@@ -19,6 +19,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
@@ -66,6 +68,10 @@ pub(crate) struct Forwarded {
     pub(crate) client_host: Option<HeaderValue>,
     /// The TCP peer, appended to `X-Forwarded-For`.
     pub(crate) client_ip: Option<IpAddr>,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept.
+    pub(crate) trusted: bool,
+    /// `X-Forwarded-Proto` when the peer is not trusted to say: `http` or `https`.
+    pub(crate) proto: &'static str,
     /// Fresh `Sec-WebSocket-Key` for the upstream leg.
     pub(crate) key: HeaderValue,
     /// Tunnel mode: the client's extension offer goes upstream.
@@ -99,14 +105,29 @@ pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> Header
     headers.insert(SEC_WEBSOCKET_KEY, fwd.key);
     headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
 
+    if !fwd.trusted {
+        // Whatever an untrusted client says about itself is dropped (see `forwarded`).
+        for name in [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_REAL_IP,
+            FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+    }
     if let Some(ip) = fwd.client_ip {
         append_forwarded_for(&mut headers, ip);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match fwd.client_host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    }
+    if !headers.contains_key(X_FORWARDED_HOST) {
+        if let Some(host) = fwd.client_host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
     headers
 }
 

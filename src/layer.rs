@@ -204,6 +204,29 @@ impl WsProxyLayer {
         })
     }
 
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` are believed
+    /// (nginx's `set_real_ip_from`, Envoy's trusted hops, Caddy's `trusted_proxies`).
+    ///
+    /// From a trusted peer, the incoming `X-Forwarded-For` chain is kept with the peer
+    /// appended, its `X-Forwarded-Proto`/`-Host` pass unchanged, and the client (for
+    /// `hash:ip`, hooks and logs) is the rightmost address in the chain that is not trusted.
+    /// From any other peer, client-sent `X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host`, `X-Real-IP` and `Forwarded` are dropped and replaced with what the
+    /// proxy saw. Default: no peer is trusted.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // Behind a cloud load balancer in 10.0.0.0/8.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .trusted_proxies(["10.0.0.0/8".parse()?, "fd00::/8".parse()?]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn trusted_proxies(self, networks: impl IntoIterator<Item = crate::IpNet>) -> Self {
+        let trusted = crate::forwarded::TrustedProxies::new(networks);
+        self.set(|c| c.trusted_proxies = trusted)
+    }
+
     /// Whether an upgrade without an `Origin` header passes the origin check. Browsers always
     /// send one, so only non-browser clients (services, CLIs) lack it. Default: `true`.
     pub fn allow_missing_origin(self, allow: bool) -> Self {

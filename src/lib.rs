@@ -95,6 +95,7 @@ mod config;
 mod detect;
 mod dial;
 mod error;
+mod forwarded;
 mod future;
 mod headers;
 mod hooks;
@@ -129,6 +130,8 @@ pub use hooks::{
     ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
     VerdictFuture,
 };
+/// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
+pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
 pub use reload::{ReloadHandle, ReloadableLayer};
 pub use route::{Refusal, RouteRequest};

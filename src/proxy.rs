@@ -95,6 +95,17 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let keep_client_host = config.preserve_host && client_host.is_some();
+    // Behind trusted proxies the client is who they say it is: hashing, hooks and logs use
+    // that address; `X-Forwarded-For` still gets the peer appended.
+    let peer = client_addr;
+    let trusted = peer.is_some_and(|a| config.trusted_proxies.contains(a.ip()));
+    let client_addr = match peer {
+        Some(a) if trusted => Some(SocketAddr::new(
+            config.trusted_proxies.client_ip(a.ip(), &parts.headers),
+            0,
+        )),
+        other => other,
+    };
     // Balancing reads the client's own headers. Without a routing hook (which may pick another
     // pool) the key is taken now, before the headers move into the upstream request.
     let early_hash_key = match config.route {
@@ -114,7 +125,9 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         Forwarded {
             host: client_host.clone(),
             client_host,
-            client_ip: client_addr.map(|a| a.ip()),
+            client_ip: peer.map(|a| a.ip()),
+            trusted,
+            proto: "http",
             key: key.clone(),
             keep_extensions: tunnel,
         },

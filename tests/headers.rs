@@ -129,8 +129,9 @@ async fn end_to_end_headers_pass_unchanged() {
     assert_eq!(all(&h, "user-agent"), ["test-agent/1"]);
 }
 
+/// By default no peer is trusted: what a client says about itself is replaced.
 #[tokio::test]
-async fn forwarded_headers_are_set_and_the_client_address_appended() {
+async fn client_sent_forwarded_headers_are_replaced_from_untrusted_peers() {
     let (_, h, proxy) = upgrade_seen_upstream(
         |l| l,
         "/",
@@ -138,12 +139,47 @@ async fn forwarded_headers_are_set_and_the_client_address_appended() {
             "x-forwarded-for: 203.0.113.9",
             "x-forwarded-proto: https",
             "x-forwarded-host: spoofed",
+            "x-real-ip: 203.0.113.9",
+            "forwarded: for=203.0.113.9",
+        ],
+    )
+    .await;
+    assert_eq!(all(&h, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&h, "x-forwarded-host"), [proxy.to_string()]);
+    assert!(all(&h, "x-real-ip").is_empty());
+    assert!(all(&h, "forwarded").is_empty());
+}
+
+/// A trusted peer's chain is kept with the peer appended; its proto and host pass.
+#[tokio::test]
+async fn a_trusted_peers_forwarded_headers_are_kept() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l.trusted_proxies(["127.0.0.0/8".parse().unwrap()]),
+        "/",
+        &[
+            "x-forwarded-for: 203.0.113.9",
+            "x-forwarded-proto: https",
+            "x-forwarded-host: chat.example",
         ],
     )
     .await;
     assert_eq!(all(&h, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+    assert_eq!(all(&h, "x-forwarded-host"), ["chat.example"]);
+}
+
+/// Trusting another network does not make this peer trusted.
+#[tokio::test]
+async fn trusting_another_network_keeps_this_peer_untrusted() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l.trusted_proxies(["10.0.0.0/8".parse().unwrap()]),
+        "/",
+        &["x-forwarded-for: 203.0.113.9", "x-forwarded-proto: https"],
+    )
+    .await;
+    assert_eq!(all(&h, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
-    assert_eq!(all(&h, "x-forwarded-host"), [proxy.to_string()]);
 }
 
 #[tokio::test]

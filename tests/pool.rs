@@ -441,3 +441,35 @@ async fn max_tries_bounds_the_failover() {
     let failures: Vec<u64> = pool.status().iter().map(|s| s.failures).collect();
     assert_eq!(failures, [1, 1, 0]);
 }
+
+/// `hash:ip` behind a trusted load balancer hashes the client from `X-Forwarded-For`, not
+/// the balancer's own address; from an untrusted peer the header is ignored.
+#[tokio::test]
+async fn hash_ip_behind_trusted_proxies_uses_the_forwarded_client() {
+    let (a, b) = (named("a").await, named("b").await);
+    let members = || {
+        UpstreamPool::from_urls([url(a), url(b)])
+            .unwrap()
+            .balance(Balance::Hash(axum_ws_proxy::HashKey::ClientIp))
+    };
+    let trusting =
+        proxy(WsProxyLayer::new(members()).trusted_proxies(["127.0.0.0/8".parse().unwrap()])).await;
+    let untrusting = proxy(WsProxyLayer::new(members())).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut ignored = std::collections::BTreeSet::new();
+    for i in 0..32 {
+        let xff = format!("198.51.100.{i}");
+        let (_ws, first) = session(trusting, &[("x-forwarded-for", &xff)]).await;
+        let (_ws, again) = session(trusting, &[("x-forwarded-for", &xff)]).await;
+        assert_eq!(first, again, "one client, one member");
+        seen.insert(first);
+        let (_ws, name) = session(untrusting, &[("x-forwarded-for", &xff)]).await;
+        ignored.insert(name);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "32 forwarded clients spread over both members"
+    );
+    assert_eq!(ignored.len(), 1, "an untrusted header is not a hash key");
+}

@@ -145,6 +145,9 @@ impl Plan {
                 .allowed_origins(s.allow_origin.clone())
                 .allow_missing_origin(s.require_origin != Some(true));
         }
+        if !s.trusted_proxy.is_empty() {
+            layer = layer.trusted_proxies(s.trusted_proxy.iter().map(|n| n.0));
+        }
         if s.routes.is_empty() {
             return layer;
         }

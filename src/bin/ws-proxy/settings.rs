@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Member};
+use axum_ws_proxy::{Balance, IpNet, Member};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
@@ -117,6 +117,12 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "BOOL", help_heading = "Limits and access", num_args = 0..=1,
           require_equals = true, default_missing_value = "true")]
     pub(crate) require_origin: Option<bool>,
+
+    /// A network whose X-Forwarded-* headers are believed, e.g. 10.0.0.0/8 (repeatable);
+    /// from others they are replaced [default: none]
+    #[arg(long, value_name = "CIDR", help_heading = "Limits and access")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) trusted_proxy: Vec<Text<IpNet>>,
 
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
@@ -258,7 +264,7 @@ fn command() -> clap::Command {
         }
         let arg = arg.env(format!("WS_PROXY_{}", id.to_ascii_uppercase()));
         // Lists in variables are comma-separated (flags repeat instead).
-        if matches!(id.as_str(), "upstream" | "allow_origin") {
+        if matches!(id.as_str(), "upstream" | "allow_origin" | "trusted_proxy") {
             arg.value_delimiter(',')
         } else {
             arg
@@ -348,6 +354,7 @@ fn clap_error(e: &clap::Error) -> String {
                 ("N", _) if flag == "--max-tries" => "a whole number >= 1".to_owned(),
                 ("N", _) => "a whole number >= 0".to_owned(),
                 ("ADDR", _) => "IP:PORT".to_owned(),
+                ("CIDR", _) => "a network such as 10.0.0.0/8 or fd00::/8".to_owned(),
                 _ => String::new(),
             };
             match std::error::Error::source(e) {

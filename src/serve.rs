@@ -24,6 +24,8 @@ use tower::{Service, ServiceExt};
 
 use crate::headers;
 
+mod proxy_header;
+
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_HEAD: usize = 64 << 10;
@@ -82,6 +84,7 @@ pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
         header_timeout: DEFAULT_HEADER_TIMEOUT,
         max_head: DEFAULT_MAX_HEAD,
         grace: DEFAULT_GRACE,
+        proxy_protocol: false,
         shutdown: None,
     }
 }
@@ -94,6 +97,7 @@ pub struct Serve<S> {
     header_timeout: Duration,
     max_head: usize,
     grace: Duration,
+    proxy_protocol: bool,
     shutdown: Option<Signal>,
 }
 
@@ -104,6 +108,7 @@ impl<S> std::fmt::Debug for Serve<S> {
             .field("header_timeout", &self.header_timeout)
             .field("max_head_size", &self.max_head)
             .field("grace", &self.grace)
+            .field("proxy_protocol", &self.proxy_protocol)
             .field("graceful_shutdown", &self.shutdown.is_some())
             .finish_non_exhaustive()
     }
@@ -132,6 +137,26 @@ impl<S> Serve<S> {
     /// the layer's [`ShutdownHandle`](crate::ShutdownHandle).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Every connection starts with a PROXY protocol header, version 1 (text) or 2 (binary),
+    /// as an L4 load balancer sends it (HAProxy `send-proxy`, AWS NLB, nginx
+    /// `proxy_protocol on`). The address it carries is the client's from then on: in
+    /// `ConnectInfo`, so `X-Forwarded-For`, `hash:ip`, hooks and logs see it. A `LOCAL` (v2)
+    /// or `UNKNOWN` (v1) header, as load balancers send for health checks, keeps the TCP peer.
+    /// A connection whose header is missing, invalid, longer than 4 KiB or not complete
+    /// within [`Serve::header_timeout`] is closed without being served. Default: off
+    /// (HAProxy's `accept-proxy`; nginx's `listen ... proxy_protocol`).
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// axum_ws_proxy::serve(listener, app).proxy_protocol(true).await
+    /// # }
+    /// ```
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
         self
     }
 
@@ -170,6 +195,7 @@ where
             header_timeout: self.header_timeout,
             max_head: self.max_head,
             grace: self.grace,
+            proxy_protocol: self.proxy_protocol,
             shutdown: self.shutdown,
         }))
     }
@@ -184,6 +210,7 @@ async fn run(server: Serve<App>) -> io::Result<()> {
         header_timeout,
         max_head,
         grace,
+        proxy_protocol,
         shutdown,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
@@ -209,6 +236,7 @@ async fn run(server: Serve<App>) -> io::Result<()> {
             remote,
             header_timeout,
             max_head,
+            proxy_protocol,
         };
         let mut stop = stop_rx.clone();
         connections.spawn(async move { conn.serve(tcp, &mut stop).await });
@@ -231,16 +259,33 @@ struct Conn {
     remote: SocketAddr,
     header_timeout: Duration,
     max_head: usize,
+    proxy_protocol: bool,
 }
 
 impl Conn {
-    async fn serve(self, tcp: TcpStream, stop: &mut watch::Receiver<()>) {
+    async fn serve(self, mut tcp: TcpStream, stop: &mut watch::Receiver<()>) {
         let Conn {
             app,
-            remote,
+            mut remote,
             header_timeout,
             max_head,
+            proxy_protocol,
         } = self;
+        let accepted = tokio::time::Instant::now();
+        if proxy_protocol {
+            match tokio::time::timeout(header_timeout, proxy_header::read(&mut tcp)).await {
+                Ok(Ok(Some(client))) => remote = client,
+                Ok(Ok(None)) => {} // LOCAL / UNKNOWN: a health check; the peer stays.
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %remote, "closed: PROXY protocol header: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %remote, "closed: no PROXY protocol header in time");
+                    return;
+                }
+            }
+        }
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
@@ -253,8 +298,9 @@ impl Conn {
                 app.oneshot(req).await
             }
         });
-        let accepted = tokio::time::Instant::now();
-        let Ok(h2) = tokio::time::timeout(header_timeout, opens_with_h2_preface(&tcp)).await else {
+        // The head's deadline counts from the accept (the PROXY header included).
+        let left = header_timeout.saturating_sub(accepted.elapsed());
+        let Ok(h2) = tokio::time::timeout(left, opens_with_h2_preface(&tcp)).await else {
             return; // Nothing decisive within the header deadline.
         };
         // The head's deadline counts from the accept, not from the first byte.

@@ -126,6 +126,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
 
     let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
     let header_timeout = plan.header_timeout();
+    let proxy_protocol = plan.settings.proxy_protocol == Some(true);
     tokio::spawn(reload_on_hangup(plan, argv, reload, hangups));
 
     // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and at
@@ -154,6 +155,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     let (served, dropped) = tokio::join!(
         axum_ws_proxy::serve(listener, app)
             .header_timeout(header_timeout)
+            .proxy_protocol(proxy_protocol)
             .grace(grace)
             .with_graceful_shutdown(async move {
                 let mut stop = stop;

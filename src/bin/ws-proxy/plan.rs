@@ -97,6 +97,9 @@ impl Plan {
         if a.metrics_listen != b.metrics_listen {
             changed.push("metrics_listen");
         }
+        if a.proxy_protocol != b.proxy_protocol {
+            changed.push("proxy_protocol");
+        }
         if a.header_timeout != b.header_timeout {
             changed.push("header_timeout");
         }

@@ -127,7 +127,12 @@ pub(crate) struct Settings {
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) listen: Option<SocketAddr>,
-    /// Time a client has to send its request head [default: 10s]
+    /// Every connection starts with a PROXY protocol v1/v2 header (from an L4 load balancer);
+    /// its address is the client's [default: false]
+    #[arg(long, value_name = "BOOL", help_heading = "Server", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub(crate) proxy_protocol: Option<bool>,
+    /// Time a client has to send its request head (and PROXY header) [default: 10s]
     #[arg(long, value_name = "DURATION", help_heading = "Server")]
     pub(crate) header_timeout: Option<Positive>,
     /// After SIGTERM, keep serving this long while /healthz answers 503, so load balancers
@@ -213,6 +218,7 @@ impl Settings {
             max_member_sessions: Some(0),
             require_origin: Some(false),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            proxy_protocol: Some(false),
             header_timeout: secs(10),
             shutdown_delay: Some(Dur(Duration::ZERO)),
             shutdown_grace: secs(10),

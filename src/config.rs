@@ -66,6 +66,10 @@ pub(crate) struct Config {
     /// 0: no limit.
     pub(crate) max_sessions: usize,
     pub(crate) trusted_proxies: crate::forwarded::TrustedProxies,
+    /// Query parameters logged as `REDACTED`.
+    pub(crate) redact: crate::redact::Redact,
+    /// Sends the session id upstream in this header.
+    pub(crate) session_id_header: Option<http::HeaderName>,
     pub(crate) mode: Mode,
     pub(crate) hooks: Hooks,
     pub(crate) route: Option<RouteHook>,
@@ -97,6 +101,8 @@ impl Config {
             origins: Origins::new([], true),
             max_sessions: 0,
             trusted_proxies: Default::default(),
+            redact: Default::default(),
+            session_id_header: None,
             mode: Mode::Frames,
             hooks: Hooks::default(),
             route: None,

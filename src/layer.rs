@@ -227,6 +227,46 @@ impl WsProxyLayer {
         self.set(|c| c.trusted_proxies = trusted)
     }
 
+    /// Query parameters (case-insensitive names) whose values are logged as `REDACTED`, in
+    /// every log line and span the proxy writes. The upstream and the hooks still get the
+    /// request as sent. Default: `token`, `access_token`, `auth`, `key`, `password`; an empty
+    /// list logs queries verbatim.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // Logged as /live?room=7&sig=REDACTED.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .redact_query(["sig", "token"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn redact_query<I>(self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let redact = crate::redact::Redact::new(names);
+        self.set(|c| c.redact = redact)
+    }
+
+    /// Sends each session's id (the one in its log lines, span and
+    /// [`SessionInfo::id`](crate::SessionInfo::id)) upstream in this request header, so the
+    /// upstream's logs can be joined with the proxy's (like nginx's
+    /// `proxy_set_header X-Request-Id $request_id`). A client-sent header of that name is
+    /// replaced. Default: not sent.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    /// use http::HeaderName;
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .session_id_header(HeaderName::from_static("x-request-id"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn session_id_header(self, name: http::HeaderName) -> Self {
+        self.set(|c| c.session_id_header = Some(name))
+    }
+
     /// Whether an upgrade without an `Origin` header passes the origin check. Browsers always
     /// send one, so only non-browser clients (services, CLIs) lack it. Default: `true`.
     pub fn allow_missing_origin(self, allow: bool) -> Self {
@@ -443,6 +483,21 @@ impl WsProxyLayer {
     /// is cut. Default: 64 KiB.
     pub fn max_response_body_size(self, bytes: usize) -> Self {
         self.set(|c| c.max_response_body_size = bytes)
+    }
+
+    /// `path_and_query` as this layer writes it in logs: the values of the
+    /// [`redact_query`](Self::redact_query) parameters replaced by `REDACTED`. For an app's
+    /// own access log, so it redacts what the proxy redacts.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?);
+    /// assert_eq!(layer.log_path("/ws?room=1&token=abc"), "/ws?room=1&token=REDACTED");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn log_path<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+        self.config.redact.apply(path_and_query)
     }
 
     /// The pool upgrades are forwarded to.

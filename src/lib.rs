@@ -104,6 +104,7 @@ mod layer;
 pub mod metrics;
 mod origin;
 mod proxy;
+mod redact;
 mod reload;
 mod route;
 #[cfg(feature = "serve")]

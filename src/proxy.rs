@@ -39,7 +39,10 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0);
     let path = req.uri().path_and_query().cloned();
-    let log_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
+    let raw_path = path.as_ref().map_or("/", PathAndQuery::as_str);
+    // Logs never carry secrets from the query; hooks get the path as sent.
+    let log_path = config.redact.apply(raw_path).into_owned();
+    let hook_path = raw_path.to_owned();
 
     if config.origins.is_restricted() {
         let refusal = match config.origins.check(req.headers().get(ORIGIN)) {
@@ -69,6 +72,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             )
         }
     };
+    // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
+    let id = permit.sessions().next_id();
     let (mut parts, _body) = req.into_parts();
     // Kept for the hooks only: copying them costs nothing when no hook is set.
     let (hook_headers, hook_extensions) = if config.hooks.any() {
@@ -132,6 +137,9 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             keep_extensions: tunnel,
         },
     );
+    if let Some(name) = &config.session_id_header {
+        forwarded.insert(name.clone(), HeaderValue::from(id));
+    }
     let mut pool = config.pool.clone();
     let mut path = path;
     if let Some(route) = &config.route {
@@ -200,7 +208,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             metrics::upstream_answered(dialled.elapsed());
             metrics::handshake_failed("upstream_refused");
             tracing::info!(
-                client = ?client_addr,
+                id,
+                client = client_addr.map(tracing::field::display),
                 upstream = %lease.endpoint().member.upstream(),
                 path = %log_path,
                 status = res.status().as_u16(),
@@ -216,8 +225,10 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         })) => {
             let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
             let info = RequestInfo {
+                id,
                 client: client_addr,
-                path: log_path,
+                path: hook_path,
+                log_path,
                 protocol,
                 headers: hook_headers,
                 extensions: hook_extensions,
@@ -302,9 +313,9 @@ fn refuse(
     let status = error.status().as_u16();
     metrics::handshake_failed(error.cause());
     if error.status().is_server_error() {
-        tracing::warn!(client = ?client, upstream = %config.pool, path, status, cause = error.cause(), "upgrade failed: {error}");
+        tracing::warn!(client = client.map(tracing::field::display), upstream = %config.pool, path, status, cause = error.cause(), "upgrade failed: {error}");
     } else {
-        tracing::info!(client = ?client, upstream = %config.pool, path, status, cause = error.cause(), "upgrade refused: {error}");
+        tracing::info!(client = client.map(tracing::field::display), upstream = %config.pool, path, status, cause = error.cause(), "upgrade refused: {error}");
     }
     error.into_response()
 }

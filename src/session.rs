@@ -35,8 +35,12 @@ pub(crate) enum UpstreamLeg {
 
 /// What the session span records about the request.
 pub(crate) struct RequestInfo {
+    pub(crate) id: u64,
     pub(crate) client: Option<SocketAddr>,
+    /// As sent, for hooks.
     pub(crate) path: String,
+    /// With secrets redacted, for the span.
+    pub(crate) log_path: String,
     pub(crate) protocol: Option<HeaderValue>,
     /// The upgrade request's headers and extensions, kept only when hooks will read them.
     pub(crate) headers: Option<http::HeaderMap>,
@@ -55,10 +59,11 @@ pub(crate) fn spawn(
 ) {
     let span = tracing::info_span!(
         "ws_session",
+        id = info.id,
         client = info.client.map(tracing::field::display),
         upstream = %lease.endpoint().member.upstream(),
         upstream_addr = %lease.endpoint().addr,
-        path = %info.path,
+        path = %info.log_path,
         subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
         duration_ms = Empty,
         messages_to_upstream = Empty,
@@ -76,7 +81,7 @@ pub(crate) fn spawn(
     // Built only when a hook will read it.
     let hooked = config.hooks.any().then(|| {
         Arc::new(crate::SessionInfo {
-            id: permit.sessions().next_id(),
+            id: info.id,
             client: info.client,
             path: info.path.clone(),
             upstream: lease.endpoint().member.upstream().clone(),

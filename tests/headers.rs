@@ -4,35 +4,10 @@ mod common;
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::Router;
 use axum_ws_proxy::WsProxyLayer;
 use common::*;
 use http::{HeaderMap, Uri};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Seen = mpsc::UnboundedReceiver<(Uri, HeaderMap)>;
-
-/// An axum upstream that reports each upgrade request, answers with `protocols` available,
-/// adds `Set-Cookie` and a few headers that must not reach the client, then echoes.
-async fn recording_upstream(protocols: &'static [&'static str]) -> (SocketAddr, Seen) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade| {
-        let tx = tx.clone();
-        async move {
-            tx.send((uri, headers)).unwrap();
-            let mut res = ws.protocols(protocols.iter().copied()).on_upgrade(echo);
-            let h = res.headers_mut();
-            h.insert("set-cookie", "sid=abc; HttpOnly".parse().unwrap());
-            h.insert("x-upstream", "1".parse().unwrap());
-            h.insert("keep-alive", "timeout=5".parse().unwrap());
-            h.insert("sec-websocket-x-debug", "1".parse().unwrap());
-            res
-        }
-    });
-    (serve(app).await, rx)
-}
 
 async fn upgrade_seen_upstream(
     layer: impl FnOnce(WsProxyLayer) -> WsProxyLayer,

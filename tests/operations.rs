@@ -401,3 +401,71 @@ async fn json_logs_parse_and_carry_session_fields() {
         "{line}"
     );
 }
+
+/// Secrets in queries never reach a log line (sessions, refusals, plain requests); each
+/// session's id is in its log line and, with --session-id-header, upstream.
+#[tokio::test]
+async fn logs_redact_query_secrets_and_carry_the_session_id() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let (_child, proxy, mut logs) = start_logged(
+        &[
+            "--upstream",
+            &format!("ws://{up}"),
+            "--log-format",
+            "json",
+            "--session-id-header",
+            "x-request-id",
+            "--allow-origin",
+            "https://app.example",
+        ],
+        &[],
+    )
+    .await;
+    let mut ws = connect(proxy, "/live?room=7&token=SECRET1").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("hi"));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let (_, headers) = within("the upstream request", seen.recv()).await.unwrap();
+    let sent_id: u64 = headers["x-request-id"].to_str().unwrap().parse().unwrap();
+
+    let (status, ..) = http_request(proxy, "/healthz?password=SECRET2", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let refused: Vec<(&str, &str)> = UPGRADE_HEADERS
+        .iter()
+        .copied()
+        .chain([("origin", "https://evil.example")])
+        .collect();
+    let (status, ..) = http_request(proxy, "/live?auth=SECRET3", &refused).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // In whatever order they come; every line on the way is checked for secrets.
+    let needles = ["session closed", "http request", "upgrade refused"];
+    let mut lines = vec![String::new(); 3];
+    within("the three log lines", async {
+        while lines.iter().any(String::is_empty) {
+            let line = logs.recv().await.expect("ws-proxy exited");
+            assert!(!line.contains("SECRET"), "a secret was logged: {line}");
+            if let Some(i) = needles.iter().position(|n| line.contains(n)) {
+                lines[i] = line;
+            }
+        }
+    })
+    .await;
+    let session: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(session["span"]["path"], "/live?room=7&token=REDACTED");
+    assert_eq!(session["span"]["id"], sent_id, "{}", lines[0]);
+    let access: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(access["path"], "/healthz?password=REDACTED");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["status"], 200);
+    assert_eq!(
+        access["client"]
+            .as_str()
+            .map(|c| c.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    let refusal: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(refusal["path"], "/live?auth=REDACTED");
+    assert_eq!(refusal["status"], 403);
+}

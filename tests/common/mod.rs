@@ -434,3 +434,27 @@ pub async fn hung_upstream() -> SocketAddr {
     });
     addr
 }
+
+pub type Seen = tokio::sync::mpsc::UnboundedReceiver<(http::Uri, HeaderMap)>;
+
+/// An axum upstream that reports each upgrade request, answers with `protocols` available,
+/// adds `Set-Cookie` and a few headers that must not reach the client, then echoes.
+pub async fn recording_upstream(protocols: &'static [&'static str]) -> (SocketAddr, Seen) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().fallback(
+        move |uri: http::Uri, headers: HeaderMap, ws: WebSocketUpgrade| {
+            let tx = tx.clone();
+            async move {
+                tx.send((uri, headers)).unwrap();
+                let mut res = ws.protocols(protocols.iter().copied()).on_upgrade(echo);
+                let h = res.headers_mut();
+                h.insert("set-cookie", "sid=abc; HttpOnly".parse().unwrap());
+                h.insert("x-upstream", "1".parse().unwrap());
+                h.insert("keep-alive", "timeout=5".parse().unwrap());
+                h.insert("sec-websocket-x-debug", "1".parse().unwrap());
+                res
+            }
+        },
+    );
+    (serve(app).await, rx)
+}

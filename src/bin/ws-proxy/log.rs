@@ -58,3 +58,44 @@ pub(crate) async fn report_drops(dropped: ErrorCounter) {
         }
     }
 }
+
+/// One line per plain HTTP request (upgrades get theirs from the layer when the session
+/// closes): client, method, path (secrets redacted as the layer redacts them), status,
+/// duration.
+#[derive(Clone)]
+pub(crate) struct AccessLog {
+    /// The running configuration: its redaction list follows reloads.
+    proxy: axum_ws_proxy::ReloadHandle,
+}
+
+impl AccessLog {
+    pub(crate) fn new(proxy: axum_ws_proxy::ReloadHandle) -> Self {
+        Self { proxy }
+    }
+
+    pub(crate) async fn log(
+        self,
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let started = std::time::Instant::now();
+        let client = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let method = req.method().clone();
+        let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = self.proxy.current().log_path(raw).into_owned();
+        let res = next.run(req).await;
+        tracing::info!(
+            target: "ws_proxy::access",
+            client = client.map(tracing::field::display),
+            method = %method,
+            path,
+            status = res.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "http request"
+        );
+        res
+    }
+}

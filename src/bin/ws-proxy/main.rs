@@ -95,6 +95,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     // Set from SIGTERM until exit: /healthz answers 503 so load balancers move away.
     let draining = Arc::new(AtomicBool::new(false));
     let health = draining.clone();
+    let access = log::AccessLog::new(reload.clone());
     let app = Router::new()
         .route(
             "/healthz",
@@ -107,6 +108,10 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
             }),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        // Inside the proxy layer: only plain HTTP requests reach it.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access.clone().log(req, next)
+        }))
         .layer(layer);
 
     let listen = plan

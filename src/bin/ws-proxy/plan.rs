@@ -148,6 +148,12 @@ impl Plan {
                 .allowed_origins(s.allow_origin.clone())
                 .allow_missing_origin(s.require_origin != Some(true));
         }
+        if let Some(names) = &s.redact_query {
+            layer = layer.redact_query(names.iter().filter(|n| !n.is_empty()).cloned());
+        }
+        if let Some(name) = &s.session_id_header {
+            layer = layer.session_id_header(name.0.clone());
+        }
         if !s.trusted_proxy.is_empty() {
             layer = layer.trusted_proxies(s.trusted_proxy.iter().map(|n| n.0));
         }

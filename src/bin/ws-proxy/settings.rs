@@ -145,6 +145,14 @@ pub(crate) struct Settings {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Query parameters logged as REDACTED (repeatable; an empty value logs queries
+    /// verbatim) [default: token,access_token,auth,key,password]
+    #[arg(long, value_name = "NAME", help_heading = "Server")]
+    pub(crate) redact_query: Option<Vec<String>>,
+    /// Send each session's id upstream in this request header, e.g. x-request-id
+    /// [default: off]
+    #[arg(long, value_name = "HEADER", help_heading = "Server")]
+    pub(crate) session_id_header: Option<Text<http::HeaderName>>,
     /// text, or json (one object per line) [default: text]
     #[arg(long, value_name = "FORMAT", help_heading = "Server")]
     pub(crate) log_format: Option<LogFormat>,
@@ -223,6 +231,11 @@ impl Settings {
             shutdown_delay: Some(Dur(Duration::ZERO)),
             shutdown_grace: secs(10),
             log_format: Some(LogFormat::Text),
+            redact_query: Some(
+                ["token", "access_token", "auth", "key", "password"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
             ..Self::default()
         }
     }
@@ -270,7 +283,10 @@ fn command() -> clap::Command {
         }
         let arg = arg.env(format!("WS_PROXY_{}", id.to_ascii_uppercase()));
         // Lists in variables are comma-separated (flags repeat instead).
-        if matches!(id.as_str(), "upstream" | "allow_origin" | "trusted_proxy") {
+        if matches!(
+            id.as_str(),
+            "upstream" | "allow_origin" | "trusted_proxy" | "redact_query"
+        ) {
             arg.value_delimiter(',')
         } else {
             arg
@@ -603,6 +619,11 @@ mod tests {
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
             let shown = match value {
                 toml::Value::String(s) => s.clone(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => other.to_string(),
             };
             assert!(

@@ -40,14 +40,15 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
-/// Runs headless Chromium on `url` with `extra` flags; returns its standard output.
+/// Runs headless Chromium on `url` with `extra` flags; returns its standard output. (A page
+/// that refreshes itself must not get `--virtual-time-budget`: it would reload forever.)
 async fn run_chromium(browser: &Path, url: &str, extra: &[String]) -> String {
     let profile = tempdir("profile");
     let out = within(
         "Chromium",
         tokio::process::Command::new(browser)
             .args(HEADLESS)
-            .args(["--virtual-time-budget=5000", "--window-size=800,600"])
+            .arg("--window-size=800,600")
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
             .arg(url)
@@ -59,9 +60,12 @@ async fn run_chromium(browser: &Path, url: &str, extra: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh folder per call: two Chromiums sharing a profile hand over to each other.
 fn tempdir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("browser-{name}-{}", std::process::id()));
+        .join(format!("browser-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -222,6 +226,74 @@ async fn the_quickstart_page_works_in_headless_chromium() {
     run_chromium(
         &browser,
         &url,
+        &[
+            "--virtual-time-budget=5000".into(),
+            format!("--screenshot={}", shot.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    println!("screenshot: {}", shot.display());
+}
+
+/// The status page of `ws-proxy` (on the metrics listener) read by a browser: it shows the
+/// version, the live session, every pool member with its address and state. A screenshot is
+/// saved in the test's output folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        println!("SKIPPED: no Chromium installed (Debian: apt-get install chromium)");
+        return;
+    };
+    let up = echo_upstream().await;
+    let dead = closed_port().await;
+    let (_child, proxy, metrics) = start_ws_proxy(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--upstream",
+        &format!("ws://{dead}"),
+        "--balance",
+        "round-robin",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let metrics = metrics.expect("the metrics address");
+    // One live session, and one failed dial that takes the dead member out of rotation.
+    let _live = connect(proxy, "/").await;
+    let _second = connect(proxy, "/").await;
+
+    let dom = run_chromium(
+        &browser,
+        &format!("http://{metrics}/"),
+        &["--dump-dom".into()],
+    )
+    .await;
+    assert!(
+        dom.contains(&format!("ws-proxy {}", env!("CARGO_PKG_VERSION"))),
+        "{dom}"
+    );
+    assert!(dom.contains("<b id=\"live\">2</b>"), "{dom}");
+    assert!(
+        dom.contains(&format!("<td>ws://{up}</td><td>{up}</td>")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("<td>ws://{dead}</td><td>{dead}</td>")),
+        "{dom}"
+    );
+    assert!(dom.contains("out of rotation"), "{dom}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &browser,
+        &format!("http://{metrics}/"),
         &[format!("--screenshot={}", shot.display())],
     )
     .await;

@@ -469,3 +469,78 @@ async fn logs_redact_query_secrets_and_carry_the_session_id() {
     assert_eq!(refusal["path"], "/live?auth=REDACTED");
     assert_eq!(refusal["status"], 403);
 }
+
+/// `/status` on the metrics listener: version, generation (following reloads), live
+/// sessions, and every member of every pool with its state; build and process metrics.
+#[tokio::test]
+async fn status_reports_pools_sessions_and_generation() {
+    let (a, b) = (named("a").await, named("b").await);
+    let metrics = free_port();
+    let file = write(
+        "status.toml",
+        &format!(
+            "upstream = [\"ws://{a}\"]\n[pools.chat]\nupstream = [\"ws://{b}\"]\n\
+             [[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"
+        ),
+    );
+    let (child, proxy, mut logs) = start_logged(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+        &[],
+    )
+    .await;
+    let _ws = connect(proxy, "/chat/1").await;
+    let status =
+        |body: bytes::Bytes| -> serde_json::Value { serde_json::from_slice(&body).unwrap() };
+    let (code, headers, body) = http_request(metrics, "/status", &[]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let s = status(body);
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["generation"], 1);
+    assert_eq!(s["live_sessions"], 1);
+    assert_eq!(s["shutting_down"], false);
+    assert_eq!(s["default_pool"][0]["member"], format!("ws://{a}"));
+    assert_eq!(s["default_pool"][0]["live_sessions"], 0);
+    let chat = &s["pools"]["chat"][0];
+    assert_eq!(chat["address"], b.to_string());
+    assert_eq!(chat["live_sessions"], 1);
+    assert_eq!(chat["in_rotation"], true);
+
+    // After a reload the pools and generation follow; the chat member kept its live session.
+    let c = named("c").await;
+    write(
+        "status.toml",
+        &format!(
+            "upstream = [\"ws://{c}\"]\n[pools.chat]\nupstream = [\"ws://{b}\"]\n\
+             [[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"
+        ),
+    );
+    signal(&child, "-HUP");
+    line_with(&mut logs, "configuration reloaded").await;
+    let (_, _, body) = http_request(metrics, "/status", &[]).await;
+    let s = status(body);
+    assert_eq!(s["generation"], 2);
+    assert_eq!(s["default_pool"][0]["member"], format!("ws://{c}"));
+    assert_eq!(s["pools"]["chat"][0]["live_sessions"], 1);
+
+    let build = metric(metrics, "ws_proxy_build_info").await;
+    assert_eq!(
+        build.as_deref(),
+        Some(
+            format!(
+                "ws_proxy_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str()
+        )
+    );
+    assert!(metric(metrics, "process_resident_memory_bytes ")
+        .await
+        .is_some());
+    assert!(metric(metrics, "process_open_fds ").await.is_some());
+}

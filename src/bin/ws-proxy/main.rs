@@ -14,6 +14,7 @@ mod config_file;
 mod log;
 mod plan;
 mod settings;
+mod status;
 mod trim;
 
 use plan::Plan;
@@ -85,15 +86,16 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         // UpstreamTls logs its own warning too; this one names the flag.
         tracing::warn!("--insecure-skip-verify: wss:// upstream certificates are NOT verified");
     }
-    if let Some(addr) = plan.settings.metrics_listen {
-        serve_metrics(addr).await?;
-    }
     let layer = plan.layer();
     let sessions = layer.shutdown_handle();
     trim::spawn(sessions.clone());
     let (layer, reload) = layer.reloadable();
     // Set from SIGTERM until exit: /healthz answers 503 so load balancers move away.
     let draining = Arc::new(AtomicBool::new(false));
+    let status = status::Status::new(&plan, reload.clone(), sessions.clone(), draining.clone());
+    if let Some(addr) = plan.settings.metrics_listen {
+        serve_metrics(addr, status.clone()).await?;
+    }
     let health = draining.clone();
     let access = log::AccessLog::new(reload.clone());
     let app = Router::new()
@@ -132,7 +134,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
     let header_timeout = plan.header_timeout();
     let proxy_protocol = plan.settings.proxy_protocol == Some(true);
-    tokio::spawn(reload_on_hangup(plan, argv, reload, hangups));
+    tokio::spawn(reload_on_hangup(plan, argv, reload, hangups, status));
 
     // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and at
     // the same moment send 1001 to every session; (3) everything shares one grace period.
@@ -179,6 +181,7 @@ async fn reload_on_hangup(
     argv: Vec<String>,
     reload: ReloadHandle,
     mut hangups: tokio::signal::unix::Signal,
+    status: status::Status,
 ) {
     while hangups.recv().await.is_some() {
         // File reads on a blocking thread: the runtime's workers never wait on a disk.
@@ -198,6 +201,7 @@ async fn reload_on_hangup(
                 }
                 fresh.adopt(&running);
                 let generation = reload.reload(fresh.layer());
+                status.follow(&fresh);
                 metrics::counter!("ws_proxy_config_reloads_total", "result" => "ok").increment(1);
                 tracing::info!(generation, upstream = %fresh.default_pool, "configuration reloaded");
                 running = fresh;
@@ -214,8 +218,8 @@ async fn reload_on_hangup(
     }
 }
 
-/// Installs the Prometheus recorder and serves `GET /metrics` on `addr`.
-async fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+/// Installs the Prometheus recorder and serves `/metrics`, `/status` and `/` on `addr`.
+async fn serve_metrics(addr: std::net::SocketAddr, status: status::Status) -> Result<(), String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -227,14 +231,14 @@ async fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot start metrics: {e}"))?;
     axum_ws_proxy::metrics::describe_metrics();
+    metrics::gauge!("ws_proxy_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the metrics address: {e}"))?;
-    let render = handle.clone();
-    let app = Router::new().route("/metrics", get(move || async move { render.render() }));
+    let app = status::router(status, handle.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("metrics server failed: {e}");
@@ -248,7 +252,7 @@ async fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
             handle.run_upkeep();
         }
     });
-    tracing::info!(metrics = %local, "metrics at /metrics");
+    tracing::info!(metrics = %local, "metrics at /metrics, status at /status and /");
     Ok(())
 }
 

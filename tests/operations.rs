@@ -544,3 +544,44 @@ async fn status_reports_pools_sessions_and_generation() {
         .is_some());
     assert!(metric(metrics, "process_open_fds ").await.is_some());
 }
+
+/// One grace period for everything: a session whose upstream never answers the close and an
+/// HTTP connection stuck mid-head are both dropped at the same deadline, and the process
+/// exits then (before, the HTTP drain and the session drain each took a full grace, in turn).
+#[tokio::test]
+async fn shutdown_takes_one_grace_period_not_two() {
+    let up = hung_upstream().await;
+    let (mut child, proxy, _logs) = start_logged(
+        &[
+            "--upstream",
+            &format!("ws://{up}"),
+            "--shutdown-grace",
+            "2s",
+            "--header-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await;
+    let _session = connect(proxy, "/").await;
+    let mut half = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The half head is in: an HTTP request in progress, as far as the server knows.
+    let (status, ..) = http_request(proxy, "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let term = Instant::now();
+    signal(&child, "-TERM");
+    let status = within("ws-proxy to exit", child.wait()).await.unwrap();
+    let took = term.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(1900),
+        "exited before the grace: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(3500),
+        "took more than one grace: {took:?}"
+    );
+}

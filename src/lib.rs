@@ -60,9 +60,11 @@
 //!   tunnel mode forwards it).
 //! - Set: `Upgrade: websocket`, `Connection: Upgrade`, a fresh `Sec-WebSocket-Key`,
 //!   `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
-//!   `X-Forwarded-For` gets the client address appended (only when the app is served with
-//!   `into_make_service_with_connect_info::<SocketAddr>()`), `X-Forwarded-Proto: http`, and
-//!   `X-Forwarded-Host` is the client's `Host`.
+//!   `X-Forwarded-For` is the client address (only when the app is served with
+//!   `into_make_service_with_connect_info::<SocketAddr>()` or [`serve`]),
+//!   `X-Forwarded-Proto: http`, and `X-Forwarded-Host` is the client's `Host`; client-sent
+//!   `X-Forwarded-*`, `X-Real-IP` and `Forwarded` are dropped, except from
+//!   [trusted proxies](WsProxyLayer::trusted_proxies), whose chain is kept and appended to.
 //! - Forwarded unchanged: every other header, e.g. `Origin`, `Cookie`, `Authorization`,
 //!   `Sec-WebSocket-Protocol` and custom ones.
 //!

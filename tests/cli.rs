@@ -330,3 +330,32 @@ async fn an_oversized_request_head_is_refused_by_the_binary() {
         "expected 431, got {answer:?}"
     );
 }
+
+/// The README's flag table lists every flag the binary has, and no flag it lacks.
+#[test]
+fn the_readme_lists_every_flag() {
+    let help = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags = |text: &str, prefix: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix(prefix))
+            .filter_map(|l| {
+                let flag: String = l
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                    .collect();
+                (!flag.is_empty()).then(|| format!("--{flag}"))
+            })
+            .filter(|f| f != "--help" && f != "--version")
+            .collect()
+    };
+    let in_help = flags(&help, "--");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let in_readme = flags(&readme, "| `--");
+    assert!(in_help.len() > 25, "{in_help:?}");
+    assert_eq!(in_help, in_readme, "--help and README's flag table differ");
+}

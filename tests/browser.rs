@@ -40,6 +40,19 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
+/// Chromium, or `None` after saying the test is skipped; in CI a missing Chromium fails.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium (.ci/run installs it)"
+        );
+        println!("SKIPPED: no Chromium installed (Debian: apt-get install chromium)");
+    }
+    found
+}
+
 /// Runs headless Chromium on `url` with `extra` flags; returns its standard output. (A page
 /// that refreshes itself must not get `--virtual-time-budget`: it would reload forever.)
 async fn run_chromium(browser: &Path, url: &str, extra: &[String]) -> String {
@@ -189,12 +202,7 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_page_works_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have Chromium (.ci/run installs it)"
-        );
-        println!("SKIPPED: no Chromium installed (Debian: apt-get install chromium)");
+    let Some(browser) = chromium_or_skip() else {
         return;
     };
     let upstream = quickstart::echo_upstream().await.unwrap();
@@ -242,12 +250,7 @@ async fn the_quickstart_page_works_in_headless_chromium() {
 /// saved in the test's output folder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have Chromium (.ci/run installs it)"
-        );
-        println!("SKIPPED: no Chromium installed (Debian: apt-get install chromium)");
+    let Some(browser) = chromium_or_skip() else {
         return;
     };
     let up = echo_upstream().await;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use common::*;
 use futures_util::SinkExt;
@@ -11,15 +10,6 @@ use http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 async fn reached(proxy: std::net::SocketAddr, path: &str) -> String {
     let mut ws = connect(proxy, path).await;
@@ -36,7 +26,7 @@ async fn routes_send_path_prefixes_to_named_pools() {
         named("feed").await,
         named("default").await,
     );
-    let file = write(
+    let file = write_config(
         "routes.toml",
         &format!(
             "upstream = [\"ws://{default}\"]\n\n[pools.chat]\nupstream = [\"ws://{chat}\"]\nbalance = \"hash:query:room\"\n\n\
@@ -63,7 +53,7 @@ async fn routes_send_path_prefixes_to_named_pools() {
 #[tokio::test]
 async fn without_a_default_pool_unrouted_paths_are_404() {
     let chat = named("chat").await;
-    let file = write(
+    let file = write_config(
         "no-default.toml",
         &format!("[pools.chat]\nupstream = [\"ws://{chat}\"]\n\n[[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"),
     );
@@ -79,7 +69,7 @@ async fn without_a_default_pool_unrouted_paths_are_404() {
 #[tokio::test]
 async fn flags_override_the_file() {
     let up = echo_upstream().await;
-    let file = write(
+    let file = write_config(
         "override.toml",
         "upstream = [\"ws://127.0.0.1:1\"]\nmax_message_size = \"1KiB\"\n",
     );
@@ -143,7 +133,7 @@ fn check_config_output_reads_back_as_the_same_configuration() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(first.contains("\nidle_timeout = \"1s500ms\"\n"), "{first}");
-    let again = write("round-trip.toml", &first);
+    let again = write_config("round-trip.toml", &first);
     let (code, second, err) = run(&["--config", again.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(first, second);
@@ -152,7 +142,7 @@ fn check_config_output_reads_back_as_the_same_configuration() {
 /// `false` means false, on the command line, in a variable and in the file.
 #[test]
 fn switches_given_false_are_false() {
-    let file = write(
+    let file = write_config(
         "switch.toml",
         "upstream = [\"ws://h:1\"]\nrequire_origin = false\n",
     );
@@ -199,7 +189,7 @@ fn switches_given_false_are_false() {
 /// Flags win over WS_PROXY_* variables, which win over the file.
 #[test]
 fn flags_over_variables_over_the_file() {
-    let file = write(
+    let file = write_config(
         "layers.toml",
         "upstream = [\"ws://file:1\"]\nmax_sessions = 1\nmax_fails = 5\nmode = \"tunnel\"\n",
     );
@@ -266,7 +256,7 @@ fn errors_name_the_file_line_and_key() {
         ),
     ];
     for (name, text, expected) in cases {
-        let file = write(name, text);
+        let file = write_config(name, text);
         let (code, out, err) = run(&["--config", file.to_str().unwrap(), "--check-config"]);
         assert_eq!(code, Some(2), "{name}: {err}");
         assert!(out.is_empty());

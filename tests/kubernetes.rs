@@ -108,26 +108,8 @@ fn the_kubernetes_example_is_valid_and_consistent() {
         println!("SKIPPED: kubernetes-validate could not be installed (python3 -m venv, pip)");
         return;
     };
-    let out = Command::new(bin.join("kubernetes-validate"))
-        .args(["--strict", "--quiet", EXAMPLE])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(bin.join("python"))
-        .args(["-c", CONSISTENT, EXAMPLE])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(Command::new(bin.join("kubernetes-validate")).args(["--strict", "--quiet", EXAMPLE]));
+    succeeds(Command::new(bin.join("python")).args(["-c", CONSISTENT, EXAMPLE]));
 }
 
 /// The ConfigMap's ws-proxy.toml and the gateway's flags are what the binary accepts.
@@ -145,16 +127,11 @@ fn the_kubernetes_examples_ws_proxy_settings_are_accepted() {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-ws-proxy.toml");
     std::fs::write(&file, toml).unwrap();
     let bin = env!("CARGO_BIN_EXE_ws-proxy");
-    let out = Command::new(bin)
-        .arg("--config")
-        .arg(&file)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(bin)
+            .arg("--config")
+            .arg(&file)
+            .arg("--check-config"),
     );
 
     let gateway: Vec<String> = text
@@ -165,14 +142,16 @@ fn the_kubernetes_examples_ws_proxy_settings_are_accepted() {
         .map(|a| format!("--{a}"))
         .collect();
     assert!(gateway.len() >= 5, "{gateway:?}");
-    let out = Command::new(bin)
-        .args(&gateway)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    succeeds(Command::new(bin).args(&gateway).arg("--check-config"));
+}
+
+/// Runs `cmd`, failing the test with its output unless it succeeds.
+fn succeeds(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }

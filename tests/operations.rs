@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,15 +16,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("operations-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// A port nothing listens on right now (for a process that must be told its address).
 fn free_port() -> SocketAddr {
@@ -118,7 +108,7 @@ async fn metric(metrics: SocketAddr, line_start: &str) -> Option<String> {
 }
 
 /// A stuck log collector: stderr is a pipe nobody reads. Before, a runtime worker blocked in
-/// write(2) after ~200 sessions and every connection, /healthz included, hung.
+/// write_config(2) after ~200 sessions and every connection, /healthz included, hung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_log_pipe_does_not_stall_traffic() {
     let up = echo_upstream().await;
@@ -229,7 +219,7 @@ async fn an_unread_log_pipe_does_not_stall_traffic() {
 async fn sighup_reloads_new_sessions_and_keeps_live_ones() {
     let (old, new) = (named("old").await, named("new").await);
     let metrics = free_port().to_string();
-    let file = write("reload.toml", &format!("upstream = [\"ws://{old}\"]\n"));
+    let file = write_config("reload.toml", &format!("upstream = [\"ws://{old}\"]\n"));
     let (child, proxy, mut logs) = start_logged(
         &[
             "--config",
@@ -247,7 +237,7 @@ async fn sighup_reloads_new_sessions_and_keeps_live_ones() {
         live.push(ws);
     }
     // The new file: the default pool moves, and a route to a named pool appears.
-    write(
+    write_config(
         "reload.toml",
         &format!(
             "upstream = [\"ws://{new}\"]\n[pools.chat]\nupstream = [\"ws://{old}\"]\n\
@@ -277,9 +267,9 @@ async fn sighup_reloads_new_sessions_and_keeps_live_ones() {
 #[tokio::test]
 async fn a_broken_file_on_reload_keeps_the_running_configuration() {
     let up = named("running").await;
-    let file = write("broken.toml", &format!("upstream = [\"ws://{up}\"]\n"));
+    let file = write_config("broken.toml", &format!("upstream = [\"ws://{up}\"]\n"));
     let (child, proxy, mut logs) = start_logged(&["--config", file.to_str().unwrap()], &[]).await;
-    write(
+    write_config(
         "broken.toml",
         "upstream = [\"ws://127.0.0.1:1\"]\nbalance = \"random\"\n",
     );
@@ -292,7 +282,7 @@ async fn a_broken_file_on_reload_keeps_the_running_configuration() {
     assert_eq!(first_text(proxy, "/").await, "running");
     // A good file after a bad one applies.
     let other = named("fixed").await;
-    write("broken.toml", &format!("upstream = [\"ws://{other}\"]\n"));
+    write_config("broken.toml", &format!("upstream = [\"ws://{other}\"]\n"));
     signal(&child, "-HUP");
     line_with(&mut logs, "configuration reloaded").await;
     assert_eq!(first_text(proxy, "/").await, "fixed");
@@ -302,12 +292,12 @@ async fn a_broken_file_on_reload_keeps_the_running_configuration() {
 #[tokio::test]
 async fn a_reload_names_settings_that_need_a_restart() {
     let up = echo_upstream().await;
-    let file = write(
+    let file = write_config(
         "restart-only.toml",
         &format!("upstream = [\"ws://{up}\"]\n"),
     );
     let (child, proxy, mut logs) = start_logged(&["--config", file.to_str().unwrap()], &[]).await;
-    write(
+    write_config(
         "restart-only.toml",
         &format!("upstream = [\"ws://{up}\"]\nheader_timeout = \"3s\"\n"),
     );
@@ -476,7 +466,7 @@ async fn logs_redact_query_secrets_and_carry_the_session_id() {
 async fn status_reports_pools_sessions_and_generation() {
     let (a, b) = (named("a").await, named("b").await);
     let metrics = free_port();
-    let file = write(
+    let file = write_config(
         "status.toml",
         &format!(
             "upstream = [\"ws://{a}\"]\n[pools.chat]\nupstream = [\"ws://{b}\"]\n\
@@ -513,7 +503,7 @@ async fn status_reports_pools_sessions_and_generation() {
 
     // After a reload the pools and generation follow; the chat member kept its live session.
     let c = named("c").await;
-    write(
+    write_config(
         "status.toml",
         &format!(
             "upstream = [\"ws://{c}\"]\n[pools.chat]\nupstream = [\"ws://{b}\"]\n\

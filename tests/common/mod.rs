@@ -458,3 +458,13 @@ pub async fn recording_upstream(protocols: &'static [&'static str]) -> (SocketAd
     );
     (serve(app).await, rx)
 }
+
+/// Writes `text` to a file `name` in this test binary's own folder under the target dir.
+pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

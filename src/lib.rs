@@ -140,6 +140,8 @@ pub use reload::{ReloadHandle, ReloadableLayer};
 pub use route::{Refusal, RouteRequest};
 #[cfg(feature = "serve")]
 pub use serve::{serve, Serve};
+#[cfg(all(feature = "serve", feature = "tls"))]
+pub use serve::{ServerTls, TlsInfo};
 pub use service::WsProxy;
 pub use sessions::ShutdownHandle;
 #[cfg(feature = "tls")]

@@ -12,6 +12,8 @@
 //! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
 //! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code` | close codes per leg (1005: none; 1006: dropped) |
 //! | `ws_proxy_spliced_bytes_total` | counter | | tunnel payload bytes moved socket to socket with `splice(2)`, never copied into the proxy |
+//! | `ws_proxy_sessions_opened_total` | counter | `protocol`: `h1`, `h2`; `tls`: `true`, `false` | sessions opened, by how the client came (`h2`: RFC 8441) |
+//! | `ws_proxy_tls_reloads_total` | counter | `result`: `ok`, `error` | certificate reloads of [`ServerTls`](crate::ServerTls) |
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -33,6 +35,8 @@ mod imp {
     pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
     pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
     pub(crate) const SPLICED_BYTES: &str = "ws_proxy_spliced_bytes_total";
+    pub(crate) const SESSIONS_OPENED: &str = "ws_proxy_sessions_opened_total";
+    pub(crate) const TLS_RELOADS: &str = "ws_proxy_tls_reloads_total";
 
     /// Registers descriptions (the `# HELP` lines) with the installed recorder; call it once
     /// after installing one.
@@ -68,10 +72,21 @@ mod imp {
             Unit::Bytes,
             "Tunnel payload bytes moved socket to socket with splice(2)"
         );
+        describe_counter!(
+            SESSIONS_OPENED,
+            "Sessions opened, by the client's protocol (h1, h2) and whether it came over TLS"
+        );
+        describe_counter!(TLS_RELOADS, "Certificate reloads, by result");
     }
 
-    pub(crate) fn session_opened(upstream: SocketAddr) {
+    pub(crate) fn session_opened(upstream: SocketAddr, protocol: &'static str, tls: bool) {
         gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).increment(1.0);
+        let tls = if tls { "true" } else { "false" };
+        counter!(SESSIONS_OPENED, "protocol" => protocol, "tls" => tls).increment(1);
+    }
+
+    pub(crate) fn tls_reloaded(ok: bool) {
+        counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
     }
 
     pub(crate) fn session_closed(upstream: SocketAddr, report: &Report) {
@@ -124,7 +139,9 @@ mod imp {
 
     use crate::close::Report;
 
-    pub(crate) fn session_opened(_: SocketAddr) {}
+    pub(crate) fn session_opened(_: SocketAddr, _: &'static str, _: bool) {}
+    #[allow(dead_code)]
+    pub(crate) fn tls_reloaded(_: bool) {}
     pub(crate) fn session_closed(_: SocketAddr, _: &Report) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn upstream_answered(_: Duration) {}
@@ -144,6 +161,8 @@ mod imp {
 
 #[cfg(feature = "metrics")]
 pub use imp::describe_metrics;
+#[cfg(all(feature = "serve", feature = "tls"))]
+pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
     handshake_failed, session_closed, session_opened, spliced, upstream_answered, TrafficCounters,
 };

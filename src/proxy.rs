@@ -75,6 +75,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
     let (mut parts, _body) = req.into_parts();
+    let h2 = parts.version == http::Version::HTTP_2;
+    let over_tls = came_over_tls(&parts.extensions);
     // Kept for the hooks only: copying them costs nothing when no hook is set.
     let (hook_headers, hook_extensions) = if config.hooks.any() {
         (Some(parts.headers.clone()), Some(parts.extensions.clone()))
@@ -132,7 +134,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             client_host,
             client_ip: peer.map(|a| a.ip()),
             trusted,
-            proto: "http",
+            proto: if over_tls { "https" } else { "http" },
             key: key.clone(),
             keep_extensions: tunnel,
         },
@@ -226,6 +228,8 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
             let info = RequestInfo {
                 id,
+                http: if h2 { "h2" } else { "h1" },
+                tls: over_tls,
                 client: client_addr,
                 path: hook_path,
                 log_path,
@@ -238,6 +242,17 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             session::spawn(config, client.on_upgrade, leg, lease, permit, info);
             res
         }
+    }
+}
+
+/// Whether [`serve`](crate::serve) accepted the connection over TLS.
+fn came_over_tls(extensions: &http::Extensions) -> bool {
+    #[cfg(all(feature = "serve", feature = "tls"))]
+    return extensions.get::<crate::TlsInfo>().is_some();
+    #[cfg(not(all(feature = "serve", feature = "tls")))]
+    {
+        let _ = extensions;
+        false
     }
 }
 

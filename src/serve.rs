@@ -25,6 +25,10 @@ use tower::{Service, ServiceExt};
 use crate::headers;
 
 mod proxy_header;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+pub use self::tls::{ServerTls, TlsInfo};
 
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -85,6 +89,8 @@ pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
         max_head: DEFAULT_MAX_HEAD,
         grace: DEFAULT_GRACE,
         proxy_protocol: false,
+        #[cfg(feature = "tls")]
+        tls: None,
         shutdown: None,
     }
 }
@@ -98,6 +104,8 @@ pub struct Serve<S> {
     max_head: usize,
     grace: Duration,
     proxy_protocol: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
     shutdown: Option<Signal>,
 }
 
@@ -160,6 +168,18 @@ impl<S> Serve<S> {
         self
     }
 
+    /// Serves HTTPS (and `wss://`) instead of plaintext: every connection starts with a TLS
+    /// handshake, which must finish within [`Serve::header_timeout`]; ALPN picks HTTP/2 (so
+    /// browsers' WebSockets over HTTP/2, RFC 8441) or HTTP/1.1. Requests carry the
+    /// handshake's [`TlsInfo`] in their extensions, and the proxy sends
+    /// `X-Forwarded-Proto: https`. See [`ServerTls`] for certificates, SNI, client
+    /// certificates and rotation. Tunnels over TLS connections do not splice.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Stops accepting when `signal` completes, then lets requests in progress finish (up to
     /// [`Serve::grace`]); the server's future completes after that.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
@@ -196,6 +216,8 @@ where
             max_head: self.max_head,
             grace: self.grace,
             proxy_protocol: self.proxy_protocol,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
             shutdown: self.shutdown,
         }))
     }
@@ -211,6 +233,8 @@ async fn run(server: Serve<App>) -> io::Result<()> {
         max_head,
         grace,
         proxy_protocol,
+        #[cfg(feature = "tls")]
+        tls,
         shutdown,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
@@ -237,6 +261,8 @@ async fn run(server: Serve<App>) -> io::Result<()> {
             header_timeout,
             max_head,
             proxy_protocol,
+            #[cfg(feature = "tls")]
+            tls: tls.clone(),
         };
         let mut stop = stop_rx.clone();
         connections.spawn(async move { conn.serve(tcp, &mut stop).await });
@@ -260,6 +286,8 @@ struct Conn {
     header_timeout: Duration,
     max_head: usize,
     proxy_protocol: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 impl Conn {
@@ -270,6 +298,8 @@ impl Conn {
             header_timeout,
             max_head,
             proxy_protocol,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let accepted = tokio::time::Instant::now();
         if proxy_protocol {
@@ -286,47 +316,113 @@ impl Conn {
                 }
             }
         }
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(remote));
-            let app = app.clone();
-            async move {
-                if head_size(&req) > max_head {
-                    return Ok::<_, Infallible>(head_too_large(max_head));
+        // The head's deadline counts from the accept (PROXY header and TLS handshake included).
+        let left = || header_timeout.saturating_sub(accepted.elapsed());
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &tls {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let stream = match tokio::time::timeout(left(), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %remote, "closed: TLS handshake failed: {e}");
+                    return;
                 }
-                // Readiness first, as tower asks (a Router is always ready).
-                app.oneshot(req).await
-            }
-        });
-        // The head's deadline counts from the accept (the PROXY header included).
-        let left = header_timeout.saturating_sub(accepted.elapsed());
-        let Ok(h2) = tokio::time::timeout(left, opens_with_h2_preface(&tcp)).await else {
-            return; // Nothing decisive within the header deadline.
-        };
-        // The head's deadline counts from the accept, not from the first byte.
-        let header_timeout = header_timeout.saturating_sub(accepted.elapsed());
-        #[cfg(feature = "http2")]
-        if h2 {
-            let conn =
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .enable_connect_protocol()
-                    .serve_connection(TokioIo::new(tcp), service);
-            until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+                Err(_) => {
+                    tracing::debug!(peer = %remote, "closed: TLS handshake not done in time");
+                    return;
+                }
+            };
+            let info = self::tls::info(stream.get_ref().1);
+            let h2 = info.alpn.as_deref() == Some(b"h2");
+            let service = Handler {
+                app,
+                remote,
+                max_head,
+                tls: Some(info),
+            };
+            serve_http(stream, h2, service, left(), max_head, stop).await;
             return;
         }
-        #[cfg(not(feature = "http2"))]
-        let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
-                    // hyper gets the socket itself, so an upgraded connection can be downcast back to it
-                    // and a tunnel can splice it.
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(max_head.max(8 << 10))
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+        let service = Handler {
+            app,
+            remote,
+            max_head,
+            #[cfg(feature = "tls")]
+            tls: None,
+        };
+        let Ok(h2) = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)).await else {
+            return; // Nothing decisive within the header deadline.
+        };
+        // hyper gets the socket itself, so an upgraded connection can be downcast back to it
+        // and a tunnel can splice it.
+        serve_http(tcp, h2, service, left(), max_head, stop).await;
     }
+}
+
+/// Every request of a connection: connect info (and TLS info) in its extensions, the head's
+/// size checked, then the app.
+#[derive(Clone)]
+struct Handler {
+    app: App,
+    remote: SocketAddr,
+    max_head: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsInfo>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Handler {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(self.remote));
+        #[cfg(feature = "tls")]
+        if let Some(info) = &self.tls {
+            req.extensions_mut().insert(info.clone());
+        }
+        let (app, max_head) = (self.app.clone(), self.max_head);
+        Box::pin(async move {
+            if head_size(&req) > max_head {
+                return Ok(head_too_large(max_head));
+            }
+            // Readiness first, as tower asks (a Router is always ready).
+            app.oneshot(req).await
+        })
+    }
+}
+
+/// HTTP/2 (`h2`: prior knowledge or ALPN) or HTTP/1.1 with upgrades over `io`, until it ends
+/// or shutdown asks it to finish.
+async fn serve_http<I>(
+    io: I,
+    h2: bool,
+    service: Handler,
+    header_timeout: Duration,
+    max_head: usize,
+    stop: &mut watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    #[cfg(feature = "http2")]
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .serve_connection(TokioIo::new(io), service);
+        until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+        return;
+    }
+    #[cfg(not(feature = "http2"))]
+    let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_head.max(8 << 10))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
 }
 
 /// Whether the client opened with the HTTP/2 connection preface (h2c with prior knowledge).

@@ -41,6 +41,10 @@ pub(crate) struct RequestInfo {
     pub(crate) path: String,
     /// With secrets redacted, for the span.
     pub(crate) log_path: String,
+    /// How the client came: `h1` (HTTP/1.1 upgrade) or `h2` (RFC 8441 extended CONNECT).
+    pub(crate) http: &'static str,
+    /// Whether the client's connection is TLS.
+    pub(crate) tls: bool,
     pub(crate) protocol: Option<HeaderValue>,
     /// The upgrade request's headers and extensions, kept only when hooks will read them.
     pub(crate) headers: Option<http::HeaderMap>,
@@ -64,6 +68,8 @@ pub(crate) fn spawn(
         upstream = %lease.endpoint().member.upstream(),
         upstream_addr = %lease.endpoint().addr,
         path = %info.log_path,
+        protocol = info.http,
+        tls = info.tls,
         subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
         duration_ms = Empty,
         messages_to_upstream = Empty,
@@ -77,7 +83,7 @@ pub(crate) fn spawn(
         undeliverable = Empty,
     );
     // The label is built again at the end rather than kept: idle sessions carry no string.
-    metrics::session_opened(lease.endpoint().addr);
+    metrics::session_opened(lease.endpoint().addr, info.http, info.tls);
     // Built only when a hook will read it.
     let hooked = config.hooks.any().then(|| {
         Arc::new(crate::SessionInfo {

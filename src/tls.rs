@@ -10,6 +10,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::{self, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -45,12 +46,20 @@ impl UpstreamTls {
         Self::verified(roots)
     }
 
-    /// Verification against the CA certificates in `pem` only (a private CA, as nginx's
+    /// Verification against the certificates in `pem` only (a private CA, as nginx's
     /// `proxy_ssl_trusted_certificate`): public roots are not trusted alongside.
+    ///
+    /// A self-signed certificate listed here (as `openssl req -x509` makes it, `CA:TRUE`) is
+    /// also accepted when the upstream presents exactly that certificate, still checked for
+    /// the host name and its validity period, as OpenSSL (so nginx and HAProxy) and Go (so
+    /// Caddy) accept it. Anything else is as strict as a CA: a certificate neither pinned nor
+    /// issued by one listed here fails with **502**.
     pub fn with_root_certificates_pem(pem: &[u8]) -> Result<Self, TlsConfigError> {
         let mut roots = RootCertStore::empty();
+        let mut pinned = Vec::new();
         for cert in CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| TlsConfigError(format!("invalid PEM: {e}")))?;
+            pinned.push(cert.clone());
             roots
                 .add(cert)
                 .map_err(|e| TlsConfigError(format!("unusable CA certificate: {e}")))?;
@@ -60,7 +69,18 @@ impl UpstreamTls {
                 "no certificates found in the PEM data".into(),
             ));
         }
-        Ok(Self::verified(roots))
+        let provider = Arc::new(crypto::ring::default_provider());
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsConfigError(format!("unusable CA certificates: {e}")))?;
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Pinned { inner, pinned }))
+                    .with_no_client_auth()
+            });
+        Ok(Self::from_config(config, false))
     }
 
     /// No certificate or host-name verification at all: anyone on the path can impersonate
@@ -141,7 +161,7 @@ impl fmt::Debug for UpstreamTls {
 
 /// A TLS configuration that could not be built (e.g. a CA file without certificates).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfigError(String);
+pub struct TlsConfigError(pub(crate) String);
 
 impl fmt::Display for TlsConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,6 +170,80 @@ impl fmt::Display for TlsConfigError {
 }
 
 impl std::error::Error for TlsConfigError {}
+
+/// webpki's verification, plus: a listed self-signed certificate presented as it is.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let error = match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        // webpki checks the validity period before the basic constraints, so this error means
+        // the certificate is in date and its only fault is being a CA: fine when pinned.
+        let ca_as_leaf = matches!(
+            &error,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+                if other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+        );
+        if ca_as_leaf
+            && self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            let named = webpki::EndEntityCert::try_from(end_entity)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(server_name).is_ok());
+            if named {
+                return Ok(ServerCertVerified::assertion());
+            }
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+        Err(error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// Accepts any certificate; handshake signatures are still checked.
 #[derive(Debug)]

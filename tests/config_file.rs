@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::*;
 use futures_util::SinkExt;
 use http::StatusCode;

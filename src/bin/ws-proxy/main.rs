@@ -129,11 +129,21 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     // Before the first log line says we are up: from then on SIGHUP must never end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    tracing::info!(listen = %local, upstream = %plan.default_pool, "ws-proxy listening");
+    let scheme = if plan.server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(listen = %local, scheme, upstream = %plan.default_pool, "ws-proxy listening");
 
     let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
     let header_timeout = plan.header_timeout();
     let proxy_protocol = plan.settings.proxy_protocol == Some(true);
+    let server_tls = plan.server_tls.clone();
+    if let Some(tls) = &server_tls {
+        // Kubernetes and cert-manager replace Secret files in place: follow them.
+        tokio::spawn(tls.clone().watch(std::time::Duration::from_secs(5)));
+    }
     tokio::spawn(reload_on_hangup(plan, argv, reload, hangups, status));
 
     // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and at
@@ -159,8 +169,12 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         );
         drain.shutdown(grace).await
     };
+    let mut server = axum_ws_proxy::serve(listener, app);
+    if let Some(tls) = server_tls {
+        server = server.tls(tls);
+    }
     let (served, dropped) = tokio::join!(
-        axum_ws_proxy::serve(listener, app)
+        server
             .header_timeout(header_timeout)
             .proxy_protocol(proxy_protocol)
             .grace(grace)
@@ -200,6 +214,11 @@ async fn reload_on_hangup(
                     );
                 }
                 fresh.adopt(&running);
+                // The running server holds the first ServerTls: it re-reads its files.
+                if let Some(tls) = running.server_tls.clone() {
+                    let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                }
+                fresh.server_tls = running.server_tls.clone();
                 let generation = reload.reload(fresh.layer());
                 status.follow(&fresh);
                 metrics::counter!("ws_proxy_config_reloads_total", "result" => "ok").increment(1);

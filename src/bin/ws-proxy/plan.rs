@@ -2,10 +2,11 @@
 //! no side effects, so a reload can build one, and only then swap it in.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum_ws_proxy::{Mode, Refusal, UpstreamPool, UpstreamTls, WsProxyLayer};
+use axum_ws_proxy::{Mode, Refusal, ServerTls, UpstreamPool, UpstreamTls, WsProxyLayer};
 
 use crate::settings::{ModeSetting, PoolSettings, Positive, Settings};
 
@@ -17,6 +18,8 @@ pub(crate) struct Plan {
     pub(crate) default_pool: UpstreamPool,
     pub(crate) pools: BTreeMap<String, UpstreamPool>,
     tls: Option<UpstreamTls>,
+    /// HTTPS at the edge, when certificates are configured.
+    pub(crate) server_tls: Option<ServerTls>,
 }
 
 impl Plan {
@@ -49,6 +52,7 @@ impl Plan {
             None if insecure => Some(UpstreamTls::insecure_skip_verify()),
             None => None,
         };
+        let server_tls = server_tls(s)?;
         let default_pool = pool(&PoolSettings {
             upstream: s.upstream.clone(),
             balance: s.balance.clone(),
@@ -71,6 +75,7 @@ impl Plan {
             default_pool,
             pools,
             tls,
+            server_tls,
         })
     }
 
@@ -105,6 +110,13 @@ impl Plan {
         }
         if a.log_format != b.log_format {
             changed.push("log_format");
+        }
+        // The files are re-read on every reload; which files, and whether TLS is on, only
+        // change with a restart.
+        if (&a.tls_cert, &a.tls_key, &a.tls_client_ca, &a.tls)
+            != (&b.tls_cert, &b.tls_key, &b.tls_client_ca, &b.tls)
+        {
+            changed.push("tls files");
         }
         changed
     }
@@ -233,4 +245,42 @@ fn pool(p: &PoolSettings) -> Result<UpstreamPool, String> {
         pool = pool.max_sessions(n);
     }
     Ok(pool)
+}
+
+/// The edge's certificates: `tls_cert`/`tls_key` first (the default), then `[tls]`'s, chosen
+/// by SNI; every file read and checked now, so a problem is one line before anything listens.
+fn server_tls(s: &Settings) -> Result<Option<ServerTls>, String> {
+    let mut pairs: Vec<(&Path, &Path)> = Vec::new();
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => pairs.push((cert, key)),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        (None, None) => {}
+    }
+    if let Some(tls) = &s.tls {
+        pairs.extend(
+            tls.certificates
+                .iter()
+                .map(|c| (c.cert.as_path(), c.key.as_path())),
+        );
+    }
+    let Some((&(cert, key), more)) = pairs.split_first() else {
+        if s.tls_client_ca.is_some() {
+            return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+        }
+        return Ok(None);
+    };
+    let flag = |e: axum_ws_proxy::TlsConfigError| format!("--tls-cert/--tls-key: {e}");
+    let mut tls = ServerTls::from_pem_files(cert, key).map_err(flag)?;
+    for (cert, key) in more {
+        tls = tls
+            .certificate_files(cert, key)
+            .map_err(|e| format!("tls.certificates: {e}"))?;
+    }
+    if let Some(ca) = &s.tls_client_ca {
+        tls = tls
+            .client_ca_file(ca)
+            .map_err(|e| format!("--tls-client-ca: {e}"))?;
+    }
+    Ok(Some(tls))
 }

@@ -124,6 +124,20 @@ pub(crate) struct Settings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) trusted_proxy: Vec<Text<IpNet>>,
 
+    /// Serve HTTPS/wss:// with this PEM certificate chain (with --tls-key) [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key (with --tls-cert) [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Require client certificates issued by a CA in this PEM file (mTLS) [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// More certificates, chosen by SNI (file only): `[[tls.certificates]]` with `cert`, `key`.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<TlsFiles>,
+
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) listen: Option<SocketAddr>,
@@ -178,6 +192,21 @@ pub(crate) struct PoolSettings {
     pub(crate) fail_timeout: Option<Positive>,
     pub(crate) resolve_every: Option<Positive>,
     pub(crate) max_member_sessions: Option<usize>,
+}
+
+/// `[tls]`: certificates chosen by SNI, after `tls_cert`/`tls_key` (the default).
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFiles {
+    pub(crate) certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate chain and its key.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// `[[routes]]`: paths under `prefix` (whole segments) go to pool `pool`.
@@ -240,26 +269,29 @@ impl Settings {
         }
     }
 
-    /// `self` over `under`, key by key (a list given replaces the list under it). Pools and
-    /// routes come from the file alone.
+    /// `self` over `under`, key by key (a list given replaces the list under it). Pools,
+    /// routes and SNI certificates come from the file alone.
     fn over(mut self, mut under: Self) -> Result<Self, String> {
-        let (pools, routes) = if self.pools.is_empty() && self.routes.is_empty() {
+        let file_only = |s: &mut Settings| {
             (
-                std::mem::take(&mut under.pools),
-                std::mem::take(&mut under.routes),
-            )
-        } else {
-            (
-                std::mem::take(&mut self.pools),
-                std::mem::take(&mut self.routes),
+                std::mem::take(&mut s.pools),
+                std::mem::take(&mut s.routes),
+                s.tls.take(),
             )
         };
+        let (pools, routes, tls) =
+            if self.pools.is_empty() && self.routes.is_empty() && self.tls.is_none() {
+                file_only(&mut under)
+            } else {
+                file_only(&mut self)
+            };
         let table = |s: &Settings| toml::Table::try_from(s).map_err(|e| e.to_string());
         let mut merged = table(&under)?;
         merged.extend(table(&self)?);
         let mut settings: Settings = merged.try_into().map_err(|e| e.to_string())?;
         settings.pools = pools;
         settings.routes = routes;
+        settings.tls = tls;
         Ok(settings)
     }
 }

@@ -4,7 +4,13 @@
 //! ```text
 //! cargo run --example quickstart            # listens on 127.0.0.1:3000 (or a free port)
 //! cargo run --example quickstart -- 0.0.0.0:8080
+//! cargo run --example quickstart -- --tls   # https:// and wss://, HTTP/2 included
 //! ```
+//!
+//! With `--tls` it makes a certificate for `localhost` and `127.0.0.1` at start and prints its
+//! public-key pin, so a browser can trust it for this run (Chromium:
+//! `--ignore-certificate-errors-spki-list=PIN`); over HTTPS, Chromium carries the page's
+//! WebSocket over HTTP/2 (RFC 8441) through the proxy.
 //!
 //! The echo upstream chooses the subprotocol `echo.v1` when offered, and answers the message
 //! `/close` by closing with code 4000, so the page shows both crossing the proxy. (The
@@ -16,7 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::WsProxyLayer;
+use axum_ws_proxy::{ServerTls, WsProxyLayer};
 use tokio::net::TcpListener;
 
 const PAGE: &str = include_str!("quickstart.html");
@@ -27,7 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
     let upstream = echo_upstream().await?;
 
-    let listener = match std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tls = args.iter().any(|a| a == "--tls");
+    let listener = match args.iter().find(|a| !a.starts_with("--")) {
         Some(addr) => TcpListener::bind(addr.as_str()).await?,
         None => match TcpListener::bind("127.0.0.1:3000").await {
             Ok(l) => l,
@@ -35,15 +43,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let addr = listener.local_addr()?;
-    println!("WebSocket proxy ready: open http://{addr}/ in a browser");
-    println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream})");
     let app = app(upstream)?;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
+    if tls {
+        let (server_tls, pin) = tls_certificate()?;
+        println!(
+            "WebSocket proxy ready: open https://localhost:{}/ in a browser",
+            addr.port()
+        );
+        println!("  the certificate is made for this run; its public-key pin is {pin}");
+        println!(
+            "  chromium --ignore-certificate-errors-spki-list={pin} https://localhost:{}/",
+            addr.port()
+        );
+        println!("  (other browsers: accept the certificate warning once)");
+        axum_ws_proxy::serve(listener, app).tls(server_tls).await?;
+    } else {
+        println!("WebSocket proxy ready: open http://{addr}/ in a browser");
+        println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream})");
+        axum_ws_proxy::serve(listener, app).await?;
+    }
     Ok(())
+}
+
+/// A certificate for `localhost` and `127.0.0.1`, made now, and its public-key pin (base64
+/// SHA-256 of the SubjectPublicKeyInfo, what Chromium's spki list and HPKP use).
+pub fn tls_certificate() -> Result<(ServerTls, String), Box<dyn std::error::Error>> {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .self_signed(&key)?;
+    let spki = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+    let pin = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    let tls = ServerTls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())?;
+    Ok((tls, pin))
 }
 
 /// The app: the page at `/`, and every WebSocket upgrade proxied to `upstream`.

@@ -93,9 +93,15 @@ struct Browser {
 
 impl Browser {
     async fn open(browser: &Path, url: &str) -> Self {
+        Self::open_with(browser, url, &[]).await
+    }
+
+    /// As [`open`](Self::open), with more Chromium flags.
+    async fn open_with(browser: &Path, url: &str, extra: &[String]) -> Self {
         let profile = tempdir("devtools");
         let process = tokio::process::Command::new(browser)
             .args(HEADLESS)
+            .args(extra)
             .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
@@ -303,4 +309,90 @@ async fn the_status_page_renders_in_headless_chromium() {
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     println!("screenshot: {}", shot.display());
+}
+
+/// Log lines written by this test binary, captured (the proxy's own record of its sessions).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The first proof that a browser reaches the RFC 8441 path: Chromium loads the quickstart
+/// page over `https://` (HTTP/2 by ALPN), and its WebSocket to the same origin goes through
+/// the proxy as HTTP/2 extended CONNECT, as the session's own log line records
+/// (`protocol="h2" tls=true`). A screenshot is saved in the test's output folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_carries_the_websocket_over_http2_through_wss() {
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    let upstream = quickstart::echo_upstream().await.unwrap();
+    let (tls, pin) = quickstart::tls_certificate().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = axum_ws_proxy::serve(listener, quickstart::app(upstream).unwrap()).tls(tls);
+    tokio::spawn(std::future::IntoFuture::into_future(server));
+
+    let url = format!("https://localhost:{port}/?say=hello%20over%20h2&say=/close");
+    let trust = format!("--ignore-certificate-errors-spki-list={pin}");
+    // A message there and back, then the upstream's close code 4000 and reason: the page
+    // mirrors its state in its title.
+    let page = Browser::open_with(&browser, &url, std::slice::from_ref(&trust)).await;
+    let title = page.title_with("closed").await;
+    assert_eq!(
+        title,
+        "closed 4000 goodbye from the upstream | subprotocol echo.v1 | echo hello over h2"
+    );
+    drop(page);
+    // The session has closed and logged its summary. (The other tests
+    // in this binary log plaintext sessions, tls=false.)
+    let line = within("the session's log line", async {
+        loop {
+            let text = logs.text();
+            let ours = |l: &&str| l.contains("session closed") && l.contains("tls=true");
+            if let Some(line) = text.lines().find(ours) {
+                return line.to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(line.contains("protocol=\"h2\""), "not over HTTP/2: {line}");
+    assert!(line.contains("path=/echo"), "{line}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart-tls.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &browser,
+        &url,
+        &[
+            "--virtual-time-budget=5000".into(),
+            trust,
+            format!("--screenshot={}", shot.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 }

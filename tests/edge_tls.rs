@@ -612,3 +612,50 @@ fn bad_tls_flags_are_one_line_and_exit_code_2() {
         );
     }
 }
+
+/// In the library: the verified client certificate is in the request's extensions, so a
+/// routing hook can authorise on it and forward it upstream (nginx's
+/// `proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert`).
+#[tokio::test]
+async fn a_routing_hook_sees_and_forwards_the_client_certificate() {
+    use axum_ws_proxy::{Refusal, ServerTls, TlsInfo, WsProxyLayer};
+    use base64::Engine;
+    let ca = Ca::new("edge test CA");
+    let clients = Ca::new("client CA");
+    let (cert, key) = write_pair("hook", &ca.issue(&["localhost"], 50));
+    let client_ca = dir().join("hook-clients.pem");
+    std::fs::write(&client_ca, &clients.pem).unwrap();
+    let tls = ServerTls::from_pem_files(&cert, &key)
+        .unwrap()
+        .client_ca_file(&client_ca)
+        .unwrap();
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let layer = WsProxyLayer::new(upstream(up)).route(|req| {
+        let leaf = req
+            .extensions()
+            .get::<TlsInfo>()
+            .and_then(|tls| tls.peer_certificates.first().cloned())
+            .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "a client certificate is needed"))?;
+        let value = base64::engine::general_purpose::STANDARD.encode(leaf.as_ref());
+        let value = value
+            .parse()
+            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad cert"))?;
+        req.upstream_headers().insert("x-client-cert", value);
+        Ok(())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let app = axum::Router::new().layer(layer);
+    tokio::spawn(std::future::IntoFuture::into_future(
+        axum_ws_proxy::serve(listener, app).tls(tls),
+    ));
+    let alice = clients.issue(&["alice.clients.test"], 51);
+    let tls = tls_connect(proxy, "localhost", client_config(&ca, &[], Some(&alice)))
+        .await
+        .unwrap();
+    wss_echo(tls, "localhost", "authorised").await;
+    let (_, headers) = within("the upstream request", seen.recv()).await.unwrap();
+    let expected = base64::engine::general_purpose::STANDARD.encode(der(&alice.0));
+    assert_eq!(headers["x-client-cert"], expected.as_str());
+    assert_eq!(headers["x-forwarded-proto"], "https");
+}

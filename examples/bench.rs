@@ -27,6 +27,11 @@
 //! - RSS per idle session: 8000 sessions held, against none;
 //! - round trip p50: one session, one 64 B message at a time (direct: no proxy).
 //!
+//! TLS rows (`ws-proxy tls` against `nginx tls`, when nginx is installed): the same CPU per
+//! handshake, per MB and RSS per idle session with the client on TLS 1.3
+//! (`TLS_AES_128_GCM_SHA256` only, ALPN `http/1.1`, no resumption) and one ECDSA P-256
+//! certificate made at start for both servers.
+//!
 //! nginx runs the usual recipe (`proxy_http_version 1.1`, `Upgrade`/`Connection` mapped, one
 //! worker, access log off), HAProxy with `timeout tunnel` and one thread, Caddy with
 //! `reverse_proxy`, and `ws-proxy` with `RUST_LOG=warn` (no per-session log line, as the others
@@ -45,7 +50,64 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<Stream>;
+
+/// Where the load generator connects: the address, and TLS for the TLS targets.
+#[derive(Clone)]
+struct Endpoint {
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A client connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 struct Counts {
     /// Each target is measured this many times; rows are medians.
@@ -82,6 +144,10 @@ enum Kind {
     Nginx,
     Haproxy,
     Caddy,
+    /// `ws-proxy --tls-cert/--tls-key`, frame mode.
+    FramesTls,
+    /// nginx with `listen ... ssl http2`, the same certificate.
+    NginxTls,
 }
 
 impl Kind {
@@ -93,9 +159,16 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
             Kind::Caddy => "caddy",
+            Kind::FramesTls => "ws-proxy tls",
+            Kind::NginxTls => "nginx tls",
         }
     }
 
+    fn is_tls(self) -> bool {
+        matches!(self, Kind::FramesTls | Kind::NginxTls)
+    }
+
+    /// Anchors of the plaintext rows (the TLS rows compare with nginx tls).
     fn is_anchor(self) -> bool {
         matches!(self, Kind::Nginx | Kind::Haproxy | Kind::Caddy)
     }
@@ -182,7 +255,14 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     let _ = Command::new("sync").status();
     wait_for_quiet_cpu(0).await;
     let upstream = start_echo().await;
-    let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel];
+    let cert = match BenchCert::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench: cannot make the TLS certificate: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel, Kind::FramesTls];
     for (kind, bin) in [
         (Kind::Nginx, "nginx"),
         (Kind::Haproxy, "haproxy"),
@@ -190,6 +270,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     ] {
         if which(bin).is_some() {
             kinds.push(kind);
+            if kind == Kind::Nginx {
+                kinds.push(Kind::NginxTls);
+            }
         } else {
             eprintln!("{bin} not installed: skipped (Debian: apt-get install {bin})");
         }
@@ -206,14 +289,14 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     for round in 1..=rounds {
         for &kind in &kinds {
             eprintln!("== {} (round {round} of {rounds})", kind.name());
-            let target = match Target::start(kind, upstream) {
+            let target = match Target::start(kind, upstream, &cert) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("{}: could not start ({e}); skipped", kind.name());
                     continue;
                 }
             };
-            if let Err(e) = wait_ready(target.addr).await {
+            if let Err(e) = wait_ready(&target.endpoint()).await {
                 eprintln!("{}: not ready ({e}); skipped", kind.name());
                 continue;
             }
@@ -232,36 +315,43 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     if rounds > 1 {
         println!("Medians of {rounds} rounds.\n");
     }
-    print_table(&order, &rows);
+    let (tls, plain): (Vec<Kind>, Vec<Kind>) = order.iter().partition(|k| k.is_tls());
+    print_table(&plain, &rows);
+    if !tls.is_empty() {
+        print_tls_table(&tls, &rows);
+    }
     print_targets(&rows);
 }
 
 async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
-    let want = |r: &str| rows.iter().any(|x| x == r);
+    // TLS targets: the rows TLS changes (handshake, bulk crypto, memory per session).
+    let tls_row = |r: &str| !t.kind.is_tls() || matches!(r, "mb" | "handshake" | "idle");
+    let want = |r: &str| rows.iter().any(|x| x == r) && tls_row(r);
     let mut row = Row::default();
     // Warm up: a few sessions, so lazy allocations are not charged to the first workload.
-    small_messages(t.addr, 10, 4, 2000).await;
+    let ep = &t.endpoint();
+    small_messages(ep, 10, 4, 2000).await;
 
     if want("msg") {
         let before = t.cpu_ns();
-        let n = small_messages(t.addr, 50, 8, c.small).await;
+        let n = small_messages(ep, 50, 8, c.small).await;
         row.us_per_msg = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
     }
     if want("mb") {
         let before = t.cpu_ns();
-        let bytes = bulk(t.addr, 4, 2, 256 << 10, c.bulk_mb << 20).await;
+        let bytes = bulk(ep, 4, 2, 256 << 10, c.bulk_mb << 20).await;
         let mb = bytes as f64 / (1u64 << 20) as f64;
         row.ms_per_mb = t.cpu_since(before).map(|ns| ns as f64 / 1e6 / mb);
     }
     if want("handshake") {
         let before = t.cpu_ns();
-        let n = handshakes(t.addr, c.handshakes, 20).await;
+        let n = handshakes(ep, c.handshakes, 20).await;
         row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
     }
     if want("idle") && t.kind != Kind::Direct {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = t.rss_kib();
-        let held = idle(t.addr, c.idle).await;
+        let held = idle(ep, c.idle).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let after = t.rss_kib();
         if let Some(ms) = std::env::var("BENCH_HOLD_IDLE_MS")
@@ -275,7 +365,7 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
         row.kb_per_idle = Some(after.saturating_sub(before) as f64 * 1.024 / held.len() as f64);
     }
     if want("rtt") {
-        row.rtt_p50_us = Some(rtt_p50(t.addr, c.rtt).await);
+        row.rtt_p50_us = Some(rtt_p50(ep, c.rtt).await);
     }
     row
 }
@@ -286,16 +376,18 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
 struct Target {
     kind: Kind,
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
     child: Option<Child>,
     _dir: Option<PathBuf>,
 }
 
 impl Target {
-    fn start(kind: Kind, upstream: SocketAddr) -> Result<Self, String> {
+    fn start(kind: Kind, upstream: SocketAddr, cert: &BenchCert) -> Result<Self, String> {
         if kind == Kind::Direct {
             return Ok(Self {
                 kind,
                 addr: upstream,
+                tls: None,
                 child: None,
                 _dir: None,
             });
@@ -311,6 +403,26 @@ impl Target {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg("0");
         match kind {
+            Kind::FramesTls => {
+                cmd.arg(ws_proxy_bin()?)
+                    .args(["--listen", &addr.to_string()])
+                    .args(["--upstream", &format!("ws://{upstream}")])
+                    .arg("--tls-cert")
+                    .arg(&cert.cert)
+                    .arg("--tls-key")
+                    .arg(&cert.key)
+                    .env("RUST_LOG", "warn");
+            }
+            Kind::NginxTls => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_conf(port, upstream, &dir, Some(cert)))
+                    .map_err(|e| e.to_string())?;
+                cmd.arg(which("nginx").unwrap_or_default())
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf);
+            }
             Kind::Frames | Kind::Tunnel => {
                 let bin = ws_proxy_bin()?;
                 let mode = if kind == Kind::Tunnel {
@@ -331,7 +443,7 @@ impl Target {
             }
             Kind::Nginx => {
                 let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_conf(port, upstream, &dir))
+                std::fs::write(&conf, nginx_conf(port, upstream, &dir, None))
                     .map_err(|e| e.to_string())?;
                 cmd.arg(which("nginx").unwrap_or_default())
                     .arg("-p")
@@ -367,9 +479,17 @@ impl Target {
         Ok(Self {
             kind,
             addr,
+            tls: kind.is_tls().then(|| cert.connector.clone()),
             child: Some(child),
             _dir: Some(dir),
         })
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            tls: self.tls.clone(),
+        }
     }
 
     /// Every process of the target: the child (taskset execs into it) and its descendants.
@@ -443,8 +563,17 @@ impl Drop for Target {
     }
 }
 
-fn nginx_conf(port: u16, up: SocketAddr, dir: &std::path::Path) -> String {
+fn nginx_conf(port: u16, up: SocketAddr, dir: &std::path::Path, tls: Option<&BenchCert>) -> String {
     let d = dir.display();
+    let listen = match tls {
+        Some(c) => format!(
+            "127.0.0.1:{port} ssl http2;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache off;\n    ssl_session_tickets off",
+            c.cert.display(),
+            c.key.display()
+        ),
+        None => format!("127.0.0.1:{port}"),
+    };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -452,12 +581,62 @@ fn nginx_conf(port: u16, up: SocketAddr, dir: &std::path::Path) -> String {
          http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
            fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
            map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+           server {{\n    listen {listen};\n    location / {{\n\
                proxy_pass http://{up};\n      proxy_http_version 1.1;\n\
                proxy_set_header Upgrade $http_upgrade;\n\
                proxy_set_header Connection $connection_upgrade;\n\
                proxy_set_header Host $host;\n      proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n"
     )
+}
+
+/// One certificate for both TLS targets (ECDSA P-256, made at start), and a client that
+/// trusts it, offers ALPN `http/1.1` and one cipher suite (TLS 1.3, AES-128-GCM), so both
+/// servers do the same handshake; no session resumption (every handshake is a full one).
+struct BenchCert {
+    cert: PathBuf,
+    key: PathBuf,
+    connector: tokio_rustls::TlsConnector,
+    _dir: PathBuf,
+}
+
+impl BenchCert {
+    fn new() -> Result<Self, String> {
+        use tokio_rustls::rustls;
+        let fail = |e: &dyn std::fmt::Display| e.to_string();
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| fail(&e))?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).map_err(|e| fail(&e))?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .and_then(|p| p.signed_by(&key, &issuer))
+            .map_err(|e| fail(&e))?;
+        let dir = std::env::temp_dir().join(format!("ws-bench-{}-cert", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, leaf.pem()).map_err(|e| fail(&e))?;
+        std::fs::write(&key_path, key.serialize_pem()).map_err(|e| fail(&e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).map_err(|e| fail(&e))?;
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| fail(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Self {
+            cert: cert_path,
+            key: key_path,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            _dir: dir,
+        })
+    }
 }
 
 fn haproxy_conf(port: u16, up: SocketAddr) -> String {
@@ -507,9 +686,10 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
+async fn wait_ready(ep: &Endpoint) -> Result<(), String> {
+    let addr = ep.addr;
     for _ in 0..200 {
-        if let Ok((mut ws, _)) = connect(addr).await {
+        if let Ok((mut ws, _)) = connect(ep).await {
             let _ = ws.close(None).await;
             return Ok(());
         }
@@ -545,14 +725,29 @@ async fn start_echo() -> SocketAddr {
     addr
 }
 
-async fn connect(addr: SocketAddr) -> Result<(Ws, ()), String> {
+async fn connect(ep: &Endpoint) -> Result<(Ws, ()), String> {
+    let addr = ep.addr;
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let (stream, url) = match &ep.tls {
+        Some(connector) => {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
+                .map_err(|e| e.to_string())?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                Stream::Tls(Box::new(tls)),
+                format!("wss://localhost:{}/bench", addr.port()),
+            )
+        }
+        None => (Stream::Plain(tcp), format!("ws://{addr}/bench")),
+    };
     let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20));
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/bench"), tcp, Some(cfg))
-            .await
-            .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((ws, ()))
 }
 
@@ -579,7 +774,7 @@ fn check(data: &[u8], seq: u64, size: usize) {
 /// `sessions` sessions, each with `inflight` messages of `size` bytes outstanding, until
 /// `total` messages have been echoed and checked. Returns the count.
 async fn echo_load(
-    addr: SocketAddr,
+    ep: &Endpoint,
     sessions: usize,
     inflight: usize,
     size: usize,
@@ -588,8 +783,9 @@ async fn echo_load(
     let per = total / sessions as u64;
     let mut tasks = Vec::new();
     for _ in 0..sessions {
+        let ep = ep.clone();
         tasks.push(tokio::spawn(async move {
-            let (ws, _) = connect(addr).await.expect("connect");
+            let (ws, _) = connect(&ep).await.expect("connect");
             let (mut tx, mut rx) = ws.split();
             let window = Arc::new(Semaphore::new(inflight));
             let w = window.clone();
@@ -621,29 +817,30 @@ async fn echo_load(
     n
 }
 
-async fn small_messages(addr: SocketAddr, sessions: usize, inflight: usize, total: u64) -> u64 {
-    echo_load(addr, sessions, inflight, 64, total).await
+async fn small_messages(ep: &Endpoint, sessions: usize, inflight: usize, total: u64) -> u64 {
+    echo_load(ep, sessions, inflight, 64, total).await
 }
 
 async fn bulk(
-    addr: SocketAddr,
+    ep: &Endpoint,
     sessions: usize,
     inflight: usize,
     size: usize,
     total_bytes: u64,
 ) -> u64 {
-    let n = echo_load(addr, sessions, inflight, size, total_bytes / size as u64).await;
+    let n = echo_load(ep, sessions, inflight, size, total_bytes / size as u64).await;
     // Counted once each way through the proxy; CPU per MB is per MB echoed.
     n * size as u64
 }
 
-async fn handshakes(addr: SocketAddr, total: u64, concurrency: u64) -> u64 {
+async fn handshakes(ep: &Endpoint, total: u64, concurrency: u64) -> u64 {
     let per = total / concurrency;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
+        let ep = ep.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
-                let (mut ws, _) = connect(addr).await.expect("handshake");
+                let (mut ws, _) = connect(&ep).await.expect("handshake");
                 ws.close(None).await.expect("close");
                 while let Some(Ok(_)) = ws.next().await {}
             }
@@ -657,13 +854,14 @@ async fn handshakes(addr: SocketAddr, total: u64, concurrency: u64) -> u64 {
     n
 }
 
-async fn idle(addr: SocketAddr, n: usize) -> Vec<Ws> {
+async fn idle(ep: &Endpoint, n: usize) -> Vec<Ws> {
     let mut held = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(200) {
         let mut tasks = Vec::new();
         for _ in 0..200.min(n - chunk * 200) {
+            let ep = ep.clone();
             tasks.push(tokio::spawn(async move {
-                connect(addr).await.expect("idle session").0
+                connect(&ep).await.expect("idle session").0
             }));
         }
         for t in tasks {
@@ -673,8 +871,8 @@ async fn idle(addr: SocketAddr, n: usize) -> Vec<Ws> {
     held
 }
 
-async fn rtt_p50(addr: SocketAddr, n: usize) -> f64 {
-    let (mut ws, _) = connect(addr).await.expect("connect");
+async fn rtt_p50(ep: &Endpoint, n: usize) -> f64 {
+    let (mut ws, _) = connect(ep).await.expect("connect");
     let mut samples = Vec::with_capacity(n);
     for seq in 0..n as u64 {
         let started = Instant::now();
@@ -749,6 +947,45 @@ fn print_table(order: &[Kind], rows: &BTreeMap<&'static str, Row>) {
         println!();
     }
     println!("\nRatios are to the best of nginx, HAProxy and Caddy for the row (latency: time added over direct).");
+}
+
+/// TLS at the edge: ws-proxy against nginx, same certificate, suite and client.
+fn print_tls_table(order: &[Kind], rows: &BTreeMap<&'static str, Row>) {
+    type Field = fn(&Row) -> Option<f64>;
+    let lines: [(&str, Field, &str); 3] = [
+        (
+            "proxy CPU per TLS handshake (full, + WebSocket upgrade)",
+            |r| r.us_per_handshake,
+            "us",
+        ),
+        (
+            "proxy CPU per MB over TLS (256 KiB messages)",
+            |r| r.ms_per_mb,
+            "ms",
+        ),
+        ("proxy RSS per idle TLS session", |r| r.kb_per_idle, "KB"),
+    ];
+    let nginx = rows.get(Kind::NginxTls.name());
+    println!("\nTLS 1.3 (TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256), no resumption:\n");
+    print!("| per unit |");
+    for k in order {
+        print!(" {} |", k.name());
+    }
+    println!("\n|---|{}", "---|".repeat(order.len()));
+    for (label, field, unit) in lines {
+        print!("| {label} |");
+        for k in order {
+            let anchor = nginx.and_then(field);
+            match (rows.get(k.name()).and_then(field), anchor) {
+                (Some(v), Some(a)) if *k != Kind::NginxTls && a > 0.0 => {
+                    print!(" {v:.2} {unit} ({:.2}x) |", v / a)
+                }
+                (Some(v), _) => print!(" {v:.2} {unit} |"),
+                (None, _) => print!(" - |"),
+            }
+        }
+        println!();
+    }
 }
 
 /// The performance targets (ratios to anchors measured in the same run), each judged met or not.
@@ -826,6 +1063,27 @@ fn print_targets(rows: &BTreeMap<&'static str, Row>) {
             Box::new(|r: &Row| r.kb_per_idle),
             value(Kind::Haproxy, |r| r.kb_per_idle),
             0.9,
+        ),
+        (
+            Kind::FramesTls,
+            "CPU per TLS handshake vs nginx",
+            Box::new(|r: &Row| r.us_per_handshake),
+            value(Kind::NginxTls, |r| r.us_per_handshake),
+            1.0,
+        ),
+        (
+            Kind::FramesTls,
+            "CPU per MB over TLS vs nginx",
+            Box::new(|r: &Row| r.ms_per_mb),
+            value(Kind::NginxTls, |r| r.ms_per_mb),
+            1.0,
+        ),
+        (
+            Kind::FramesTls,
+            "RSS per idle TLS session vs nginx",
+            Box::new(|r: &Row| r.kb_per_idle),
+            value(Kind::NginxTls, |r| r.kb_per_idle),
+            1.0,
         ),
     ];
     println!("\nTargets (same run):");

@@ -319,8 +319,26 @@ impl Direction {
                                 return Poll::Ready(end);
                             }
                         }
-                        // Per hop: tungstenite has queued the pong on `src` already.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        // Per hop: tungstenite has queued the pong on `src` already. A peer
+                        // that pings and never reads must not make the proxy queue pongs
+                        // without end: once `src` cannot take its pong, stop reading it until
+                        // it can (the kernel's buffers and TCP hold the rest of the flood).
+                        Message::Ping(_) => match Pin::new(&mut *src).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(error)) => {
+                                return Poll::Ready(Ended::WriteFailed {
+                                    side: self.from,
+                                    error,
+                                })
+                            }
+                            Poll::Pending => {
+                                if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
+                                    return Poll::Ready(end);
+                                }
+                                return Poll::Pending;
+                            }
+                        },
+                        Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(frame) => {
                             return Poll::Ready(Ended::Closed {
                                 by: self.from,

@@ -10,7 +10,7 @@
 //! | `ws_proxy_messages_total` | counter | `direction`: `to_upstream`, `to_client` | data messages forwarded |
 //! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
 //! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
-//! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code` | close codes per leg (1005: none; 1006: dropped) |
+//! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code`: `1000`-`1015`, `3000-3999`, `4000-4999`, `other` | close codes per leg (1005: none; 1006: dropped); codes outside the registered range are bucketed, so peers cannot create series |
 //! | `ws_proxy_spliced_bytes_total` | counter | | tunnel payload bytes moved socket to socket with `splice(2)`, never copied into the proxy |
 //! | `ws_proxy_sessions_opened_total` | counter | `protocol`: `h1`, `h2`; `tls`: `true`, `false` | sessions opened, by how the client came (`h2`: RFC 8441) |
 //! | `ws_proxy_tls_reloads_total` | counter | `result`: `ok`, `error` | certificate reloads of [`ServerTls`](crate::ServerTls) |
@@ -92,10 +92,21 @@ mod imp {
     pub(crate) fn session_closed(upstream: SocketAddr, report: &Report) {
         gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).decrement(1.0);
         counter!(SESSIONS_TOTAL, "outcome" => report.closed_by).increment(1);
-        counter!(CLOSE_CODES, "leg" => "client", "code" => report.client_code.to_string())
+        counter!(CLOSE_CODES, "leg" => "client", "code" => code_label(report.client_code))
             .increment(1);
-        counter!(CLOSE_CODES, "leg" => "upstream", "code" => report.upstream_code.to_string())
+        counter!(CLOSE_CODES, "leg" => "upstream", "code" => code_label(report.upstream_code))
             .increment(1);
+    }
+
+    /// A close code as a label: the registered codes as themselves, the rest in ranges, so no
+    /// peer can create series (the code space has 65 536 values per leg).
+    pub(crate) fn code_label(code: u16) -> std::borrow::Cow<'static, str> {
+        match code {
+            1000..=1015 => code.to_string().into(),
+            3000..=3999 => "3000-3999".into(),
+            4000..=4999 => "4000-4999".into(),
+            _ => "other".into(),
+        }
     }
 
     pub(crate) fn handshake_failed(cause: &'static str) {
@@ -166,3 +177,16 @@ pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
     handshake_failed, session_closed, session_opened, spliced, upstream_answered, TrafficCounters,
 };
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    #[test]
+    fn close_code_labels_are_bounded() {
+        let labels: std::collections::BTreeSet<_> =
+            (0..=u16::MAX).map(super::imp::code_label).collect();
+        assert_eq!(labels.len(), 16 + 3, "{labels:?}");
+        assert_eq!(super::imp::code_label(1011), "1011");
+        assert_eq!(super::imp::code_label(4000), "4000-4999");
+        assert_eq!(super::imp::code_label(999), "other");
+    }
+}

@@ -84,6 +84,15 @@ pub enum ProxyError {
     /// The upstream's answer head (status line and headers) is larger than the proxy accepts
     /// (64 KiB): **502**.
     AnswerTooLarge(usize),
+    /// The request path climbs above the root once its dot-segments are removed (`/../x`,
+    /// `/a/%2e%2e/%2E%2E/x`, `/..\\x`): **400**. Nothing is dialled.
+    PathAboveRoot,
+    /// `Host` is repeated, missing on HTTP/1.1, or not a valid `host[:port]` authority (RFC
+    /// 9112 §3.2): **400**, naming which.
+    InvalidHost(&'static str),
+    /// The upgrade request has a body (`Content-Length` other than 0, or
+    /// `Transfer-Encoding`): **400**. Its bytes would otherwise be taken as WebSocket frames.
+    UpgradeWithBody,
     /// The upstream answered 101 but the answer is not a valid WebSocket acceptance (wrong
     /// `Sec-WebSocket-Accept`, missing `Upgrade`/`Connection`, a subprotocol or extension that
     /// was not offered): **502**. No session is opened on a forged or broken 101.
@@ -95,7 +104,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::InvalidKey
+            | Self::PathAboveRoot
+            | Self::InvalidHost(_)
+            | Self::UpgradeWithBody => StatusCode::BAD_REQUEST,
             Self::Refused(status, _) => *status,
             Self::OriginNotAllowed(_) | Self::MissingOrigin => StatusCode::FORBIDDEN,
             Self::ShuttingDown | Self::TooManySessions(_) | Self::MembersFull(_) => {
@@ -132,6 +144,9 @@ impl ProxyError {
             Self::Handshake(_) => "handshake",
             Self::AnswerTooLarge(_) => "answer_too_large",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
+            Self::PathAboveRoot => "path_above_root",
+            Self::InvalidHost(_) => "invalid_host",
+            Self::UpgradeWithBody => "upgrade_with_body",
         }
     }
 }
@@ -172,6 +187,9 @@ impl fmt::Display for ProxyError {
                 write!(f, "upstream's answer head is larger than {} KiB", max >> 10)
             }
             Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
+            Self::PathAboveRoot => f.write_str("the request path climbs above the root"),
+            Self::InvalidHost(why) => write!(f, "invalid Host: {why}"),
+            Self::UpgradeWithBody => f.write_str("an upgrade request cannot have a body"),
         }
     }
 }

@@ -108,6 +108,7 @@ mod origin;
 mod proxy;
 mod redact;
 mod reload;
+mod request;
 mod route;
 #[cfg(feature = "serve")]
 mod serve;

@@ -38,6 +38,11 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0);
+    if let Err(e) = crate::request::check(&mut req) {
+        let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let log_path = config.redact.apply(raw).into_owned();
+        return refuse(&config, e, client_addr, &log_path);
+    }
     let path = req.uri().path_and_query().cloned();
     let raw_path = path.as_ref().map_or("/", PathAndQuery::as_str);
     // Logs never carry secrets from the query; hooks get the path as sent.

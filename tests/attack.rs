@@ -149,3 +149,141 @@ async fn an_upstream_ping_flood_does_not_grow_the_proxy_tunnel() {
         "grew {grew} KiB after {sent} bytes of pings"
     );
 }
+
+/// A raw upgrade request with exactly these head lines (no Host unless given).
+fn raw_upgrade(target: &str, lines: &[&str]) -> String {
+    let mut req = format!("GET {target} HTTP/1.1\r\n");
+    for (k, v) in UPGRADE_HEADERS {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    for l in lines {
+        req.push_str(l);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Dot-segments cannot leave the upstream's prefix: `/../admin` is refused with 400 before
+/// any dial; `%2e%2e` and `..\` count as `..`; a path that stays inside is normalised.
+#[tokio::test]
+async fn dot_segments_cannot_leave_the_upstream_prefix() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(
+        format!("ws://{up}/rooms").parse().unwrap(),
+    ))
+    .await;
+    for path in [
+        "/../admin",
+        "/%2e%2e/admin",
+        "/.%2e/admin",
+        "/..\\admin",
+        "/a/../../admin",
+    ] {
+        let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, path, &[])).await;
+        assert_eq!(status, 400, "{path}: {head}");
+    }
+    let (status, ..) = raw_exchange(
+        proxy,
+        &upgrade_request(proxy, "/a/%2e%2e/b/./c?q=/../x", &[]),
+    )
+    .await;
+    assert_eq!(status, 101);
+    let (uri, _) = within("the upstream request", seen.recv()).await.unwrap();
+    assert_eq!(uri, "/rooms/b/c?q=/../x");
+    assert!(
+        seen.try_recv().is_err(),
+        "a refused path reached the upstream"
+    );
+}
+
+/// Config-file routes match the normalised path: `/public/../../etc` is 400, and
+/// `/public/../chat` goes to the chat route.
+#[tokio::test]
+async fn routes_match_the_normalised_path() {
+    let (public, chat) = (named("public").await, named("chat").await);
+    let file = write_config(
+        "traversal.toml",
+        &format!(
+            "[pools.public]\nupstream = [\"ws://{public}/public\"]\n[pools.chat]\nupstream = [\"ws://{chat}\"]\n\
+             [[routes]]\nprefix = \"/public\"\npool = \"public\"\n[[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"
+        ),
+    );
+    let (_child, proxy, _) = start_ws_proxy(&["--config", file.to_str().unwrap()]).await;
+    let (status, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/public/../../etc", &[])).await;
+    assert_eq!(status, 400);
+    let mut ws = connect(proxy, "/public/../chat/1").await;
+    assert_eq!(
+        next_message(&mut ws).await,
+        tokio_tungstenite::tungstenite::Message::text("chat")
+    );
+}
+
+/// RFC 9112 §3.2: one valid Host, present on HTTP/1.1; the absolute-form target's authority
+/// wins and is what X-Forwarded-Host says.
+#[tokio::test]
+async fn host_handling_is_strict() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await;
+    for (lines, why) in [
+        (
+            &["host: a.example", "host: b.example"][..],
+            "more than one Host header",
+        ),
+        (&[][..], "HTTP/1.1 requires one"),
+        (&["host: evil.example/../x"][..], "not a host[:port]"),
+        (&["host: user@evil.example"][..], "not a host[:port]"),
+    ] {
+        let (status, head, mut tcp, mut rest) = raw_exchange(proxy, &raw_upgrade("/", lines)).await;
+        assert_eq!(status, 400, "{lines:?}: {head}");
+        let length: usize = head_header(&head, "content-length").unwrap().parse().unwrap();
+        while rest.len() < length {
+            let mut buf = [0u8; 256];
+            let n = within("the body", tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0, "closed before the body");
+            rest.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            String::from_utf8_lossy(&rest).contains(why),
+            "{lines:?}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    let (status, ..) = raw_exchange(
+        proxy,
+        &raw_upgrade("http://target.example/x", &["host: other.example"]),
+    )
+    .await;
+    assert_eq!(status, 101);
+    let (_, headers) = within("the upstream request", seen.recv()).await.unwrap();
+    assert_eq!(headers["host"], "target.example");
+    assert_eq!(headers["x-forwarded-host"], "target.example");
+    assert!(
+        seen.try_recv().is_err(),
+        "a refused request reached the upstream"
+    );
+}
+
+/// An upgrade with a body is refused before any dial (its bytes would be taken as frames).
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_refused() {
+    let (up, mut seen) = recording_upstream(&[]).await;
+    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await;
+    let host = format!("host: {proxy}");
+    for extra in [["content-length: 5"], ["transfer-encoding: chunked"]] {
+        let mut req = raw_upgrade("/", &[host.as_str(), extra[0]]);
+        req.push_str(if extra[0].starts_with("content") {
+            "hello"
+        } else {
+            "5\r\nhello\r\n0\r\n\r\n"
+        });
+        let (status, head, ..) = raw_exchange(proxy, &req).await;
+        assert_eq!(status, 400, "{extra:?}: {head}");
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "a request with a body reached the upstream"
+    );
+}

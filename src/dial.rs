@@ -83,6 +83,12 @@ pub(crate) async fn dial(
                     lease,
                 });
             }
+            Err(ProxyError::Connect { addr, source }) if is_local(&source) => {
+                // The proxy's own shortage, not the upstream's fault: no health penalty, and
+                // no point in trying the next member now.
+                tracing::warn!(%addr, "cannot dial: local resources exhausted: {source}");
+                return Err(ProxyError::LocalResources { source });
+            }
             Err(e) => {
                 pool.report(&endpoint, false);
                 tracing::debug!(member = %endpoint.member.upstream(), addr = %endpoint.addr, "dial failed: {e}");
@@ -91,6 +97,16 @@ pub(crate) async fn dial(
         }
     }
     Err(last.unwrap_or_else(|| pool.nothing_to_dial()))
+}
+
+/// Errors that say the proxy ran out of something, not that the upstream failed.
+fn is_local(e: &io::Error) -> bool {
+    // EMFILE, ENFILE (descriptors), ENOMEM, ENOBUFS (memory), EADDRNOTAVAIL (local ports).
+    #[cfg(target_os = "linux")]
+    const LOCAL: [i32; 5] = [24, 23, 12, 105, 99];
+    #[cfg(not(target_os = "linux"))]
+    const LOCAL: [i32; 0] = [];
+    e.kind() == io::ErrorKind::OutOfMemory || e.raw_os_error().is_some_and(|c| LOCAL.contains(&c))
 }
 
 /// Connects to one endpoint. Refused or unreachable: 502 (after any failover).

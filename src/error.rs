@@ -84,6 +84,12 @@ pub enum ProxyError {
     /// The upstream's answer head (status line and headers) is larger than the proxy accepts
     /// (64 KiB): **502**.
     AnswerTooLarge(usize),
+    /// The proxy itself could not open a connection (out of file descriptors, memory, or
+    /// local ports): **503** with `Retry-After: 1`. Not counted against the upstream's health.
+    LocalResources {
+        /// The system's error.
+        source: io::Error,
+    },
     /// The request path climbs above the root once its dot-segments are removed (`/../x`,
     /// `/a/%2e%2e/%2E%2E/x`, `/..\\x`): **400**. Nothing is dialled.
     PathAboveRoot,
@@ -110,9 +116,10 @@ impl ProxyError {
             | Self::UpgradeWithBody => StatusCode::BAD_REQUEST,
             Self::Refused(status, _) => *status,
             Self::OriginNotAllowed(_) | Self::MissingOrigin => StatusCode::FORBIDDEN,
-            Self::ShuttingDown | Self::TooManySessions(_) | Self::MembersFull(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::TooManySessions(_)
+            | Self::MembersFull(_)
+            | Self::LocalResources { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
             | Self::Tls { .. }
@@ -145,6 +152,7 @@ impl ProxyError {
             Self::AnswerTooLarge(_) => "answer_too_large",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
             Self::PathAboveRoot => "path_above_root",
+            Self::LocalResources { .. } => "local_resources",
             Self::InvalidHost(_) => "invalid_host",
             Self::UpgradeWithBody => "upgrade_with_body",
         }
@@ -188,6 +196,9 @@ impl fmt::Display for ProxyError {
             }
             Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
             Self::PathAboveRoot => f.write_str("the request path climbs above the root"),
+            Self::LocalResources { source } => {
+                write!(f, "the proxy cannot open a connection now: {source}")
+            }
             Self::InvalidHost(why) => write!(f, "invalid Host: {why}"),
             Self::UpgradeWithBody => f.write_str("an upgrade request cannot have a body"),
         }
@@ -200,6 +211,7 @@ impl std::error::Error for ProxyError {
             Self::Resolve { source, .. }
             | Self::Connect { source, .. }
             | Self::Tls { source, .. } => Some(source),
+            Self::LocalResources { source } => Some(source),
             Self::Handshake(e) => Some(e),
             _ => None,
         }

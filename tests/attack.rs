@@ -236,12 +236,18 @@ async fn host_handling_is_strict() {
     ] {
         let (status, head, mut tcp, mut rest) = raw_exchange(proxy, &raw_upgrade("/", lines)).await;
         assert_eq!(status, 400, "{lines:?}: {head}");
-        let length: usize = head_header(&head, "content-length").unwrap().parse().unwrap();
+        let length: usize = head_header(&head, "content-length")
+            .unwrap()
+            .parse()
+            .unwrap();
         while rest.len() < length {
             let mut buf = [0u8; 256];
-            let n = within("the body", tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
-                .await
-                .unwrap();
+            let n = within(
+                "the body",
+                tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+            )
+            .await
+            .unwrap();
             assert!(n > 0, "closed before the body");
             rest.extend_from_slice(&buf[..n]);
         }
@@ -285,5 +291,96 @@ async fn an_upgrade_with_a_body_is_refused() {
     assert!(
         seen.try_recv().is_err(),
         "a request with a body reached the upstream"
+    );
+}
+
+/// The binary under a small descriptor limit (`ulimit -n`), with its status listener.
+async fn start_limited(
+    up: SocketAddr,
+    limit: u32,
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_ws-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--upstream", &format!("ws://{up}")])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut proxy, mut metrics) = (None, None);
+    within("the listening lines", async {
+        while proxy.is_none() || metrics.is_none() {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("ws-proxy exited early");
+            let field = |name: &str| {
+                line.split(name)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            metrics = metrics.or(field("metrics="));
+            proxy = proxy.or(field("listen="));
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, proxy.unwrap(), metrics.unwrap())
+}
+
+/// Out of descriptors, the proxy answers 503 naming its own shortage and does not blame the
+/// upstream: the member stays in rotation with no failure counted (before: "refused the
+/// connection: Too many open files", and healthy members taken out of rotation).
+#[tokio::test]
+async fn running_out_of_descriptors_is_not_the_upstreams_failure() {
+    let up = echo_upstream().await;
+    let (_child, proxy, metrics) = start_limited(up, 40).await;
+    let mut held = Vec::new();
+    let mut idle = None;
+    let refused = within("a local-resources refusal", async {
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(2),
+                raw_exchange(proxy, &upgrade_request(proxy, "/", &[])),
+            )
+            .await;
+            match attempt {
+                Ok((101, _, tcp, _)) => held.push(tcp),
+                Ok((status, head, _, body)) => return (status, head, body),
+                Err(_) if idle.is_none() => {
+                    // Accepting took the last descriptor: free two (a session) and take one
+                    // with an idle connection, so the next accept succeeds and the dial fails.
+                    held.pop();
+                    idle = Some(TcpStream::connect(proxy).await.unwrap());
+                }
+                Err(_) => panic!("no answer twice"),
+            }
+        }
+    })
+    .await;
+    let (status, head, body) = refused;
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    let body = String::from_utf8_lossy(&body).into_owned();
+    drop(held);
+    drop(idle);
+    let (_, _, status) = http_request(metrics, "/status", &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let member = &status["default_pool"][0];
+    assert_eq!(member["in_rotation"], true, "{status}");
+    assert_eq!(member["failures"], 0, "{status}");
+    assert!(
+        body.is_empty() || body.contains("the proxy cannot open a connection now"),
+        "{body}"
     );
 }

@@ -79,7 +79,12 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///   appends it to `X-Forwarded-For`.
 ///
 /// HTTP/2 with prior knowledge (h2c, RFC 8441 WebSocket) is served on the same port with the
-/// `http2` feature: the first bytes are peeked, never consumed. Accept errors (such as running
+/// `http2` feature: the first bytes are peeked, never consumed (waiting for more bytes by
+/// readiness, never by polling). An HTTP/2 connection must send its preface and its first
+/// request within [`Serve::header_timeout`] (a preface alone, half a preface or half a HEADERS
+/// block is closed then); it gets a PING after 30 s without frames and is closed if that is
+/// not answered within 20 s (so dead peers under long WebSocket streams are found); and it may
+/// have 128 streams open at once. Accept errors (such as running
 /// out of file descriptors) are logged and retried after 50 ms.
 pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
     Serve {
@@ -339,6 +344,7 @@ impl Conn {
                 remote,
                 max_head,
                 tls: Some(info),
+                first_request: Flag::default(),
             };
             serve_http(stream, h2, service, left(), max_head, stop).await;
             return;
@@ -349,6 +355,7 @@ impl Conn {
             max_head,
             #[cfg(feature = "tls")]
             tls: None,
+            first_request: Flag::default(),
         };
         let Ok(h2) = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)).await else {
             return; // Nothing decisive within the header deadline.
@@ -356,6 +363,32 @@ impl Conn {
         // hyper gets the socket itself, so an upgraded connection can be downcast back to it
         // and a tunnel can splice it.
         serve_http(tcp, h2, service, left(), max_head, stop).await;
+    }
+}
+
+/// HTTP/2 keepalive: a PING after this long without frames...
+#[cfg(feature = "http2")]
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed if the PING is not answered within this.
+#[cfg(feature = "http2")]
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams (WebSocket sessions included) one HTTP/2 connection may have open at once.
+#[cfg(feature = "http2")]
+const H2_MAX_STREAMS: u32 = 128;
+
+/// Set once a connection's first request has arrived.
+#[derive(Clone, Default)]
+#[cfg_attr(not(feature = "http2"), allow(dead_code))]
+struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Flag {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -368,6 +401,7 @@ struct Handler {
     max_head: usize,
     #[cfg(feature = "tls")]
     tls: Option<TlsInfo>,
+    first_request: Flag,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -376,6 +410,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.first_request.set();
         req.extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(self.remote));
         #[cfg(feature = "tls")]
@@ -407,11 +442,29 @@ async fn serve_http<I>(
 {
     #[cfg(feature = "http2")]
     if h2 {
+        let first_request = service.first_request.clone();
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(TokioTimer::new())
             .enable_connect_protocol()
+            // Dead peers under long-lived WebSocket streams are found by PING.
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_concurrent_streams(H2_MAX_STREAMS)
             .serve_connection(TokioIo::new(io), service);
-        until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+        // The preface and the first request's HEADERS get the same deadline as an HTTP/1.1
+        // head: hyper's HTTP/2 server has none, so a half preface or half a HEADERS block
+        // would hold the connection forever.
+        let served = until_stopped(conn, stop, |c| c.graceful_shutdown());
+        tokio::pin!(served);
+        tokio::select! {
+            () = &mut served => return,
+            () = tokio::time::sleep(header_timeout) => {}
+        }
+        if first_request.is_set() {
+            served.await;
+        } else {
+            tracing::debug!("closed: no HTTP/2 request within the header timeout");
+        }
         return;
     }
     #[cfg(not(feature = "http2"))]
@@ -441,8 +494,14 @@ async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
         if n == PREFACE.len() {
             return true;
         }
-        // Part of the preface so far: peeking again would return the same bytes at once.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Part of the preface so far: peeking again would return the same bytes at once, so
+        // mark the socket not readable and wait for new bytes (edge-triggered readiness).
+        let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+        if tcp.readable().await.is_err() {
+            return false;
+        }
     }
 }
 

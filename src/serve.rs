@@ -345,6 +345,7 @@ impl Conn {
                 max_head,
                 tls: Some(info),
                 first_request: Flag::default(),
+                in_flight: Default::default(),
             };
             serve_http(stream, h2, service, left(), max_head, stop).await;
             return;
@@ -356,6 +357,7 @@ impl Conn {
             #[cfg(feature = "tls")]
             tls: None,
             first_request: Flag::default(),
+            in_flight: Default::default(),
         };
         let Ok(h2) = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)).await else {
             return; // Nothing decisive within the header deadline.
@@ -402,6 +404,24 @@ struct Handler {
     #[cfg(feature = "tls")]
     tls: Option<TlsInfo>,
     first_request: Flag,
+    /// Requests being answered now (HTTP/1.1: at most one).
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a request as in flight until its response is done.
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -418,12 +438,21 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
             req.extensions_mut().insert(info.clone());
         }
         let (app, max_head) = (self.app.clone(), self.max_head);
+        let in_flight = InFlight::new(&self.in_flight);
         Box::pin(async move {
+            let _in_flight = in_flight;
             if head_size(&req) > max_head {
                 return Ok(head_too_large(max_head));
             }
             // Readiness first, as tower asks (a Router is always ready).
-            app.oneshot(req).await
+            let res = app.oneshot(req).await?;
+            // In flight until its body has been sent, not only until its head is ready.
+            Ok(res.map(|body| {
+                Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                    let _ = &_in_flight;
+                    frame
+                }))
+            }))
         })
     }
 }
@@ -469,13 +498,26 @@ async fn serve_http<I>(
     }
     #[cfg(not(feature = "http2"))]
     let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
+    let in_flight = service.in_flight.clone();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(max_head.max(8 << 10))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    until_stopped(conn, stop, |c| c.graceful_shutdown()).await;
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            // No request being answered: an idle keep-alive connection or a head still
+            // arriving. Close it now rather than wait for the head (up to the grace).
+            if in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Whether the client opened with the HTTP/2 connection preface (h2c with prior knowledge).

@@ -466,3 +466,81 @@ async fn half_http2_prefaces_cost_no_cpu_while_they_wait() {
     assert!(used <= 10, "{used} ticks (1/100 s) in 2 s");
     drop(held);
 }
+
+/// SIGTERM does not wait for the slowest: 500 sessions, a WebSocket over HTTP/2 and a client
+/// halfway through a request head all hear at once (every session its 1001, the h2 one inside
+/// its stream), and the process exits as soon as they have closed (before: the HTTP drain
+/// went first, so one h2 session or half head held every 1001 back for the whole grace).
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_session_at_once() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    raise_fd_limit();
+    let up = echo_upstream().await;
+    let (mut child, proxy, _) = start_ws_proxy(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--shutdown-grace",
+        "5s",
+    ])
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let batch = (0..50).map(|_| connect(proxy, "/"));
+        sessions.extend(futures_util::future::join_all(batch).await);
+    }
+    let (res, h2) = h2_connect(proxy, "/", &[]).await;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    let mut h2 = h2.unwrap();
+    let mut half = TcpStream::connect(proxy).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+
+    let term = std::time::Instant::now();
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let mut waits = Vec::new();
+    for mut ws in sessions {
+        waits.push(tokio::spawn(async move {
+            let frame = match next_message(&mut ws).await {
+                Message::Close(Some(f)) => u16::from(f.code),
+                other => panic!("expected 1001, got {other:?}"),
+            };
+            let heard = term.elapsed();
+            while let Some(Ok(_)) = ws.next().await {}
+            (frame, heard)
+        }));
+    }
+    match next_message(&mut h2).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("the h2 session: expected 1001, got {other:?}"),
+    }
+    let h2_heard = term.elapsed();
+    while let Some(Ok(_)) = h2.next().await {}
+    let mut rest = Vec::new();
+    let _ = within(
+        "the half head to be closed",
+        tokio::io::AsyncReadExt::read_to_end(&mut half, &mut rest),
+    )
+    .await;
+    let half_closed = term.elapsed();
+    let mut slowest = Duration::ZERO;
+    for w in waits {
+        let (code, heard) = w.await.unwrap();
+        assert_eq!(code, 1001);
+        slowest = slowest.max(heard);
+    }
+    let status = within("ws-proxy to exit", child.wait()).await.unwrap();
+    let exited = term.elapsed();
+    println!("500 sessions: slowest 1001 after {slowest:?}; h2 {h2_heard:?}; half head closed {half_closed:?}; exit {exited:?}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    assert!(h2_heard < Duration::from_millis(500), "{h2_heard:?}");
+    assert!(half_closed < Duration::from_millis(500), "{half_closed:?}");
+    assert_eq!(status.code(), Some(0));
+    assert!(exited < Duration::from_secs(5), "exited after {exited:?}");
+}

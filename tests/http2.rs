@@ -9,55 +9,11 @@ use std::net::SocketAddr;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::Router;
 use axum_ws_proxy::WsProxyLayer;
-use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
-use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type H2Socket = WebSocketStream<TokioIo<Upgraded>>;
-
-/// Opens a WebSocket over an HTTP/2 (prior knowledge, cleartext) connection.
-async fn h2_connect(
-    addr: SocketAddr,
-    path: &str,
-    extra: &[(&str, &str)],
-) -> (http::Response<hyper::body::Incoming>, Option<H2Socket>) {
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(io)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://{addr}{path}"))
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .header("sec-websocket-version", "13");
-    for (k, v) in extra {
-        req = req.header(*k, *v);
-    }
-    let mut res = within(
-        "the HTTP/2 answer",
-        send.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
-    )
-    .await
-    .unwrap();
-    if res.status() != StatusCode::OK {
-        return (res, None);
-    }
-    let upgraded = within("the h2 stream", hyper::upgrade::on(&mut res))
-        .await
-        .unwrap();
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-    (res, Some(ws))
-}
 
 /// An HTTP/1.1 upstream choosing subprotocol `chat`, echoing, and recording the request.
 async fn h1_upstream() -> (

@@ -468,3 +468,66 @@ pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Raises this process's open-file limit to its hard limit: tests that hold thousands of
+/// sockets in two processes need more than a default soft limit of 1024.
+pub fn raise_fd_limit() {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(feature = "http2")]
+pub type H2Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens a WebSocket over an HTTP/2 (prior knowledge, cleartext) connection.
+#[cfg(feature = "http2")]
+pub async fn h2_connect(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (http::Response<hyper::body::Incoming>, Option<H2Socket>) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let mut res = within(
+        "the HTTP/2 answer",
+        send.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .unwrap();
+    if res.status() != StatusCode::OK {
+        return (res, None);
+    }
+    let upgraded = within("the h2 stream", hyper::upgrade::on(&mut res))
+        .await
+        .unwrap();
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (res, Some(ws))
+}

@@ -544,3 +544,56 @@ async fn shutdown_closes_every_session_at_once() {
     assert_eq!(status.code(), Some(0));
     assert!(exited < Duration::from_secs(5), "exited after {exited:?}");
 }
+
+/// A burst of connections that never send a request: once they are closed, the memory they
+/// used goes back to the system (before: 20 000 of them left RSS at 83 MB, from 5.8 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_after_a_burst_of_silent_connections() {
+    raise_fd_limit();
+    let up = echo_upstream().await;
+    let (child, proxy, _) = start_ws_proxy(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--header-timeout",
+        "1s",
+    ])
+    .await;
+    let baseline = rss_kib(&child);
+    let mut held = Vec::new();
+    for _ in 0..5000 {
+        match TcpStream::connect(proxy).await {
+            Ok(tcp) => held.push(tcp),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // A session proves the accept queue has been drained: every connection is in the proxy.
+    let mut ws = connect(proxy, "/").await;
+    drop(ws.close(None).await);
+    let peak = rss_kib(&child);
+    assert!(
+        peak > baseline + (4 << 10),
+        "the burst took no memory: {baseline} -> {peak} KiB"
+    );
+    // All closed by the proxy at the header deadline.
+    for tcp in &mut held {
+        let mut rest = Vec::new();
+        let _ = within(
+            "a silent connection to be closed",
+            tokio::io::AsyncReadExt::read_to_end(tcp, &mut rest),
+        )
+        .await;
+    }
+    drop(held);
+    let after = within("memory to go back", async {
+        loop {
+            // At least half of what the burst took comes back.
+            let now = rss_kib(&child);
+            if now <= baseline + (peak - baseline) / 2 {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    println!("5000 silent connections: RSS {baseline} -> {peak} -> {after} KiB");
+}

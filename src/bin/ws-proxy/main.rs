@@ -120,9 +120,8 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         .settings
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let backlog = plan.settings.listen_backlog.map_or(1024, |n| n.get());
+    let listener = bind(listen, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
@@ -187,6 +186,19 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     served.map_err(|e| format!("server failed: {e}"))?;
     tracing::info!(dropped, "shutdown complete");
     Ok(())
+}
+
+/// A listener with `backlog` pending connections (an unpaced burst of connects beyond it is
+/// lost in the kernel).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// SIGHUP: read the command line's file again; new sessions follow it, live ones continue.

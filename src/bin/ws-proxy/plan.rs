@@ -102,6 +102,9 @@ impl Plan {
         if a.metrics_listen != b.metrics_listen {
             changed.push("metrics_listen");
         }
+        if a.listen_backlog != b.listen_backlog {
+            changed.push("listen_backlog");
+        }
         if a.proxy_protocol != b.proxy_protocol {
             changed.push("proxy_protocol");
         }

@@ -141,6 +141,10 @@ pub(crate) struct Settings {
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) listen: Option<SocketAddr>,
+    /// Connections the kernel queues before the proxy accepts them (capped by
+    /// net.core.somaxconn) [default: 1024]
+    #[arg(long, value_name = "N", help_heading = "Server")]
+    pub(crate) listen_backlog: Option<NonZeroU32>,
     /// Every connection starts with a PROXY protocol v1/v2 header (from an L4 load balancer);
     /// its address is the client's [default: false]
     #[arg(long, value_name = "BOOL", help_heading = "Server", num_args = 0..=1,
@@ -256,6 +260,7 @@ impl Settings {
             require_origin: Some(false),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             proxy_protocol: Some(false),
+            listen_backlog: NonZeroU32::new(1024),
             header_timeout: secs(10),
             shutdown_delay: Some(Dur(Duration::ZERO)),
             shutdown_grace: secs(10),
@@ -405,7 +410,9 @@ fn clap_error(e: &clap::Error) -> String {
         ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
             let expected = match (value_name, e.get(ContextKind::ValidValue)) {
                 (_, Some(ContextValue::Strings(v))) => v.join(" or "),
-                ("N", _) if flag == "--max-tries" => "a whole number >= 1".to_owned(),
+                ("N", _) if matches!(flag.as_str(), "--max-tries" | "--listen-backlog") => {
+                    "a whole number >= 1".to_owned()
+                }
                 ("N", _) => "a whole number >= 0".to_owned(),
                 ("ADDR", _) => "IP:PORT".to_owned(),
                 ("CIDR", _) => "a network such as 10.0.0.0/8 or fd00::/8".to_owned(),

@@ -167,20 +167,30 @@ async fn start(args: &[&str]) -> (tokio::process::Child, SocketAddr, Option<Sock
     start_ws_proxy(args).await
 }
 
+/// `ws-proxy` in front of an echo upstream, serving TLS with `cert`/`key`, plus `extra` flags.
+async fn start_tls(
+    (cert, key): &(String, String),
+    extra: &[&str],
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    let up = echo_upstream().await;
+    let upstream = format!("ws://{up}");
+    let mut args = vec![
+        "--upstream",
+        &upstream,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    args.extend_from_slice(extra);
+    start(&args).await
+}
+
 #[tokio::test]
 async fn wss_through_ws_proxy_over_http1() {
     let ca = Ca::new("edge test CA");
-    let (cert, key) = write_pair("h1", &ca.issue(&["localhost"], 1));
-    let up = echo_upstream().await;
-    let (_child, proxy, _) = start(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ])
-    .await;
+    let files = write_pair("h1", &ca.issue(&["localhost"], 1));
+    let (_child, proxy, _) = start_tls(&files, &[]).await;
     // ALPN http/1.1, and no ALPN at all: both HTTP/1.1.
     for alpn in [&[&b"http/1.1"[..]][..], &[]] {
         let tls = tls_connect(proxy, "localhost", client_config(&ca, alpn, None))
@@ -394,21 +404,11 @@ async fn certificates_rotate_on_sighup_and_on_file_change_without_dropping_sessi
 async fn client_certificates_are_required_and_verified() {
     let ca = Ca::new("edge test CA");
     let clients = Ca::new("client CA");
-    let (cert, key) = write_pair("mtls", &ca.issue(&["localhost"], 20));
+    let files = write_pair("mtls", &ca.issue(&["localhost"], 20));
     let client_ca = dir().join("clients.pem");
     std::fs::write(&client_ca, &clients.pem).unwrap();
-    let up = echo_upstream().await;
-    let (_child, proxy, _) = start(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-client-ca",
-        client_ca.to_str().unwrap(),
-    ])
-    .await;
+    let (_child, proxy, _) =
+        start_tls(&files, &["--tls-client-ca", client_ca.to_str().unwrap()]).await;
     let alice = clients.issue(&["alice.clients.test"], 21);
     let tls = tls_connect(proxy, "localhost", client_config(&ca, &[], Some(&alice)))
         .await
@@ -432,19 +432,8 @@ async fn client_certificates_are_required_and_verified() {
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_cut_at_the_header_timeout() {
     let ca = Ca::new("edge test CA");
-    let (cert, key) = write_pair("stall", &ca.issue(&["localhost"], 30));
-    let up = echo_upstream().await;
-    let (_child, proxy, _) = start(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--header-timeout",
-        "1s",
-    ])
-    .await;
+    let files = write_pair("stall", &ca.issue(&["localhost"], 30));
+    let (_child, proxy, _) = start_tls(&files, &["--header-timeout", "1s"]).await;
     let mut stalled = TcpStream::connect(proxy).await.unwrap();
     // The start of a ClientHello record, and nothing more.
     stalled

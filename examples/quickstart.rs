@@ -22,7 +22,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::{ServerTls, WsProxyLayer};
+#[cfg(all(feature = "serve", feature = "tls"))]
+use axum_ws_proxy::ServerTls;
+use axum_ws_proxy::WsProxyLayer;
 use tokio::net::TcpListener;
 
 const PAGE: &str = include_str!("quickstart.html");
@@ -45,26 +47,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let app = app(upstream)?;
     if tls {
-        let (server_tls, pin) = tls_certificate()?;
-        println!(
-            "WebSocket proxy ready: open https://localhost:{}/ in a browser",
-            addr.port()
-        );
-        println!("  the certificate is made for this run; its public-key pin is {pin}");
-        println!(
-            "  chromium --ignore-certificate-errors-spki-list={pin} https://localhost:{}/",
-            addr.port()
-        );
-        println!("  (other browsers: accept the certificate warning once)");
-        axum_ws_proxy::serve(listener, app).tls(server_tls).await?;
-    } else {
-        println!("WebSocket proxy ready: open http://{addr}/ in a browser");
-        println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream})");
-        axum_ws_proxy::serve(listener, app).await?;
+        #[cfg(all(feature = "serve", feature = "tls"))]
+        {
+            let (server_tls, pin) = tls_certificate()?;
+            let port = addr.port();
+            println!("WebSocket proxy ready: open https://localhost:{port}/ in a browser");
+            println!("  the certificate is made for this run; its public-key pin is {pin}");
+            println!(
+                "  chromium --ignore-certificate-errors-spki-list={pin} https://localhost:{port}/"
+            );
+            println!("  (other browsers: accept the certificate warning once)");
+            axum_ws_proxy::serve(listener, app).tls(server_tls).await?;
+            return Ok(());
+        }
+        #[cfg(not(all(feature = "serve", feature = "tls")))]
+        return Err("--tls needs the crate's `serve` and `tls` features (on by default)".into());
     }
+    println!("WebSocket proxy ready: open http://{addr}/ in a browser");
+    println!("  or connect a client to ws://{addr}/echo (echo upstream at ws://{upstream})");
+    #[cfg(feature = "serve")]
+    axum_ws_proxy::serve(listener, app).await?;
+    #[cfg(not(feature = "serve"))]
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
+#[cfg(all(feature = "serve", feature = "tls"))]
+#[allow(dead_code)] // used by main and by tests/browser.rs, not by the examples that share this file
 /// A certificate for `localhost` and `127.0.0.1`, made now, and its public-key pin (base64
 /// SHA-256 of the SubjectPublicKeyInfo, what Chromium's spki list and HPKP use).
 pub fn tls_certificate() -> Result<(ServerTls, String), Box<dyn std::error::Error>> {

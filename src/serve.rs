@@ -548,6 +548,7 @@ async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
 }
 
 /// Serves `conn` until it ends, or until shutdown asks it to finish what it is doing.
+#[cfg(feature = "http2")]
 async fn until_stopped<C: Future>(
     conn: C,
     stop: &mut watch::Receiver<()>,

@@ -6,6 +6,8 @@
 //! `.ci/run` installs Chromium (Debian's `chromium`); elsewhere the test skips, saying so,
 //! when no Chromium is installed.
 
+#![cfg(all(feature = "serve", feature = "tls"))]
+
 mod common;
 
 #[path = "../examples/quickstart.rs"]

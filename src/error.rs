@@ -90,6 +90,9 @@ pub enum ProxyError {
         /// The system's error.
         source: io::Error,
     },
+    /// The request target is neither a path (origin-form) nor an absolute URL, e.g. `*`:
+    /// **400**.
+    InvalidTarget,
     /// The request path climbs above the root once its dot-segments are removed (`/../x`,
     /// `/a/%2e%2e/%2E%2E/x`, `/..\\x`): **400**. Nothing is dialled.
     PathAboveRoot,
@@ -112,6 +115,7 @@ impl ProxyError {
             Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             Self::InvalidKey
             | Self::PathAboveRoot
+            | Self::InvalidTarget
             | Self::InvalidHost(_)
             | Self::UpgradeWithBody => StatusCode::BAD_REQUEST,
             Self::Refused(status, _) => *status,
@@ -152,6 +156,7 @@ impl ProxyError {
             Self::AnswerTooLarge(_) => "answer_too_large",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
             Self::PathAboveRoot => "path_above_root",
+            Self::InvalidTarget => "invalid_target",
             Self::LocalResources { .. } => "local_resources",
             Self::InvalidHost(_) => "invalid_host",
             Self::UpgradeWithBody => "upgrade_with_body",
@@ -196,6 +201,9 @@ impl fmt::Display for ProxyError {
             }
             Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
             Self::PathAboveRoot => f.write_str("the request path climbs above the root"),
+            Self::InvalidTarget => {
+                f.write_str("the request target must be a path or an absolute URL")
+            }
             Self::LocalResources { source } => {
                 write!(f, "the proxy cannot open a connection now: {source}")
             }

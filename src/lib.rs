@@ -127,6 +127,48 @@ mod wire;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// The request checks (path normalisation, `Host`, body) on a request with this target
+    /// and these header lines; must never panic.
+    pub fn request(target: &[u8], headers: &[(&[u8], &[u8])]) {
+        let Ok(uri) = http::Uri::try_from(target) else {
+            return;
+        };
+        let mut req = http::Request::new(());
+        *req.uri_mut() = uri;
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                req.headers_mut().append(n, v);
+            }
+        }
+        if crate::request::check(&mut req).is_ok() {
+            // What passes has no dot-segment left and stays a valid origin-form path.
+            let path = req.uri().path();
+            assert!(path.starts_with('/') || path.is_empty(), "{path:?}");
+            assert!(
+                !path.split(['/', '\\']).any(|s| s == ".." || s == "."),
+                "dot-segment left in {path:?}"
+            );
+        }
+    }
+
+    /// The PROXY protocol header parser; must never panic, and a complete header's length is
+    /// within the input.
+    pub fn proxy_header(input: &[u8]) {
+        if let crate::serve::proxy_header::Parsed::Complete { len, .. } =
+            crate::serve::proxy_header::parse(input)
+        {
+            assert!(len <= input.len() && len > 0);
+        }
+    }
+}
+
 pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;

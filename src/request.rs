@@ -15,6 +15,12 @@ pub(crate) fn check<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     if has_body(req.headers()) {
         return Err(ProxyError::UpgradeWithBody);
     }
+    // Origin-form (`/path`) or absolute-form (`http://host/path`); not `*` (found by fuzzing:
+    // it was forwarded as a path).
+    let path = req.uri().path();
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err(ProxyError::InvalidTarget);
+    }
     let host = host(req.version(), req.uri(), req.headers())?;
     if let Some(host) = host {
         req.headers_mut().insert(HOST, host);

@@ -24,7 +24,7 @@ use tower::{Service, ServiceExt};
 
 use crate::headers;
 
-mod proxy_header;
+pub(crate) mod proxy_header;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]

@@ -141,20 +141,6 @@ async fn an_upstream_ping_flood_does_not_grow_the_proxy_tunnel() {
     assert_bounded(upstream_flood_growth("tunnel").await, false);
 }
 
-/// A raw upgrade request with exactly these head lines (no Host unless given).
-fn raw_upgrade(target: &str, lines: &[&str]) -> String {
-    let mut req = format!("GET {target} HTTP/1.1\r\n");
-    for (k, v) in UPGRADE_HEADERS {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    for l in lines {
-        req.push_str(l);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req
-}
-
 /// Dot-segments cannot leave the upstream's prefix: `/../admin` is refused with 400 before
 /// any dial; `%2e%2e` and `..\` count as `..`; a path that stays inside is normalised.
 #[tokio::test]

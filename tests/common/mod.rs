@@ -220,7 +220,17 @@ pub fn client_frame(fin_opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A raw upgrade request for `path` with extra header lines.
 pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &[&str]) -> String {
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    let host = format!("host: {addr}");
+    let lines: Vec<&str> = std::iter::once(host.as_str())
+        .chain(extra.iter().copied())
+        .collect();
+    raw_upgrade(path, &lines)
+}
+
+/// A raw upgrade request with exactly these head lines after the upgrade headers (no Host
+/// unless one is given).
+pub fn raw_upgrade(target: &str, extra: &[&str]) -> String {
+    let mut req = format!("GET {target} HTTP/1.1\r\n");
     for (k, v) in UPGRADE_HEADERS {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

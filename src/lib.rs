@@ -116,6 +116,7 @@ mod service;
 mod session;
 mod sessions;
 mod splice;
+mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 mod tunnel;
@@ -156,6 +157,68 @@ pub mod __fuzz {
                 "dot-segment left in {path:?}"
             );
         }
+    }
+
+    /// The request head's measured size (what `Serve::max_head_size` bounds) for a head parsed as
+    /// hyper parses it: never less than the bytes sent, less optional whitespace, the final
+    /// CRLF and at most a scheme's length (the URI is not formatted again to measure it).
+    pub fn head_size(raw: &[u8]) {
+        let mut fields = [httparse::EMPTY_HEADER; 100];
+        let mut parsed = httparse::Request::new(&mut fields);
+        let Ok(httparse::Status::Complete(len)) = parsed.parse(raw) else {
+            return;
+        };
+        let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
+            return;
+        };
+        let (Ok(method), Ok(uri)) = (
+            http::Method::from_bytes(method.as_bytes()),
+            http::Uri::try_from(target),
+        ) else {
+            return;
+        };
+        let mut req = http::Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        for field in parsed.headers.iter() {
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(field.name.as_bytes()),
+                http::HeaderValue::from_bytes(field.value),
+            ) else {
+                return;
+            };
+            req.headers_mut().append(name, value);
+        }
+        let size = crate::serve::head_size(&req);
+        let whitespace = raw[..len]
+            .iter()
+            .filter(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        // A fragment is not part of the request (the `http` crate drops it, so it is never
+        // forwarded) and is not counted; hyper's read buffer bounds it. Found by this target.
+        let fragment = target.find('#').map_or(0, |at| target.len() - at);
+        // Empty lines before the request line are skipped (RFC 9112 section 2.2).
+        let leading = raw
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        assert!(
+            size + whitespace + fragment + leading + 2 + 64 >= len,
+            "head of {len} bytes measured as {size} ({whitespace} bytes of whitespace)"
+        );
+    }
+
+    /// The tunnel's frame tracking: feeding a byte stream in any pieces, with data payloads
+    /// sometimes passed unread (spliced), ends in the same state as feeding it whole.
+    pub fn tunnel_frames(data: &[u8], cuts: &[u8]) {
+        crate::tunnel::fuzz_frames(data, cuts);
+    }
+
+    /// The wire's read-ahead and put-back bytes: whatever the sizes of reads asked for and
+    /// of what the socket returns, and whatever is put back, the bytes come out unchanged and
+    /// in order, and a session waiting for bytes holds no read-ahead buffer.
+    pub fn wire_read(data: &[u8], plan: &[u8]) {
+        crate::wire::fuzz_read(data, plan);
     }
 
     /// The PROXY protocol header parser; must never panic, and a complete header's length is

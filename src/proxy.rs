@@ -80,6 +80,10 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
     let (mut parts, _body) = req.into_parts();
+    let held = parts
+        .extensions
+        .remove::<session::HeldBySession>()
+        .and_then(|slot| slot.take());
     let h2 = parts.version == http::Version::HTTP_2;
     let over_tls = came_over_tls(&parts.extensions);
     // Kept for the hooks only: copying them costs nothing when no hook is set.
@@ -241,6 +245,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
                 protocol,
                 headers: hook_headers,
                 extensions: hook_extensions,
+                held,
             };
             lease.opened();
             metrics::upstream_answered(dialled.elapsed());

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,9 +22,11 @@ use tokio::task::JoinSet;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+use self::streams::Streams;
 use crate::headers;
 
 pub(crate) mod proxy_header;
+mod streams;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]
@@ -74,7 +76,9 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///   connection forever. On expiry the connection is closed without an answer.
 /// - **A bound on the request head** ([`Serve::max_head_size`], 64 KiB): larger heads get
 ///   `431 Request Header Fields Too Large` and `Connection: close`. hyper bounds its buffer only
-///   while a head is incomplete; this also catches a head that arrives in one read.
+///   while a head is incomplete; this also catches a head that arrives in one read. A
+///   fragment in the request target (`/path#...`) is not counted: it is dropped, never
+///   forwarded, and hyper's read buffer (about 400 KiB) bounds it.
 /// - **The client address** is in every request as `ConnectInfo<SocketAddr>`, so the layer
 ///   appends it to `X-Forwarded-For`.
 ///
@@ -82,9 +86,11 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// `http2` feature: the first bytes are peeked, never consumed (waiting for more bytes by
 /// readiness, never by polling). An HTTP/2 connection must send its preface and its first
 /// request within [`Serve::header_timeout`] (a preface alone, half a preface or half a HEADERS
-/// block is closed then); it gets a PING after 30 s without frames and is closed if that is
-/// not answered within 20 s (so dead peers under long WebSocket streams are found); and it may
-/// have 128 streams open at once. Accept errors (such as running
+/// block is closed then); with no stream open (a WebSocket stream counts until its session
+/// ends) for [`Serve::header_timeout`], as long as an idle HTTP/1.1 connection may wait, it
+/// gets GOAWAY and is closed; it gets a PING after 30 s without frames and is closed if that
+/// is not answered within 20 s (so dead peers under long WebSocket streams are found); and it
+/// may have 128 streams open at once. Accept errors (such as running
 /// out of file descriptors) are logged and retried after 50 ms.
 pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
     Serve {
@@ -93,6 +99,7 @@ pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
         header_timeout: DEFAULT_HEADER_TIMEOUT,
         max_head: DEFAULT_MAX_HEAD,
         grace: DEFAULT_GRACE,
+        backlog: None,
         proxy_protocol: false,
         #[cfg(feature = "tls")]
         tls: None,
@@ -108,6 +115,7 @@ pub struct Serve<S> {
     header_timeout: Duration,
     max_head: usize,
     grace: Duration,
+    backlog: Option<u32>,
     proxy_protocol: bool,
     #[cfg(feature = "tls")]
     tls: Option<ServerTls>,
@@ -121,6 +129,7 @@ impl<S> std::fmt::Debug for Serve<S> {
             .field("header_timeout", &self.header_timeout)
             .field("max_head_size", &self.max_head)
             .field("grace", &self.grace)
+            .field("listen_backlog", &self.backlog)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("graceful_shutdown", &self.shutdown.is_some())
             .finish_non_exhaustive()
@@ -150,6 +159,17 @@ impl<S> Serve<S> {
     /// the layer's [`ShutdownHandle`](crate::ShutdownHandle).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Connections the kernel queues for this server before it accepts them (`listen(2)`'s
+    /// backlog; nginx's `listen ... backlog=`, 511 by default there). By default the
+    /// listener's own is kept: 1024 for `tokio::net::TcpListener::bind`, 128 for a listener
+    /// from `std`. During a reconnect storm every connection past it is dropped or retried by
+    /// the client's kernel after a second or more; Linux caps the value at
+    /// `net.core.somaxconn` (4096 by default).
+    pub fn listen_backlog(mut self, backlog: u32) -> Self {
+        self.backlog = Some(backlog);
         self
     }
 
@@ -214,17 +234,26 @@ where
         // One concrete service type from here on; a box per request is noise next to a
         // connection's cost.
         let app = BoxCloneService::new(self.app.map_response(|res| res.map(Body::new)));
-        Box::pin(run(Serve {
+        let server = Serve {
             listener: self.listener,
             app,
             header_timeout: self.header_timeout,
             max_head: self.max_head,
             grace: self.grace,
+            backlog: self.backlog,
             proxy_protocol: self.proxy_protocol,
             #[cfg(feature = "tls")]
             tls: self.tls,
             shutdown: self.shutdown,
-        }))
+        };
+        Box::pin(async move {
+            if let Some(backlog) = server.backlog {
+                // listen(2) again on a listening socket only changes its backlog.
+                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+                socket2::SockRef::from(&server.listener).listen(backlog)?;
+            }
+            run(server).await
+        })
     }
 }
 
@@ -237,6 +266,7 @@ async fn run(server: Serve<App>) -> io::Result<()> {
         header_timeout,
         max_head,
         grace,
+        backlog: _,
         proxy_protocol,
         #[cfg(feature = "tls")]
         tls,
@@ -345,9 +375,9 @@ impl Conn {
                 max_head,
                 tls: Some(info),
                 first_request: Flag::default(),
-                in_flight: Default::default(),
+                streams: Default::default(),
             };
-            serve_http(stream, h2, service, left(), max_head, stop).await;
+            serve_http(stream, h2, service, left(), header_timeout, stop).await;
             return;
         }
         let service = Handler {
@@ -357,14 +387,14 @@ impl Conn {
             #[cfg(feature = "tls")]
             tls: None,
             first_request: Flag::default(),
-            in_flight: Default::default(),
+            streams: Default::default(),
         };
         let Ok(h2) = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)).await else {
             return; // Nothing decisive within the header deadline.
         };
         // hyper gets the socket itself, so an upgraded connection can be downcast back to it
         // and a tunnel can splice it.
-        serve_http(tcp, h2, service, left(), max_head, stop).await;
+        serve_http(tcp, h2, service, left(), header_timeout, stop).await;
     }
 }
 
@@ -404,24 +434,8 @@ struct Handler {
     #[cfg(feature = "tls")]
     tls: Option<TlsInfo>,
     first_request: Flag,
-    /// Requests being answered now (HTTP/1.1: at most one).
-    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// Counts a request as in flight until its response is done.
-struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl InFlight {
-    fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Self(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
+    /// Requests being answered now (HTTP/1.1: at most one), and HTTP/2 WebSocket streams.
+    streams: std::sync::Arc<Streams>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -438,18 +452,28 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
             req.extensions_mut().insert(info.clone());
         }
         let (app, max_head) = (self.app.clone(), self.max_head);
-        let in_flight = InFlight::new(&self.in_flight);
+        let open = self.streams.open();
+        // An HTTP/2 WebSocket (extended CONNECT) stays open after its answer: the session
+        // keeps a stream of the count, so that the connection is not idle while it lives.
+        let slot = (req.method() == Method::CONNECT && req.version() == Version::HTTP_2)
+            .then(|| self.streams.slot_for_session());
+        if let Some(slot) = &slot {
+            req.extensions_mut().insert(slot.clone());
+        }
+        let streams = self.streams.clone();
         Box::pin(async move {
-            let _in_flight = in_flight;
             if head_size(&req) > max_head {
                 return Ok(head_too_large(max_head));
             }
             // Readiness first, as tower asks (a Router is always ready).
             let res = app.oneshot(req).await?;
-            // In flight until its body has been sent, not only until its head is ready.
+            if let Some(slot) = slot.filter(|_| res.status().is_success()) {
+                streams.stream_not_seen(&slot);
+            }
+            // Open until its body has been sent, not only until its head is ready.
             Ok(res.map(|body| {
                 Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-                    let _ = &_in_flight;
+                    let _ = &open;
                     frame
                 }))
             }))
@@ -459,19 +483,22 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
 
 /// HTTP/2 (`h2`: prior knowledge or ALPN) or HTTP/1.1 with upgrades over `io`, until it ends
 /// or shutdown asks it to finish.
+///
+/// `first` is what is left of the header timeout for the first request; `idle` the whole of
+/// it, for HTTP/2 connections with no stream open.
 async fn serve_http<I>(
     io: I,
     h2: bool,
     service: Handler,
-    header_timeout: Duration,
-    max_head: usize,
+    first: Duration,
+    idle: Duration,
     stop: &mut watch::Receiver<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     #[cfg(feature = "http2")]
     if h2 {
-        let first_request = service.first_request.clone();
+        let (first_request, streams) = (service.first_request.clone(), service.streams.clone());
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(TokioTimer::new())
             .enable_connect_protocol()
@@ -482,26 +509,38 @@ async fn serve_http<I>(
             .serve_connection(TokioIo::new(io), service);
         // The preface and the first request's HEADERS get the same deadline as an HTTP/1.1
         // head: hyper's HTTP/2 server has none, so a half preface or half a HEADERS block
-        // would hold the connection forever.
-        let served = until_stopped(conn, stop, |c| c.graceful_shutdown());
-        tokio::pin!(served);
+        // would hold the connection forever. After that, a connection with no stream open
+        // for as long as an HTTP/1.1 keep-alive connection may idle is closed (GOAWAY).
+        let deadlines = async {
+            tokio::time::sleep(first).await;
+            if !first_request.is_set() {
+                tracing::debug!("closed: no HTTP/2 request within the header timeout");
+                return false;
+            }
+            streams.idle_for(idle).await;
+            tracing::debug!("closing an idle HTTP/2 connection");
+            true
+        };
+        tokio::pin!(conn);
         tokio::select! {
-            () = &mut served => return,
-            () = tokio::time::sleep(header_timeout) => {}
-        }
-        if first_request.is_set() {
-            served.await;
-        } else {
-            tracing::debug!("closed: no HTTP/2 request within the header timeout");
+            _ = conn.as_mut() => {}
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            goaway = deadlines => if goaway {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            },
         }
         return;
     }
     #[cfg(not(feature = "http2"))]
     let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
-    let in_flight = service.in_flight.clone();
+    let (streams, max_head) = (service.streams.clone(), service.max_head);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(first)
         .max_buf_size(max_head.max(8 << 10))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -511,7 +550,7 @@ async fn serve_http<I>(
         _ = stop.changed() => {
             // No request being answered: an idle keep-alive connection or a head still
             // arriving. Close it now rather than wait for the head (up to the grace).
-            if in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            if streams.none_open() {
                 return;
             }
             conn.as_mut().graceful_shutdown();
@@ -547,25 +586,8 @@ async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
     }
 }
 
-/// Serves `conn` until it ends, or until shutdown asks it to finish what it is doing.
-#[cfg(feature = "http2")]
-async fn until_stopped<C: Future>(
-    conn: C,
-    stop: &mut watch::Receiver<()>,
-    graceful_shutdown: fn(Pin<&mut C>),
-) {
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.changed() => {
-            graceful_shutdown(conn.as_mut());
-            let _ = conn.await;
-        }
-    }
-}
-
 /// The request head's size as received, near enough.
-fn head_size(req: &Request<Incoming>) -> usize {
+pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri();
     // Without formatting the URI (this runs for every request): origin-form is path and
     // query; absolute-form adds a scheme and an authority.

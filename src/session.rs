@@ -22,7 +22,28 @@ use crate::sessions::{Permit, Sessions};
 use crate::splice::TunnelIo;
 use crate::upstream::Lease;
 use crate::wire::Wire;
-use crate::{close, tunnel, ClosedBy};
+use crate::{close, stream, tunnel, ClosedBy};
+
+/// Kept by a session for as long as it lives, when the server put one in the request: the
+/// HTTP/2 server counts a WebSocket stream as open until its session ends (the stream outlives
+/// its request), so that only connections with nothing open are closed as idle.
+#[derive(Clone)]
+pub(crate) struct HeldBySession(Arc<std::sync::Mutex<Option<Held>>>);
+
+type Held = Box<dyn std::any::Any + Send + Sync>;
+
+impl HeldBySession {
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn new(held: Held) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(held))))
+    }
+
+    /// What the slot holds, once.
+    pub(crate) fn take(&self) -> Option<Held> {
+        // A poisoned lock still holds a valid `Option`.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 /// The upstream side of a session, already past its handshake.
 pub(crate) enum UpstreamLeg {
@@ -49,6 +70,8 @@ pub(crate) struct RequestInfo {
     /// The upgrade request's headers and extensions, kept only when hooks will read them.
     pub(crate) headers: Option<http::HeaderMap>,
     pub(crate) extensions: Option<http::Extensions>,
+    /// What the server asked the session to keep while it lives (see [`HeldBySession`]).
+    pub(crate) held: Option<Held>,
 }
 
 /// Starts the session once the client's 101 has been sent. The task owns both legs and ends on
@@ -102,8 +125,10 @@ pub(crate) fn spawn(
             request_extensions: info.extensions.clone().unwrap_or_default(),
         })
     });
+    let held = info.held;
     tokio::spawn(
         async move {
+            let _held = held;
             let sessions = permit.sessions().clone();
             let started = Instant::now();
             let mut to_upstream = Traffic::new("to_upstream");
@@ -276,16 +301,37 @@ async fn frames_session(
     .await;
     tracing::debug!("session open");
     let mut keepalive = Keepalive::new(config.timeouts);
-    let stopped = bridge::run(
-        &mut client,
-        &mut upstream,
-        ctx.to_upstream,
-        ctx.to_client,
-        &mut keepalive,
-        ctx.sessions,
-        message_hooks(config, ctx.hooked),
-    )
-    .await;
+    // With message hooks, whole messages are assembled for them; without, frames stream.
+    let stopped = match message_hooks(config, ctx.hooked) {
+        Some(hooks) => {
+            bridge::run(
+                &mut client,
+                &mut upstream,
+                ctx.to_upstream,
+                ctx.to_client,
+                &mut keepalive,
+                ctx.sessions,
+                Some(hooks),
+            )
+            .await
+        }
+        None => {
+            let limits = stream::Limits {
+                max_frame: Some(config.max_frame_size),
+                max_message: Some(config.max_message_size),
+            };
+            stream::run(
+                &mut client,
+                &mut upstream,
+                ctx.to_upstream,
+                ctx.to_client,
+                &mut keepalive,
+                ctx.sessions,
+                limits,
+            )
+            .await
+        }
+    };
     // Boxed: the close phase is short, and inline it would enlarge every idle session.
     Box::pin(close::finish(
         client,

@@ -69,7 +69,7 @@ impl Frames {
                 self.head[self.have] = data[i];
                 self.have += 1;
                 i += 1;
-                if self.have >= 2 && self.have == header_len(&self.head) {
+                if self.have >= 2 && self.have == wire::head_len(self.head[1]) {
                     self.start();
                     if self.remaining == 0 {
                         completed += self.end(traffic);
@@ -159,13 +159,35 @@ impl Frames {
     }
 }
 
-fn header_len(h: &[u8; 14]) -> usize {
-    let ext = match h[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    2 + ext + if h[1] & 0x80 != 0 { 4 } else { 0 }
+/// For the fuzz target: `data` fed in pieces sized by `cuts` (an odd cut passes a data
+/// payload unread, as a splice does) ends as `data` fed whole.
+#[cfg(feature = "__fuzz")]
+pub(crate) fn fuzz_frames(data: &[u8], cuts: &[u8]) {
+    let (mut whole, mut whole_traffic) = (Frames::default(), Traffic::new("to_upstream"));
+    let whole_done = whole.feed(data, &mut whole_traffic);
+    let (mut split, mut split_traffic) = (Frames::default(), Traffic::new("to_upstream"));
+    let mut split_done = 0;
+    let (mut at, mut cut) = (0, cuts.iter().cycle());
+    while at < data.len() {
+        let c = cut.next().copied().unwrap_or(255);
+        let n = (usize::from(c) + 1).min(data.len() - at);
+        let unread = split.unread_payload();
+        if c % 2 == 1 && unread > 0 {
+            let n = n.min(usize::try_from(unread).unwrap_or(usize::MAX));
+            split_done += split.skip(n as u64, &mut split_traffic);
+            at += n;
+        } else {
+            split_done += split.feed(&data[at..at + n], &mut split_traffic);
+            at += n;
+        }
+        assert!(split.have < 14);
+    }
+    assert_eq!(split_done, whole_done);
+    assert_eq!(split_traffic.messages, whole_traffic.messages);
+    assert_eq!(split_traffic.bytes, whole_traffic.bytes);
+    assert_eq!(split.closed, whole.closed);
+    assert_eq!(split.at_boundary(), whole.at_boundary());
+    assert_eq!((split.have, split.remaining), (whole.have, whole.remaining));
 }
 
 /// A control frame of the proxy's own; masked when it goes to the upstream (the proxy is the

@@ -43,6 +43,11 @@ pub(crate) struct Wire<S> {
     io: S,
     ahead: Ahead,
     frame: Option<Frame>,
+    /// Bytes put back into the stream (see [`Wire::unread`]): read before anything else.
+    unread: Vec<u8>,
+    unread_at: usize,
+    /// Stream bytes to drop before the next read is served (see [`Wire::resync`]).
+    skip: u64,
 }
 
 /// Bytes read past what tungstenite asked for.
@@ -71,7 +76,37 @@ impl<S> Wire<S> {
             io,
             ahead: Ahead::default(),
             frame: None,
+            unread: Vec::new(),
+            unread_at: 0,
+            skip: 0,
         }
+    }
+
+    /// Puts `bytes` back in front of the stream: the next reads return them first. The
+    /// streaming bridge hands tungstenite a control frame this way, and keeps what it read
+    /// past a pause.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let rest = &self.unread[self.unread_at..];
+        let mut joined = Vec::with_capacity(bytes.len() + rest.len());
+        joined.extend_from_slice(bytes);
+        joined.extend_from_slice(rest);
+        self.unread = joined;
+        self.unread_at = 0;
+    }
+
+    /// Drops the next `skip` bytes of the stream (the rest of a frame nobody will read),
+    /// then serves `prefix`, then the stream again.
+    pub(crate) fn resync(&mut self, skip: u64, prefix: &[u8]) {
+        if skip > 0 {
+            debug_assert_eq!(self.unread_at, self.unread.len(), "skip after unread bytes");
+            self.unread.clear();
+            self.unread_at = 0;
+        }
+        self.skip = skip;
+        self.unread(prefix);
     }
 
     /// Queues `msg` as one frame written from its own bytes; masked when `mask` (toward the
@@ -110,6 +145,30 @@ impl<S> Wire<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Wire<S> {
+    /// Writes `bytes` now, as far as the socket takes them; the rest is kept and goes out
+    /// before any later write. Only when nothing is queued (after a flush).
+    pub(crate) fn write_now(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+        debug_assert!(self.frame.is_none(), "write_now after a flush only");
+        let mut written = 0;
+        while written < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if written < bytes.len() {
+            self.frame = Some(Frame {
+                head: [0; 14],
+                head_len: 0,
+                payload: Bytes::copy_from_slice(&bytes[written..]),
+                written: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// Writes out the queued frame, if any.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(frame) = &mut self.frame {
@@ -164,6 +223,28 @@ pub(crate) fn frame_head(first: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 
     (head, used)
 }
 
+/// A frame header's length from its second byte (length form and mask bit).
+pub(crate) fn head_len(second: u8) -> usize {
+    let ext = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// [`apply_mask`] for a piece that starts `offset` bytes into its frame's payload.
+pub(crate) fn apply_mask_at(data: &mut [u8], key: [u8; 4], offset: u64) {
+    let phase = (offset % 4) as usize;
+    let key = [
+        key[phase],
+        key[(phase + 1) % 4],
+        key[(phase + 2) % 4],
+        key[(phase + 3) % 4],
+    ];
+    apply_mask(data, key);
+}
+
 /// XORs `data` with the repeating 4-byte `key` (RFC 6455 section 5.3).
 pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([
@@ -188,12 +269,50 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        while this.skip > 0 {
+            let before = buf.filled().len();
+            ready!(this.poll_stream(cx, buf))?;
+            let got = buf.filled().len() - before;
+            if got == 0 {
+                return Poll::Ready(Ok(())); // The end of the stream.
+            }
+            let dropped = got.min(usize::try_from(this.skip).unwrap_or(usize::MAX));
+            this.skip -= dropped as u64;
+            buf.filled_mut().copy_within(before + dropped.., before);
+            buf.set_filled(before + got - dropped);
+            if got > dropped {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if this.unread_at < this.unread.len() {
+            let n = buf.remaining().min(this.unread.len() - this.unread_at);
+            buf.put_slice(&this.unread[this.unread_at..this.unread_at + n]);
+            this.unread_at += n;
+            if this.unread_at == this.unread.len() {
+                this.unread = Vec::new();
+                this.unread_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_stream(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Wire<S> {
+    /// Reads from the socket, through the read-ahead buffer.
+    fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         let ahead = &mut this.ahead;
         if ahead.start == ahead.end {
             let wanted = buf.remaining();
             if !ahead.streaming || wanted >= AHEAD {
                 let before = buf.filled().len();
-                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                if Pin::new(&mut this.io).poll_read(cx, buf)?.is_pending() {
+                    // Quiet: a buffer left from an earlier burst is not kept through it.
+                    ahead.streaming = false;
+                    ahead.buf = Vec::new();
+                    return Poll::Pending;
+                }
                 let got = buf.filled().len() - before;
                 // A small request that fills says nothing: tungstenite often asks for just
                 // what is left of its buffer (a few bytes); a 64 KiB buffer for that was ~20%
@@ -275,6 +394,84 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
     }
 }
 
+/// For the fuzz target: a socket that returns `data` in pieces, or nothing yet, as `plan`
+/// says; read through a [`Wire`] with request sizes also from `plan`, and sometimes the tail
+/// of what was read put back ([`Wire::unread`]).
+#[cfg(feature = "__fuzz")]
+pub(crate) fn fuzz_read(data: &[u8], plan: &[u8]) {
+    struct Socket<'a> {
+        data: &'a [u8],
+        plan: std::iter::Cycle<std::slice::Iter<'a, u8>>,
+    }
+    impl AsyncRead for Socket<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let step = self.plan.next().copied().unwrap_or(1);
+            if step % 4 == 0 {
+                return Poll::Pending;
+            }
+            let n = (usize::from(step) * 300)
+                .min(buf.remaining())
+                .min(self.data.len());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+    let socket = Socket {
+        data,
+        plan: plan.iter().cycle(),
+    };
+    let mut wire = Wire::new(socket);
+    let (mut out, mut sizes) = (Vec::with_capacity(data.len()), plan.iter().rev().cycle());
+    let waker = std::task::Waker::noop();
+    let (mut pending_in_a_row, mut put_back) = (0, 0);
+    while out.len() < data.len() {
+        let size = match sizes.next().copied().unwrap_or(0) % 6 {
+            0 => 14,
+            1 => 256,
+            2 => 1000,
+            3 => 4096,
+            4 => AHEAD,
+            _ => 2 * AHEAD,
+        };
+        let mut space = vec![0; size];
+        let mut buf = ReadBuf::new(&mut space);
+        match Pin::new(&mut wire).poll_read(&mut Context::from_waker(waker), &mut buf) {
+            Poll::Ready(Ok(())) => {
+                assert!(!buf.filled().is_empty(), "no bytes before the end");
+                out.extend_from_slice(buf.filled());
+                pending_in_a_row = 0;
+                // Sometimes put the tail back, as the streaming bridge does: it must be read
+                // again next, before anything read ahead.
+                let step = usize::from(sizes.next().copied().unwrap_or(0));
+                if step % 7 == 3 && put_back < 64 {
+                    put_back += 1;
+                    let back = step.min(out.len());
+                    wire.unread(&out[out.len() - back..]);
+                    out.truncate(out.len() - back);
+                }
+            }
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => {
+                assert_eq!(
+                    wire.ahead.buf.capacity(),
+                    0,
+                    "a waiting session holds a buffer"
+                );
+                pending_in_a_row += 1;
+                if pending_in_a_row > plan.len() + 1 {
+                    return; // a plan of only pauses
+                }
+            }
+        }
+    }
+    assert!(out == data, "bytes changed on the way through");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +545,47 @@ mod tests {
         assert!(wire.ahead.streaming);
         read_exact_into(&mut wire, 1024);
         assert_eq!(wire.ahead.end - wire.ahead.start, AHEAD - 1024);
+    }
+
+    /// A source that returns as much as asked until `ready` runs out, then is not ready.
+    struct Bursty {
+        ready: usize,
+    }
+
+    impl AsyncRead for Bursty {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.ready == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.remaining().min(self.ready);
+            buf.put_slice(&vec![1; n]);
+            self.ready -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Found while writing the `wire_read` fuzz target: after a burst read through the
+    /// read-ahead buffer, a large read that found nothing waiting kept the 64 KiB buffer for
+    /// as long as the session stayed quiet.
+    #[test]
+    fn a_quiet_session_holds_no_read_ahead_buffer() {
+        let mut wire = Wire::new(Bursty {
+            ready: 1024 + AHEAD,
+        });
+        read_exact_into(&mut wire, 1024);
+        for _ in 0..AHEAD / 1024 {
+            read_exact_into(&mut wire, 1024);
+        }
+        assert!(wire.ahead.streaming);
+        let mut space = vec![0; 2 * AHEAD];
+        let mut buf = ReadBuf::new(&mut space);
+        let waker = std::task::Waker::noop();
+        let polled = Pin::new(&mut wire).poll_read(&mut Context::from_waker(waker), &mut buf);
+        assert!(polled.is_pending());
+        assert_eq!(wire.ahead.buf.capacity(), 0);
     }
 }

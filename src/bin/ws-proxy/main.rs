@@ -121,7 +121,9 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     let backlog = plan.settings.listen_backlog.map_or(1024, |n| n.get());
-    let listener = bind(listen, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
@@ -176,6 +178,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         server
             .header_timeout(header_timeout)
             .proxy_protocol(proxy_protocol)
+            .listen_backlog(backlog)
             .grace(grace)
             .with_graceful_shutdown(async move {
                 let mut stop = stop;
@@ -190,17 +193,6 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
 
 /// A listener with `backlog` pending connections (an unpaced burst of connects beyond it is
 /// lost in the kernel).
-fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
-
 /// SIGHUP: read the command line's file again; new sessions follow it, live ones continue.
 async fn reload_on_hangup(
     mut running: Plan,

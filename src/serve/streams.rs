@@ -1,0 +1,80 @@
+//! What is open on one connection: requests being answered and, on HTTP/2, WebSocket streams,
+//! which outlive their request. An HTTP/2 connection with nothing open for the keep-alive time
+//! is closed, as an idle HTTP/1.1 keep-alive connection is.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::session::HeldBySession;
+
+/// One connection's open streams.
+#[derive(Debug, Default)]
+pub(super) struct Streams {
+    open: AtomicUsize,
+    /// Signalled when the last open stream ends.
+    quiet: Notify,
+    /// A stream whose end the server cannot see (an app's own WebSocket over HTTP/2): the
+    /// connection is never treated as idle.
+    unseen: AtomicBool,
+}
+
+/// Counts as an open stream until dropped.
+#[derive(Debug)]
+pub(super) struct Open(Arc<Streams>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.notify_one();
+        }
+    }
+}
+
+impl Streams {
+    pub(super) fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// Nothing is being answered now.
+    pub(super) fn none_open(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    /// For an HTTP/2 extended CONNECT: a slot the proxy's session takes an [`Open`] from and
+    /// keeps until it ends, so the WebSocket stream counts as open.
+    pub(super) fn slot_for_session(self: &Arc<Self>) -> HeldBySession {
+        HeldBySession::new(Box::new(self.open()))
+    }
+
+    /// A CONNECT was answered 2xx but nothing kept its slot: some other handler has the
+    /// stream, and its end cannot be seen here.
+    pub(super) fn stream_not_seen(&self, slot: &HeldBySession) {
+        if slot.take().is_some() {
+            self.unseen.store(true, Ordering::Release);
+        }
+    }
+
+    /// Completes once nothing has been open for `keepalive`; never if a stream is unseen.
+    #[cfg(feature = "http2")]
+    pub(super) async fn idle_for(&self, keepalive: Duration) {
+        loop {
+            if !self.none_open() || self.unseen.load(Ordering::Acquire) {
+                self.quiet.notified().await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(keepalive) => {
+                    if self.none_open() && !self.unseen.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                // A stream came and went meanwhile: the quiet time starts again.
+                () = self.quiet.notified() => {}
+            }
+        }
+    }
+}

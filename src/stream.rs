@@ -1,0 +1,630 @@
+//! Step 5 without message hooks: data frames are streamed, chunk by chunk, as they arrive.
+//!
+//! Each direction reads what its source has (at most [`CHUNK`] bytes at a time, into a
+//! per-thread buffer), walks the frames in it and writes every piece of data frame it holds to
+//! the other leg at once, as a frame of its own: unmasked from the client and masked again
+//! with a fresh key toward the upstream (RFC 6455 §5.3). A message therefore crosses
+//! fragmented where it arrived in pieces, and whole where it arrived whole; its content and
+//! boundaries are unchanged. Memory per direction is one chunk, held only while the
+//! destination is not taking bytes (and then nothing more is read from the source); an idle
+//! session holds nothing.
+//!
+//! What frame mode promises is kept, checked from the frame headers and the bytes as they
+//! pass: masking per direction, no reserved bits or opcodes, fragments in order, frames and
+//! messages within `max_frame_size` / `max_message_size` (1009), text valid UTF-8 across
+//! chunks and frames (1007, as soon as the bad byte is seen). Control frames are per hop:
+//! each one is handed, alone, to tungstenite, which checks it, answers pings and reports
+//! closes, exactly as with whole messages; pings are never forwarded.
+//!
+//! When bridging stops, each leg's stream is put back at a frame and message boundary for
+//! tungstenite, which runs the close handshakes ([`close`](crate::close)): the rest of a frame
+//! in progress is skipped, and a message in progress is presented as an empty binary first
+//! fragment, so its remaining fragments are read (and counted as undeliverable) rather than
+//! taken for a protocol error.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::bridge::{Ended, Side, Stopped, Traffic};
+use crate::keepalive::{Keepalive, PING};
+use crate::sessions::Sessions;
+use crate::wire::{self, Wire};
+
+/// Bytes read from a leg at a time.
+pub(crate) const CHUNK: usize = 64 << 10;
+/// Reads a direction handles before letting the other run.
+const BUDGET: usize = 4;
+/// Largest frame header: 2 bytes, 8 of length, 4 of mask key.
+const MAX_HEAD: usize = 14;
+/// Largest control frame: its header and 125 bytes of payload.
+const MAX_CONTROL: usize = MAX_HEAD + 125;
+
+thread_local! {
+    /// What was read (unmasked in place) and what is written: one pair per worker thread.
+    static BUFS: RefCell<(Box<[u8]>, Vec<u8>)> =
+        RefCell::new((vec![0; CHUNK].into_boxed_slice(), Vec::with_capacity(CHUNK + 1024)));
+}
+
+/// The limits frame mode enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_frame: Option<usize>,
+    pub(crate) max_message: Option<usize>,
+}
+
+/// Forwards data frames both ways until a close frame or an error ends the session. Same
+/// contract as [`bridge::run`](crate::bridge::run), without hooks; nothing is ever held whole.
+pub(crate) async fn run<C, U>(
+    client: &mut WebSocketStream<Wire<C>>,
+    upstream: &mut WebSocketStream<Wire<U>>,
+    to_upstream: &mut Traffic,
+    to_client: &mut Traffic,
+    keepalive: &mut Keepalive,
+    sessions: &Sessions,
+    limits: Limits,
+) -> Stopped
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut c2u = Flow::new(Side::Client, Side::Upstream, limits);
+    let mut u2c = Flow::new(Side::Upstream, Side::Client, limits);
+    let draining = sessions.draining();
+    tokio::pin!(draining);
+    let ended = poll_fn(|cx| {
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ended::ShuttingDown);
+        }
+        if let Poll::Ready(expired) = keepalive.poll(cx) {
+            return Poll::Ready(Ended::Expired(expired));
+        }
+        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
+            return Poll::Ready(end);
+        }
+        u2c.poll(cx, upstream, client, to_client, keepalive)
+    })
+    .await;
+    // Both legs at a boundary again, for tungstenite's close handshakes.
+    c2u.resync(client.get_mut());
+    u2c.resync(upstream.get_mut());
+    Stopped {
+        ended,
+        held_for_client: None,
+        held_for_upstream: None,
+    }
+}
+
+/// Incremental UTF-8 validation of a text message that arrives in pieces.
+#[derive(Debug, Default)]
+struct Utf8 {
+    /// The start of a character cut by the end of the last piece.
+    partial: [u8; 4],
+    len: usize,
+}
+
+impl Utf8 {
+    /// Checks the next piece; `false` once the message cannot be valid UTF-8 any more.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        if self.len > 0 {
+            let width = match self.partial[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - self.len).min(data.len());
+            self.partial[self.len..self.len + take].copy_from_slice(&data[..take]);
+            self.len += take;
+            data = &data[take..];
+            match std::str::from_utf8(&self.partial[..self.len]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_some() => return false,
+                // Still a valid beginning: the piece ended inside the character again.
+                Err(_) => return true,
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                let rest = &data[e.valid_up_to()..];
+                self.partial[..rest.len()].copy_from_slice(rest);
+                self.len = rest.len();
+                true
+            }
+        }
+    }
+
+    /// The message ended: no character may be left unfinished.
+    fn end(&mut self) -> bool {
+        std::mem::take(&mut self.len) == 0
+    }
+}
+
+/// One direction: frame parsing, checks and re-framing of `from`'s bytes for `to`.
+#[derive(Debug)]
+struct Flow {
+    from: Side,
+    to: Side,
+    limits: Limits,
+    /// The header (or whole control frame) being collected.
+    head: [u8; MAX_CONTROL],
+    have: usize,
+    /// The data frame whose payload is passing.
+    frame: Option<FrameState>,
+    /// The data message in progress: its opcode, payload so far, and text check.
+    message: Option<MessageState>,
+    /// Something was written to `to` and not flushed yet.
+    unflushed: bool,
+    /// `from` owes a pong it could not take yet: it is not read until it has.
+    pong_waiting: bool,
+    /// When `from` was last read: a delivered piece counts as activity for `idle_timeout`.
+    read_at: Instant,
+}
+
+#[derive(Debug)]
+struct FrameState {
+    fin: bool,
+    remaining: u64,
+    mask: Option<[u8; 4]>,
+    /// Payload bytes of this frame already passed (the mask key's phase).
+    offset: u64,
+}
+
+#[derive(Debug)]
+struct MessageState {
+    text: bool,
+    len: u64,
+    utf8: Utf8,
+    /// Nothing of it has been written yet: the next piece carries its opcode.
+    started: bool,
+}
+
+/// What walking a read's bytes stopped at.
+enum Walk {
+    /// Every byte was used.
+    Done,
+    /// A complete control frame, collected in `head`, ends where the walk stopped; it goes to
+    /// tungstenite before the rest.
+    Control,
+    /// The peer broke the protocol.
+    Violation(WsError),
+}
+
+impl Flow {
+    fn new(from: Side, to: Side, limits: Limits) -> Self {
+        Self {
+            from,
+            to,
+            limits,
+            head: [0; MAX_CONTROL],
+            have: 0,
+            frame: None,
+            message: None,
+            unflushed: false,
+            pong_waiting: false,
+            read_at: Instant::now(),
+        }
+    }
+
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut WebSocketStream<Wire<S>>,
+        dst: &mut WebSocketStream<Wire<D>>,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Poll<Ended>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        if keepalive.take_ping(self.to) {
+            // The proxy's own ping to the destination leg, between two of its frames.
+            match Pin::new(&mut *dst).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let ping = Message::Ping(bytes::Bytes::from_static(PING));
+                    if let Err(error) = Pin::new(&mut *dst).start_send(ping) {
+                        return self.write_failed(error);
+                    }
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Pending => keepalive.keep_ping(self.to),
+            }
+        }
+        for _ in 0..BUDGET {
+            // Whatever `to` has not taken goes first; until it has, `from` is not read.
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Pending => return Poll::Pending,
+            }
+            let step = BUFS.with(|bufs| {
+                let (input, out) = &mut *bufs.borrow_mut();
+                self.step(cx, src, dst, input, out, traffic, keepalive)
+            });
+            match step {
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(end)) => return Poll::Ready(end),
+                Poll::Pending => return self.flush(cx, dst),
+            }
+        }
+        // Let the other direction (and other tasks) run; come back right away.
+        if let Poll::Ready(end) = self.flush(cx, dst) {
+            return Poll::Ready(end);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One read from `from`, walked and written on to `to`. `Ready(None)`: read more.
+    #[allow(clippy::too_many_arguments)]
+    fn step<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut WebSocketStream<Wire<S>>,
+        dst: &mut WebSocketStream<Wire<D>>,
+        input: &mut [u8],
+        out: &mut Vec<u8>,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Poll<Option<Ended>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.pong_waiting {
+            match Pin::new(&mut *src).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.pong_waiting = false,
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Some(Ended::WriteFailed {
+                        side: self.from,
+                        error,
+                    }))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut buf = ReadBuf::new(input);
+        match Pin::new(src.get_mut()).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Some(self.read_failed(WsError::Io(e)))),
+            Poll::Pending => return Poll::Pending,
+        }
+        let n = buf.filled().len();
+        if n == 0 {
+            // The connection ended without a close frame.
+            let error = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+            return Poll::Ready(Some(self.read_failed(error)));
+        }
+        self.read_at = Instant::now();
+        keepalive.heard(self.from, self.read_at);
+        let mut at = 0;
+        while at < n {
+            out.clear();
+            let walked = self.walk(&mut input[at..n], out, traffic);
+            if !out.is_empty() {
+                // Pieces of data frames first: they were read before what stopped the walk.
+                if let Err(error) = dst.get_mut().write_now(cx, out) {
+                    return Poll::Ready(Some(self.write_failed_end(WsError::Io(error))));
+                }
+                self.unflushed = true;
+                keepalive.data(self.read_at);
+            }
+            match walked {
+                (_, Walk::Done) => return Poll::Ready(None),
+                (_, Walk::Violation(error)) => return Poll::Ready(Some(self.read_failed(error))),
+                (used, Walk::Control) => {
+                    at += used;
+                    let control = self.head[..self.have].to_vec();
+                    self.have = 0;
+                    match self.control(cx, src, control) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return Poll::Ready(Some(end)),
+                        Err(stop) => {
+                            // `from` cannot take its pong now: read nothing more from it
+                            // until it can; the rest of this read waits in its stream.
+                            src.get_mut().unread(&input[at..n]);
+                            self.pong_waiting = true;
+                            return stop;
+                        }
+                    }
+                }
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    /// Hands one complete control frame to tungstenite: it checks it, queues the answer to a
+    /// ping or close on `from`, and reports what it was. `Err` when reading must pause.
+    fn control<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut WebSocketStream<Wire<S>>,
+        frame: Vec<u8>,
+    ) -> Result<Option<Ended>, Poll<Option<Ended>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        src.get_mut().unread(&frame);
+        let msg = match Pin::new(&mut *src).poll_next(cx) {
+            Poll::Ready(Some(Ok(msg))) => msg,
+            Poll::Ready(Some(Err(error))) => return Ok(Some(self.read_failed(error))),
+            Poll::Ready(None) => {
+                return Ok(Some(self.read_failed(WsError::ConnectionClosed)));
+            }
+            // Cannot be: the whole frame is there. Treat it as a broken leg, not a hang.
+            Poll::Pending => {
+                return Ok(Some(self.read_failed(WsError::Protocol(
+                    ProtocolError::ResetWithoutClosingHandshake,
+                ))))
+            }
+        };
+        match msg {
+            Message::Close(frame) => Ok(Some(Ended::Closed {
+                by: self.from,
+                frame,
+            })),
+            // Per hop, as in the message bridge: at most one pong waits per leg; while it
+            // cannot be written, `from` is not read (the flood stays in TCP's buffers).
+            Message::Ping(_) => match Pin::new(&mut *src).poll_flush(cx) {
+                Poll::Ready(Ok(())) => Ok(None),
+                Poll::Ready(Err(error)) => Ok(Some(Ended::WriteFailed {
+                    side: self.from,
+                    error,
+                })),
+                Poll::Pending => Err(Poll::Pending),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Walks `data` (unmasking it in place), appending to `out` what `to` gets. Returns how
+    /// many bytes were used and why the walk stopped.
+    fn walk(&mut self, data: &mut [u8], out: &mut Vec<u8>, traffic: &mut Traffic) -> (usize, Walk) {
+        let mut i = 0;
+        while i < data.len() {
+            if let Some(frame) = &mut self.frame {
+                let take = frame.remaining.min((data.len() - i) as u64) as usize;
+                let piece = &mut data[i..i + take];
+                if let Some(key) = frame.mask {
+                    wire::apply_mask_at(piece, key, frame.offset);
+                }
+                frame.remaining -= take as u64;
+                frame.offset += take as u64;
+                let fin = frame.remaining == 0 && frame.fin;
+                if frame.remaining == 0 {
+                    self.frame = None;
+                }
+                i += take;
+                if !self.text_ok(piece, fin) {
+                    return (i, Walk::Violation(invalid_utf8()));
+                }
+                self.emit(out, piece, fin);
+                if fin {
+                    self.finish_message(traffic);
+                }
+                continue;
+            }
+            // A header (or a control frame) being collected.
+            let byte = data[i];
+            self.head[self.have] = byte;
+            self.have += 1;
+            i += 1;
+            if self.have < 2 {
+                continue;
+            }
+            let head_len = wire::head_len(self.head[1]);
+            if self.have < head_len {
+                continue;
+            }
+            let (first, second) = (self.head[0], self.head[1]);
+            let opcode = OpCode::from(first & 0x0f);
+            let len = match second & 0x7f {
+                126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0xff; 8])),
+                n => u64::from(n),
+            };
+            if self.have == head_len {
+                if let Err(error) = self.check(first, second, opcode, len) {
+                    return (i, Walk::Violation(error));
+                }
+            }
+            if let OpCode::Control(_) = opcode {
+                // Collected whole (header checks passed, so `len` is at most 125).
+                if self.have == head_len + len as usize {
+                    return (i, Walk::Control);
+                }
+                continue;
+            }
+            let mask = (second & 0x80 != 0).then(|| {
+                let k = &self.head[head_len - 4..head_len];
+                [k[0], k[1], k[2], k[3]]
+            });
+            self.have = 0;
+            let message = self.message.get_or_insert(MessageState {
+                text: opcode == OpCode::Data(Data::Text),
+                len: 0,
+                utf8: Utf8::default(),
+                started: false,
+            });
+            message.len += len;
+            let fin = first & 0x80 != 0;
+            if len == 0 {
+                // Nothing will follow this header: the piece is empty.
+                if !self.text_ok(&[], fin) {
+                    return (i, Walk::Violation(invalid_utf8()));
+                }
+                self.emit(out, &mut [], fin);
+                if fin {
+                    self.finish_message(traffic);
+                }
+                continue;
+            }
+            self.frame = Some(FrameState {
+                fin,
+                remaining: len,
+                mask,
+                offset: 0,
+            });
+        }
+        (i, Walk::Done)
+    }
+
+    /// Whether the text message in progress is still valid UTF-8 with `piece` (and, when
+    /// `fin`, complete); binary messages always are.
+    fn text_ok(&mut self, piece: &[u8], fin: bool) -> bool {
+        match &mut self.message {
+            Some(m) if m.text => m.utf8.feed(piece) && (!fin || m.utf8.end()),
+            _ => true,
+        }
+    }
+
+    /// The checks tungstenite makes of a frame header, for the frames it does not see.
+    fn check(&self, first: u8, second: u8, opcode: OpCode, len: u64) -> Result<(), WsError> {
+        let protocol = |e| Err(WsError::Protocol(e));
+        if first & 0x70 != 0 {
+            return protocol(ProtocolError::NonZeroReservedBits);
+        }
+        let masked = second & 0x80 != 0;
+        match self.from {
+            Side::Client if !masked => return protocol(ProtocolError::UnmaskedFrameFromClient),
+            Side::Upstream if masked => return protocol(ProtocolError::MaskedFrameFromServer),
+            _ => {}
+        }
+        if let Some(max) = self.limits.max_frame {
+            if len > max as u64 {
+                return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                    size: usize::try_from(len).unwrap_or(usize::MAX),
+                    max_size: max,
+                }));
+            }
+        }
+        match opcode {
+            OpCode::Control(Control::Reserved(op)) => {
+                protocol(ProtocolError::UnknownControlFrameType(op))
+            }
+            OpCode::Control(_) if first & 0x80 == 0 => {
+                protocol(ProtocolError::FragmentedControlFrame)
+            }
+            OpCode::Control(_) if len > 125 => protocol(ProtocolError::ControlFrameTooBig),
+            OpCode::Control(_) => Ok(()),
+            OpCode::Data(Data::Reserved(op)) => protocol(ProtocolError::UnknownDataFrameType(op)),
+            OpCode::Data(Data::Continue) if self.message.is_none() => {
+                protocol(ProtocolError::UnexpectedContinueFrame)
+            }
+            OpCode::Data(Data::Continue) => self.check_size(len),
+            OpCode::Data(data) if self.message.is_some() => {
+                protocol(ProtocolError::ExpectedFragment(data))
+            }
+            OpCode::Data(_) => self.check_size(len),
+        }
+    }
+
+    fn check_size(&self, len: u64) -> Result<(), WsError> {
+        let so_far = self.message.as_ref().map_or(0, |m| m.len);
+        match self.limits.max_message {
+            Some(max) if so_far.saturating_add(len) > max as u64 => {
+                Err(WsError::Capacity(CapacityError::MessageTooLong {
+                    size: usize::try_from(so_far.saturating_add(len)).unwrap_or(usize::MAX),
+                    max_size: max,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends `piece` of the message in progress to `out` as a frame of its own.
+    fn emit(&mut self, out: &mut Vec<u8>, piece: &mut [u8], fin: bool) {
+        let Some(message) = &mut self.message else {
+            return;
+        };
+        let opcode = match (message.started, message.text) {
+            (true, _) => 0x0,
+            (false, true) => 0x1,
+            (false, false) => 0x2,
+        };
+        message.started = true;
+        let first = if fin { 0x80 } else { 0 } | opcode;
+        let key = (self.to == Side::Upstream).then(rand::random::<[u8; 4]>);
+        let (head, head_len) = wire::frame_head(first, piece.len(), key);
+        out.extend_from_slice(&head[..head_len]);
+        let start = out.len();
+        out.extend_from_slice(piece);
+        if let Some(key) = key {
+            wire::apply_mask(&mut out[start..], key);
+        }
+    }
+
+    fn finish_message(&mut self, traffic: &mut Traffic) {
+        if let Some(message) = self.message.take() {
+            traffic.add(message.len);
+        }
+    }
+
+    /// Puts `from`'s stream back at a frame and message boundary for tungstenite.
+    fn resync<S>(&mut self, wire: &mut Wire<S>) {
+        let skip = self.frame.take().map_or(0, |f| f.remaining);
+        let mut prefix = Vec::new();
+        if self.message.take().is_some() {
+            // An empty first fragment: tungstenite reads the message's remaining fragments
+            // as one binary message instead of failing on a continuation frame.
+            let key = (self.from == Side::Client).then_some([0; 4]);
+            let (head, len) = wire::frame_head(0x2, 0, key);
+            prefix.extend_from_slice(&head[..len]);
+        }
+        prefix.extend_from_slice(&self.head[..self.have]);
+        self.have = 0;
+        wire.resync(skip, &prefix);
+    }
+
+    /// Flushes `to` if anything was written; `Ready` only when the write failed.
+    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<Wire<D>>) -> Poll<Ended>
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.unflushed {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut *dst).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                Poll::Pending
+            }
+            Poll::Ready(Err(error)) => self.write_failed(error),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn read_failed(&self, error: WsError) -> Ended {
+        Ended::ReadFailed {
+            side: self.from,
+            error,
+        }
+    }
+
+    fn write_failed_end(&self, error: WsError) -> Ended {
+        Ended::WriteFailed {
+            side: self.to,
+            error,
+        }
+    }
+
+    fn write_failed(&self, error: WsError) -> Poll<Ended> {
+        Poll::Ready(self.write_failed_end(error))
+    }
+}
+
+fn invalid_utf8() -> WsError {
+    WsError::Utf8("invalid UTF-8 in a text message".into())
+}

@@ -11,6 +11,8 @@
 //! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt
 //! cargo run --release --example bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! BENCH_HOLD_IDLE_MS=5000 cargo run --release --example bench -- --rows idle  # time to profile
+//! BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
+//!   cargo run --release --example bench -- --quick --only ws-proxy --rows handshake
 //! ```
 //!
 //! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
@@ -425,6 +427,11 @@ impl Target {
             }
             Kind::Frames | Kind::Tunnel => {
                 let bin = ws_proxy_bin()?;
+                // For profiling: `BENCH_WRAP="valgrind --tool=callgrind"` runs ws-proxy under
+                // it (its CPU rows then mean nothing; the profile is the point).
+                if let Ok(wrap) = std::env::var("BENCH_WRAP") {
+                    cmd.args(wrap.split_whitespace());
+                }
                 let mode = if kind == Kind::Tunnel {
                     "tunnel"
                 } else {
@@ -554,7 +561,12 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
-            let _ = child.kill();
+            if std::env::var_os("BENCH_WRAP").is_some() {
+                // A profiler writes its output on a clean exit.
+                let _ = Command::new("kill").arg(child.id().to_string()).status();
+            } else {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         for pid in self.pids().into_iter().skip(1) {

@@ -172,10 +172,13 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(ProxyError::Handshake)?;
-    let conn = Connection(tokio::spawn(async move {
-        // An error here also surfaces through `send_request`, where it is reported.
-        let _ = conn.with_upgrades().await;
-    }));
+    // Boxed, as the server's connection tasks are (see `serve`): only a pointer moves.
+    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(async move {
+            // An error here also surfaces through `send_request`, where it is reported.
+            let _ = conn.with_upgrades().await;
+        });
+    let conn = Connection(tokio::spawn(task));
     let response = sender
         .send_request(request)
         .await

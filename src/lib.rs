@@ -221,6 +221,12 @@ pub mod __fuzz {
         crate::wire::fuzz_read(data, plan);
     }
 
+    /// The streaming frame bridge's parser: a leg's bytes walked whole and in pieces give the
+    /// same control frames, messages and verdict; what it writes is framed and masked right.
+    pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
+        crate::stream::fuzz_walk(data, cuts, from_client);
+    }
+
     /// The PROXY protocol header parser; must never panic, and a complete header's length is
     /// within the input.
     pub fn proxy_header(input: &[u8]) {

@@ -300,7 +300,12 @@ async fn run(server: Serve<App>) -> io::Result<()> {
             tls: tls.clone(),
         };
         let mut stop = stop_rx.clone();
-        connections.spawn(async move { conn.serve(tcp, &mut stop).await });
+        // Boxed: a task's future is moved several times as the task is made, run and
+        // finished, and this one is kilobytes (hyper's connection, TLS, HTTP/2 states); the
+        // copies were a third of the proxy's instructions per handshake (callgrind).
+        let served: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(async move { conn.serve(tcp, &mut stop).await });
+        connections.spawn(served);
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
@@ -486,6 +491,9 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
 ///
 /// `first` is what is left of the header timeout for the first request; `idle` the whole of
 /// it, for HTTP/2 connections with no stream open.
+///
+/// Each protocol's connection is boxed: kilobytes of state that would otherwise make every
+/// connection task that large, and be copied each time the task's future moves.
 async fn serve_http<I>(
     io: I,
     h2: bool,
@@ -498,45 +506,64 @@ async fn serve_http<I>(
 {
     #[cfg(feature = "http2")]
     if h2 {
-        let (first_request, streams) = (service.first_request.clone(), service.streams.clone());
-        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .enable_connect_protocol()
-            // Dead peers under long-lived WebSocket streams are found by PING.
-            .keep_alive_interval(Some(H2_PING_INTERVAL))
-            .keep_alive_timeout(H2_PING_TIMEOUT)
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            .serve_connection(TokioIo::new(io), service);
-        // The preface and the first request's HEADERS get the same deadline as an HTTP/1.1
-        // head: hyper's HTTP/2 server has none, so a half preface or half a HEADERS block
-        // would hold the connection forever. After that, a connection with no stream open
-        // for as long as an HTTP/1.1 keep-alive connection may idle is closed (GOAWAY).
-        let deadlines = async {
-            tokio::time::sleep(first).await;
-            if !first_request.is_set() {
-                tracing::debug!("closed: no HTTP/2 request within the header timeout");
-                return false;
-            }
-            streams.idle_for(idle).await;
-            tracing::debug!("closing an idle HTTP/2 connection");
-            true
-        };
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-            goaway = deadlines => if goaway {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            },
-        }
-        return;
+        return Box::pin(serve_h2(io, service, first, idle, stop)).await;
     }
     #[cfg(not(feature = "http2"))]
-    let _ = h2; // hyper's HTTP/1 parser answers the preface with 400.
+    let _ = (h2, idle); // hyper's HTTP/1 parser answers the preface with 400.
+    Box::pin(serve_h1(io, service, first, stop)).await
+}
+
+#[cfg(feature = "http2")]
+async fn serve_h2<I>(
+    io: I,
+    service: Handler,
+    first: Duration,
+    idle: Duration,
+    stop: &mut watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (first_request, streams) = (service.first_request.clone(), service.streams.clone());
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        // Dead peers under long-lived WebSocket streams are found by PING.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .serve_connection(TokioIo::new(io), service);
+    // The preface and the first request's HEADERS get the same deadline as an HTTP/1.1
+    // head: hyper's HTTP/2 server has none, so a half preface or half a HEADERS block
+    // would hold the connection forever. After that, a connection with no stream open
+    // for as long as an HTTP/1.1 keep-alive connection may idle is closed (GOAWAY).
+    let deadlines = async {
+        tokio::time::sleep(first).await;
+        if !first_request.is_set() {
+            tracing::debug!("closed: no HTTP/2 request within the header timeout");
+            return false;
+        }
+        streams.idle_for(idle).await;
+        tracing::debug!("closing an idle HTTP/2 connection");
+        true
+    };
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+        goaway = deadlines => if goaway {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        },
+    }
+}
+
+async fn serve_h1<I>(io: I, service: Handler, first: Duration, stop: &mut watch::Receiver<()>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (streams, max_head) = (service.streams.clone(), service.max_head);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -628,3 +628,90 @@ impl Flow {
 fn invalid_utf8() -> WsError {
     WsError::Utf8("invalid UTF-8 in a text message".into())
 }
+
+/// For the fuzz target: `data` from `from`, walked whole and in pieces sized by `cuts`, gives
+/// the same control frames, the same completed messages, and the same verdict.
+#[cfg(feature = "__fuzz")]
+pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
+    let (from, to) = if from_client {
+        (Side::Client, Side::Upstream)
+    } else {
+        (Side::Upstream, Side::Client)
+    };
+    let limits = Limits {
+        max_frame: Some(1 << 16),
+        max_message: Some(1 << 17),
+    };
+    let run = |pieces: &mut dyn Iterator<Item = usize>| {
+        let mut flow = Flow::new(from, to, limits);
+        let mut traffic = Traffic::new("to_upstream");
+        let (mut out, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
+        let mut at = 0;
+        let mut violated = None;
+        'feed: while at < input.len() {
+            let end = (at + pieces.next().unwrap_or(usize::MAX)).min(input.len());
+            while at < end {
+                let (used, walked) = flow.walk(&mut input[at..end], &mut out, &mut traffic);
+                assert!(used > 0 && at + used <= end, "no progress or past the end");
+                at += used;
+                match walked {
+                    Walk::Done => {}
+                    Walk::Control => {
+                        controls.push(flow.head[..flow.have].to_vec());
+                        flow.have = 0;
+                    }
+                    Walk::Violation(e) => {
+                        violated = Some(std::mem::discriminant(&e));
+                        break 'feed;
+                    }
+                }
+            }
+        }
+        (
+            messages(&out, to),
+            controls,
+            violated,
+            traffic.messages,
+            traffic.bytes,
+        )
+    };
+    let whole = run(&mut std::iter::empty());
+    let mut cut = cuts.iter().cycle().map(|c| usize::from(*c) + 1);
+    let split = run(&mut cut);
+    assert_eq!(whole, split);
+}
+
+/// The data messages in `out`, a stream of frames as the walk writes them for `to`.
+#[cfg(feature = "__fuzz")]
+fn messages(out: &[u8], to: Side) -> Vec<(bool, Vec<u8>)> {
+    let (mut done, mut current, mut at) = (Vec::new(), None::<(bool, Vec<u8>)>, 0);
+    while at < out.len() {
+        let (first, second) = (out[at], out[at + 1]);
+        assert_eq!(
+            second & 0x80 != 0,
+            to == Side::Upstream,
+            "masked only toward the upstream"
+        );
+        let head = wire::head_len(second);
+        let len = match second & 0x7f {
+            126 => usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])),
+            127 => usize::try_from(u64::from_be_bytes(
+                out[at + 2..at + 10].try_into().unwrap_or([0; 8]),
+            ))
+            .unwrap_or(0),
+            n => usize::from(n),
+        };
+        let mut payload = out[at + head..at + head + len].to_vec();
+        if second & 0x80 != 0 {
+            let k = &out[at + head - 4..at + head];
+            wire::apply_mask(&mut payload, [k[0], k[1], k[2], k[3]]);
+        }
+        at += head + len;
+        let message = current.get_or_insert_with(|| (first & 0x0f == 1, Vec::new()));
+        message.1.extend_from_slice(&payload);
+        if first & 0x80 != 0 {
+            done.extend(current.take());
+        }
+    }
+    done
+}

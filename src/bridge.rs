@@ -1,4 +1,6 @@
-//! Step 5: bridge messages between the two legs until one side ends the session.
+//! Step 5, with message hooks: bridge whole messages between the two legs until one side ends
+//! the session. Without hooks, [`stream`](crate::stream) forwards frames as they arrive; this
+//! module also holds the vocabulary both share (`Side`, `Traffic`, `Ended`, `Stopped`).
 //!
 //! One task drives both directions, so there are no locks and no extra wake-ups. Each
 //! direction reads a message, hands it to the other leg, and reads the next only once that

@@ -278,6 +278,9 @@ async fn run(server: Serve<App>) -> io::Result<()> {
     loop {
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
+            // Finished connections are freed as they finish, not at the next accept: after a
+            // burst, nothing else would free them.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -306,7 +309,6 @@ async fn run(server: Serve<App>) -> io::Result<()> {
         let served: Pin<Box<dyn Future<Output = ()> + Send>> =
             Box::pin(async move { conn.serve(tcp, &mut stop).await });
         connections.spawn(served);
-        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     let _ = stop_tx.send(());

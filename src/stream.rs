@@ -41,7 +41,7 @@ use crate::sessions::Sessions;
 use crate::wire::{self, Wire};
 
 /// Bytes read from a leg at a time.
-pub(crate) const CHUNK: usize = 64 << 10;
+pub(crate) const CHUNK: usize = 256 << 10;
 /// Reads a direction handles before letting the other run.
 const BUDGET: usize = 4;
 /// Largest frame header: 2 bytes, 8 of length, 4 of mask key.
@@ -49,10 +49,61 @@ const MAX_HEAD: usize = 14;
 /// Largest control frame: its header and 125 bytes of payload.
 const MAX_CONTROL: usize = MAX_HEAD + 125;
 
+/// Pieces shorter than this are copied next to their header; longer ones are written from
+/// where they were read (copying them cost more than the rest of the bridge together: glibc's
+/// `memcpy` is slow when source and destination sit a header's length apart modulo 64).
+const COPY_MAX: usize = 2 << 10;
+
 thread_local! {
-    /// What was read (unmasked in place) and what is written: one pair per worker thread.
-    static BUFS: RefCell<(Box<[u8]>, Vec<u8>)> =
-        RefCell::new((vec![0; CHUNK].into_boxed_slice(), Vec::with_capacity(CHUNK + 1024)));
+    /// What was read (unmasked and masked in place) and what is written: one pair per worker
+    /// thread.
+    static BUFS: RefCell<(Box<[u8]>, Output)> =
+        RefCell::new((vec![0; CHUNK].into_boxed_slice(), Output::default()));
+}
+
+/// What one read turns into for the other leg, in order: frame headers and short pieces
+/// copied into `own`, longer pieces left in the read buffer.
+#[derive(Debug, Default)]
+struct Output {
+    own: Vec<u8>,
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    /// `own[start..end]`.
+    Own(usize, usize),
+    /// The read buffer's `[start..end]`.
+    Read(usize, usize),
+}
+
+impl Output {
+    fn clear(&mut self) {
+        self.own.clear();
+        self.parts.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn copy(&mut self, bytes: &[u8]) {
+        let start = self.own.len();
+        self.own.extend_from_slice(bytes);
+        let end = self.own.len();
+        match self.parts.last_mut() {
+            Some(Part::Own(_, last)) if *last == start => *last = end,
+            _ => self.parts.push(Part::Own(start, end)),
+        }
+    }
+
+    /// The parts as slices of `own` and of the read buffer `read`.
+    fn slices<'a>(&'a self, read: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.parts.iter().map(move |part| match *part {
+            Part::Own(start, end) => &self.own[start..end],
+            Part::Read(start, end) => &read[start..end],
+        })
+    }
 }
 
 /// The limits frame mode enforces.
@@ -275,7 +326,7 @@ impl Flow {
         src: &mut WebSocketStream<Wire<S>>,
         dst: &mut WebSocketStream<Wire<D>>,
         input: &mut [u8],
-        out: &mut Vec<u8>,
+        out: &mut Output,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Poll<Option<Ended>>
@@ -312,10 +363,19 @@ impl Flow {
         let mut at = 0;
         while at < n {
             out.clear();
-            let walked = self.walk(&mut input[at..n], out, traffic);
+            let walked = self.walk(input, at, n, out, traffic);
             if !out.is_empty() {
                 // Pieces of data frames first: they were read before what stopped the walk.
-                if let Err(error) = dst.get_mut().write_now(cx, out) {
+                let written = match out.parts.as_slice() {
+                    [Part::Own(start, end)] => {
+                        dst.get_mut().write_now(cx, &[&out.own[*start..*end]])
+                    }
+                    _ => {
+                        let slices: Vec<&[u8]> = out.slices(input).collect();
+                        dst.get_mut().write_now(cx, &slices)
+                    }
+                };
+                if let Err(error) = written {
                     return Poll::Ready(Some(self.write_failed_end(WsError::Io(error))));
                 }
                 self.unflushed = true;
@@ -389,17 +449,23 @@ impl Flow {
         }
     }
 
-    /// Walks `data` (unmasking it in place), appending to `out` what `to` gets. Returns how
-    /// many bytes were used and why the walk stopped.
-    fn walk(&mut self, data: &mut [u8], out: &mut Vec<u8>, traffic: &mut Traffic) -> (usize, Walk) {
-        let mut i = 0;
-        while i < data.len() {
+    /// Walks `input[from..to]` (unmasking and masking payloads in place), adding to `out`
+    /// what `to` gets. Returns how many bytes were used and why the walk stopped.
+    fn walk(
+        &mut self,
+        input: &mut [u8],
+        from: usize,
+        to: usize,
+        out: &mut Output,
+        traffic: &mut Traffic,
+    ) -> (usize, Walk) {
+        let mut i = from;
+        while i < to {
             if let Some(frame) = &mut self.frame {
-                let take = frame.remaining.min((data.len() - i) as u64) as usize;
-                let piece = &mut data[i..i + take];
-                if let Some(key) = frame.mask {
-                    wire::apply_mask_at(piece, key, frame.offset);
-                }
+                let take = frame.remaining.min((to - i) as u64) as usize;
+                let range = (i, i + take);
+                // The key as it applies from this piece's first byte.
+                let key_in = frame.mask.map(|k| wire::key_at(k, frame.offset));
                 frame.remaining -= take as u64;
                 frame.offset += take as u64;
                 let fin = frame.remaining == 0 && frame.fin;
@@ -407,17 +473,27 @@ impl Flow {
                     self.frame = None;
                 }
                 i += take;
-                if !self.text_ok(piece, fin) {
-                    return (i, Walk::Violation(invalid_utf8()));
-                }
-                self.emit(out, piece, fin);
+                let text = self.message.as_ref().is_some_and(|m| m.text);
+                let key_in = if text {
+                    // Text is checked in the clear.
+                    if let Some(key) = key_in {
+                        wire::apply_mask(&mut input[range.0..range.1], key);
+                    }
+                    if !self.text_ok(&input[range.0..range.1], fin) {
+                        return (i - from, Walk::Violation(invalid_utf8()));
+                    }
+                    None
+                } else {
+                    key_in
+                };
+                self.emit(out, input, range, key_in, fin);
                 if fin {
                     self.finish_message(traffic);
                 }
                 continue;
             }
             // A header (or a control frame) being collected.
-            let byte = data[i];
+            let byte = input[i];
             self.head[self.have] = byte;
             self.have += 1;
             i += 1;
@@ -437,13 +513,13 @@ impl Flow {
             };
             if self.have == head_len {
                 if let Err(error) = self.check(first, second, opcode, len) {
-                    return (i, Walk::Violation(error));
+                    return (i - from, Walk::Violation(error));
                 }
             }
             if let OpCode::Control(_) = opcode {
                 // Collected whole (header checks passed, so `len` is at most 125).
                 if self.have == head_len + len as usize {
-                    return (i, Walk::Control);
+                    return (i - from, Walk::Control);
                 }
                 continue;
             }
@@ -463,9 +539,9 @@ impl Flow {
             if len == 0 {
                 // Nothing will follow this header: the piece is empty.
                 if !self.text_ok(&[], fin) {
-                    return (i, Walk::Violation(invalid_utf8()));
+                    return (i - from, Walk::Violation(invalid_utf8()));
                 }
-                self.emit(out, &mut [], fin);
+                self.emit(out, input, (i, i), None, fin);
                 if fin {
                     self.finish_message(traffic);
                 }
@@ -478,7 +554,7 @@ impl Flow {
                 offset: 0,
             });
         }
-        (i, Walk::Done)
+        (i - from, Walk::Done)
     }
 
     /// Whether the text message in progress is still valid UTF-8 with `piece` (and, when
@@ -544,8 +620,17 @@ impl Flow {
         }
     }
 
-    /// Appends `piece` of the message in progress to `out` as a frame of its own.
-    fn emit(&mut self, out: &mut Vec<u8>, piece: &mut [u8], fin: bool) {
+    /// Adds `input[range]`, a piece of the message in progress, to `out` as a frame of its
+    /// own. `key_in` is the sender's mask still on the piece; toward the upstream a fresh key
+    /// goes on, in the same pass.
+    fn emit(
+        &mut self,
+        out: &mut Output,
+        input: &mut [u8],
+        range: (usize, usize),
+        key_in: Option<[u8; 4]>,
+        fin: bool,
+    ) {
         let Some(message) = &mut self.message else {
             return;
         };
@@ -556,13 +641,21 @@ impl Flow {
         };
         message.started = true;
         let first = if fin { 0x80 } else { 0 } | opcode;
-        let key = (self.to == Side::Upstream).then(rand::random::<[u8; 4]>);
-        let (head, head_len) = wire::frame_head(first, piece.len(), key);
-        out.extend_from_slice(&head[..head_len]);
-        let start = out.len();
-        out.extend_from_slice(piece);
+        let key_out = (self.to == Side::Upstream).then(rand::random::<[u8; 4]>);
+        let piece = &mut input[range.0..range.1];
+        let (head, head_len) = wire::frame_head(first, piece.len(), key_out);
+        out.copy(&head[..head_len]);
+        let key = match (key_in, key_out) {
+            (Some(a), Some(b)) => Some([a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]]),
+            (a, b) => a.or(b),
+        };
         if let Some(key) = key {
-            wire::apply_mask(&mut out[start..], key);
+            wire::apply_mask(piece, key);
+        }
+        if piece.len() < COPY_MAX {
+            out.copy(piece);
+        } else {
+            out.parts.push(Part::Read(range.0, range.1));
         }
     }
 
@@ -645,13 +738,18 @@ pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
     let run = |pieces: &mut dyn Iterator<Item = usize>| {
         let mut flow = Flow::new(from, to, limits);
         let mut traffic = Traffic::new("to_upstream");
-        let (mut out, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
+        let (mut written, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
+        let mut out = Output::default();
         let mut at = 0;
         let mut violated = None;
         'feed: while at < input.len() {
             let end = (at + pieces.next().unwrap_or(usize::MAX)).min(input.len());
             while at < end {
-                let (used, walked) = flow.walk(&mut input[at..end], &mut out, &mut traffic);
+                out.clear();
+                let (used, walked) = flow.walk(&mut input, at, end, &mut out, &mut traffic);
+                for slice in out.slices(&input) {
+                    written.extend_from_slice(slice);
+                }
                 assert!(used > 0 && at + used <= end, "no progress or past the end");
                 at += used;
                 match walked {
@@ -668,7 +766,7 @@ pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
             }
         }
         (
-            messages(&out, to),
+            messages(&written, to),
             controls,
             violated,
             traffic.messages,

@@ -145,24 +145,41 @@ impl<S> Wire<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Wire<S> {
-    /// Writes `bytes` now, as far as the socket takes them; the rest is kept and goes out
-    /// before any later write. Only when nothing is queued (after a flush).
-    pub(crate) fn write_now(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `parts` now, in order, as far as the socket takes them; the rest is kept and
+    /// goes out before any later write. Only when nothing is queued (after a flush).
+    pub(crate) fn write_now(&mut self, cx: &mut Context<'_>, parts: &[&[u8]]) -> io::Result<()> {
         debug_assert!(self.frame.is_none(), "write_now after a flush only");
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
-        while written < bytes.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &bytes[written..]) {
+        while written < total {
+            let polled = if let [one] = parts {
+                Pin::new(&mut self.io).poll_write(cx, &one[written..])
+            } else {
+                let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+                let mut rest = &mut slices[..];
+                IoSlice::advance_slices(&mut rest, written);
+                Pin::new(&mut self.io).poll_write_vectored(cx, rest)
+            };
+            match polled {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => written += n,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
             }
         }
-        if written < bytes.len() {
+        if written < total {
+            // What the socket did not take waits here, the only copy of it.
+            let mut rest = Vec::with_capacity(total - written);
+            let mut skip = written;
+            for part in parts {
+                let from = skip.min(part.len());
+                rest.extend_from_slice(&part[from..]);
+                skip -= from;
+            }
             self.frame = Some(Frame {
                 head: [0; 14],
                 head_len: 0,
-                payload: Bytes::copy_from_slice(&bytes[written..]),
+                payload: Bytes::from(rest),
                 written: 0,
             });
         }
@@ -233,16 +250,16 @@ pub(crate) fn head_len(second: u8) -> usize {
     2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
 }
 
-/// [`apply_mask`] for a piece that starts `offset` bytes into its frame's payload.
-pub(crate) fn apply_mask_at(data: &mut [u8], key: [u8; 4], offset: u64) {
+/// A frame's mask key as it applies from `offset` bytes into the payload (for a piece that
+/// starts there, to be masked with [`apply_mask`]).
+pub(crate) fn key_at(key: [u8; 4], offset: u64) -> [u8; 4] {
     let phase = (offset % 4) as usize;
-    let key = [
+    [
         key[phase],
         key[(phase + 1) % 4],
         key[(phase + 2) % 4],
         key[(phase + 3) % 4],
-    ];
-    apply_mask(data, key);
+    ]
 }
 
 /// XORs `data` with the repeating 4-byte `key` (RFC 6455 section 5.3).

@@ -567,6 +567,7 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
         loop {
             // At least half of what the burst took comes back.
             let now = rss_kib(&child);
+            eprintln!("RSS {baseline} -> {peak} -> {now} KiB");
             if now <= baseline + (peak - baseline) / 2 {
                 return now;
             }

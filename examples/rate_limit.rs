@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
-use axum_ws_proxy::{Verdict, WsProxyLayer};
+use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
 
 /// A token bucket kept per session in the hook's state.
 #[derive(Clone, Debug)]
@@ -45,7 +45,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             bucket.last = now;
             if bucket.tokens < 1.0 {
                 tracing::warn!(session = ctx.session.id, "rate limit exceeded");
-                return Verdict::Close(1008, format!("rate limit: {RATE} messages per second"));
+                return Verdict::close(
+                    CloseCode::POLICY_VIOLATION,
+                    format!("rate limit: {RATE} messages per second"),
+                );
             }
             bucket.tokens -= 1.0;
             Verdict::Forward

@@ -219,7 +219,7 @@ impl Direction {
             Verdict::Forward => self.pending = Some(original),
             Verdict::Replace(m) => self.pending = Some(m.0),
             Verdict::Drop => {}
-            Verdict::Close(code, reason) => return Some(Ended::HookClosed(code, reason)),
+            Verdict::Close(code, reason) => return Some(Ended::HookClosed(code.get(), reason)),
         }
         None
     }

@@ -16,6 +16,19 @@ use http::StatusCode;
 /// the [`Display`](fmt::Display) text, so the client (and whoever reads its logs) sees the cause.
 /// A non-101 answer from the upstream is not an error: it is relayed as-is.
 ///
+/// The response also carries the error itself, as `Arc<ProxyError>` in its extensions, for a
+/// layer outside the proxy to read (a `TraceLayer`'s `on_response`, your own metrics):
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::response::IntoResponse;
+/// use axum_ws_proxy::ProxyError;
+///
+/// let res = ProxyError::InvalidKey.into_response();
+/// let error = res.extensions().get::<Arc<ProxyError>>().expect("carried");
+/// assert_eq!(error.cause(), "invalid_key");
+/// ```
+///
 /// ```
 /// use axum_ws_proxy::ProxyError;
 /// use http::StatusCode;
@@ -241,6 +254,7 @@ impl IntoResponse for ProxyError {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        res.extensions_mut().insert(std::sync::Arc::new(self));
         res
     }
 }

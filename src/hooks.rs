@@ -177,9 +177,31 @@ pub enum Verdict {
     Replace(Message),
     /// Drop the message (it is counted neither as delivered nor as lost).
     Drop,
-    /// End the session: both legs get a close frame with this code and reason (e.g. 1008
-    /// Policy Violation); the message is not forwarded.
-    Close(u16, String),
+    /// End the session: both legs get a close frame with this code and reason (e.g.
+    /// [`CloseCode::POLICY_VIOLATION`](crate::CloseCode::POLICY_VIOLATION)); the message is
+    /// not forwarded. The reason is cut to 123 bytes, on a character boundary. A bare number
+    /// does not compile here, so a code that may not be sent never reaches the wire:
+    ///
+    /// ```compile_fail
+    /// use axum_ws_proxy::Verdict;
+    ///
+    /// let _ = Verdict::Close(1006, "dropped".into()); // 1006 is a report, not a code to send
+    /// ```
+    Close(crate::CloseCode, String),
+}
+
+impl Verdict {
+    /// [`Verdict::Close`] with any string type as the reason.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{CloseCode, Verdict};
+    ///
+    /// let v = Verdict::close(CloseCode::POLICY_VIOLATION, "rate limit");
+    /// assert_eq!(v, Verdict::Close(CloseCode::POLICY_VIOLATION, "rate limit".to_owned()));
+    /// ```
+    pub fn close(code: crate::CloseCode, reason: impl Into<String>) -> Self {
+        Self::Close(code, reason.into())
+    }
 }
 
 /// Which way a message is going.

@@ -9,6 +9,7 @@ use std::future::Future;
 
 use crate::hooks::{AsyncMessageFn, MessageHook};
 use crate::route::RouteHook;
+use crate::Direction as Way;
 use crate::{
     Message, MessageContext, SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, Verdict,
     WsProxy,
@@ -57,6 +58,31 @@ impl WsProxyLayer {
         self
     }
 
+    /// Sets the one message hook of a direction; a second one is a mistake that would
+    /// silently replace the first, so it panics, naming both.
+    fn message_hook(self, way: Way, hook: MessageHook, setter: &str) -> Self {
+        self.set(|c| {
+            let slot = if way == Way::ToUpstream {
+                &mut c.hooks.on_client_message
+            } else {
+                &mut c.hooks.on_upstream_message
+            };
+            if slot.is_some() {
+                panic!(
+                    "WsProxyLayer::{setter}: this direction already has a message hook \
+                     (on_{}_message or its _async form); set one per direction and do both \
+                     jobs in it",
+                    if way == Way::ToUpstream {
+                        "client"
+                    } else {
+                        "upstream"
+                    }
+                );
+            }
+            *slot = Some(hook);
+        })
+    }
+
     /// Time allowed for the TCP connect plus the upstream's answer to the upgrade (its body
     /// included, when it refuses), failover to other pool members included. Past it the client
     /// gets **504**. Default: 10 s.
@@ -90,6 +116,11 @@ impl WsProxyLayer {
     /// Largest message accepted from either side, in bytes. A client that sends more is closed
     /// with **1009**; an upstream that does gets 1009 and the client **1011**. Default: 16 MiB.
     ///
+    /// Frames stream through the proxy as they arrive (at most 256 KiB of a direction is held,
+    /// and only while the other leg is not taking bytes), so this limit does not set memory per
+    /// session; with message hooks set, each message is assembled whole for the hook, and then
+    /// it does.
+    ///
     /// ```
     /// use axum_ws_proxy::WsProxyLayer;
     ///
@@ -113,9 +144,10 @@ impl WsProxyLayer {
     }
 
     /// tungstenite's read buffer per leg, held for the whole session: small keeps idle sessions
-    /// cheap. It does not set the size of system calls: once a read fills it, the proxy reads
-    /// up to 64 KiB at a time into a buffer that exists only while the burst lasts. Default:
-    /// 1 KiB.
+    /// cheap. Data frames do not pass through it (they stream, read up to 256 KiB at a time into
+    /// a per-thread buffer); control frames and, with message hooks, messages do, and once a read
+    /// fills it the proxy reads up to 64 KiB at a time into a buffer that exists only while the
+    /// burst lasts. Default: 1 KiB.
     pub fn read_buffer_size(self, bytes: usize) -> Self {
         self.set(|c| c.read_buffer_size = bytes)
     }
@@ -269,6 +301,8 @@ impl WsProxyLayer {
 
     /// Whether an upgrade without an `Origin` header passes the origin check. Browsers always
     /// send one, so only non-browser clients (services, CLIs) lack it. Default: `true`.
+    /// `false` applies on its own too: without [`allowed_origins`](Self::allowed_origins), any
+    /// origin passes but one is required (**403** `an Origin header is required` otherwise).
     pub fn allow_missing_origin(self, allow: bool) -> Self {
         self.set(|c| c.origins.allow_missing = allow)
     }
@@ -361,7 +395,7 @@ impl WsProxyLayer {
     /// Without a hook a message costs nothing extra.
     ///
     /// ```
-    /// use axum_ws_proxy::{Verdict, WsProxyLayer};
+    /// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
     ///
     /// // At most 100 messages per session, then close with 1008 Policy Violation.
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message(|ctx, _msg| {
@@ -370,7 +404,7 @@ impl WsProxyLayer {
     ///     }
     ///     let count = ctx.state.get_mut::<u32>().map_or(0, |c| { *c += 1; *c });
     ///     if count > 100 {
-    ///         Verdict::Close(1008, "message limit reached".into())
+    ///         Verdict::close(CloseCode::POLICY_VIOLATION, "message limit reached")
     ///     } else {
     ///         Verdict::Forward
     ///     }
@@ -381,7 +415,11 @@ impl WsProxyLayer {
     where
         F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
     {
-        self.set(|c| c.hooks.on_client_message = Some(MessageHook::Sync(Arc::new(hook))))
+        self.message_hook(
+            Way::ToUpstream,
+            MessageHook::Sync(Arc::new(hook)),
+            "on_client_message",
+        )
     }
 
     /// As [`on_client_message`](Self::on_client_message), for messages from the upstream to
@@ -403,7 +441,11 @@ impl WsProxyLayer {
     where
         F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
     {
-        self.set(|c| c.hooks.on_upstream_message = Some(MessageHook::Sync(Arc::new(hook))))
+        self.message_hook(
+            Way::ToClient,
+            MessageHook::Sync(Arc::new(hook)),
+            "on_upstream_message",
+        )
     }
 
     /// A client-message hook that can wait (call a service, write to a database). The verdict
@@ -411,14 +453,31 @@ impl WsProxyLayer {
     /// hook slows that client instead of queueing. It gets the session as an `Arc` and the
     /// message by value; keep per-session state keyed by `session.id` if you need it.
     ///
-    /// ```
+    /// # Panics
+    ///
+    /// If the client's messages already have a hook (this or
+    /// [`on_client_message`](Self::on_client_message)): one hook per direction, rather than one
+    /// silently replacing the other.
+    ///
+    /// ```should_panic
     /// use axum_ws_proxy::{Verdict, WsProxyLayer};
+    ///
+    /// let _ = WsProxyLayer::new("ws://127.0.0.1:3000".parse().unwrap())
+    ///     .on_client_message(|_, _| Verdict::Forward)
+    ///     .on_client_message_async(|_, _| async { Verdict::Forward }); // panics
+    /// ```
+    ///
+    /// ```
+    /// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
     ///
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message_async(
     ///     |session, msg| async move {
     ///         // e.g. ask a moderation service; here: refuse empty messages.
     ///         if msg.is_empty() {
-    ///             Verdict::Close(1008, format!("session {}: empty messages are not allowed", session.id))
+    ///             Verdict::close(
+    ///                 CloseCode::POLICY_VIOLATION,
+    ///                 format!("session {}: empty messages are not allowed", session.id),
+    ///             )
     ///         } else {
     ///             Verdict::Forward
     ///         }
@@ -432,7 +491,11 @@ impl WsProxyLayer {
         Fut: Future<Output = Verdict> + Send + 'static,
     {
         let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
-        self.set(|c| c.hooks.on_client_message = Some(MessageHook::Async(hook)))
+        self.message_hook(
+            Way::ToUpstream,
+            MessageHook::Async(hook),
+            "on_client_message_async",
+        )
     }
 
     /// As [`on_client_message_async`](Self::on_client_message_async), for messages from the
@@ -443,7 +506,11 @@ impl WsProxyLayer {
         Fut: Future<Output = Verdict> + Send + 'static,
     {
         let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
-        self.set(|c| c.hooks.on_upstream_message = Some(MessageHook::Async(hook)))
+        self.message_hook(
+            Way::ToClient,
+            MessageHook::Async(hook),
+            "on_upstream_message_async",
+        )
     }
 
     /// A hook run for every upgrade before the upstream is dialled (after the origin check,

@@ -93,6 +93,7 @@
 mod answer;
 mod bridge;
 mod close;
+mod close_code;
 mod config;
 mod detect;
 mod dial;
@@ -238,6 +239,20 @@ pub mod __fuzz {
     }
 }
 
+/// The `http` crate this crate's API speaks (`HeaderValue`, `StatusCode`, `Request`, ...),
+/// so that hooks and routing code need no dependency of their own:
+///
+/// ```
+/// use axum_ws_proxy::http::{HeaderValue, StatusCode};
+/// use axum_ws_proxy::Refusal;
+///
+/// let refusal = Refusal::new(StatusCode::FORBIDDEN, "no ticket");
+/// let _ = HeaderValue::from_static("user-1");
+/// # let _ = refusal;
+/// ```
+pub use http;
+
+pub use close_code::{CloseCode, InvalidCloseCode};
 pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;

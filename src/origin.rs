@@ -40,8 +40,9 @@ impl Origins {
         }
     }
 
+    /// Whether any upgrade can fail the check: origins are listed, or an `Origin` is required.
     pub(crate) fn is_restricted(&self) -> bool {
-        !self.patterns.is_empty()
+        !self.patterns.is_empty() || !self.allow_missing
     }
 
     pub(crate) fn check(&self, origin: Option<&HeaderValue>) -> Verdict {
@@ -52,6 +53,9 @@ impl Origins {
                 Verdict::Missing
             };
         };
+        if self.patterns.is_empty() {
+            return Verdict::Allowed; // Any origin, as long as there is one.
+        }
         let text = String::from_utf8_lossy(origin.as_bytes()).to_ascii_lowercase();
         if self.patterns.iter().any(|p| p.matches(&text)) {
             Verdict::Allowed

@@ -276,8 +276,6 @@ enum Answer {
     Relayed(Response<Body>, Lease),
 }
 
-/// Dial (with failover), send the upgrade, and either open the upstream leg or collect the
-/// refusal.
 /// What the upstream's 101 is checked against: the key the proxy sent, and what the client
 /// offered.
 struct Offer<'a> {
@@ -286,6 +284,8 @@ struct Offer<'a> {
     extensions: bool,
 }
 
+/// Dial (with failover), send the upgrade, and either open the upstream leg or collect the
+/// refusal.
 async fn handshake(
     config: &Config,
     pool: &UpstreamPool,

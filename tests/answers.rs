@@ -274,3 +274,28 @@ async fn an_oversized_upstream_answer_head_is_502() {
         "{body:?}"
     );
 }
+
+/// A layer outside the proxy sees why an upgrade failed: the response carries the
+/// `ProxyError` in its extensions (here a closed upstream port: `connect`, 502).
+#[tokio::test]
+async fn an_outer_layer_sees_the_proxy_error() {
+    use std::sync::Arc;
+    let layer = WsProxyLayer::new(upstream(closed_port().await));
+    let app = Router::new()
+        .layer(layer)
+        .layer(axum::middleware::map_response(
+            |mut res: axum::response::Response| async move {
+                let cause = res
+                    .extensions()
+                    .get::<Arc<axum_ws_proxy::ProxyError>>()
+                    .map_or("none", |e| e.cause());
+                res.headers_mut()
+                    .insert("x-cause", http::HeaderValue::from_static(cause));
+                res
+            },
+        ));
+    let proxy = serve(app).await;
+    let (status, headers, _) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-cause"], "connect");
+}

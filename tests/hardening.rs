@@ -87,6 +87,22 @@ async fn a_missing_origin_is_allowed_unless_required() {
     assert_eq!(&body[..], b"an Origin header is required\n");
 }
 
+/// `allow_missing_origin(false)` alone does what it says (before: without `allowed_origins` it
+/// was silently ignored): any origin passes, none does not.
+#[tokio::test]
+async fn an_origin_can_be_required_without_listing_origins() {
+    let layer = WsProxyLayer::new(upstream(echo_upstream().await)).allow_missing_origin(false);
+    let proxy = proxy(layer).await;
+    let (status, _, body) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(&body[..], b"an Origin header is required\n");
+    let mut ws = connect_with(proxy, "/", &[("origin", "https://anything.example")]).await;
+    futures_util::SinkExt::send(&mut ws, Message::text("in"))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("in"));
+}
+
 #[tokio::test]
 async fn max_sessions_is_503_with_retry_after_and_no_dial() {
     let (up, accepted) = counting_upstream().await;

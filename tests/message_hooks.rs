@@ -73,7 +73,10 @@ async fn a_close_verdict_ends_the_session_with_its_code_and_state_is_per_session
             }
         };
         if n > 3 {
-            Verdict::Close(1008, "rate limit: 3 messages".into())
+            Verdict::close(
+                axum_ws_proxy::CloseCode::POLICY_VIOLATION,
+                "rate limit: 3 messages",
+            )
         } else {
             Verdict::Forward
         }

@@ -13,7 +13,9 @@ use http::Uri;
 /// - `http://` is accepted and means `ws://`; the port defaults to 80.
 /// - `wss://` (or `https://`) reaches the upstream over TLS (with the `tls` feature, on by
 ///   default); the port defaults to 443. See [`UpstreamTls`](crate::UpstreamTls).
-/// - The host may be a name (resolved on every dial, so DNS changes are picked up), an IPv4
+/// - The host may be a name (resolved before the first dial, then again in the background
+///   every [`UpstreamPool::resolve_every`](crate::UpstreamPool::resolve_every), 30 s by default,
+///   so DNS changes are picked up without a dial waiting on them), an IPv4
 ///   address, or a bracketed IPv6 address (`ws://[::1]:3000`).
 /// - The optional path prefix is prepended to the client's path and query: with
 ///   `ws://chat:3000/rooms`, a client request for `/42?x=1` goes upstream as `/rooms/42?x=1`.

@@ -1,6 +1,6 @@
 //! Step 5, with message hooks: bridge whole messages between the two legs until one side ends
 //! the session. Without hooks, [`stream`](crate::stream) forwards frames as they arrive; this
-//! module also holds the vocabulary both share (`Side`, `Traffic`, `Ended`, `Stopped`).
+//! module and that one share their vocabulary from [`leg`](crate::leg).
 //!
 //! One task drives both directions, so there are no locks and no extra wake-ups. Each
 //! direction reads a message, hands it to the other leg, and reads the next only once that
@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -30,8 +29,8 @@ use std::sync::Arc;
 use http::Extensions;
 
 use crate::hooks::{MessageHook, VerdictFuture};
-use crate::keepalive::{Expired, Keepalive, PING};
-use crate::metrics::TrafficCounters;
+use crate::keepalive::{Keepalive, PING};
+use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::sessions::Sessions;
 use crate::wire::{Wire, DIRECT_MIN};
 use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
@@ -39,78 +38,12 @@ use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 /// Messages a direction forwards in one go before letting the other direction run.
 const BUDGET: usize = 64;
 
-/// One of the two legs of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    Client,
-    Upstream,
-}
-
-impl Side {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-        }
-    }
-}
-
-/// Data messages delivered to a leg and their payload bytes, for one direction.
-#[derive(Debug)]
-pub(crate) struct Traffic {
-    pub(crate) messages: u64,
-    pub(crate) bytes: u64,
-    counters: TrafficCounters,
-}
-
-impl Traffic {
-    /// `direction` labels the metrics: `to_upstream` or `to_client`.
-    pub(crate) fn new(direction: &'static str) -> Self {
-        Self {
-            messages: 0,
-            bytes: 0,
-            counters: TrafficCounters::new(direction),
-        }
-    }
-
-    pub(crate) fn add(&mut self, bytes: u64) {
-        self.messages += 1;
-        self.bytes += bytes;
-        self.counters.add(bytes);
-    }
-}
-
-/// Why bridging stopped.
-#[derive(Debug)]
-pub(crate) enum Ended {
-    /// `by` sent a close frame; tungstenite has already queued the echo on that leg.
-    Closed { by: Side, frame: Option<CloseFrame> },
-    /// Reading `side` failed: it broke the protocol, or its connection dropped.
-    ReadFailed { side: Side, error: WsError },
-    /// Writing to `side` failed: its connection is gone.
-    WriteFailed { side: Side, error: WsError },
-    /// A keepalive or session timer ran out.
-    Expired(Expired),
-    /// The layer is shutting down.
-    ShuttingDown,
-    /// A message hook closed the session.
-    HookClosed(u16, String),
-}
-
 /// The message hooks of one session, and the state they share.
 pub(crate) struct SessionHooks<'a> {
     pub(crate) session: Arc<SessionInfo>,
     pub(crate) to_upstream: Option<&'a MessageHook>,
     pub(crate) to_client: Option<&'a MessageHook>,
     pub(crate) state: Extensions,
-}
-
-/// How bridging stopped, and any message read from one side that the other has not taken yet.
-#[derive(Debug)]
-pub(crate) struct Stopped {
-    pub(crate) ended: Ended,
-    pub(crate) held_for_client: Option<Message>,
-    pub(crate) held_for_upstream: Option<Message>,
 }
 
 /// Forwards messages both ways until a close frame or an error ends the session.

@@ -27,8 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::bridge::{Ended, Side, Stopped, Traffic};
-use crate::keepalive::Expired;
+use crate::leg::{Ended, Expired, Side, Stopped, Traffic};
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
 const MAX_REASON: usize = 123;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::bridge::Side;
+use crate::leg::{Expired, Side};
 
 /// The payload of the proxy's own keepalive pings (both modes).
 pub(crate) const PING: &[u8] = b"axum-ws-proxy";
@@ -25,17 +25,6 @@ pub(crate) struct Timeouts {
     pub(crate) ping_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
-}
-
-/// A timer that ended the session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Expired {
-    /// This leg did not answer a ping within `ping_timeout`.
-    Unresponsive(Side, Duration),
-    /// No data message either way for `idle_timeout`.
-    Idle,
-    /// The session reached `max_lifetime`.
-    Lifetime,
 }
 
 #[derive(Debug)]

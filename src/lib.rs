@@ -104,6 +104,7 @@ mod headers;
 mod hooks;
 mod keepalive;
 mod layer;
+mod leg;
 pub mod metrics;
 mod origin;
 mod proxy;

@@ -25,8 +25,6 @@ mod imp {
         Unit,
     };
 
-    use crate::close::Report;
-
     pub(crate) const SESSIONS_LIVE: &str = "ws_proxy_sessions_live";
     pub(crate) const SESSIONS_TOTAL: &str = "ws_proxy_sessions_total";
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
@@ -89,12 +87,17 @@ mod imp {
         counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
     }
 
-    pub(crate) fn session_closed(upstream: SocketAddr, report: &Report) {
+    /// A session ended: who closed it (`client`, `upstream`, `proxy`) and each leg's code.
+    pub(crate) fn session_closed(
+        upstream: SocketAddr,
+        closed_by: &'static str,
+        client_code: u16,
+        upstream_code: u16,
+    ) {
         gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).decrement(1.0);
-        counter!(SESSIONS_TOTAL, "outcome" => report.closed_by).increment(1);
-        counter!(CLOSE_CODES, "leg" => "client", "code" => code_label(report.client_code))
-            .increment(1);
-        counter!(CLOSE_CODES, "leg" => "upstream", "code" => code_label(report.upstream_code))
+        counter!(SESSIONS_TOTAL, "outcome" => closed_by).increment(1);
+        counter!(CLOSE_CODES, "leg" => "client", "code" => code_label(client_code)).increment(1);
+        counter!(CLOSE_CODES, "leg" => "upstream", "code" => code_label(upstream_code))
             .increment(1);
     }
 
@@ -148,12 +151,10 @@ mod imp {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use crate::close::Report;
-
     pub(crate) fn session_opened(_: SocketAddr, _: &'static str, _: bool) {}
     #[allow(dead_code)]
     pub(crate) fn tls_reloaded(_: bool) {}
-    pub(crate) fn session_closed(_: SocketAddr, _: &Report) {}
+    pub(crate) fn session_closed(_: SocketAddr, _: &'static str, _: u16, _: u16) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn upstream_answered(_: Duration) {}
     pub(crate) fn spliced(_: usize) {}

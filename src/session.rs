@@ -14,9 +14,10 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::bridge::{self, SessionHooks, Traffic};
+use crate::bridge::{self, SessionHooks};
 use crate::config::Config;
 use crate::keepalive::Keepalive;
+use crate::leg::Traffic;
 use crate::metrics;
 use crate::sessions::{Permit, Sessions};
 use crate::splice::TunnelIo;
@@ -152,7 +153,12 @@ pub(crate) fn spawn(
             };
             let duration = started.elapsed();
             record(&report, duration, &to_upstream, &to_client);
-            metrics::session_closed(lease.endpoint().addr, &report);
+            metrics::session_closed(
+                lease.endpoint().addr,
+                report.closed_by,
+                report.client_code,
+                report.upstream_code,
+            );
             if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
                 hook(&crate::SessionSummary {
                     session: (*session).clone(),

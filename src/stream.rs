@@ -35,8 +35,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::bridge::{Ended, Side, Stopped, Traffic};
 use crate::keepalive::{Keepalive, PING};
+use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::sessions::Sessions;
 use crate::wire::{self, Wire};
 

@@ -20,9 +20,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::bridge::{Side, Traffic};
 use crate::close::Report;
-use crate::keepalive::{Expired, Keepalive, PING};
+use crate::keepalive::{Keepalive, PING};
+use crate::leg::Expired;
+use crate::leg::{Side, Traffic};
 use crate::metrics;
 use crate::sessions::Sessions;
 use crate::splice::{self, SplicePipe, Spliced, TunnelIo};

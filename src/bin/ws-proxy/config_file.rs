@@ -1,56 +1,65 @@
-//! `ws-proxy --config FILE`: the keys of [`Settings`] in TOML, plus named pools and routes.
-//! Every problem is one line, `file:line: key: problem`.
+//! `ws-proxy --config FILE`: reading a TOML file into a typed value, with every problem one
+//! line, `file:line: key: problem`. Which keys there are is the settings' business: this module
+//! knows TOML and files, not them.
 
 use std::path::Path;
 
-use crate::settings::Settings;
+use serde::de::DeserializeOwned;
 
-/// Reads and checks the file at `path`.
-pub(crate) fn load(path: &Path) -> Result<Settings, String> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "--config: cannot read {:?}: {e}",
-            path.display().to_string()
-        )
-    })?;
-    let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let settings: Settings = toml::from_str(&text).map_err(|e| {
-        let at = e.span().map_or(0, |s| s.start);
-        let message = e.message().trim();
-        let message = suggest(message).unwrap_or_else(|| message.to_owned());
-        match key_at(&text, at) {
-            // A misplaced key inside a table: name the table ("pools.a.ping_interval").
-            Some(key) if !message.starts_with("unknown field") || key.contains('.') => {
-                format!("{shown}:{}: {key}: {message}", line(at))
+/// A configuration file's text, for parsing and for naming places in it.
+pub(crate) struct Source {
+    shown: String,
+    text: String,
+}
+
+impl Source {
+    pub(crate) fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "--config: cannot read {:?}: {e}",
+                path.display().to_string()
+            )
+        })?;
+        Ok(Self {
+            shown: path.display().to_string(),
+            text,
+        })
+    }
+
+    /// The file as a `T`; an error names the line and the key (`pools.a.ping_interval`), and
+    /// suggests the key meant for a misspelt one.
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        toml::from_str(&self.text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim();
+            let message = suggest(message).unwrap_or_else(|| message.to_owned());
+            let line = self.line(at);
+            match key_at(&self.text, at) {
+                // A misplaced key inside a table: name the table ("pools.a.ping_interval").
+                Some(key) if !message.starts_with("unknown field") || key.contains('.') => {
+                    format!("{}:{line}: {key}: {message}", self.shown)
+                }
+                _ => format!("{}:{line}: {message}", self.shown),
             }
-            _ => format!("{shown}:{}: {message}", line(at)),
-        }
-    })?;
-    for (name, pool) in &settings.pools {
-        if pool.upstream.is_empty() {
-            return Err(format!(
-                "{shown}: pools.{name}: a pool needs at least one upstream"
-            ));
-        }
+        })
     }
-    for route in &settings.routes {
-        let prefix = route.prefix.get_ref();
-        if !prefix.starts_with('/') {
-            let at = line(route.prefix.span().start);
-            return Err(format!(
-                "{shown}:{at}: routes.prefix: {prefix:?} must start with /"
-            ));
-        }
-        let pool = route.pool.get_ref();
-        if !settings.pools.contains_key(pool) {
-            let at = line(route.pool.span().start);
-            return Err(format!(
-                "{shown}:{at}: routes.pool: no pool named {pool:?} (define [pools.{pool}])"
-            ));
-        }
+
+    /// `file:line: what` for the value starting at byte `offset`.
+    pub(crate) fn error_at(&self, offset: usize, what: &str) -> String {
+        format!("{}:{}: {what}", self.shown, self.line(offset))
     }
-    Ok(settings)
+
+    /// `file: what`, for a problem with no one place.
+    pub(crate) fn error(&self, what: &str) -> String {
+        format!("{}: {what}", self.shown)
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
 }
 
 /// The dotted key whose value starts at `offset`: `balance`, `pools.chat.balance`.

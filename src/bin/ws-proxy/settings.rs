@@ -355,10 +355,38 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     })
 }
 
+/// The settings of the file at `path`, with its pools and routes checked.
+fn from_file(path: &std::path::Path) -> Result<Settings, String> {
+    let source = crate::config_file::Source::read(path)?;
+    let settings: Settings = source.parse()?;
+    for (name, pool) in &settings.pools {
+        if pool.upstream.is_empty() {
+            return Err(source.error(&format!("pools.{name}: a pool needs at least one upstream")));
+        }
+    }
+    for route in &settings.routes {
+        let prefix = route.prefix.get_ref();
+        if !prefix.starts_with('/') {
+            return Err(source.error_at(
+                route.prefix.span().start,
+                &format!("routes.prefix: {prefix:?} must start with /"),
+            ));
+        }
+        let pool = route.pool.get_ref();
+        if !settings.pools.contains_key(pool) {
+            return Err(source.error_at(
+                route.pool.span().start,
+                &format!("routes.pool: no pool named {pool:?} (define [pools.{pool}])"),
+            ));
+        }
+    }
+    Ok(settings)
+}
+
 /// The command line's settings over the file's over the defaults, validated.
 pub(crate) fn resolve(cli: Cli) -> Result<Settings, String> {
     let file = match &cli.config {
-        Some(path) => crate::config_file::load(path)?,
+        Some(path) => from_file(path)?,
         None => Settings::default(),
     };
     cli.settings

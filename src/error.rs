@@ -258,3 +258,35 @@ impl IntoResponse for ProxyError {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's metrics table names every `cause` label [`ProxyError::cause`] can give
+    /// (read from this file's `cause` function, so a new variant must be documented there).
+    #[test]
+    fn the_readme_lists_every_cause() {
+        let source = include_str!("error.rs");
+        let body = source
+            .split("pub fn cause(&self)")
+            .nth(1)
+            .and_then(|rest| rest.split("\n    }\n").next())
+            .expect("the cause function");
+        let causes: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.split("=> \"").nth(1))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(causes.len() >= 20, "{causes:?}");
+        let readme = include_str!("../README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| `ws_proxy_handshake_failures_total`"))
+            .expect("the README's handshake failures row");
+        for cause in causes.iter().chain(&["upstream_refused"]) {
+            assert!(
+                row.contains(&format!("`{cause}`")),
+                "README's metrics table lacks the cause `{cause}`"
+            );
+        }
+    }
+}

@@ -32,226 +32,307 @@ use crate::sessions::Refusal;
 use crate::upstream::Lease;
 use crate::{answer, detect, dial, Member, ProxyError, UpstreamPool};
 
-/// Answers one upgrade request (already detected as such).
+/// Answers one upgrade request (already detected as such). The phases below each return a
+/// [`ProxyError`] for the client; this is the one place it becomes a response (and a log line
+/// and a metric).
 pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Response<Body> {
-    let client_addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0);
-    if let Err(e) = crate::request::check(&mut req) {
-        let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-        let log_path = config.redact.apply(raw).into_owned();
-        return refuse(&config, e, client_addr, &log_path);
+    let mut refusal = Refusing {
+        client: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0),
+        log_path: String::new(),
+    };
+    let checked = crate::request::check(&mut req);
+    // Logs never carry secrets from the query (and show the path as normalised, once it is).
+    let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    refusal.log_path = config.redact.apply(raw).into_owned();
+    match proceed(&config, req, checked, &mut refusal).await {
+        Ok(res) => res,
+        Err(e) => refuse(&config, e, refusal.client, &refusal.log_path),
     }
-    let path = req.uri().path_and_query().cloned();
-    let raw_path = path.as_ref().map_or("/", PathAndQuery::as_str);
-    // Logs never carry secrets from the query; hooks get the path as sent.
-    let log_path = config.redact.apply(raw_path).into_owned();
-    let hook_path = raw_path.to_owned();
+}
 
-    if config.origins.is_restricted() {
-        let refusal = match config.origins.check(req.headers().get(ORIGIN)) {
-            Verdict::Allowed => None,
-            Verdict::Refused(origin) => Some(ProxyError::OriginNotAllowed(origin)),
-            Verdict::Missing => Some(ProxyError::MissingOrigin),
-        };
-        if let Some(e) = refusal {
-            return refuse(&config, e, client_addr, &log_path);
-        }
-    }
-    let client = match detect::client_handshake(&mut req) {
-        Ok(client) => client,
-        Err(e) => return refuse(&config, e, client_addr, &log_path),
-    };
-    let permit = match config.sessions.admit(config.max_sessions) {
-        Ok(permit) => permit,
-        Err(Refusal::ShuttingDown) => {
-            return refuse(&config, ProxyError::ShuttingDown, client_addr, &log_path)
-        }
-        Err(Refusal::Full(n)) => {
-            return refuse(
-                &config,
-                ProxyError::TooManySessions(n),
-                client_addr,
-                &log_path,
-            )
-        }
-    };
+/// What a refusal's log line names: the client (the forwarded one behind trusted proxies,
+/// once known) and the path.
+struct Refusing {
+    client: Option<SocketAddr>,
+    log_path: String,
+}
+
+/// Every phase, in order; the first error ends the upgrade.
+async fn proceed<B>(
+    config: &Arc<Config>,
+    mut req: Request<B>,
+    checked: Result<(), ProxyError>,
+    refusal: &mut Refusing,
+) -> Result<Response<Body>, ProxyError> {
+    checked?;
+    check_origin(config, &req)?;
+    let client = detect::client_handshake(&mut req)?;
+    let permit = config
+        .sessions
+        .admit(config.max_sessions)
+        .map_err(|r| match r {
+            Refusal::ShuttingDown => ProxyError::ShuttingDown,
+            Refusal::Full(n) => ProxyError::TooManySessions(n),
+        })?;
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
-    let (mut parts, _body) = req.into_parts();
-    let held = parts
-        .extensions
-        .remove::<session::HeldBySession>()
-        .and_then(|slot| slot.take());
-    let h2 = parts.version == http::Version::HTTP_2;
-    let over_tls = came_over_tls(&parts.extensions);
-    // Kept for the hooks only: copying them costs nothing when no hook is set.
-    let (hook_headers, hook_extensions) = if config.hooks.any() {
-        (Some(parts.headers.clone()), Some(parts.extensions.clone()))
-    } else {
-        (None, None)
-    };
-
-    // base64 of 16 random bytes: always a valid header value.
-    let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
-    let offered: Vec<HeaderValue> = parts
-        .headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .cloned()
-        .collect();
+    let peer = refusal.client;
+    let mut upstream = UpstreamRequest::new(config, req, id, peer);
+    refusal.client = upstream.client;
+    upstream.route(config)?;
     let tunnel = config.mode == Mode::Tunnel;
-    let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
-    // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
-    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let keep_client_host = config.preserve_host && client_host.is_some();
-    // Behind trusted proxies the client is who they say it is: hashing, hooks and logs use
-    // that address; `X-Forwarded-For` still gets the peer appended.
-    let peer = client_addr;
-    let trusted = peer.is_some_and(|a| config.trusted_proxies.contains(a.ip()));
-    let client_addr = match peer {
-        Some(a) if trusted => Some(SocketAddr::new(
-            config.trusted_proxies.client_ip(a.ip(), &parts.headers),
-            0,
-        )),
-        other => other,
-    };
-    // Balancing reads the client's own headers. Without a routing hook (which may pick another
-    // pool) the key is taken now, before the headers move into the upstream request.
-    let early_hash_key = match config.route {
-        Some(_) => None,
-        None => config
-            .pool
-            .hash_key()
-            .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr)),
-    };
-    // The routing hook reads the client's headers after they are rewritten: keep a copy then.
-    let client_headers = match config.route {
-        Some(_) => parts.headers.clone(),
-        None => std::mem::take(&mut parts.headers),
-    };
-    let mut forwarded = headers::upstream_request(
-        client_headers,
-        Forwarded {
-            host: client_host.clone(),
-            client_host,
-            client_ip: peer.map(|a| a.ip()),
-            trusted,
-            proto: if over_tls { "https" } else { "http" },
-            key: key.clone(),
-            keep_extensions: tunnel,
-        },
-    );
-    if let Some(name) = &config.session_id_header {
-        forwarded.insert(name.clone(), HeaderValue::from(id));
-    }
-    let mut pool = config.pool.clone();
-    let mut path = path;
-    if let Some(route) = &config.route {
-        let mut request = RouteRequest {
-            parts: &parts,
-            client: client_addr,
-            upstream_headers: &mut forwarded,
-            pool: None,
-            path: None,
-        };
-        if let Err(refusal) = (route.0)(&mut request) {
-            let e = ProxyError::Refused(refusal.status, refusal.body);
-            return refuse(&config, e, client_addr, &log_path);
-        }
-        let (chosen, rewritten) = (request.pool, request.path);
-        pool = chosen.unwrap_or(pool);
-        path = rewritten.or(path);
-    }
-    let hash_key = match config.route {
-        Some(_) => pool
-            .hash_key()
-            .and_then(|k| k.extract(&parts.headers, &parts.uri, client_addr)),
-        None => early_hash_key,
-    };
-    // Target and (unless the client's is kept) Host depend on the member each try dials.
-    let request_for = |member: &Member| {
-        let upstream = member.upstream();
-        let mut request = Request::new(Empty::<Bytes>::new());
-        *request.uri_mut() = upstream.request_uri(path.as_ref());
-        *request.headers_mut() = forwarded.clone();
-        if !keep_client_host {
-            request
-                .headers_mut()
-                .insert(HOST, upstream.host_header().clone());
-        }
-        request
-    };
-
     let dialled = Instant::now();
     let deadline = dialled + config.connect_timeout;
-    let offer = Offer {
-        key: &key,
-        protocols: &offered,
-        extensions: extensions_offered,
-    };
-    let handshake = handshake(
-        &config,
-        &pool,
-        hash_key.as_deref(),
-        deadline,
-        request_for,
-        offer,
-    );
-    match tokio::time::timeout_at(deadline.into(), handshake).await {
-        Err(_) => refuse(
-            &config,
-            ProxyError::Timeout {
-                after: config.connect_timeout,
-            },
-            client_addr,
-            &log_path,
-        ),
-        Ok(Err(e)) => refuse(&config, e, client_addr, &log_path),
-        Ok(Ok(Answer::Relayed(res, lease))) => {
+    let answer = tokio::time::timeout_at(deadline.into(), upstream.handshake(config, deadline))
+        .await
+        .map_err(|_| ProxyError::Timeout {
+            after: config.connect_timeout,
+        })??;
+    metrics::upstream_answered(dialled.elapsed());
+    // Nothing is refused from here on: the session (or the relayed answer) takes the path.
+    let info = upstream.info(id, std::mem::take(&mut refusal.log_path));
+    Ok(match answer {
+        Answer::Relayed(res, lease) => {
             lease.refused();
-            metrics::upstream_answered(dialled.elapsed());
             metrics::handshake_failed("upstream_refused");
             tracing::info!(
                 id,
-                client = client_addr.map(tracing::field::display),
+                client = info.client.map(tracing::field::display),
                 upstream = %lease.endpoint().member.upstream(),
-                path = %log_path,
+                path = %info.log_path,
                 status = res.status().as_u16(),
                 "upstream refused the upgrade; relaying its answer"
             );
             res
         }
-        Ok(Ok(Answer::Switched {
+        Answer::Switched {
             leg,
             protocol,
             headers,
             lease,
-        })) => {
+        } => {
             let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
-            let info = RequestInfo {
-                id,
-                http: if h2 { "h2" } else { "h1" },
-                tls: over_tls,
-                client: client_addr,
-                path: hook_path,
-                log_path,
-                protocol,
-                headers: hook_headers,
-                extensions: hook_extensions,
-                held,
-            };
             lease.opened();
-            metrics::upstream_answered(dialled.elapsed());
-            session::spawn(config, client.on_upgrade, leg, lease, permit, info);
+            let info = RequestInfo { protocol, ..info };
+            session::spawn(config.clone(), client.on_upgrade, leg, lease, permit, info);
             res
         }
+    })
+}
+
+/// Whether `peer` is a trusted proxy, and the client as logs, hooks and hashing see it: behind
+/// trusted proxies, the one they name (`X-Forwarded-For` still gets the peer appended).
+fn client_behind(
+    config: &Config,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> (bool, Option<SocketAddr>) {
+    let trusted = peer.is_some_and(|a| config.trusted_proxies.contains(a.ip()));
+    let client = match peer {
+        Some(a) if trusted => Some(SocketAddr::new(
+            config.trusted_proxies.client_ip(a.ip(), headers),
+            0,
+        )),
+        other => other,
+    };
+    (trusted, client)
+}
+
+/// The origin check, where origins are restricted.
+fn check_origin<B>(config: &Config, req: &Request<B>) -> Result<(), ProxyError> {
+    if !config.origins.is_restricted() {
+        return Ok(());
+    }
+    match config.origins.check(req.headers().get(ORIGIN)) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Refused(origin) => Err(ProxyError::OriginNotAllowed(origin)),
+        Verdict::Missing => Err(ProxyError::MissingOrigin),
+    }
+}
+
+/// The request the upstream gets, built from the client's: headers rewritten, the pool and
+/// path (perhaps chosen by the routing hook), the balancing key, and what the session keeps.
+struct UpstreamRequest {
+    parts: http::request::Parts,
+    /// The client as logs, hooks and hashing see it (the forwarded one behind trusted proxies).
+    client: Option<SocketAddr>,
+    path: Option<PathAndQuery>,
+    /// As sent, for hooks.
+    hook_path: String,
+    forwarded: HeaderMap,
+    keep_client_host: bool,
+    key: HeaderValue,
+    offered: Vec<HeaderValue>,
+    extensions_offered: bool,
+    pool: UpstreamPool,
+    hash_key: Option<Vec<u8>>,
+    h2: bool,
+    over_tls: bool,
+    hook_headers: Option<HeaderMap>,
+    hook_extensions: Option<http::Extensions>,
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl UpstreamRequest {
+    fn new<B>(config: &Config, req: Request<B>, id: u64, peer: Option<SocketAddr>) -> Self {
+        let (mut parts, _body) = req.into_parts();
+        let path = parts.uri.path_and_query().cloned();
+        let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
+        let held = parts
+            .extensions
+            .remove::<session::HeldBySession>()
+            .and_then(|slot| slot.take());
+        let h2 = parts.version == http::Version::HTTP_2;
+        let over_tls = came_over_tls(&parts.extensions);
+        // Kept for the hooks only: copying them costs nothing when no hook is set.
+        let (hook_headers, hook_extensions) = if config.hooks.any() {
+            (Some(parts.headers.clone()), Some(parts.extensions.clone()))
+        } else {
+            (None, None)
+        };
+        // base64 of 16 random bytes: always a valid header value.
+        let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
+        let offered: Vec<HeaderValue> = parts
+            .headers
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .cloned()
+            .collect();
+        let tunnel = config.mode == Mode::Tunnel;
+        let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
+        // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
+        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let keep_client_host = config.preserve_host && client_host.is_some();
+        let (trusted, client) = client_behind(config, peer, &parts.headers);
+        // Balancing reads the client's own headers. Without a routing hook (which may pick
+        // another pool) the key is taken now, before the headers move into the upstream
+        // request.
+        let hash_key = config
+            .route
+            .is_none()
+            .then(|| config.pool.hash_key())
+            .flatten()
+            .and_then(|k| k.extract(&parts.headers, &parts.uri, client));
+        // The routing hook reads the client's headers after they are rewritten: keep a copy
+        // then.
+        let client_headers = match config.route {
+            Some(_) => parts.headers.clone(),
+            None => std::mem::take(&mut parts.headers),
+        };
+        let mut forwarded = headers::upstream_request(
+            client_headers,
+            Forwarded {
+                host: client_host.clone(),
+                client_host,
+                client_ip: peer.map(|a| a.ip()),
+                trusted,
+                proto: if over_tls { "https" } else { "http" },
+                key: key.clone(),
+                keep_extensions: tunnel,
+            },
+        );
+        if let Some(name) = &config.session_id_header {
+            forwarded.insert(name.clone(), HeaderValue::from(id));
+        }
+        Self {
+            parts,
+            client,
+            path,
+            hook_path,
+            forwarded,
+            keep_client_host,
+            key,
+            offered,
+            extensions_offered,
+            pool: config.pool.clone(),
+            hash_key,
+            h2,
+            over_tls,
+            hook_headers,
+            hook_extensions,
+            held,
+        }
+    }
+
+    /// The routing hook, if any: it may refuse, pick the pool, rewrite the path and headers.
+    fn route(&mut self, config: &Config) -> Result<(), ProxyError> {
+        let Some(route) = &config.route else {
+            return Ok(());
+        };
+        let mut request = RouteRequest {
+            parts: &self.parts,
+            client: self.client,
+            upstream_headers: &mut self.forwarded,
+            pool: None,
+            path: None,
+        };
+        (route.0)(&mut request).map_err(|r| ProxyError::Refused(r.status, r.body))?;
+        let (chosen, rewritten) = (request.pool, request.path);
+        if let Some(pool) = chosen {
+            self.pool = pool;
+        }
+        self.path = rewritten.or(self.path.take());
+        self.hash_key = self
+            .pool
+            .hash_key()
+            .and_then(|k| k.extract(&self.parts.headers, &self.parts.uri, self.client));
+        Ok(())
+    }
+
+    /// What the session span and hooks keep of the request.
+    fn info(&mut self, id: u64, log_path: String) -> RequestInfo {
+        RequestInfo {
+            id,
+            http: if self.h2 { "h2" } else { "h1" },
+            tls: self.over_tls,
+            client: self.client,
+            path: std::mem::take(&mut self.hook_path),
+            log_path,
+            protocol: None,
+            headers: self.hook_headers.take(),
+            extensions: self.hook_extensions.take(),
+            held: self.held.take(),
+        }
+    }
+
+    /// Dial (with failover), send the upgrade, and either open the upstream leg or collect
+    /// the refusal.
+    async fn handshake(&self, config: &Config, deadline: Instant) -> Result<Answer, ProxyError> {
+        // Target and (unless the client's is kept) Host depend on the member each try dials.
+        let request_for = |member: &Member| {
+            let upstream = member.upstream();
+            let mut request = Request::new(Empty::<Bytes>::new());
+            *request.uri_mut() = upstream.request_uri(self.path.as_ref());
+            *request.headers_mut() = self.forwarded.clone();
+            if !self.keep_client_host {
+                request
+                    .headers_mut()
+                    .insert(HOST, upstream.host_header().clone());
+            }
+            request
+        };
+        let offer = Offer {
+            key: &self.key,
+            protocols: &self.offered,
+            extensions: self.extensions_offered,
+        };
+        handshake(
+            config,
+            &self.pool,
+            self.hash_key.as_deref(),
+            deadline,
+            request_for,
+            offer,
+        )
+        .await
     }
 }
 

@@ -1,27 +1,5 @@
-//! Session lifecycle hooks: `on_open` and `on_close`, with what the session span records.
-//!
-//! ```
-//! use std::sync::atomic::{AtomicU64, Ordering};
-//! use std::sync::Arc;
-//! use axum_ws_proxy::{ClosedBy, WsProxyLayer};
-//!
-//! let open = Arc::new(AtomicU64::new(0));
-//! let counter = open.clone();
-//! let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
-//!     .on_open(move |session| {
-//!         counter.fetch_add(1, Ordering::Relaxed);
-//!         println!("session {} from {:?} to {}", session.id, session.client, session.upstream);
-//!     })
-//!     .on_close(|summary| {
-//!         if summary.closed_by == ClosedBy::Upstream && summary.client_close_code == 1011 {
-//!             eprintln!("upstream failure in session {}", summary.session.id);
-//!         }
-//!     });
-//! # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-//! ```
-//!
-//! Hooks run on the session's task, so they should be quick (count, log, enqueue); anything
-//! slow belongs in a task of its own.
+//! Session lifecycle and message hooks: what they get ([`SessionInfo`], [`SessionSummary`],
+//! [`MessageContext`]) and what message hooks decide ([`Verdict`]).
 
 use std::fmt;
 use std::future::Future;
@@ -36,7 +14,31 @@ use tokio_tungstenite::tungstenite;
 
 use crate::{Mode, Upstream};
 
-/// A session, as the hooks see it.
+/// A session, as the hooks see it: given to [`on_open`](crate::WsProxyLayer::on_open), in
+/// [`SessionSummary`] to [`on_close`](crate::WsProxyLayer::on_close), and to message hooks.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+///
+/// let open = Arc::new(AtomicU64::new(0));
+/// let counter = open.clone();
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+///     .on_open(move |session| {
+///         counter.fetch_add(1, Ordering::Relaxed);
+///         println!("session {} from {:?} to {}", session.id, session.client, session.upstream);
+///     })
+///     .on_close(|summary| {
+///         if summary.closed_by == ClosedBy::Upstream && summary.client_close_code == 1011 {
+///             eprintln!("upstream failure in session {}", summary.session.id);
+///         }
+///     });
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
+///
+/// Hooks run on the session's task, so they should be quick (count, log, enqueue); anything
+/// slow belongs in a task of its own.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SessionInfo {
@@ -168,6 +170,21 @@ impl Message {
 }
 
 /// What a message hook decides for a message.
+///
+/// ```
+/// use axum_ws_proxy::{CloseCode, Message, Verdict, WsProxyLayer};
+///
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_upstream_message(|_, msg| {
+///     match msg.as_text() {
+///         // Internal notes never reach the browser.
+///         Some(t) if t.starts_with("#internal") => Verdict::Drop,
+///         Some(t) if t.contains("password") => Verdict::Replace(Message::text("[redacted]")),
+///         _ if msg.len() > 1 << 20 => Verdict::close(CloseCode::MESSAGE_TOO_BIG, "too big"),
+///         _ => Verdict::Forward,
+///     }
+/// });
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Verdict {

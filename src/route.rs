@@ -1,25 +1,5 @@
-//! Per-request routing and rewriting: a hook run before the upstream is dialled.
-//!
-//! ```
-//! use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
-//! use http::StatusCode;
-//!
-//! let eu: UpstreamPool = "ws://10.1.0.1:3000".parse()?;
-//! let us: UpstreamPool = "ws://10.2.0.1:3000".parse()?;
-//! let layer = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?).route(move |req| {
-//!     // The tenant header picks the pool.
-//!     match req.headers().get("x-tenant").and_then(|v| v.to_str().ok()) {
-//!         Some("eu") => req.set_pool(eu.clone()),
-//!         Some("us") => req.set_pool(us.clone()),
-//!         Some(_) => return Err(Refusal::new(StatusCode::FORBIDDEN, "unknown tenant")),
-//!         None => {}
-//!     }
-//!     // The upstream does its own auth; it must not see the client's token.
-//!     req.upstream_headers().remove("authorization");
-//!     Ok(())
-//! });
-//! # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-//! ```
+//! Per-request routing and rewriting: a hook run before the upstream is dialled. See
+//! [`RouteRequest`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,8 +11,32 @@ use http::{Extensions, HeaderMap, StatusCode, Uri};
 
 use crate::UpstreamPool;
 
-/// One upgrade request, as the routing hook sees it: the client's request (read only), the
-/// headers that will go upstream (editable), and where it will go (changeable).
+/// One upgrade request, as the routing hook ([`WsProxyLayer::route`](crate::WsProxyLayer::route))
+/// sees it: the client's request (read only), the headers that will go upstream (editable),
+/// and where it will go (changeable). The hook runs after the origin check, the client
+/// handshake and the session limit, before any dial; returning a [`Refusal`] answers the
+/// client with it.
+///
+/// ```
+/// use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+/// use axum_ws_proxy::http::StatusCode;
+///
+/// let eu: UpstreamPool = "ws://10.1.0.1:3000".parse()?;
+/// let us: UpstreamPool = "ws://10.2.0.1:3000".parse()?;
+/// let layer = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?).route(move |req| {
+///     // The tenant header picks the pool.
+///     match req.headers().get("x-tenant").and_then(|v| v.to_str().ok()) {
+///         Some("eu") => req.set_pool(eu.clone()),
+///         Some("us") => req.set_pool(us.clone()),
+///         Some(_) => return Err(Refusal::new(StatusCode::FORBIDDEN, "unknown tenant")),
+///         None => {}
+///     }
+///     // The upstream does its own auth; it must not see the client's token.
+///     req.upstream_headers().remove("authorization");
+///     Ok(())
+/// });
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
     pub(crate) parts: &'a Parts,
@@ -84,7 +88,21 @@ impl RouteRequest<'_> {
 }
 
 /// The routing hook's refusal: the client gets this status and body, and no upstream is
-/// dialled.
+/// dialled. It is logged and counted with the cause `route_refused`.
+///
+/// ```
+/// use axum_ws_proxy::Refusal;
+/// use axum_ws_proxy::http::StatusCode;
+///
+/// fn check_ticket(ticket: Option<&str>) -> Result<(), Refusal> {
+///     match ticket {
+///         Some(t) if t.starts_with("t-") => Ok(()),
+///         _ => Err(Refusal::new(StatusCode::UNAUTHORIZED, "a ticket is required")),
+///     }
+/// }
+/// assert!(check_ticket(Some("t-1")).is_ok());
+/// assert!(check_ticket(None).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub(crate) status: StatusCode,

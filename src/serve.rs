@@ -108,6 +108,26 @@ pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
 }
 
 /// A server being set up; made by [`serve`], run by `.await`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use axum::Router;
+/// use axum_ws_proxy::WsProxyLayer;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let app = Router::new().layer(WsProxyLayer::new("ws://127.0.0.1:3000".parse()?));
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+/// axum_ws_proxy::serve(listener, app)
+///     .header_timeout(Duration::from_secs(5))
+///     .max_head_size(16 << 10)
+///     .listen_backlog(4096)
+///     .with_graceful_shutdown(async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a server does nothing until it is awaited"]
 pub struct Serve<S> {
     listener: TcpListener,

@@ -1,19 +1,7 @@
-//! Step 6: close both legs. This is where close codes are mapped.
+//! Step 6, frame mode: complete the close handshakes on both legs.
 //!
-//! | how the session ended | client leg | upstream leg |
-//! |---|---|---|
-//! | client sends close `code, reason` | echoed (`code, reason`) | gets `code, reason` |
-//! | upstream sends close `code, reason` | gets `code, reason` | echoed |
-//! | client connection drops (no close frame) | - | **1001** "client went away" |
-//! | upstream connection drops (no close frame) | **1011** "upstream went away ..." | - |
-//! | client sends invalid UTF-8 text | **1007** | **1001** |
-//! | client breaks framing (e.g. unmasked frame) | **1002** | **1001** |
-//! | client message or frame over the limit | **1009** | **1001** |
-//! | upstream breaks the protocol / sends too much | **1011** | 1002 / 1007 / 1009 |
-//! | client does not answer a ping within `ping_timeout` | dropped | **1001** |
-//! | upstream does not answer a ping within `ping_timeout` | **1011** | dropped |
-//! | `idle_timeout` or `max_lifetime` reached | **1001** | **1001** |
-//! | graceful shutdown | **1001** | **1001** |
+//! The codes each leg gets are decided in [`close_policy`](crate::close_policy), for both modes;
+//! this module carries them out in frame mode.
 //!
 //! A close frame without a code is forwarded without a code. Each close handshake gets
 //! `close_timeout`; a leg that does not answer in time has its socket dropped.
@@ -27,7 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::leg::{Ended, Expired, Side, Stopped, Traffic};
+use crate::close_policy::{other_leg_code, Outcome};
+use crate::leg::{Ended, Side, Stopped, Traffic};
+use crate::ClosedBy;
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
 const MAX_REASON: usize = 123;
@@ -36,7 +26,7 @@ const MAX_REASON: usize = 123;
 /// a code; 1006: no close frame, the connection dropped).
 #[derive(Clone, Debug)]
 pub(crate) struct Report {
-    pub(crate) closed_by: &'static str,
+    pub(crate) closed_by: ClosedBy,
     pub(crate) client_code: u16,
     pub(crate) upstream_code: u16,
     pub(crate) reason: String,
@@ -44,11 +34,23 @@ pub(crate) struct Report {
     pub(crate) undeliverable: u64,
 }
 
+impl From<Outcome> for Report {
+    fn from(o: Outcome) -> Self {
+        Self {
+            closed_by: o.closed_by,
+            client_code: o.client_code,
+            upstream_code: o.upstream_code,
+            reason: o.reason,
+            undeliverable: 0,
+        }
+    }
+}
+
 impl Report {
     /// The client's upgrade failed before a tunnel could open; the upstream is dropped.
     pub(crate) fn client_vanished_report() -> Self {
         Self {
-            closed_by: "client",
+            closed_by: ClosedBy::Client,
             client_code: 1006,
             upstream_code: 1006,
             reason: "client went away during the upgrade".into(),
@@ -59,7 +61,7 @@ impl Report {
     /// A session still open at the shutdown deadline, dropped without a close handshake.
     pub(crate) fn dropped_at_shutdown() -> Self {
         Self {
-            closed_by: "proxy",
+            closed_by: ClosedBy::Proxy,
             client_code: 1006,
             upstream_code: 1006,
             reason: "dropped at the shutdown deadline".into(),
@@ -172,7 +174,7 @@ where
     )
     .await;
     Report {
-        closed_by: "client",
+        closed_by: ClosedBy::Client,
         client_code: 1006,
         upstream_code: 1001,
         reason: "client went away during the upgrade".into(),
@@ -180,53 +182,39 @@ where
     }
 }
 
-/// Decides each leg's ending from how bridging stopped.
+/// Decides each leg's ending from how bridging stopped; the codes come from the
+/// [`close_policy`](crate::close_policy) table.
 fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
-    let report = |closed_by, client_code, upstream_code, reason: String| Report {
-        closed_by,
-        client_code,
-        upstream_code,
-        reason,
-        undeliverable: 0,
-    };
-    match ended {
+    let (client, upstream, outcome) = match ended {
         Ended::Closed { by, frame } => {
             let (code, reason) = frame.as_ref().map_or((1005, String::new()), |f| {
                 (u16::from(f.code), f.reason.to_string())
             });
             let (c, u) = order(by, LegEnd::Answer, LegEnd::Initiate(frame));
-            (c, u, report(by.as_str(), code, code, reason))
+            (c, u, Outcome::peer_closed(by, code, reason))
         }
         Ended::ReadFailed { side, error } => match violation(&error) {
             Some(own) => {
-                let other = gone(side, &format!("{} failed: {}", side.as_str(), own.reason));
-                let (cc, uc) = order(side, u16::from(own.code), u16::from(other.code));
-                let reason = error.to_string();
+                let outcome = Outcome::violation(side, u16::from(own.code), error.to_string());
+                let why = format!("{} failed: {}", side.as_str(), own.reason);
+                let other = frame(CloseCode::from(other_leg_code(side)), &why);
                 let (c, u) = order(side, LegEnd::Fail(own), LegEnd::Initiate(Some(other)));
-                (c, u, report("proxy", cc, uc, reason))
+                (c, u, outcome)
             }
             None => dropped(side, &error),
         },
         Ended::WriteFailed { side, error } => dropped(side, &error),
-        Ended::Expired(Expired::Unresponsive(side, after)) => {
-            let why = format!("{} did not answer a ping within {after:?}", side.as_str());
-            abandon(side, gone(side, &why), "proxy", why)
-        }
-        Ended::Expired(Expired::Idle) => going_away("idle timeout"),
-        Ended::Expired(Expired::Lifetime) => going_away("session lifetime reached"),
-        Ended::ShuttingDown => going_away("proxy shutting down"),
-        Ended::HookClosed(code, reason) => {
-            let report = Report {
-                closed_by: "proxy",
-                client_code: code,
-                upstream_code: code,
-                reason: reason.clone(),
-                undeliverable: 0,
-            };
-            let close = || LegEnd::Initiate(Some(frame(CloseCode::from(code), &reason)));
-            (close(), close(), report)
-        }
-    }
+        Ended::Expired(expired) => proxy_closes(Outcome::expired(expired)),
+        Ended::ShuttingDown => proxy_closes(Outcome::going_away("proxy shutting down")),
+        Ended::HookClosed(code, reason) => proxy_closes(Outcome {
+            closed_by: ClosedBy::Proxy,
+            client_code: code,
+            upstream_code: code,
+            reason,
+            dead: None,
+        }),
+    };
+    (client, upstream, outcome.into())
 }
 
 /// `(client's, upstream's)` from `side`'s own and the other side's.
@@ -237,54 +225,31 @@ fn order<T>(side: Side, own: T, other: T) -> (T, T) {
     }
 }
 
-/// `side`'s connection dropped without a close frame.
-fn dropped(side: Side, error: &WsError) -> (LegEnd, LegEnd, Report) {
+/// The proxy closes: each live leg gets its code and the outcome's reason; a dead one is
+/// dropped.
+fn proxy_closes(outcome: Outcome) -> (LegEnd, LegEnd, Outcome) {
+    let leg = |side: Side| {
+        if outcome.dead == Some(side) {
+            LegEnd::Drop
+        } else {
+            let code = CloseCode::from(outcome.code_for(side));
+            LegEnd::Initiate(Some(frame(code, &outcome.reason)))
+        }
+    };
+    (leg(Side::Client), leg(Side::Upstream), outcome)
+}
+
+/// `side`'s connection dropped without a close frame: the other leg is told it went away.
+fn dropped(side: Side, error: &WsError) -> (LegEnd, LegEnd, Outcome) {
     let reason = format!("{} connection lost: {error}", side.as_str());
-    abandon(side, gone(side, ""), side.as_str(), reason)
-}
-
-/// Drops `side`'s socket and closes the other leg with `other`.
-fn abandon(
-    side: Side,
-    other: CloseFrame,
-    closed_by: &'static str,
-    reason: String,
-) -> (LegEnd, LegEnd, Report) {
-    let (cc, uc) = order(side, 1006, u16::from(other.code));
+    let outcome = Outcome::gone(side, reason, ClosedBy::from_side(side));
+    let told = match side {
+        Side::Client => "client went away",
+        Side::Upstream => "upstream went away without a close frame",
+    };
+    let other = frame(CloseCode::from(other_leg_code(side)), told);
     let (c, u) = order(side, LegEnd::Drop, LegEnd::Initiate(Some(other)));
-    let report = Report {
-        closed_by,
-        client_code: cc,
-        upstream_code: uc,
-        reason,
-        undeliverable: 0,
-    };
-    (c, u, report)
-}
-
-/// The proxy ends a healthy session: 1001 with `why` on both legs.
-fn going_away(why: &str) -> (LegEnd, LegEnd, Report) {
-    let report = Report {
-        closed_by: "proxy",
-        client_code: 1001,
-        upstream_code: 1001,
-        reason: why.to_owned(),
-        undeliverable: 0,
-    };
-    let close = || LegEnd::Initiate(Some(frame(CloseCode::Away, why)));
-    (close(), close(), report)
-}
-
-/// The close frame the *other* leg gets when `side` is gone: the client leaving is 1001 Going
-/// Away for the upstream; the upstream failing is 1011 Internal Error for the client (1014 Bad
-/// Gateway would fit better, but tungstenite treats it as invalid).
-fn gone(side: Side, detail: &str) -> CloseFrame {
-    match (side, detail) {
-        (Side::Client, "") => frame(CloseCode::Away, "client went away"),
-        (Side::Client, d) => frame(CloseCode::Away, d),
-        (Side::Upstream, "") => frame(CloseCode::Error, "upstream went away without a close frame"),
-        (Side::Upstream, d) => frame(CloseCode::Error, d),
-    }
+    (c, u, outcome)
 }
 
 /// The close frame for a peer that broke the protocol, or `None` when the error means the

@@ -75,11 +75,20 @@ pub enum ClosedBy {
 }
 
 impl ClosedBy {
-    pub(crate) fn from_label(label: &str) -> Self {
-        match label {
-            "client" => Self::Client,
-            "upstream" => Self::Upstream,
-            _ => Self::Proxy,
+    /// `client`, `upstream` or `proxy`: the session span's `closed_by` and the `outcome` label
+    /// of `ws_proxy_sessions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Proxy => "proxy",
+        }
+    }
+
+    pub(crate) fn from_side(side: crate::leg::Side) -> Self {
+        match side {
+            crate::leg::Side::Client => Self::Client,
+            crate::leg::Side::Upstream => Self::Upstream,
         }
     }
 }

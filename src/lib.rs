@@ -94,6 +94,7 @@ mod answer;
 mod bridge;
 mod close;
 mod close_code;
+mod close_policy;
 mod config;
 mod detect;
 mod dial;

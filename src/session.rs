@@ -23,7 +23,7 @@ use crate::sessions::{Permit, Sessions};
 use crate::splice::TunnelIo;
 use crate::upstream::Lease;
 use crate::wire::Wire;
-use crate::{close, stream, tunnel, ClosedBy};
+use crate::{close, stream, tunnel};
 
 /// Kept by a session for as long as it lives, when the server put one in the request: the
 /// HTTP/2 server counts a WebSocket stream as open until its session ends (the stream outlives
@@ -155,7 +155,7 @@ pub(crate) fn spawn(
             record(&report, duration, &to_upstream, &to_client);
             metrics::session_closed(
                 lease.endpoint().addr,
-                report.closed_by,
+                report.closed_by.as_str(),
                 report.client_code,
                 report.upstream_code,
             );
@@ -167,7 +167,7 @@ pub(crate) fn spawn(
                     bytes_to_upstream: to_upstream.bytes,
                     messages_to_client: to_client.messages,
                     bytes_to_client: to_client.bytes,
-                    closed_by: ClosedBy::from_label(report.closed_by),
+                    closed_by: report.closed_by,
                     client_close_code: report.client_code,
                     upstream_close_code: report.upstream_code,
                     close_reason: report.reason.clone(),
@@ -212,7 +212,7 @@ fn record(
     span.record("bytes_to_upstream", to_upstream.bytes);
     span.record("messages_to_client", to_client.messages);
     span.record("bytes_to_client", to_client.bytes);
-    span.record("closed_by", report.closed_by);
+    span.record("closed_by", report.closed_by.as_str());
     span.record("client_close_code", report.client_code);
     span.record("upstream_close_code", report.upstream_code);
     span.record("close_reason", report.reason.as_str());

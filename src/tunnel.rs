@@ -21,13 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::close::Report;
+use crate::close_policy::Outcome;
 use crate::keepalive::{Keepalive, PING};
-use crate::leg::Expired;
 use crate::leg::{Side, Traffic};
 use crate::metrics;
 use crate::sessions::Sessions;
 use crate::splice::{self, SplicePipe, Spliced, TunnelIo};
 use crate::wire;
+use crate::ClosedBy;
 
 const SCRATCH: usize = 256 << 10;
 /// Payloads at least this long are spliced when both legs are plain sockets (see `splice`).
@@ -433,51 +434,8 @@ impl Pipe {
     }
 }
 
-/// Why the proxy closes a tunnel itself.
-struct ProxyClose {
-    client_code: u16,
-    upstream_code: u16,
-    reason: String,
-    closed_by: &'static str,
-    /// A leg whose connection is gone: nothing is sent to it and no answer awaited.
-    dead: Option<Side>,
-}
-
-impl ProxyClose {
-    fn going_away(reason: &str) -> Self {
-        Self {
-            client_code: 1001,
-            upstream_code: 1001,
-            reason: reason.to_owned(),
-            closed_by: "proxy",
-            dead: None,
-        }
-    }
-
-    /// `side` is gone: the other leg gets 1001 (client gone) or 1011 (upstream gone).
-    fn gone(side: Side, reason: String, closed_by: &'static str) -> Self {
-        let (client_code, upstream_code) = match side {
-            Side::Client => (1006, 1001),
-            Side::Upstream => (1011, 1006),
-        };
-        Self {
-            client_code,
-            upstream_code,
-            reason,
-            closed_by,
-            dead: Some(side),
-        }
-    }
-}
-
 /// Sets up the close of leg `side`: `to_leg` writes to it, `from_leg` reads from it.
-fn prepare_close(
-    to_leg: &mut Pipe,
-    from_leg: &mut Pipe,
-    side: Side,
-    code: u16,
-    close: &ProxyClose,
-) {
+fn prepare_close(to_leg: &mut Pipe, from_leg: &mut Pipe, side: Side, code: u16, close: &Outcome) {
     if close.dead == Some(side) {
         // Nothing more goes to a dead leg, and nothing more comes from it.
         from_leg.eof = true;
@@ -513,18 +471,10 @@ pub(crate) async fn run(
     // Open: splice until both sides finish, or something makes the proxy close the session.
     let close = poll_fn(|cx| {
         if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(ProxyClose::going_away("proxy shutting down")));
+            return Poll::Ready(Some(Outcome::going_away("proxy shutting down")));
         }
         if let Poll::Ready(expired) = keepalive.poll(cx) {
-            return Poll::Ready(Some(match expired {
-                Expired::Idle => ProxyClose::going_away("idle timeout"),
-                Expired::Lifetime => ProxyClose::going_away("session lifetime reached"),
-                Expired::Unresponsive(side, after) => ProxyClose::gone(
-                    side,
-                    format!("{} did not answer a ping within {after:?}", side.as_str()),
-                    "proxy",
-                ),
-            }));
+            return Poll::Ready(Some(Outcome::expired(expired)));
         }
         for (pipe, side) in [(&mut u2c, Side::Client), (&mut c2u, Side::Upstream)] {
             if keepalive.take_ping(side) {
@@ -556,7 +506,8 @@ pub(crate) async fn run(
                         // EOF without any close frame: that side went away.
                         let side = pipe.from;
                         let why = format!("{} went away without a close frame", side.as_str());
-                        return Poll::Ready(Some(ProxyClose::gone(side, why, side.as_str())));
+                        let by = ClosedBy::from_side(side);
+                        return Poll::Ready(Some(Outcome::gone(side, why, by)));
                     }
                 }
                 Poll::Ready(PipeEnd::Lost(side)) => {
@@ -565,7 +516,8 @@ pub(crate) async fn run(
                         return Poll::Ready(None);
                     }
                     let why = format!("{} connection lost", side.as_str());
-                    return Poll::Ready(Some(ProxyClose::gone(side, why, side.as_str())));
+                    let by = ClosedBy::from_side(side);
+                    return Poll::Ready(Some(Outcome::gone(side, why, by)));
                 }
             }
         }
@@ -600,18 +552,21 @@ pub(crate) async fn run(
 
     let Some(close) = close else {
         // The peers closed each other through the tunnel.
-        let (by, code) = match first_close {
-            Some(Side::Client) => ("client", c2u.frames.closed.unwrap_or(1005)),
-            Some(Side::Upstream) => ("upstream", u2c.frames.closed.unwrap_or(1005)),
-            None => ("client", 1006),
+        let outcome = match first_close {
+            Some(Side::Client) => Outcome::peer_closed(
+                Side::Client,
+                c2u.frames.closed.unwrap_or(1005),
+                String::new(),
+            ),
+            Some(Side::Upstream) => Outcome::peer_closed(
+                Side::Upstream,
+                u2c.frames.closed.unwrap_or(1005),
+                String::new(),
+            ),
+            // Both ends finished with no close frame seen either way: counted as the client's.
+            None => Outcome::peer_closed(Side::Client, 1006, String::new()),
         };
-        return Report {
-            closed_by: by,
-            client_code: code,
-            upstream_code: code,
-            reason: String::new(),
-            undeliverable: 0,
-        };
+        return outcome.into();
     };
 
     // Closing: the proxy's close frame to each live leg, then its answer (or the deadline).
@@ -654,13 +609,7 @@ pub(crate) async fn run(
         }
     });
     let _ = tokio::time::timeout(close_timeout, closing).await;
-    Report {
-        closed_by: close.closed_by,
-        client_code: close.client_code,
-        upstream_code: close.upstream_code,
-        reason: close.reason,
-        undeliverable: 0,
-    }
+    close.into()
 }
 
 #[cfg(test)]

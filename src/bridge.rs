@@ -31,7 +31,7 @@ use http::Extensions;
 use crate::hooks::{MessageHook, VerdictFuture};
 use crate::keepalive::{Keepalive, PING};
 use crate::leg::{Ended, Side, Stopped, Traffic};
-use crate::sessions::Sessions;
+use crate::registry::Sessions;
 use crate::wire::{Wire, DIRECT_MIN};
 use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 

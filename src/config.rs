@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::hooks::Hooks;
 use crate::keepalive::Timeouts;
 use crate::origin::Origins;
+use crate::registry::Sessions;
 use crate::route::RouteHook;
-use crate::sessions::Sessions;
 use crate::UpstreamPool;
 
 /// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user

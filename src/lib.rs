@@ -110,6 +110,7 @@ pub mod metrics;
 mod origin;
 mod proxy;
 mod redact;
+mod registry;
 mod reload;
 mod request;
 mod route;
@@ -117,7 +118,6 @@ mod route;
 mod serve;
 mod service;
 mod session;
-mod sessions;
 mod splice;
 mod stream;
 #[cfg(feature = "tls")]
@@ -265,6 +265,7 @@ pub use hooks::{
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
+pub use registry::ShutdownHandle;
 pub use reload::{ReloadHandle, ReloadableLayer};
 pub use route::{Refusal, RouteRequest};
 #[cfg(feature = "serve")]
@@ -272,7 +273,6 @@ pub use serve::{serve, Serve};
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub use serve::{ServerTls, TlsInfo};
 pub use service::WsProxy;
-pub use sessions::ShutdownHandle;
 #[cfg(feature = "tls")]
 pub use tls::{TlsConfigError, UpstreamTls};
 pub use upstream::{

@@ -25,7 +25,7 @@ struct Pattern {
 }
 
 /// What an origin check decided.
-pub(crate) enum Verdict {
+pub(crate) enum OriginCheck {
     Allowed,
     Refused(String),
     Missing,
@@ -45,22 +45,22 @@ impl Origins {
         !self.patterns.is_empty() || !self.allow_missing
     }
 
-    pub(crate) fn check(&self, origin: Option<&HeaderValue>) -> Verdict {
+    pub(crate) fn check(&self, origin: Option<&HeaderValue>) -> OriginCheck {
         let Some(origin) = origin else {
             return if self.allow_missing {
-                Verdict::Allowed
+                OriginCheck::Allowed
             } else {
-                Verdict::Missing
+                OriginCheck::Missing
             };
         };
         if self.patterns.is_empty() {
-            return Verdict::Allowed; // Any origin, as long as there is one.
+            return OriginCheck::Allowed; // Any origin, as long as there is one.
         }
         let text = String::from_utf8_lossy(origin.as_bytes()).to_ascii_lowercase();
         if self.patterns.iter().any(|p| p.matches(&text)) {
-            Verdict::Allowed
+            OriginCheck::Allowed
         } else {
-            Verdict::Refused(text)
+            OriginCheck::Refused(text)
         }
     }
 }
@@ -123,7 +123,7 @@ mod tests {
         let o = Origins::new(patterns.iter().map(|s| s.to_string()), true);
         matches!(
             o.check(Some(&HeaderValue::from_str(origin).unwrap())),
-            Verdict::Allowed
+            OriginCheck::Allowed
         )
     }
 
@@ -153,8 +153,8 @@ mod tests {
     #[test]
     fn missing_origin_follows_the_setting() {
         let strict = Origins::new(["https://a.example".to_string()], false);
-        assert!(matches!(strict.check(None), Verdict::Missing));
+        assert!(matches!(strict.check(None), OriginCheck::Missing));
         let lenient = Origins::new(["https://a.example".to_string()], true);
-        assert!(matches!(lenient.check(None), Verdict::Allowed));
+        assert!(matches!(lenient.check(None), OriginCheck::Allowed));
     }
 }

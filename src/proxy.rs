@@ -25,10 +25,10 @@ use crate::wire::Wire;
 use crate::config::{Config, Mode};
 use crate::headers::{self, Forwarded};
 use crate::metrics;
-use crate::origin::Verdict;
+use crate::origin::OriginCheck;
+use crate::registry::NotAdmitted;
 use crate::route::RouteRequest;
 use crate::session::{self, RequestInfo, UpstreamLeg};
-use crate::sessions::Refusal;
 use crate::upstream::Lease;
 use crate::{answer, detect, dial, Member, ProxyError, UpstreamPool};
 
@@ -74,8 +74,8 @@ async fn proceed<B>(
         .sessions
         .admit(config.max_sessions)
         .map_err(|r| match r {
-            Refusal::ShuttingDown => ProxyError::ShuttingDown,
-            Refusal::Full(n) => ProxyError::TooManySessions(n),
+            NotAdmitted::ShuttingDown => ProxyError::ShuttingDown,
+            NotAdmitted::Full(n) => ProxyError::TooManySessions(n),
         })?;
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
@@ -147,9 +147,9 @@ fn check_origin<B>(config: &Config, req: &Request<B>) -> Result<(), ProxyError> 
         return Ok(());
     }
     match config.origins.check(req.headers().get(ORIGIN)) {
-        Verdict::Allowed => Ok(()),
-        Verdict::Refused(origin) => Err(ProxyError::OriginNotAllowed(origin)),
-        Verdict::Missing => Err(ProxyError::MissingOrigin),
+        OriginCheck::Allowed => Ok(()),
+        OriginCheck::Refused(origin) => Err(ProxyError::OriginNotAllowed(origin)),
+        OriginCheck::Missing => Err(ProxyError::MissingOrigin),
     }
 }
 

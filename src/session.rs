@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::keepalive::Keepalive;
 use crate::leg::Traffic;
 use crate::metrics;
-use crate::sessions::{Permit, Sessions};
+use crate::registry::{Permit, Sessions};
 use crate::splice::TunnelIo;
 use crate::upstream::Lease;
 use crate::wire::Wire;

@@ -37,7 +37,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::keepalive::{Keepalive, PING};
 use crate::leg::{Ended, Side, Stopped, Traffic};
-use crate::sessions::Sessions;
+use crate::registry::Sessions;
 use crate::wire::{self, Wire};
 
 /// Bytes read from a leg at a time.

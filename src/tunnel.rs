@@ -25,7 +25,7 @@ use crate::close_policy::Outcome;
 use crate::keepalive::{Keepalive, PING};
 use crate::leg::{Side, Traffic};
 use crate::metrics;
-use crate::sessions::Sessions;
+use crate::registry::Sessions;
 use crate::splice::{self, SplicePipe, Spliced, TunnelIo};
 use crate::wire;
 use crate::ClosedBy;

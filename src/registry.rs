@@ -1,4 +1,5 @@
-//! Live sessions of a layer: the `max_sessions` limit and graceful shutdown.
+//! The registry of a layer's live sessions: ids, the `max_sessions` limit and graceful
+//! shutdown.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub(crate) struct Sessions {
 }
 
 /// Why a new session was not admitted.
-pub(crate) enum Refusal {
+pub(crate) enum NotAdmitted {
     ShuttingDown,
     Full(usize),
 }
@@ -82,14 +83,14 @@ impl Drop for Permit {
 
 impl Sessions {
     /// Admits a session unless shutting down or at `max` (0: no limit).
-    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Result<Permit, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Result<Permit, NotAdmitted> {
         if self.phase.load(Ordering::Acquire) != RUNNING {
-            return Err(Refusal::ShuttingDown);
+            return Err(NotAdmitted::ShuttingDown);
         }
         let mut live = self.live.load(Ordering::Acquire);
         loop {
             if max > 0 && live >= max {
-                return Err(Refusal::Full(max));
+                return Err(NotAdmitted::Full(max));
             }
             match self.live.compare_exchange_weak(
                 live,

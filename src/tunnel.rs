@@ -453,163 +453,222 @@ fn prepare_close(to_leg: &mut Pipe, from_leg: &mut Pipe, side: Side, code: u16, 
 /// the session timers act between frames; a close the proxy starts is bounded by
 /// `close_timeout`.
 pub(crate) async fn run(
-    mut client: TunnelIo,
-    mut upstream: TunnelIo,
+    client: TunnelIo,
+    upstream: TunnelIo,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
     sessions: &Sessions,
     close_timeout: Duration,
 ) -> Report {
-    let mut c2u = Pipe::new(Side::Client, Side::Upstream);
-    let mut u2c = Pipe::new(Side::Upstream, Side::Client);
-    let (mut c_done, mut u_done) = (false, false);
-    let mut first_close: Option<Side> = None;
-    let draining = sessions.draining();
-    tokio::pin!(draining);
+    let mut tunnel = Tunnel {
+        client,
+        upstream,
+        c2u: Pipe::new(Side::Client, Side::Upstream),
+        u2c: Pipe::new(Side::Upstream, Side::Client),
+        to_upstream,
+        to_client,
+        keepalive,
+        c_done: false,
+        u_done: false,
+        first_close: None,
+    };
+    let close = tunnel.open(sessions).await;
+    if close.is_none() && !(tunnel.c_done && tunnel.u_done) {
+        let _ = tokio::time::timeout(close_timeout, tunnel.finish_handshake()).await;
+    }
+    match close {
+        Some(close) => tunnel.close(close, close_timeout).await,
+        None => tunnel.closed_by_peers(),
+    }
+    .into()
+}
 
-    // Open: splice until both sides finish, or something makes the proxy close the session.
-    let close = poll_fn(|cx| {
-        if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Outcome::going_away("proxy shutting down")));
+/// Both legs, both directions and what the phases share.
+struct Tunnel<'a> {
+    client: TunnelIo,
+    upstream: TunnelIo,
+    /// The client's bytes to the upstream, and the other way round.
+    c2u: Pipe,
+    u2c: Pipe,
+    to_upstream: &'a mut Traffic,
+    to_client: &'a mut Traffic,
+    keepalive: &'a mut Keepalive,
+    c_done: bool,
+    u_done: bool,
+    /// The side whose close frame crossed first.
+    first_close: Option<Side>,
+}
+
+impl Tunnel<'_> {
+    /// Moves what `from`'s leg has to the other leg (the one place a pipe is driven).
+    fn poll_pipe(&mut self, cx: &mut Context<'_>, from: Side) -> Poll<PipeEnd> {
+        match from {
+            Side::Client => self.c2u.poll(
+                cx,
+                &mut self.client,
+                &mut self.upstream,
+                self.to_upstream,
+                self.keepalive,
+            ),
+            Side::Upstream => self.u2c.poll(
+                cx,
+                &mut self.upstream,
+                &mut self.client,
+                self.to_client,
+                self.keepalive,
+            ),
         }
-        if let Poll::Ready(expired) = keepalive.poll(cx) {
-            return Poll::Ready(Some(Outcome::expired(expired)));
+    }
+
+    fn pipe(&mut self, from: Side) -> &mut Pipe {
+        match from {
+            Side::Client => &mut self.c2u,
+            Side::Upstream => &mut self.u2c,
         }
-        for (pipe, side) in [(&mut u2c, Side::Client), (&mut c2u, Side::Upstream)] {
-            if keepalive.take_ping(side) {
-                pipe.queue(control_frame(0x9, PING, side), false);
-            }
+    }
+
+    fn done(&mut self, from: Side) -> &mut bool {
+        match from {
+            Side::Client => &mut self.c_done,
+            Side::Upstream => &mut self.u_done,
         }
-        let started = first_close.is_some();
-        for (pipe, done, src_is_client) in [
-            (&mut c2u, &mut c_done, true),
-            (&mut u2c, &mut u_done, false),
-        ] {
-            if *done {
-                continue;
+    }
+
+    /// Open: splice until both sides finish (`None`), or something makes the proxy close the
+    /// session (what it decided).
+    async fn open(&mut self, sessions: &Sessions) -> Option<Outcome> {
+        let draining = sessions.draining();
+        tokio::pin!(draining);
+        poll_fn(|cx| {
+            if draining.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Outcome::going_away("proxy shutting down")));
             }
-            pipe.handshake_started = started;
-            let polled = if src_is_client {
-                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
-            } else {
-                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
-            };
-            if first_close.is_none() && pipe.frames.closed.is_some() {
-                first_close = Some(pipe.from);
+            if let Poll::Ready(expired) = self.keepalive.poll(cx) {
+                return Poll::Ready(Some(Outcome::expired(expired)));
             }
-            match polled {
-                Poll::Pending => {}
-                Poll::Ready(PipeEnd::Finished) => {
-                    *done = true;
-                    if first_close.is_none() {
-                        // EOF without any close frame: that side went away.
-                        let side = pipe.from;
-                        let why = format!("{} went away without a close frame", side.as_str());
+            for (pipe, side) in [
+                (&mut self.u2c, Side::Client),
+                (&mut self.c2u, Side::Upstream),
+            ] {
+                if self.keepalive.take_ping(side) {
+                    pipe.queue(control_frame(0x9, PING, side), false);
+                }
+            }
+            let started = self.first_close.is_some();
+            for from in [Side::Client, Side::Upstream] {
+                if *self.done(from) {
+                    continue;
+                }
+                self.pipe(from).handshake_started = started;
+                let polled = self.poll_pipe(cx, from);
+                if self.first_close.is_none() && self.pipe(from).frames.closed.is_some() {
+                    self.first_close = Some(from);
+                }
+                match polled {
+                    Poll::Pending => {}
+                    Poll::Ready(PipeEnd::Finished) => {
+                        *self.done(from) = true;
+                        if self.first_close.is_none() {
+                            // EOF without any close frame: that side went away.
+                            let why = format!("{} went away without a close frame", from.as_str());
+                            let by = ClosedBy::from_side(from);
+                            return Poll::Ready(Some(Outcome::gone(from, why, by)));
+                        }
+                    }
+                    Poll::Ready(PipeEnd::Lost(side)) => {
+                        if self.first_close.is_some() {
+                            // The close handshake had started: a lost connection now is its end.
+                            return Poll::Ready(None);
+                        }
+                        let why = format!("{} connection lost", side.as_str());
                         let by = ClosedBy::from_side(side);
                         return Poll::Ready(Some(Outcome::gone(side, why, by)));
                     }
                 }
-                Poll::Ready(PipeEnd::Lost(side)) => {
-                    if first_close.is_some() {
-                        // The close handshake had started: a lost connection now is its end.
-                        return Poll::Ready(None);
-                    }
-                    let why = format!("{} connection lost", side.as_str());
-                    let by = ClosedBy::from_side(side);
-                    return Poll::Ready(Some(Outcome::gone(side, why, by)));
-                }
             }
-        }
-        // Both done, or the close handshake crossed and one side finished: the rest is bounded
-        // below, so a peer that never closes its socket cannot hold the session open.
-        if (c_done && u_done) || (first_close.is_some() && (c_done || u_done)) {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-
-    if close.is_none() && !(c_done && u_done) {
-        let rest = poll_fn(|cx| {
-            let (pipe, client_first) = if c_done {
-                (&mut u2c, false)
+            // Both done, or the close handshake crossed and one side finished: the rest is
+            // bounded by the caller, so a peer that never closes its socket cannot hold the
+            // session open.
+            let (c_done, u_done) = (self.c_done, self.u_done);
+            if (c_done && u_done) || (self.first_close.is_some() && (c_done || u_done)) {
+                Poll::Ready(None)
             } else {
-                (&mut c2u, true)
-            };
-            // The close handshake has crossed: an EOF now is its end, to be passed on.
-            pipe.handshake_started = true;
-            let polled = if client_first {
-                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
-            } else {
-                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
-            };
-            polled.map(|_| ())
-        });
-        let _ = tokio::time::timeout(close_timeout, rest).await;
+                Poll::Pending
+            }
+        })
+        .await
     }
 
-    let Some(close) = close else {
-        // The peers closed each other through the tunnel.
-        let outcome = match first_close {
-            Some(Side::Client) => Outcome::peer_closed(
-                Side::Client,
-                c2u.frames.closed.unwrap_or(1005),
-                String::new(),
-            ),
-            Some(Side::Upstream) => Outcome::peer_closed(
-                Side::Upstream,
-                u2c.frames.closed.unwrap_or(1005),
-                String::new(),
-            ),
+    /// The peers' close handshake has crossed and one side finished: the other's EOF is its
+    /// end, to be passed on.
+    async fn finish_handshake(&mut self) {
+        let from = if self.c_done {
+            Side::Upstream
+        } else {
+            Side::Client
+        };
+        self.pipe(from).handshake_started = true;
+        poll_fn(|cx| self.poll_pipe(cx, from).map(|_| ())).await;
+    }
+
+    /// The peers closed each other through the tunnel.
+    fn closed_by_peers(&self) -> Outcome {
+        match self.first_close {
+            Some(side) => {
+                let pipe = match side {
+                    Side::Client => &self.c2u,
+                    Side::Upstream => &self.u2c,
+                };
+                Outcome::peer_closed(side, pipe.frames.closed.unwrap_or(1005), String::new())
+            }
             // Both ends finished with no close frame seen either way: counted as the client's.
             None => Outcome::peer_closed(Side::Client, 1006, String::new()),
-        };
-        return outcome.into();
-    };
+        }
+    }
 
-    // Closing: the proxy's close frame to each live leg, then its answer (or the deadline).
-    // `u2c` carries frames to the client and reads the upstream; `c2u` the other way round.
-    prepare_close(&mut u2c, &mut c2u, Side::Client, close.client_code, &close);
-    prepare_close(
-        &mut c2u,
-        &mut u2c,
-        Side::Upstream,
-        close.upstream_code,
-        &close,
-    );
-    let (mut c_answered, mut u_answered) = (
-        close.dead == Some(Side::Client),
-        close.dead == Some(Side::Upstream),
-    );
-    let closing = poll_fn(|cx| {
-        for (pipe, answered, src_is_client) in [
-            (&mut c2u, &mut c_answered, true),
-            (&mut u2c, &mut u_answered, false),
-        ] {
-            if *answered && pipe.written_out() {
-                continue;
+    /// Closing: the proxy's close frame to each live leg, then its answer (or the deadline).
+    /// `u2c` carries frames to the client and reads the upstream; `c2u` the other way round.
+    async fn close(&mut self, close: Outcome, timeout: Duration) -> Outcome {
+        prepare_close(
+            &mut self.u2c,
+            &mut self.c2u,
+            Side::Client,
+            close.client_code,
+            &close,
+        );
+        prepare_close(
+            &mut self.c2u,
+            &mut self.u2c,
+            Side::Upstream,
+            close.upstream_code,
+            &close,
+        );
+        let mut answered = [
+            close.dead == Some(Side::Client),
+            close.dead == Some(Side::Upstream),
+        ];
+        let closing = poll_fn(|cx| {
+            for (i, from) in [Side::Client, Side::Upstream].into_iter().enumerate() {
+                if answered[i] && self.pipe(from).written_out() {
+                    continue;
+                }
+                let polled = self.poll_pipe(cx, from);
+                if self.pipe(from).frames.closed.is_some() || polled.is_ready() {
+                    answered[i] = true;
+                }
             }
-            let polled = if src_is_client {
-                pipe.poll(cx, &mut client, &mut upstream, to_upstream, keepalive)
+            // Done once both live legs answered and every close frame was written.
+            let written = self.c2u.written_out() && self.u2c.written_out();
+            if answered[0] && answered[1] && written {
+                Poll::Ready(())
             } else {
-                pipe.poll(cx, &mut upstream, &mut client, to_client, keepalive)
-            };
-            if pipe.frames.closed.is_some() || polled.is_ready() {
-                *answered = true;
+                Poll::Pending
             }
-        }
-        // Done once both live legs answered and every close frame was written.
-        let written = c2u.written_out() && u2c.written_out();
-        if c_answered && u_answered && written {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    });
-    let _ = tokio::time::timeout(close_timeout, closing).await;
-    close.into()
+        });
+        let _ = tokio::time::timeout(timeout, closing).await;
+        close
+    }
 }
 
 #[cfg(test)]

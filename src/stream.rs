@@ -523,38 +523,56 @@ impl Flow {
                 }
                 continue;
             }
-            let mask = (second & 0x80 != 0).then(|| {
-                let k = &self.head[head_len - 4..head_len];
-                [k[0], k[1], k[2], k[3]]
-            });
-            self.have = 0;
-            let message = self.message.get_or_insert(MessageState {
-                text: opcode == OpCode::Data(Data::Text),
-                len: 0,
-                utf8: Utf8::default(),
-                started: false,
-            });
-            message.len += len;
-            let fin = first & 0x80 != 0;
-            if len == 0 {
-                // Nothing will follow this header: the piece is empty.
-                if !self.text_ok(&[], fin) {
-                    return (i - from, Walk::Violation(invalid_utf8()));
-                }
-                self.emit(out, input, (i, i), None, fin);
-                if fin {
-                    self.finish_message(traffic);
-                }
-                continue;
+            if let Err(error) = self.start_data(out, input, i, len, traffic) {
+                return (i - from, Walk::Violation(error));
             }
+        }
+        (i - from, Walk::Done)
+    }
+
+    /// A data frame's header (in `head`, `len` bytes of payload to come) is complete at
+    /// `input[at]`: its message starts or goes on; an empty frame is passed on at once.
+    fn start_data(
+        &mut self,
+        out: &mut Output,
+        input: &mut [u8],
+        at: usize,
+        len: u64,
+        traffic: &mut Traffic,
+    ) -> Result<(), WsError> {
+        let (first, second) = (self.head[0], self.head[1]);
+        let head_len = wire::head_len(second);
+        let mask = (second & 0x80 != 0).then(|| {
+            let k = &self.head[head_len - 4..head_len];
+            [k[0], k[1], k[2], k[3]]
+        });
+        self.have = 0;
+        let message = self.message.get_or_insert(MessageState {
+            text: first & 0x0f == 0x1,
+            len: 0,
+            utf8: Utf8::default(),
+            started: false,
+        });
+        message.len += len;
+        let fin = first & 0x80 != 0;
+        if len > 0 {
             self.frame = Some(FrameState {
                 fin,
                 remaining: len,
                 mask,
                 offset: 0,
             });
+            return Ok(());
         }
-        (i - from, Walk::Done)
+        // Nothing will follow this header: the piece is empty.
+        if !self.text_ok(&[], fin) {
+            return Err(invalid_utf8());
+        }
+        self.emit(out, input, (at, at), None, fin);
+        if fin {
+            self.finish_message(traffic);
+        }
+        Ok(())
     }
 
     /// Whether the text message in progress is still valid UTF-8 with `piece` (and, when

@@ -17,7 +17,6 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -29,7 +28,7 @@ use std::sync::Arc;
 use http::Extensions;
 
 use crate::hooks::{MessageHook, VerdictFuture};
-use crate::keepalive::{Keepalive, PING};
+use crate::keepalive::Keepalive;
 use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::registry::Sessions;
 use crate::wire::{Wire, DIRECT_MIN};
@@ -170,19 +169,10 @@ impl Direction {
         S: AsyncRead + AsyncWrite + Unpin,
         D: AsyncRead + AsyncWrite + Unpin,
     {
-        if keepalive.take_ping(self.to) {
-            // The proxy's own ping to the destination leg, in line with its messages.
-            match Pin::new(&mut *dst).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    let ping = Message::Ping(Bytes::from_static(PING));
-                    if let Err(error) = Pin::new(&mut *dst).start_send(ping) {
-                        return self.write_failed(error);
-                    }
-                    self.unflushed = true;
-                }
-                Poll::Ready(Err(error)) => return self.write_failed(error),
-                Poll::Pending => keepalive.keep_ping(self.to),
-            }
+        // The proxy's own ping to the destination leg, in line with its messages.
+        match crate::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+            Ok(queued) => self.unflushed |= queued,
+            Err(error) => return self.write_failed(error),
         }
         let mut budget = BUDGET;
         loop {

@@ -166,3 +166,34 @@ impl Keepalive {
         }
     }
 }
+
+/// Frame mode: the proxy's own ping to leg `to`, when one is due, queued on its tungstenite
+/// stream between two of the frames going there. `Ok(true)` when a ping was queued (flush it);
+/// a ping that cannot be queued yet stays due.
+pub(crate) fn queue_ping<D>(
+    cx: &mut Context<'_>,
+    dst: &mut tokio_tungstenite::WebSocketStream<D>,
+    keepalive: &mut Keepalive,
+    to: Side,
+) -> Result<bool, tokio_tungstenite::tungstenite::Error>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::Sink;
+    use tokio_tungstenite::tungstenite::Message;
+    if !keepalive.take_ping(to) {
+        return Ok(false);
+    }
+    match Pin::new(&mut *dst).poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            let ping = Message::Ping(bytes::Bytes::from_static(PING));
+            Pin::new(&mut *dst).start_send(ping)?;
+            Ok(true)
+        }
+        Poll::Ready(Err(error)) => Err(error),
+        Poll::Pending => {
+            keepalive.keep_ping(to);
+            Ok(false)
+        }
+    }
+}

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::keepalive::{Keepalive, PING};
+use crate::keepalive::Keepalive;
 use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::registry::Sessions;
 use crate::wire::{self, Wire};
@@ -279,19 +279,10 @@ impl Flow {
         S: AsyncRead + AsyncWrite + Unpin,
         D: AsyncRead + AsyncWrite + Unpin,
     {
-        if keepalive.take_ping(self.to) {
-            // The proxy's own ping to the destination leg, between two of its frames.
-            match Pin::new(&mut *dst).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    let ping = Message::Ping(bytes::Bytes::from_static(PING));
-                    if let Err(error) = Pin::new(&mut *dst).start_send(ping) {
-                        return self.write_failed(error);
-                    }
-                    self.unflushed = true;
-                }
-                Poll::Ready(Err(error)) => return self.write_failed(error),
-                Poll::Pending => keepalive.keep_ping(self.to),
-            }
+        // The proxy's own ping to the destination leg, between two of its frames.
+        match crate::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+            Ok(queued) => self.unflushed |= queued,
+            Err(error) => return self.write_failed(error),
         }
         for _ in 0..BUDGET {
             // Whatever `to` has not taken goes first; until it has, `from` is not read.

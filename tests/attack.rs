@@ -364,6 +364,20 @@ async fn running_out_of_descriptors_is_not_the_upstreams_failure() {
     );
 }
 
+/// The binary in front of `up` with `--header-timeout`.
+async fn with_header_timeout(
+    up: SocketAddr,
+    timeout: &str,
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
+    start_ws_proxy(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--header-timeout",
+        timeout,
+    ])
+    .await
+}
+
 /// The proxy's CPU time so far (user + system), in clock ticks (1/100 s).
 fn cpu_ticks(child: &tokio::process::Child) -> u64 {
     let pid = child.id().expect("running");
@@ -383,13 +397,7 @@ const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 #[tokio::test]
 async fn http2_connections_without_a_request_are_closed_at_the_deadline() {
     let up = echo_upstream().await;
-    let (_child, proxy, _) = start_ws_proxy(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--header-timeout",
-        "1s",
-    ])
-    .await;
+    let (_child, proxy, _) = with_header_timeout(up, "1s").await;
     // HEADERS, stream 1, END_HEADERS, declaring 100 bytes; 10 sent.
     let mut half_headers = [PREFACE, SETTINGS, &[0, 0, 100, 1, 4, 0, 0, 0, 1]].concat();
     half_headers.extend_from_slice(&[0; 10]);
@@ -421,13 +429,7 @@ async fn http2_connections_without_a_request_are_closed_at_the_deadline() {
 #[tokio::test]
 async fn half_http2_prefaces_cost_no_cpu_while_they_wait() {
     let up = echo_upstream().await;
-    let (child, proxy, _) = start_ws_proxy(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--header-timeout",
-        "30s",
-    ])
-    .await;
+    let (child, proxy, _) = with_header_timeout(up, "30s").await;
     let mut held = Vec::new();
     for _ in 0..400 {
         let mut tcp = TcpStream::connect(proxy).await.unwrap();
@@ -530,13 +532,7 @@ async fn shutdown_closes_every_session_at_once() {
 async fn memory_goes_back_after_a_burst_of_silent_connections() {
     raise_fd_limit();
     let up = echo_upstream().await;
-    let (child, proxy, _) = start_ws_proxy(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--header-timeout",
-        "1s",
-    ])
-    .await;
+    let (child, proxy, _) = with_header_timeout(up, "1s").await;
     let baseline = rss_kib(&child);
     let mut held = Vec::new();
     for _ in 0..5000 {
@@ -609,13 +605,7 @@ fn h2_get(addr: SocketAddr, path: &str) -> http::Request<http_body_util::Empty<b
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_keepalive_time() {
     let up = echo_upstream().await;
-    let (_child, proxy, _) = start_ws_proxy(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--header-timeout",
-        "1s",
-    ])
-    .await;
+    let (_child, proxy, _) = with_header_timeout(up, "1s").await;
     let (mut send, conn) = h2c(proxy).await;
     let res = within(
         "an HTTP/2 answer",
@@ -644,13 +634,7 @@ async fn an_http2_websocket_keeps_its_connection_open() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let up = echo_upstream().await;
-    let (_child, proxy, _) = start_ws_proxy(&[
-        "--upstream",
-        &format!("ws://{up}"),
-        "--header-timeout",
-        "1s",
-    ])
-    .await;
+    let (_child, proxy, _) = with_header_timeout(up, "1s").await;
     let (mut send, _conn) = h2c(proxy).await;
     let req = http::Request::connect(format!("http://{proxy}/"))
         .extension(hyper::ext::Protocol::from_static("websocket"))

@@ -67,14 +67,7 @@ async fn flooding_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceive
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let Some(head) = read_head(&mut tcp).await else {
-                continue;
-            };
-            let res = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-                accept_for(&head)
-            );
-            if tcp.write_all(res.as_bytes()).await.is_err() {
+            if !answer_upgrade(&mut tcp).await {
                 continue;
             }
             let sent = flood(&mut tcp, false, 48 << 20).await;
@@ -277,41 +270,17 @@ async fn start_limited(
     limit: u32,
     extra: &[&str],
 ) -> (tokio::process::Child, SocketAddr, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_ws-proxy"))
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--upstream", &format!("ws://{up}")])
         .args(extra)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut proxy, mut metrics) = (None, None);
-    within("the listening lines", async {
-        while proxy.is_none() || metrics.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("ws-proxy exited early");
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            metrics = metrics.or(field("metrics="));
-            proxy = proxy.or(field("listen="));
-        }
-    })
-    .await;
+        .env("RUST_LOG", "info");
+    let (child, proxy, metrics, mut lines) = spawn_proxy(cmd).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, proxy.unwrap(), metrics.unwrap())
+    (child, proxy, metrics.expect("a metrics address"))
 }
 
 /// Out of descriptors, the proxy answers 503 naming its own shortage and does not blame the

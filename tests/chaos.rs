@@ -5,14 +5,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -110,33 +108,11 @@ async fn start_proxy(
         ])
         .env("RUST_LOG", "warn,ws_proxy=info")
         // Fewer malloc arenas, so freed memory is returned instead of cached per thread.
-        .env("MALLOC_ARENA_MAX", "2")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("MALLOC_ARENA_MAX", "2");
     for up in upstreams {
         cmd.args(["--upstream", &format!("ws://{up}")]);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut listen, mut metrics) = (None, None);
-    within("the proxy to start", async {
-        while listen.is_none() || metrics.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("ws-proxy exited early");
-            for (key, slot) in [("listen=", &mut listen), ("metrics=", &mut metrics)] {
-                if let Some(rest) = line.split(key).nth(1) {
-                    *slot = rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                }
-            }
-        }
-    })
-    .await;
+    let (child, listen, metrics, mut lines) = spawn_proxy(cmd).await;
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     tokio::spawn(async move {
@@ -144,7 +120,7 @@ async fn start_proxy(
             sink.lock().await.push(line);
         }
     });
-    (child, listen.unwrap(), metrics.unwrap(), log)
+    (child, listen, metrics.expect("a metrics address"), log)
 }
 
 /// The proxy's live sessions, from its metrics.

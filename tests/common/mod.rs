@@ -345,11 +345,27 @@ pub async fn reporting_upstream() -> (SocketAddr, Reported) {
 pub async fn start_ws_proxy(
     args: &[&str],
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"))
-        .args(["--listen", "127.0.0.1:0"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"));
+    cmd.args(["--listen", "127.0.0.1:0"])
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    let (child, addr, metrics, mut lines) = spawn_proxy(cmd).await;
+    // Keep draining logs so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, metrics)
+}
+
+/// A proxy's log lines, still to be read.
+pub type Logs = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Spawns `cmd` (the binary, or a shell that limits and then runs it) with its logs piped and
+/// killed on drop, and waits for the line naming its address (and its metrics address, which
+/// is logged first). The caller drains the rest of the logs.
+pub async fn spawn_proxy(
+    mut cmd: tokio::process::Command,
+) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>, Logs) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -363,18 +379,34 @@ pub async fn start_ws_proxy(
                 .await
                 .unwrap()
                 .expect("ws-proxy exited early");
-            if let Some(rest) = line.split("metrics=").nth(1) {
-                metrics = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            }
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            let field = |name: &str| {
+                line.split(name)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            metrics = metrics.or(field("metrics="));
+            if let Some(addr) = field("listen=") {
+                return addr;
             }
         }
     })
     .await;
-    // Keep draining logs so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr, metrics)
+    (child, addr, metrics, lines)
+}
+
+/// Reads the upgrade request on `tcp` and answers `101` with the right accept key, as an
+/// upstream that says nothing after it would; `false` if the peer left first.
+pub async fn answer_upgrade(tcp: &mut TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Some(head) = read_head(tcp).await else {
+        return false;
+    };
+    let res = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+        accept_for(&head)
+    );
+    tcp.write_all(res.as_bytes()).await.is_ok()
 }
 
 /// Reads an HTTP request head byte by byte (so nothing after it is consumed); `None` on EOF.
@@ -430,14 +462,7 @@ pub async fn hung_upstream() -> SocketAddr {
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let Some(head) = read_head(&mut tcp).await else {
-                continue;
-            };
-            let res = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-                accept_for(&head)
-            );
-            if tcp.write_all(res.as_bytes()).await.is_ok() {
+            if answer_upgrade(&mut tcp).await {
                 held.push(tcp);
             }
         }

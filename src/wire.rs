@@ -150,19 +150,26 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     pub(crate) fn write_now(&mut self, cx: &mut Context<'_>, parts: &[&[u8]]) -> io::Result<()> {
         debug_assert!(self.frame.is_none(), "write_now after a flush only");
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Several parts: their slices are made once, and advanced past what each write took.
+        let mut slices: Vec<IoSlice<'_>> = match parts {
+            [_] => Vec::new(),
+            _ => parts.iter().map(|p| IoSlice::new(p)).collect(),
+        };
+        let mut rest = &mut slices[..];
         let mut written = 0;
         while written < total {
-            let polled = if let [one] = parts {
-                Pin::new(&mut self.io).poll_write(cx, &one[written..])
-            } else {
-                let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-                let mut rest = &mut slices[..];
-                IoSlice::advance_slices(&mut rest, written);
-                Pin::new(&mut self.io).poll_write_vectored(cx, rest)
+            let polled = match parts {
+                [one] => Pin::new(&mut self.io).poll_write(cx, &one[written..]),
+                _ => Pin::new(&mut self.io).poll_write_vectored(cx, rest),
             };
             match polled {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    if parts.len() > 1 {
+                        IoSlice::advance_slices(&mut rest, n);
+                    }
+                }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
             }

@@ -747,3 +747,45 @@ async fn large_messages_stream_through_frame_mode() {
         "peak {peak} KiB from {before} KiB"
     );
 }
+
+/// One HTTP/2 connection may have at most 128 streams open (WebSocket sessions included): the
+/// proxy's first SETTINGS frame says so (SETTINGS_MAX_CONCURRENT_STREAMS).
+#[cfg(feature = "http2")]
+#[tokio::test]
+async fn an_http2_connection_is_told_its_stream_limit() {
+    use tokio::io::AsyncReadExt;
+    let up = echo_upstream().await;
+    let (_child, proxy, _) = start_ws_proxy(&["--upstream", &format!("ws://{up}")]).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&[PREFACE, SETTINGS].concat()).await.unwrap();
+    let mut got = Vec::new();
+    let limit = within("the proxy's SETTINGS", async {
+        loop {
+            let mut buf = [0u8; 1024];
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before SETTINGS");
+            got.extend_from_slice(&buf[..n]);
+            // Frames: 3 bytes length, type, flags, 4 bytes stream id, payload.
+            let mut at = 0;
+            while got.len() >= at + 9 {
+                let len = usize::from(got[at]) << 16
+                    | usize::from(got[at + 1]) << 8
+                    | usize::from(got[at + 2]);
+                let (kind, flags) = (got[at + 3], got[at + 4]);
+                if got.len() < at + 9 + len {
+                    break;
+                }
+                if kind == 4 && flags & 1 == 0 {
+                    let payload = &got[at + 9..at + 9 + len];
+                    return payload
+                        .chunks(6)
+                        .find(|p| p[..2] == [0, 3])
+                        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+                }
+                at += 9 + len;
+            }
+        }
+    })
+    .await;
+    assert_eq!(limit, Some(128), "SETTINGS_MAX_CONCURRENT_STREAMS");
+}

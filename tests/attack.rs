@@ -10,17 +10,6 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The proxy's resident memory, in KiB.
-fn rss_kib(child: &tokio::process::Child) -> u64 {
-    let pid = child.id().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A ping frame with a full 125-byte payload; masked when a client sends it.
 fn ping(masked: bool) -> Vec<u8> {
     if masked {
@@ -53,9 +42,9 @@ async fn client_flood_growth(mode: &str) -> (u64, usize) {
         start_ws_proxy(&["--upstream", &format!("ws://{up}"), "--mode", mode]).await;
     let (status, _, mut tcp, _) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
     assert_eq!(status, 101);
-    let before = rss_kib(&child);
+    let before = proc_status_kib(&child, "VmRSS:");
     let sent = flood(&mut tcp, true, 48 << 20).await;
-    let after = rss_kib(&child);
+    let after = proc_status_kib(&child, "VmRSS:");
     println!("client flood, {mode}: {sent} bytes of pings taken, RSS {before} -> {after} KiB");
     (after.saturating_sub(before), sent)
 }
@@ -83,7 +72,7 @@ async fn upstream_flood_growth(mode: &str) -> (u64, usize) {
     let (up, mut done) = flooding_upstream().await;
     let (child, proxy, _) =
         start_ws_proxy(&["--upstream", &format!("ws://{up}"), "--mode", mode]).await;
-    let before = rss_kib(&child);
+    let before = proc_status_kib(&child, "VmRSS:");
     // The client reads nothing either: the flood has only the proxy to fill.
     let (status, _, _tcp, _) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
     assert_eq!(status, 101);
@@ -91,7 +80,7 @@ async fn upstream_flood_growth(mode: &str) -> (u64, usize) {
         .await
         .expect("the flood to end")
         .unwrap();
-    let after = rss_kib(&child);
+    let after = proc_status_kib(&child, "VmRSS:");
     println!("upstream flood, {mode}: {sent} bytes of pings taken, RSS {before} -> {after} KiB");
     (after.saturating_sub(before), sent)
 }
@@ -502,7 +491,7 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
     raise_fd_limit();
     let up = echo_upstream().await;
     let (child, proxy, _) = with_header_timeout(up, "1s").await;
-    let baseline = rss_kib(&child);
+    let baseline = proc_status_kib(&child, "VmRSS:");
     let mut held = Vec::new();
     for _ in 0..5000 {
         match TcpStream::connect(proxy).await {
@@ -513,7 +502,7 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
     // A session proves the accept queue has been drained: every connection is in the proxy.
     let mut ws = connect(proxy, "/").await;
     drop(ws.close(None).await);
-    let peak = rss_kib(&child);
+    let peak = proc_status_kib(&child, "VmRSS:");
     assert!(
         peak > baseline + (4 << 10),
         "the burst took no memory: {baseline} -> {peak} KiB"
@@ -531,7 +520,7 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
     let after = within("memory to go back", async {
         loop {
             // At least half of what the burst took comes back.
-            let now = rss_kib(&child);
+            let now = proc_status_kib(&child, "VmRSS:");
             eprintln!("RSS {baseline} -> {peak} -> {now} KiB");
             if now <= baseline + (peak - baseline) / 2 {
                 return now;
@@ -706,14 +695,6 @@ async fn the_listen_backlog_is_what_was_asked_for() {
     assert_eq!(connected.len(), 9, "connections queued by the kernel");
 }
 
-/// The proxy's peak resident memory so far (VmHWM), in KiB.
-fn peak_rss_kib(child: &tokio::process::Child) -> u64 {
-    let pid = child.id().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Frame mode streams large messages instead of holding them: 40 sessions each sending an
 /// 8 MiB message through it grow the proxy by less than 16 MB at its peak (before: 548 MB,
 /// about 1.6 copies of every message in flight).
@@ -726,7 +707,7 @@ async fn large_messages_stream_through_frame_mode() {
     let mut warm = connect(proxy, "/").await;
     warm.send(Message::text("warm")).await.unwrap();
     next_message(&mut warm).await;
-    let before = rss_kib(&child);
+    let before = proc_status_kib(&child, "VmRSS:");
     let sessions = (0..40u8).map(|i| async move {
         let mut ws = connect(proxy, "/").await;
         let message = vec![i; 8 << 20];
@@ -740,7 +721,7 @@ async fn large_messages_stream_through_frame_mode() {
         drop(ws.close(None).await);
     });
     futures_util::future::join_all(sessions).await;
-    let peak = peak_rss_kib(&child);
+    let peak = proc_status_kib(&child, "VmHWM:");
     println!("40 x 8 MiB through frame mode: RSS {before} KiB, peak {peak} KiB");
     assert!(
         peak < before + (16 << 10),

@@ -82,15 +82,6 @@ impl Killable {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 async fn start_proxy(
     upstreams: &[SocketAddr],
 ) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -201,7 +192,7 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
     let addrs: Vec<SocketAddr> = members.iter().map(|m| m.addr).collect();
     let (mut child, proxy, metrics, log) = start_proxy(&addrs).await;
     let pid = child.id().unwrap();
-    let baseline = rss_kib(pid);
+    let baseline = proc_status_kib(&child, "VmRSS:");
 
     let stop = Arc::new(AtomicBool::new(false));
     let on = Arc::new(Mutex::new(HashMap::new()));
@@ -216,7 +207,7 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
         }
     })
     .await;
-    let peak = rss_kib(pid);
+    let peak = proc_status_kib(&child, "VmRSS:");
     let victim = &members[0];
     let mut opened = SESSIONS;
     let mut long_lived = SESSIONS;
@@ -312,13 +303,13 @@ async fn a_thousand_sessions_survive_an_upstream_dying_twice() {
         }
     })
     .await;
-    let ended = rss_kib(pid);
+    let ended = proc_status_kib(&child, "VmRSS:");
     // ws-proxy hands free memory back once sessions have fallen to half their peak (within
     // a second): wait for that, failing if it never happens.
     let near_baseline = baseline + (peak - baseline) / 4 + 4096;
     let after = within("the proxy's memory to come back", async {
         loop {
-            let now = rss_kib(pid);
+            let now = proc_status_kib(&child, "VmRSS:");
             if now < near_baseline {
                 return now;
             }

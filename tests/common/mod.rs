@@ -355,6 +355,17 @@ pub async fn start_ws_proxy(
     (child, addr, metrics)
 }
 
+/// A `/proc/<pid>/status` figure of `child` in KiB: `VmRSS:` (resident now), `VmHWM:` (peak).
+pub fn proc_status_kib(child: &tokio::process::Child, field: &str) -> u64 {
+    let pid = child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A proxy's log lines, still to be read.
 pub type Logs = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 

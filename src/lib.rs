@@ -269,7 +269,7 @@ pub use registry::ShutdownHandle;
 pub use reload::{ReloadHandle, ReloadableLayer};
 pub use route::{Refusal, RouteRequest};
 #[cfg(feature = "serve")]
-pub use serve::{serve, Serve};
+pub use serve::{serve, AppMarker, IntoApp, MakeAppMarker, Serve};
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub use serve::{ServerTls, TlsInfo};
 pub use service::WsProxy;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -19,16 +18,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::util::BoxCloneService;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
+use self::app::{App, BoxApp};
 use self::streams::Streams;
 use crate::headers;
 
+mod app;
 pub(crate) mod proxy_header;
 mod streams;
 #[cfg(feature = "tls")]
 mod tls;
+pub use self::app::{AppMarker, IntoApp, MakeAppMarker};
 #[cfg(feature = "tls")]
 pub use self::tls::{ServerTls, TlsInfo};
 
@@ -64,8 +65,9 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// # Ok(()) }
 /// ```
 ///
-/// [`serve`] is a drop-in for `axum::serve(listener, app.into_make_service_with_connect_info())`
-/// that differs where a proxy cares:
+/// [`serve`] is a drop-in for `axum::serve(listener, app.into_make_service_with_connect_info())`:
+/// it takes the same make-service, or the app alone (see [`IntoApp`]), and differs where a
+/// proxy cares:
 ///
 /// - **Splicing.** hyper's HTTP/1.1 connection gets the socket itself, so an upgraded
 ///   connection can be taken back as a `TcpStream` and a tunnel moves large payloads with
@@ -92,10 +94,16 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// is not answered within 20 s (so dead peers under long WebSocket streams are found); and it
 /// may have 128 streams open at once. Accept errors (such as running
 /// out of file descriptors) are logged and retried after 50 ms.
-pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
+///
+/// `app` is a `Router` (or any app service), or a make-service as `axum::serve` takes, such as
+/// `app.into_make_service_with_connect_info::<SocketAddr>()`: see [`IntoApp`].
+pub fn serve<A, M>(listener: TcpListener, app: A) -> Serve
+where
+    A: IntoApp<M>,
+{
     Serve {
         listener,
-        app,
+        app: app.into_app(),
         header_timeout: DEFAULT_HEADER_TIMEOUT,
         max_head: DEFAULT_MAX_HEAD,
         grace: DEFAULT_GRACE,
@@ -129,9 +137,9 @@ pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
 /// # }
 /// ```
 #[must_use = "a server does nothing until it is awaited"]
-pub struct Serve<S> {
+pub struct Serve {
     listener: TcpListener,
-    app: S,
+    app: App,
     header_timeout: Duration,
     max_head: usize,
     grace: Duration,
@@ -142,7 +150,7 @@ pub struct Serve<S> {
     shutdown: Option<Signal>,
 }
 
-impl<S> std::fmt::Debug for Serve<S> {
+impl std::fmt::Debug for Serve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serve")
             .field("listener", &self.listener)
@@ -156,7 +164,7 @@ impl<S> std::fmt::Debug for Serve<S> {
     }
 }
 
-impl<S> Serve<S> {
+impl Serve {
     /// Time a client has, from the accept, to send a whole request head (default 10 s; nginx's
     /// `client_header_timeout` is 60 s). Past it the connection is closed without an answer.
     /// On a keep-alive connection the clock restarts when a response is done, so the next
@@ -236,50 +244,24 @@ impl<S> Serve<S> {
     }
 }
 
-impl<S, B> IntoFuture for Serve<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl IntoFuture for Serve {
     /// Completes only after a graceful shutdown; accept errors are retried, not returned.
     type Output = io::Result<()>;
     type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        // One concrete service type from here on; a box per request is noise next to a
-        // connection's cost.
-        let app = BoxCloneService::new(self.app.map_response(|res| res.map(Body::new)));
-        let server = Serve {
-            listener: self.listener,
-            app,
-            header_timeout: self.header_timeout,
-            max_head: self.max_head,
-            grace: self.grace,
-            backlog: self.backlog,
-            proxy_protocol: self.proxy_protocol,
-            #[cfg(feature = "tls")]
-            tls: self.tls,
-            shutdown: self.shutdown,
-        };
         Box::pin(async move {
-            if let Some(backlog) = server.backlog {
+            if let Some(backlog) = self.backlog {
                 // listen(2) again on a listening socket only changes its backlog.
                 let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-                socket2::SockRef::from(&server.listener).listen(backlog)?;
+                socket2::SockRef::from(&self.listener).listen(backlog)?;
             }
-            run(server).await
+            run(self).await
         })
     }
 }
 
-type App = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
-
-async fn run(server: Serve<App>) -> io::Result<()> {
+async fn run(server: Serve) -> io::Result<()> {
     let Serve {
         listener,
         app,
@@ -378,6 +360,7 @@ impl Conn {
                 }
             }
         }
+        let app = app.for_connection(remote).await;
         // The head's deadline counts from the accept (PROXY header and TLS handshake included).
         let left = || header_timeout.saturating_sub(accepted.elapsed());
         #[cfg(feature = "tls")]
@@ -455,7 +438,7 @@ impl Flag {
 /// size checked, then the app.
 #[derive(Clone)]
 struct Handler {
-    app: App,
+    app: BoxApp,
     remote: SocketAddr,
     max_head: usize,
     #[cfg(feature = "tls")]

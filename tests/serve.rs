@@ -79,7 +79,7 @@ async fn serve_lib(app: Router) -> SocketAddr {
 }
 
 /// A one-route app ("ok" at `/`) served by the library's server as `setup` configures it.
-async fn hello(setup: fn(Serve<Router>) -> Serve<Router>) -> SocketAddr {
+async fn hello(setup: fn(Serve) -> Serve) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new().route("/", get(|| async { "ok" }));
@@ -223,4 +223,51 @@ async fn graceful_shutdown_stops_accepting_and_completes() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+/// `serve` takes what `axum::serve` takes: a make-service with connect info. The app sees the
+/// client address (here the PROXY protocol's client, not the peer), and `.await` compiles.
+#[tokio::test]
+async fn a_make_service_with_connect_info_gets_each_connections_client() {
+    use axum::extract::ConnectInfo;
+    let app = Router::new().route(
+        "/",
+        get(|ConnectInfo(client): ConnectInfo<SocketAddr>| async move { client.to_string() }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, make)
+            .proxy_protocol(true)
+            .await
+            .unwrap()
+    });
+    for client in ["203.0.113.7:4242", "198.51.100.9:80"] {
+        let (ip, port) = client.split_once(':').unwrap();
+        let request = format!(
+            "PROXY TCP4 {ip} 127.0.0.1 {port} 80\r\n\
+             GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let answer = until_closed(addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with(&format!("\r\n\r\n{client}")), "{answer}");
+    }
+}
+
+/// `into_make_service()` is served too: one app for every connection.
+#[tokio::test]
+async fn a_make_service_is_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let make = Router::new()
+        .route("/", get(|| async { "made" }))
+        .into_make_service();
+    tokio::spawn(async move { axum_ws_proxy::serve(listener, make).await.unwrap() });
+    let answer = until_closed(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("\r\n\r\nmade"), "{answer}");
 }

@@ -32,7 +32,27 @@ const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 ///
 /// A pool is a shared handle: clones see and change the same members, so keep one to
 /// [`insert`](Self::insert) and [`remove`](Self::remove) members, or hand it a
-/// [`Discover`] stream with [`watch`](Self::watch). Setters configure the pool for every handle.
+/// [`Discover`] stream with [`watch`](Self::watch); those `&self` methods, and
+/// [`update_from`](Self::update_from), change the pool for every handle.
+///
+/// The settings ([`balance`](Self::balance), [`max_fails`](Self::max_fails), ...) are a
+/// builder's and have value semantics: they consume the handle and never change what another
+/// handle sees. On a handle that has clones, a setter returns a new pool with the same members
+/// (and fresh health state) and the new setting; the clones keep the old one:
+///
+/// ```
+/// use axum_ws_proxy::{Balance, UpstreamPool};
+///
+/// let base = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
+/// let round_robin = base.clone().balance(Balance::RoundRobin);
+/// assert!(format!("{base:?}").contains("balance: LeastConn"));
+/// assert!(format!("{round_robin:?}").contains("balance: RoundRobin"));
+///
+/// // Two pools from here on: a member inserted into one is not in the other.
+/// round_robin.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::Member>()?);
+/// assert_eq!(base.members().len(), 2);
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 ///
 /// Members are URLs; a member whose host is a name is resolved when first needed and again
 /// every [`resolve_every`](Self::resolve_every), and every address it resolves to is balanced
@@ -218,9 +238,38 @@ impl UpstreamPool {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A setter's change, on this handle alone: shared with clones, the state is copied first.
     fn set(self, f: impl FnOnce(&mut State)) -> Self {
-        f(&mut self.lock());
-        self
+        let pool = if Arc::strong_count(&self.shared) == 1 {
+            self
+        } else {
+            self.fork()
+        };
+        f(&mut pool.lock());
+        pool
+    }
+
+    /// A new pool with this one's members and settings; endpoints are found and their health
+    /// counted afresh.
+    fn fork(&self) -> Self {
+        let st = self.lock();
+        Self {
+            shared: Arc::new(Mutex::new(State {
+                balance: st.balance.clone(),
+                max_tries: st.max_tries,
+                max_fails: st.max_fails,
+                fail_timeout: st.fail_timeout,
+                resolve_every: st.resolve_every,
+                resolver: st.resolver.clone(),
+                members: st
+                    .members
+                    .iter()
+                    .map(|s| Slot::new(s.member.clone()))
+                    .collect(),
+                max_sessions: st.max_sessions,
+                cursor: 0,
+            })),
+        }
     }
 
     /// The balancing strategy. Default: [`Balance::LeastConn`].

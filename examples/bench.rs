@@ -2,7 +2,7 @@
 //! connection and, when installed, nginx, HAProxy and Caddy — all in one run.
 //!
 //! ```text
-//! cargo build --release --bin ws-proxy
+//! cargo build --release --features cli --bin ws-proxy
 //! cargo run --release --example bench            # full run (a few minutes)
 //! cargo run --release --example bench -- --quick # smaller counts, for iterating (its RSS per
 //!                                                  # idle session reads high: 2000 sessions
@@ -735,7 +735,7 @@ fn ws_proxy_bin() -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!(
-            "{} not built: run `cargo build --release --bin ws-proxy`",
+            "{} not built: run `cargo build --release --features cli --bin ws-proxy`",
             bin.display()
         ))
     }

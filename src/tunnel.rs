@@ -223,21 +223,47 @@ struct Pipe {
     pos: usize,
     /// A frame of the proxy's own for `to`, written at the next frame boundary.
     inject: Option<Vec<u8>>,
-    /// After the injected frame: stop forwarding, read `from` only to see its close answer.
-    discard_after_inject: bool,
-    discard: bool,
+    flow: Flow,
+    input: Input,
     /// A close frame has crossed (either way): an EOF now ends the handshake, so it is passed
     /// on. Before that, an EOF means the peer vanished, and the run loop decides.
     handshake_started: bool,
-    eof: bool,
-    shut: bool,
     /// Payload bytes on their way through the kernel (see `splice`); they go out before
     /// anything else.
     spliced: Option<SplicePipe>,
-    /// No pipe could be made: stay on the buffered path.
-    no_splice: bool,
-    /// Frames have been large: read only up to the next header, so the payload can be spliced.
-    header_reads: bool,
+    splicing: Splicing,
+}
+
+/// Whether `from`'s bytes still go to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Forward,
+    /// The queued frame is the proxy's close: forward until it has gone, then discard.
+    DiscardAfterInject,
+    /// Read `from` only to see its close answer; nothing more goes to `to`.
+    Discard,
+}
+
+/// How far `from` has been read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    Open,
+    /// `from` sent EOF (or is dead).
+    Eof,
+    /// ... and the EOF was passed on: `to`'s write side is shut down.
+    Shut,
+}
+
+/// Whether payloads may be spliced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Splicing {
+    /// Large payloads are spliced when both legs are plain sockets; reads fill the scratch buffer.
+    Ready,
+    /// Frames have been large: read only up to the next header, so a large payload is left in
+    /// the socket to be spliced.
+    HeaderReads,
+    /// No pipe could be made: buffered from now on.
+    Unavailable,
 }
 
 /// What stopped a pipe.
@@ -249,12 +275,24 @@ enum PipeEnd {
     Lost(Side),
 }
 
-enum Step {
-    Pending,
-    Eof,
-    Lost(Side),
-    Moved(usize),
+/// What a pipe does next, decided in one place ([`Pipe::next`]), in this order of priority.
+#[derive(Debug)]
+enum Next {
+    /// Bytes in the kernel pipe go out before anything else...
+    FlushSpliced,
+    /// ...then bytes the destination has not taken...
+    WriteHeld,
+    /// ...then the proxy's own frame, between frames (or anywhere once `from` is done).
+    Inject,
+    /// `from` is done: pass its EOF on if the close handshake allows, and stop.
+    Finish,
+    /// Inside a large data frame's payload between two plain sockets: this many bytes left.
+    Splice(usize),
+    Read,
 }
+
+/// One state's work: `Ok(n)` moved `n` bytes from `from` (go on), `Err` stopped the pipe.
+type Stepped = Poll<Result<usize, PipeEnd>>;
 
 impl Pipe {
     fn new(from: Side, to: Side) -> Self {
@@ -265,14 +303,11 @@ impl Pipe {
             held: Vec::new(),
             pos: 0,
             inject: None,
-            discard_after_inject: false,
-            discard: false,
+            flow: Flow::Forward,
+            input: Input::Open,
             handshake_started: false,
-            eof: false,
-            shut: false,
             spliced: None,
-            no_splice: false,
-            header_reads: false,
+            splicing: Splicing::Ready,
         }
     }
 
@@ -287,9 +322,45 @@ impl Pipe {
     /// Queues `frame` for `to` at the next boundary; `then_discard` stops forwarding after it.
     fn queue(&mut self, frame: Vec<u8>, then_discard: bool) {
         self.inject = Some(frame);
-        self.discard_after_inject |= then_discard;
+        if then_discard && self.flow == Flow::Forward {
+            self.flow = Flow::DiscardAfterInject;
+        }
     }
 
+    /// Nothing more goes to `to`, spliced bytes included.
+    fn discard(&mut self) {
+        self.flow = Flow::Discard;
+        self.spliced = None;
+    }
+
+    fn next(&self, plain_sockets: bool) -> Next {
+        if self.spliced.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Next::FlushSpliced;
+        }
+        if self.pos < self.held.len() {
+            return Next::WriteHeld;
+        }
+        let from_done = self.input != Input::Open;
+        let discarding = self.flow == Flow::Discard;
+        if self.inject.is_some() && (self.frames.at_boundary() || from_done || discarding) {
+            return Next::Inject;
+        }
+        if from_done {
+            return Next::Finish;
+        }
+        let unread = self.frames.unread_payload();
+        if unread >= SPLICE_MIN
+            && !discarding
+            && self.splicing != Splicing::Unavailable
+            && plain_sockets
+        {
+            return Next::Splice(usize::try_from(unread).unwrap_or(usize::MAX));
+        }
+        Next::Read
+    }
+
+    /// Moves bytes until `from` has none, `to` takes no more, the budget is spent, or the
+    /// pipe stops: each pass asks [`next`](Self::next) what to do and does that one thing.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -300,137 +371,185 @@ impl Pipe {
     ) -> Poll<PipeEnd> {
         let mut moved = 0;
         loop {
-            if let Some(pipe) = self.spliced.as_mut() {
-                if self.discard {
-                    // Nothing more goes to `to`, spliced bytes included.
-                    self.spliced = None;
-                } else if !pipe.is_empty() {
-                    let Some(to) = dst.socket() else {
-                        return Poll::Ready(PipeEnd::Lost(self.to));
-                    };
-                    match pipe.poll_flush(cx, to) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(_)) => return Poll::Ready(PipeEnd::Lost(self.to)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            }
-            if self.pos < self.held.len() {
-                match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(PipeEnd::Lost(self.to))
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.pos += n;
-                        if self.pos == self.held.len() {
-                            // Give the buffer back: an idle tunnel holds none.
-                            self.held = Vec::new();
-                            self.pos = 0;
-                        }
-                        continue;
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            // The proxy's own frames go between frames (or anywhere once `from` is gone).
-            if self.frames.at_boundary() || self.eof || self.discard {
-                if let Some(frame) = self.inject.take() {
-                    self.held = frame;
-                    self.discard |= self.discard_after_inject;
-                    continue;
-                }
-            }
-            if self.eof {
-                let pass_on = self.handshake_started || self.frames.closed.is_some();
-                if pass_on && !self.shut && !self.discard {
-                    if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    self.shut = true;
-                }
-                return Poll::Ready(PipeEnd::Finished);
-            }
-            if moved >= BUDGET {
+            let next = self.next(src.socket().is_some() && dst.socket().is_some());
+            if matches!(next, Next::Splice(_) | Next::Read) && moved >= BUDGET {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // Inside a large data frame's payload, between two plain sockets: splice it.
-            let unread = self.frames.unread_payload();
-            if unread >= SPLICE_MIN && !self.discard && !self.no_splice {
-                if let (Some(from), Some(to)) = (src.socket(), dst.socket()) {
-                    let len = usize::try_from(unread).unwrap_or(usize::MAX);
-                    match splice::step(cx, from, to, len, &mut self.spliced) {
-                        Spliced::Pending => return Poll::Pending,
-                        Spliced::Eof => self.eof = true,
-                        Spliced::SourceLost => return Poll::Ready(PipeEnd::Lost(self.from)),
-                        Spliced::DestinationLost => return Poll::Ready(PipeEnd::Lost(self.to)),
-                        Spliced::Moved(n) => {
-                            let now = Instant::now();
-                            keepalive.heard(self.from, now);
-                            if self.frames.skip(n as u64, traffic) > 0 {
-                                keepalive.data(now);
-                            }
-                            metrics::spliced(n);
-                            self.header_reads = true;
-                            moved += n;
-                        }
-                        Spliced::Unavailable => self.no_splice = true,
-                    }
-                    continue;
-                }
-            }
-            let step = SCRATCH_BUF.with(|cell| {
-                let mut scratch = cell.borrow_mut();
-                // After a spliced frame, read just a header's worth: if the next frame is
-                // large too, its payload is left in the socket to be spliced.
-                let want = if self.header_reads { 14 } else { SCRATCH };
-                let mut buf = ReadBuf::new(&mut scratch[..want]);
-                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
-                    Poll::Pending => Step::Pending,
-                    Poll::Ready(Err(_)) => Step::Lost(self.from),
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Eof,
-                    Poll::Ready(Ok(())) => {
-                        let data = buf.filled();
-                        let now = Instant::now();
-                        keepalive.heard(self.from, now);
-                        if self.frames.feed(data, traffic) > 0 {
-                            keepalive.data(now);
-                        }
-                        if self.frames.unread_payload() < SPLICE_MIN {
-                            self.header_reads = false;
-                            if self.spliced.as_ref().is_some_and(SplicePipe::is_empty) {
-                                // Frames are small again: give the pipe's descriptors back.
-                                self.spliced = None;
-                            }
-                        }
-                        if self.discard {
-                            return Step::Moved(data.len());
-                        }
-                        let mut written = 0;
-                        while written < data.len() {
-                            match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
-                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                                    return Step::Lost(self.to)
-                                }
-                                Poll::Ready(Ok(n)) => written += n,
-                                Poll::Pending => break,
-                            }
-                        }
-                        if written < data.len() {
-                            // Only now does the session hold bytes of its own.
-                            self.held.extend_from_slice(&data[written..]);
-                        }
-                        Step::Moved(data.len())
-                    }
-                }
-            });
-            match step {
-                Step::Pending => return Poll::Pending,
-                Step::Eof => self.eof = true,
-                Step::Lost(side) => return Poll::Ready(PipeEnd::Lost(side)),
-                Step::Moved(n) => moved += n,
+            let stepped = match next {
+                Next::FlushSpliced => self.flush_spliced(cx, dst),
+                Next::WriteHeld => self.write_held(cx, dst),
+                Next::Inject => self.take_inject(),
+                Next::Finish => self.finish(cx, dst),
+                Next::Splice(len) => self.splice(cx, src, dst, len, traffic, keepalive),
+                Next::Read => self.read(cx, src, dst, traffic, keepalive),
+            };
+            match stepped {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(end)) => return Poll::Ready(end),
+                Poll::Ready(Ok(n)) => moved += n,
             }
         }
+    }
+
+    fn flush_spliced(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+        let (Some(pipe), Some(to)) = (self.spliced.as_mut(), dst.socket()) else {
+            return Poll::Ready(Err(PipeEnd::Lost(self.to)));
+        };
+        match pipe.poll_flush(cx, to) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(PipeEnd::Lost(self.to))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn write_held(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+        match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(PipeEnd::Lost(self.to))),
+            Poll::Ready(Ok(n)) => {
+                self.pos += n;
+                if self.pos == self.held.len() {
+                    // Give the buffer back: an idle tunnel holds none.
+                    self.held = Vec::new();
+                    self.pos = 0;
+                }
+                Poll::Ready(Ok(0))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn take_inject(&mut self) -> Stepped {
+        self.held = self.inject.take().unwrap_or_default();
+        if self.flow == Flow::DiscardAfterInject {
+            self.discard();
+        }
+        Poll::Ready(Ok(0))
+    }
+
+    fn finish(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+        let pass_on = self.handshake_started || self.frames.closed.is_some();
+        if pass_on && self.input == Input::Eof && self.flow != Flow::Discard {
+            if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.input = Input::Shut;
+        }
+        Poll::Ready(Err(PipeEnd::Finished))
+    }
+
+    fn splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TunnelIo,
+        dst: &mut TunnelIo,
+        len: usize,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Stepped {
+        let (Some(from), Some(to)) = (src.socket(), dst.socket()) else {
+            return Poll::Ready(Ok(0)); // `next` saw both; never here.
+        };
+        match splice::step(cx, from, to, len, &mut self.spliced) {
+            Spliced::Pending => Poll::Pending,
+            Spliced::Eof => {
+                self.input = Input::Eof;
+                Poll::Ready(Ok(0))
+            }
+            Spliced::SourceLost => Poll::Ready(Err(PipeEnd::Lost(self.from))),
+            Spliced::DestinationLost => Poll::Ready(Err(PipeEnd::Lost(self.to))),
+            Spliced::Moved(n) => {
+                let now = Instant::now();
+                keepalive.heard(self.from, now);
+                if self.frames.skip(n as u64, traffic) > 0 {
+                    keepalive.data(now);
+                }
+                metrics::spliced(n);
+                self.splicing = Splicing::HeaderReads;
+                Poll::Ready(Ok(n))
+            }
+            Spliced::Unavailable => {
+                self.splicing = Splicing::Unavailable;
+                Poll::Ready(Ok(0))
+            }
+        }
+    }
+
+    /// Reads what `from` has into the per-thread scratch buffer and writes it straight on;
+    /// only what `to` does not take is copied into `held`.
+    fn read(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TunnelIo,
+        dst: &mut TunnelIo,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Stepped {
+        SCRATCH_BUF.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            // After a spliced frame, read just a header's worth: if the next frame is large
+            // too, its payload is left in the socket to be spliced.
+            let want = match self.splicing {
+                Splicing::HeaderReads => 14,
+                Splicing::Ready | Splicing::Unavailable => SCRATCH,
+            };
+            let mut buf = ReadBuf::new(&mut scratch[..want]);
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(PipeEnd::Lost(self.from))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    self.input = Input::Eof;
+                    return Poll::Ready(Ok(0));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = buf.filled();
+            self.track(data, traffic, keepalive);
+            if self.flow != Flow::Discard {
+                self.forward(cx, dst, data)?;
+            }
+            Poll::Ready(Ok(data.len()))
+        })
+    }
+
+    /// Follows the frames in `data` as they pass.
+    fn track(&mut self, data: &[u8], traffic: &mut Traffic, keepalive: &mut Keepalive) {
+        let now = Instant::now();
+        keepalive.heard(self.from, now);
+        if self.frames.feed(data, traffic) > 0 {
+            keepalive.data(now);
+        }
+        if self.frames.unread_payload() < SPLICE_MIN {
+            if self.splicing == Splicing::HeaderReads {
+                self.splicing = Splicing::Ready;
+            }
+            if self.spliced.as_ref().is_some_and(SplicePipe::is_empty) {
+                // Frames are small again: give the pipe's descriptors back.
+                self.spliced = None;
+            }
+        }
+    }
+
+    /// Writes `data` to `to` as far as it takes it; holds the rest.
+    fn forward(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut TunnelIo,
+        data: &[u8],
+    ) -> Result<(), PipeEnd> {
+        let mut written = 0;
+        while written < data.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(PipeEnd::Lost(self.to)),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Pending => break,
+            }
+        }
+        if written < data.len() {
+            // Only now does the session hold bytes of its own.
+            self.held.extend_from_slice(&data[written..]);
+        }
+        Ok(())
     }
 }
 
@@ -438,9 +557,9 @@ impl Pipe {
 fn prepare_close(to_leg: &mut Pipe, from_leg: &mut Pipe, side: Side, code: u16, close: &Outcome) {
     if close.dead == Some(side) {
         // Nothing more goes to a dead leg, and nothing more comes from it.
-        from_leg.eof = true;
-        from_leg.discard = true;
-        to_leg.discard = true;
+        from_leg.input = Input::Eof;
+        from_leg.discard();
+        to_leg.discard();
         return;
     }
     // Sent between frames; the other leg's bytes are no longer forwarded after it.

@@ -116,7 +116,7 @@ async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLaye
 }
 
 /// The suite's `wstest`, installed on first use with pip into `target/tmp/autobahn` (once per
-/// test run, whichever test gets there first), and the `PYTHONPATH` it runs with. `None`
+/// test run, whichever test gets there first), and the Python to run it with. `None`
 /// (after saying why) only where the suite cannot run and `AUTOBAHN_SKIP=1` says that is
 /// known; in CI, or without it, a missing requirement fails the test.
 async fn suite() -> Option<Suite> {
@@ -136,9 +136,17 @@ async fn suite() -> Option<Suite> {
 
 #[derive(Clone)]
 struct Suite {
-    wstest: PathBuf,
-    python_path: PathBuf,
+    python: PathBuf,
+    /// Where pip put the suite. Added with `site.addsitedir`, not `PYTHONPATH`: only a site
+    /// directory's `.pth` files are read, and `zope.interface` (Twisted's) is a namespace
+    /// package that exists only through one.
+    site_packages: PathBuf,
 }
+
+/// `wstest`'s own entry point, run by the Python that installed it, with the suite's site
+/// directory (the first argument) added first.
+const WSTEST: &str = "import site, sys; site.addsitedir(sys.argv.pop(1)); \
+                      from autobahntestsuite.wstest import run; sys.exit(run())";
 
 /// The Autobahn|Testsuite version, the last one (it is Python 2 software).
 const AUTOBAHN: &str = "autobahntestsuite==0.8.2";
@@ -154,8 +162,8 @@ async fn install() -> Result<Suite, String> {
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
     let suite = Suite {
-        wstest: home.join("bin/wstest"),
-        python_path: home.join(format!("lib/python{version}/site-packages")),
+        python: python.clone(),
+        site_packages: home.join(format!("lib/python{version}/site-packages")),
     };
     let done = home.join("installed");
     if std::fs::read_to_string(&done).ok().as_deref() == Some(AUTOBAHN) {
@@ -200,10 +208,11 @@ async fn run_suite(suite: &Suite, proxy: std::net::SocketAddr, agent: &str) {
         "exclude-agent-cases": {},
     });
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-    let run = tokio::process::Command::new(&suite.wstest)
+    let run = tokio::process::Command::new(&suite.python)
+        .args(["-c", WSTEST])
+        .arg(&suite.site_packages)
         .args(["-m", "fuzzingclient", "-s", "spec.json"])
         .current_dir(&dir)
-        .env("PYTHONPATH", &suite.python_path)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(std::time::Duration::from_secs(900), run)

@@ -37,6 +37,21 @@ use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 /// Messages a direction forwards in one go before letting the other direction run.
 const BUDGET: usize = 64;
 
+/// One part of a direction's work: `Ready(Ok(()))` go on, `Ready(Err(_))` the direction
+/// ended, `Pending` wait (the part registered for a wake-up).
+type Step = Poll<Result<(), Ended>>;
+
+/// Does one part of [`Direction::poll`]; returns unless it says go on.
+macro_rules! step {
+    ($part:expr) => {
+        match $part {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(end)) => return Poll::Ready(end),
+            Poll::Pending => return Poll::Pending,
+        }
+    };
+}
+
 /// The message hooks of one session, and the state they share.
 pub(crate) struct SessionHooks<'a> {
     pub(crate) session: Arc<SessionInfo>,
@@ -156,6 +171,9 @@ impl Direction {
         None
     }
 
+    /// Moves messages from `src` to `dst` until `src` has none, `dst` takes no more, the
+    /// budget is spent, or the direction ends: a verdict awaited, the message it let through
+    /// sent, then one more read, in turn.
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
@@ -172,128 +190,159 @@ impl Direction {
         // The proxy's own ping to the destination leg, in line with its messages.
         match crate::keepalive::queue_ping(cx, dst, keepalive, self.to) {
             Ok(queued) => self.unflushed |= queued,
-            Err(error) => return self.write_failed(error),
+            Err(error) => return Poll::Ready(self.write_failed(error)),
         }
         let mut budget = BUDGET;
         loop {
-            if let Some((fut, _)) = self.awaiting.as_mut() {
-                let Poll::Ready(verdict) = fut.as_mut().poll(cx) else {
-                    // Flush what was fed meanwhile; read nothing more until the verdict.
-                    if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
-                        return Poll::Ready(end);
-                    }
-                    return Poll::Pending;
-                };
-                let (_, original) = self.awaiting.take().expect("awaiting was just polled");
-                if let Some(end) = self.apply(verdict, original) {
-                    return Poll::Ready(end);
-                }
-            }
-            if let Some(msg) = self.pending.take() {
-                // A large message is written from its own bytes (see `wire`), after whatever
-                // tungstenite holds; a small one joins tungstenite's batch.
-                let direct = msg.len() >= DIRECT_MIN;
-                let ready = if direct {
-                    Pin::new(&mut *dst).poll_flush(cx)
-                } else {
-                    Pin::new(&mut *dst).poll_ready(cx)
-                };
-                match ready {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(error)) => return self.write_failed(error),
-                    Poll::Pending => {
-                        // Backpressure: keep the message, read nothing more from `src`.
-                        self.pending = Some(msg);
-                        return Poll::Pending;
-                    }
-                }
-                let len = msg.len() as u64;
-                let msg = if direct {
-                    dst.get_mut()
-                        .send_frame(msg, self.to == Side::Upstream)
-                        .err()
-                } else {
-                    Some(msg)
-                };
-                if let Some(msg) = msg {
-                    if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
-                        return self.write_failed(error);
-                    }
-                }
-                self.unflushed = true;
-                traffic.add(len);
-                keepalive.data(self.read_at);
-            }
+            step!(self.poll_verdict(cx, dst));
+            step!(self.send_pending(cx, dst, traffic, keepalive));
             if budget == 0 {
                 // Let the other direction (and other tasks) run; come back right away.
-                if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
-                    return Poll::Ready(end);
-                }
                 cx.waker().wake_by_ref();
-                return Poll::Pending;
+                step!(self.idle(cx, dst));
             }
             budget -= 1;
-            match Pin::new(&mut *src).poll_next(cx) {
-                Poll::Ready(Some(Ok(msg))) => {
-                    // Anything from a leg, pongs included, shows it is alive.
-                    self.read_at = Instant::now();
-                    keepalive.heard(self.from, self.read_at);
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if let Some(end) = self.hook(msg, hooks.as_deref_mut()) {
-                                return Poll::Ready(end);
-                            }
-                        }
-                        // Per hop: tungstenite has queued the pong on `src` already. A peer
-                        // that pings and never reads must not make the proxy queue pongs
-                        // without end: once `src` cannot take its pong, stop reading it until
-                        // it can (the kernel's buffers and TCP hold the rest of the flood).
-                        Message::Ping(_) => match Pin::new(&mut *src).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => {}
-                            Poll::Ready(Err(error)) => {
-                                return Poll::Ready(Ended::WriteFailed {
-                                    side: self.from,
-                                    error,
-                                })
-                            }
-                            Poll::Pending => {
-                                if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
-                                    return Poll::Ready(end);
-                                }
-                                return Poll::Pending;
-                            }
-                        },
-                        Message::Pong(_) | Message::Frame(_) => {}
-                        Message::Close(frame) => {
-                            return Poll::Ready(Ended::Closed {
-                                by: self.from,
-                                frame,
-                            })
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    return Poll::Ready(Ended::ReadFailed {
-                        side: self.from,
-                        error,
-                    })
-                }
-                // The stream reports its end only after a close or an error was returned.
-                Poll::Ready(None) => {
-                    return Poll::Ready(Ended::ReadFailed {
-                        side: self.from,
-                        error: WsError::ConnectionClosed,
-                    })
-                }
-                Poll::Pending => {
-                    // The source has nothing more for now: push out what was fed.
-                    if let Poll::Ready(Some(end)) = self.flush(cx, dst) {
-                        return Poll::Ready(end);
-                    }
-                    return Poll::Pending;
-                }
+            step!(self.read_one(cx, src, dst, keepalive, hooks.as_deref_mut()));
+        }
+    }
+
+    /// An asynchronous hook's verdict, if one is awaited; nothing more is read from `src`
+    /// until it is in.
+    fn poll_verdict<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<D>) -> Step
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some((fut, _)) = self.awaiting.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let Poll::Ready(verdict) = fut.as_mut().poll(cx) else {
+            // Flush what was fed meanwhile.
+            return self.idle(cx, dst);
+        };
+        match self.awaiting.take() {
+            Some((_, original)) => match self.apply(verdict, original) {
+                Some(end) => Poll::Ready(Err(end)),
+                None => Poll::Ready(Ok(())),
+            },
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Sends the message that is through (read, and let pass by its hook), if any.
+    fn send_pending<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut WebSocketStream<Wire<D>>,
+        traffic: &mut Traffic,
+        keepalive: &mut Keepalive,
+    ) -> Step
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(msg) = self.pending.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        // A large message is written from its own bytes (see `wire`), after whatever
+        // tungstenite holds; a small one joins tungstenite's batch.
+        let direct = msg.len() >= DIRECT_MIN;
+        let ready = if direct {
+            Pin::new(&mut *dst).poll_flush(cx)
+        } else {
+            Pin::new(&mut *dst).poll_ready(cx)
+        };
+        match ready {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(self.write_failed(error))),
+            Poll::Pending => {
+                // Backpressure: keep the message, read nothing more from `src`.
+                self.pending = Some(msg);
+                return Poll::Pending;
             }
         }
+        let len = msg.len() as u64;
+        let msg = if direct {
+            dst.get_mut()
+                .send_frame(msg, self.to == Side::Upstream)
+                .err()
+        } else {
+            Some(msg)
+        };
+        if let Some(msg) = msg {
+            if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
+                return Poll::Ready(Err(self.write_failed(error)));
+            }
+        }
+        self.unflushed = true;
+        traffic.add(len);
+        keepalive.data(self.read_at);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads one message from `src` and acts on it.
+    fn read_one<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut WebSocketStream<Wire<S>>,
+        dst: &mut WebSocketStream<Wire<D>>,
+        keepalive: &mut Keepalive,
+        hooks: Option<&mut SessionHooks<'_>>,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        let msg = match Pin::new(&mut *src).poll_next(cx) {
+            Poll::Ready(Some(Ok(msg))) => msg,
+            Poll::Ready(Some(Err(error))) => return self.read_failed(error),
+            // The stream reports its end only after a close or an error was returned.
+            Poll::Ready(None) => return self.read_failed(WsError::ConnectionClosed),
+            // The source has nothing more for now: push out what was fed.
+            Poll::Pending => return self.idle(cx, dst),
+        };
+        // Anything from a leg, pongs included, shows it is alive.
+        self.read_at = Instant::now();
+        keepalive.heard(self.from, self.read_at);
+        match msg {
+            Message::Text(_) | Message::Binary(_) => match self.hook(msg, hooks) {
+                Some(end) => Poll::Ready(Err(end)),
+                None => Poll::Ready(Ok(())),
+            },
+            // Per hop: tungstenite has queued the pong on `src` already. A peer that pings and
+            // never reads must not make the proxy queue pongs without end: once `src` cannot
+            // take its pong, stop reading it until it can (the kernel's buffers and TCP hold
+            // the rest of the flood).
+            Message::Ping(_) => match Pin::new(&mut *src).poll_flush(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(Ended::WriteFailed {
+                    side: self.from,
+                    error,
+                })),
+                Poll::Pending => self.idle(cx, dst),
+            },
+            Message::Pong(_) | Message::Frame(_) => Poll::Ready(Ok(())),
+            Message::Close(frame) => Poll::Ready(Err(Ended::Closed {
+                by: self.from,
+                frame,
+            })),
+        }
+    }
+
+    /// Nothing more to do now: flush what was fed and wait (unless the flush failed).
+    fn idle<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<D>) -> Step
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self.flush(cx, dst) {
+            Poll::Ready(Some(end)) => Poll::Ready(Err(end)),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn read_failed(&self, error: WsError) -> Step {
+        Poll::Ready(Err(Ended::ReadFailed {
+            side: self.from,
+            error,
+        }))
     }
 
     /// Flushes `dst` if anything was fed; `Ready(Some(_))` only when the write failed.
@@ -321,10 +370,10 @@ impl Direction {
         }
     }
 
-    fn write_failed(&self, error: WsError) -> Poll<Ended> {
-        Poll::Ready(Ended::WriteFailed {
+    fn write_failed(&self, error: WsError) -> Ended {
+        Ended::WriteFailed {
             side: self.to,
             error,
-        })
+        }
     }
 }

@@ -85,47 +85,10 @@ pub(crate) fn spawn(
     permit: Permit,
     info: RequestInfo,
 ) {
-    let span = tracing::info_span!(
-        "ws_session",
-        id = info.id,
-        client = info.client.map(tracing::field::display),
-        upstream = %lease.endpoint().member.upstream(),
-        upstream_addr = %lease.endpoint().addr,
-        path = %info.log_path,
-        protocol = info.http,
-        tls = info.tls,
-        subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
-        duration_ms = Empty,
-        messages_to_upstream = Empty,
-        bytes_to_upstream = Empty,
-        messages_to_client = Empty,
-        bytes_to_client = Empty,
-        closed_by = Empty,
-        client_close_code = Empty,
-        upstream_close_code = Empty,
-        close_reason = Empty,
-        undeliverable = Empty,
-    );
+    let span = span(&info, &lease);
     // The label is built again at the end rather than kept: idle sessions carry no string.
     metrics::session_opened(lease.endpoint().addr, info.http, info.tls);
-    // Built only when a hook will read it.
-    let hooked = config.hooks.any().then(|| {
-        Arc::new(crate::SessionInfo {
-            id: info.id,
-            client: info.client,
-            path: info.path.clone(),
-            upstream: lease.endpoint().member.upstream().clone(),
-            upstream_addr: lease.endpoint().addr,
-            subprotocol: info
-                .protocol
-                .as_ref()
-                .and_then(|p| p.to_str().ok())
-                .map(str::to_owned),
-            mode: config.mode,
-            request_headers: info.headers.clone().unwrap_or_default(),
-            request_extensions: info.extensions.clone().unwrap_or_default(),
-        })
-    });
+    let hooked = session_info(&config, &info, &lease);
     let held = info.held;
     tokio::spawn(
         async move {
@@ -160,19 +123,13 @@ pub(crate) fn spawn(
                 report.upstream_code,
             );
             if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
-                hook(&crate::SessionSummary {
-                    session: (*session).clone(),
+                hook(&summary(
+                    &session,
+                    &report,
                     duration,
-                    messages_to_upstream: to_upstream.messages,
-                    bytes_to_upstream: to_upstream.bytes,
-                    messages_to_client: to_client.messages,
-                    bytes_to_client: to_client.bytes,
-                    closed_by: report.closed_by,
-                    client_close_code: report.client_code,
-                    upstream_close_code: report.upstream_code,
-                    close_reason: report.reason.clone(),
-                    undeliverable: report.undeliverable,
-                });
+                    &to_upstream,
+                    &to_client,
+                ));
             }
             // The member's and the layer's live counts drop when the session has ended.
             drop(lease);
@@ -180,6 +137,79 @@ pub(crate) fn spawn(
         }
         .instrument(span),
     );
+}
+
+/// The session's span: what it is, now; how it went, filled in when it ends.
+fn span(info: &RequestInfo, lease: &Lease) -> tracing::Span {
+    tracing::info_span!(
+        "ws_session",
+        id = info.id,
+        client = info.client.map(tracing::field::display),
+        upstream = %lease.endpoint().member.upstream(),
+        upstream_addr = %lease.endpoint().addr,
+        path = %info.log_path,
+        protocol = info.http,
+        tls = info.tls,
+        subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
+        duration_ms = Empty,
+        messages_to_upstream = Empty,
+        bytes_to_upstream = Empty,
+        messages_to_client = Empty,
+        bytes_to_client = Empty,
+        closed_by = Empty,
+        client_close_code = Empty,
+        upstream_close_code = Empty,
+        close_reason = Empty,
+        undeliverable = Empty,
+    )
+}
+
+/// What hooks see of the session; built only when a hook will read it.
+fn session_info(
+    config: &Config,
+    info: &RequestInfo,
+    lease: &Lease,
+) -> Option<Arc<crate::SessionInfo>> {
+    config.hooks.any().then(|| {
+        Arc::new(crate::SessionInfo {
+            id: info.id,
+            client: info.client,
+            path: info.path.clone(),
+            upstream: lease.endpoint().member.upstream().clone(),
+            upstream_addr: lease.endpoint().addr,
+            subprotocol: info
+                .protocol
+                .as_ref()
+                .and_then(|p| p.to_str().ok())
+                .map(str::to_owned),
+            mode: config.mode,
+            request_headers: info.headers.clone().unwrap_or_default(),
+            request_extensions: info.extensions.clone().unwrap_or_default(),
+        })
+    })
+}
+
+/// What `on_close` gets.
+fn summary(
+    session: &crate::SessionInfo,
+    report: &close::Report,
+    duration: std::time::Duration,
+    to_upstream: &Traffic,
+    to_client: &Traffic,
+) -> crate::SessionSummary {
+    crate::SessionSummary {
+        session: session.clone(),
+        duration,
+        messages_to_upstream: to_upstream.messages,
+        bytes_to_upstream: to_upstream.bytes,
+        messages_to_client: to_client.messages,
+        bytes_to_client: to_client.bytes,
+        closed_by: report.closed_by,
+        client_close_code: report.client_code,
+        upstream_close_code: report.upstream_code,
+        close_reason: report.reason.clone(),
+        undeliverable: report.undeliverable,
+    }
 }
 
 /// The session's message hooks, if any are set.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::ReloadHandle;
+use axum_ws_proxy::{ReloadHandle, ReloadableLayer};
 
 mod config_file;
 mod log;
@@ -96,37 +96,8 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     if let Some(addr) = plan.settings.metrics_listen {
         serve_metrics(addr, status.clone()).await?;
     }
-    let health = draining.clone();
-    let access = log::AccessLog::new(reload.clone());
-    let app = Router::new()
-        .route(
-            "/healthz",
-            get(move || async move {
-                if health.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                } else {
-                    (StatusCode::OK, "ok")
-                }
-            }),
-        )
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        // Inside the proxy layer: only plain HTTP requests reach it.
-        .layer(axum::middleware::from_fn(move |req, next| {
-            access.clone().log(req, next)
-        }))
-        .layer(layer);
-
-    let listen = plan
-        .settings
-        .listen
-        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let backlog = plan.settings.listen_backlog.map_or(1024, |n| n.get());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let app = app(layer, draining.clone(), log::AccessLog::new(reload.clone()));
+    let (listener, local) = bind(&plan).await?;
     // Before the first log line says we are up: from then on SIGHUP must never end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
@@ -137,6 +108,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     };
     tracing::info!(listen = %local, scheme, upstream = %plan.default_pool, "ws-proxy listening");
 
+    let backlog = plan.settings.listen_backlog.map_or(1024, |n| n.get());
     let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
     let header_timeout = plan.header_timeout();
     let proxy_protocol = plan.settings.proxy_protocol == Some(true);
@@ -191,8 +163,43 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
-/// A listener with `backlog` pending connections (an unpaced burst of connects beyond it is
-/// lost in the kernel).
+/// The binary's routes: `/healthz` (503 once draining), 404 for the rest of plain HTTP (each
+/// request in the access log), and the proxy in front of both.
+fn app(layer: ReloadableLayer, draining: Arc<AtomicBool>, access: log::AccessLog) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(move || async move {
+                if draining.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        // Inside the proxy layer: only plain HTTP requests reach it.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access.clone().log(req, next)
+        }))
+        .layer(layer)
+}
+
+/// The listener (`--listen`, default 127.0.0.1:8080) and the address it got.
+async fn bind(plan: &Plan) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listen = plan
+        .settings
+        .listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    Ok((listener, local))
+}
+
 /// SIGHUP: read the command line's file again; new sessions follow it, live ones continue.
 async fn reload_on_hangup(
     mut running: Plan,

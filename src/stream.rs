@@ -328,12 +328,7 @@ impl Flow {
         if self.pong_waiting {
             match Pin::new(&mut *src).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.pong_waiting = false,
-                Poll::Ready(Err(error)) => {
-                    return Poll::Ready(Some(Ended::WriteFailed {
-                        side: self.from,
-                        error,
-                    }))
-                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(self.pong_failed(error))),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -355,22 +350,9 @@ impl Flow {
         while at < n {
             out.clear();
             let walked = self.walk(input, at, n, out, traffic);
-            if !out.is_empty() {
-                // Pieces of data frames first: they were read before what stopped the walk.
-                let written = match out.parts.as_slice() {
-                    [Part::Own(start, end)] => {
-                        dst.get_mut().write_now(cx, &[&out.own[*start..*end]])
-                    }
-                    _ => {
-                        let slices: Vec<&[u8]> = out.slices(input).collect();
-                        dst.get_mut().write_now(cx, &slices)
-                    }
-                };
-                if let Err(error) = written {
-                    return Poll::Ready(Some(self.write_failed_end(WsError::Io(error))));
-                }
-                self.unflushed = true;
-                keepalive.data(self.read_at);
+            // Pieces of data frames first: they were read before what stopped the walk.
+            if let Err(end) = self.write_out(cx, dst, input, out, keepalive) {
+                return Poll::Ready(Some(end));
             }
             match walked {
                 (_, Walk::Done) => return Poll::Ready(None),
@@ -394,6 +376,44 @@ impl Flow {
             }
         }
         Poll::Ready(None)
+    }
+
+    /// Writes the pieces a walk left in `out` to `to`, from where they were read.
+    fn write_out<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut WebSocketStream<Wire<D>>,
+        input: &[u8],
+        out: &Output,
+        keepalive: &mut Keepalive,
+    ) -> Result<(), Ended>
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let written = match out.parts.as_slice() {
+            [Part::Own(start, end)] => dst.get_mut().write_now(cx, &[&out.own[*start..*end]]),
+            _ => {
+                let slices: Vec<&[u8]> = out.slices(input).collect();
+                dst.get_mut().write_now(cx, &slices)
+            }
+        };
+        if let Err(error) = written {
+            return Err(self.write_failed_end(WsError::Io(error)));
+        }
+        self.unflushed = true;
+        keepalive.data(self.read_at);
+        Ok(())
+    }
+
+    /// The pong `from` was owed could not be written: `from`'s connection is gone.
+    fn pong_failed(&self, error: WsError) -> Ended {
+        Ended::WriteFailed {
+            side: self.from,
+            error,
+        }
     }
 
     /// Hands one complete control frame to tungstenite: it checks it, queues the answer to a

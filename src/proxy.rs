@@ -177,6 +177,9 @@ struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
+    /// Takes the client's request apart once. Long (about 80 lines) for a reason: the order
+    /// is forced (what hooks, hashing and routing read is taken before the headers move into
+    /// the upstream request), and pieces split out would pass the half-taken parts around.
     fn new<B>(config: &Config, req: Request<B>, id: u64, peer: Option<SocketAddr>) -> Self {
         let (mut parts, _body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned();

@@ -124,7 +124,8 @@ impl Plan {
         changed
     }
 
-    /// The layer this plan describes.
+    /// The layer this plan describes. Long (about 80 lines) for a reason: one setting, one
+    /// setter, in the order of the settings' definition; a reader checks it against that list.
     pub(crate) fn layer(&self) -> WsProxyLayer {
         let s = &self.settings;
         let mut layer = WsProxyLayer::new(self.default_pool.clone());

@@ -6,11 +6,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use std::sync::Arc;
 
-use crate::hooks::Hooks;
-use crate::keepalive::Timeouts;
-use crate::origin::Origins;
+use crate::handshake::origin::Origins;
+use crate::handshake::route::RouteHook;
 use crate::registry::Sessions;
-use crate::route::RouteHook;
+use crate::session::hooks::Hooks;
+use crate::session::keepalive::Timeouts;
 use crate::UpstreamPool;
 
 /// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
@@ -65,9 +65,9 @@ pub(crate) struct Config {
     pub(crate) origins: Origins,
     /// 0: no limit.
     pub(crate) max_sessions: usize,
-    pub(crate) trusted_proxies: crate::forwarded::TrustedProxies,
+    pub(crate) trusted_proxies: crate::handshake::forwarded::TrustedProxies,
     /// Query parameters logged as `REDACTED`.
-    pub(crate) redact: crate::redact::Redact,
+    pub(crate) redact: crate::handshake::redact::Redact,
     /// Sends the session id upstream in this header.
     pub(crate) session_id_header: Option<http::HeaderName>,
     pub(crate) mode: Mode,

@@ -4,11 +4,11 @@ use std::time::Duration;
 use tower::Layer;
 
 use crate::config::{Config, Mode};
-use crate::origin::Origins;
+use crate::handshake::origin::Origins;
 use std::future::Future;
 
-use crate::hooks::{AsyncMessageFn, MessageHook};
-use crate::route::RouteHook;
+use crate::handshake::route::RouteHook;
+use crate::session::hooks::{AsyncMessageFn, MessageHook};
 use crate::Direction as Way;
 use crate::{
     Message, MessageContext, SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, Verdict,
@@ -255,7 +255,7 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn trusted_proxies(self, networks: impl IntoIterator<Item = crate::IpNet>) -> Self {
-        let trusted = crate::forwarded::TrustedProxies::new(networks);
+        let trusted = crate::handshake::forwarded::TrustedProxies::new(networks);
         self.set(|c| c.trusted_proxies = trusted)
     }
 
@@ -277,7 +277,7 @@ impl WsProxyLayer {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let redact = crate::redact::Redact::new(names);
+        let redact = crate::handshake::redact::Redact::new(names);
         self.set(|c| c.redact = redact)
     }
 

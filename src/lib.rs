@@ -90,41 +90,22 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod answer;
-mod bridge;
-mod close;
-mod close_code;
-mod close_policy;
+// The path of a connection: `serve` accepts it (step 0), `layer`/`service` detect the
+// upgrade, `handshake` validates it, dials the upstream (from `upstream`) and hands back the
+// answer (steps 1-4), `session` bridges or tunnels and closes (steps 5-6).
 mod config;
-mod detect;
-mod dial;
 mod error;
-mod forwarded;
 mod future;
-mod headers;
-mod hooks;
-mod keepalive;
+mod handshake;
 mod layer;
-mod leg;
 pub mod metrics;
-mod origin;
-mod proxy;
-mod redact;
 mod registry;
 mod reload;
-mod request;
-mod route;
 #[cfg(feature = "serve")]
 mod serve;
 mod service;
 mod session;
-mod splice;
-mod stream;
-#[cfg(feature = "tls")]
-mod tls;
-mod tunnel;
 mod upstream;
-mod wire;
 
 // The README's Rust examples are compiled as doctests.
 #[cfg(doctest)]
@@ -151,7 +132,7 @@ pub mod __fuzz {
                 req.headers_mut().append(n, v);
             }
         }
-        if crate::request::check(&mut req).is_ok() {
+        if crate::handshake::request::check(&mut req).is_ok() {
             // What passes has no dot-segment left and stays a valid origin-form path.
             let path = req.uri().path();
             assert!(path.starts_with('/') || path.is_empty(), "{path:?}");
@@ -214,20 +195,20 @@ pub mod __fuzz {
     /// The tunnel's frame tracking: feeding a byte stream in any pieces, with data payloads
     /// sometimes passed unread (spliced), ends in the same state as feeding it whole.
     pub fn tunnel_frames(data: &[u8], cuts: &[u8]) {
-        crate::tunnel::fuzz_frames(data, cuts);
+        crate::session::tunnel::fuzz_frames(data, cuts);
     }
 
     /// The wire's read-ahead and put-back bytes: whatever the sizes of reads asked for and
     /// of what the socket returns, and whatever is put back, the bytes come out unchanged and
     /// in order, and a session waiting for bytes holds no read-ahead buffer.
     pub fn wire_read(data: &[u8], plan: &[u8]) {
-        crate::wire::fuzz_read(data, plan);
+        crate::session::frames::wire::fuzz_read(data, plan);
     }
 
     /// The streaming frame bridge's parser: a leg's bytes walked whole and in pieces give the
     /// same control frames, messages and verdict; what it writes is framed and masked right.
     pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
-        crate::stream::fuzz_walk(data, cuts, from_client);
+        crate::session::frames::stream::fuzz_walk(data, cuts, from_client);
     }
 
     /// The PROXY protocol header parser; must never panic, and a complete header's length is
@@ -254,27 +235,27 @@ pub mod __fuzz {
 /// ```
 pub use http;
 
-pub use close_code::{CloseCode, InvalidCloseCode};
 pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
-pub use hooks::{
-    ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
-    VerdictFuture,
-};
+pub use handshake::route::{Refusal, RouteRequest};
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
 pub use registry::ShutdownHandle;
 pub use reload::{ReloadHandle, ReloadableLayer};
-pub use route::{Refusal, RouteRequest};
 #[cfg(feature = "serve")]
 pub use serve::{serve, AppMarker, IntoApp, MakeAppMarker, Serve};
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub use serve::{ServerTls, TlsInfo};
 pub use service::WsProxy;
+pub use session::close_code::{CloseCode, InvalidCloseCode};
+pub use session::hooks::{
+    ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
+    VerdictFuture,
+};
 #[cfg(feature = "tls")]
-pub use tls::{TlsConfigError, UpstreamTls};
+pub use upstream::tls::{TlsConfigError, UpstreamTls};
 pub use upstream::{
     Balance, EndpointStatus, HashKey, Member, ParseBalanceError, ParseUpstreamError,
     ParseUpstreamErrorKind, Resolve, Resolving, Upstream, UpstreamPool, MAX_WEIGHT,

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 
 use self::app::{App, BoxApp};
 use self::streams::Streams;
-use crate::headers;
+use crate::handshake::headers;
 
 mod app;
 pub(crate) mod proxy_header;

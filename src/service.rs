@@ -8,8 +8,9 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::config::Config;
+use crate::handshake::{detect, upgrade};
 use crate::reload::Live;
-use crate::{detect, proxy, ResponseFuture};
+use crate::ResponseFuture;
 
 /// The service made by [`WsProxyLayer`](crate::WsProxyLayer): proxies WebSocket upgrades and
 /// passes every other request to `S`.
@@ -79,7 +80,7 @@ where
                 Source::Fixed(c) => c.clone(),
                 Source::Live(live) => live.get(),
             };
-            ResponseFuture::proxy(Box::pin(proxy::upgrade(config, req)))
+            ResponseFuture::proxy(Box::pin(upgrade::upgrade(config, req)))
         } else {
             ResponseFuture::inner(self.inner.call(req))
         }

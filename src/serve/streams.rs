@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::session::HeldBySession;
+use crate::session::spawn::HeldBySession;
 
 /// One connection's open streams.
 #[derive(Debug, Default)]

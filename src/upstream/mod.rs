@@ -4,6 +4,8 @@ mod balance;
 mod member;
 mod pool;
 mod resolve;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 mod url;
 
 pub use balance::{Balance, HashKey, ParseBalanceError};

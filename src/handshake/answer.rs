@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::headers::{self, has_token};
+use crate::handshake::headers::{self, has_token};
 use crate::ProxyError;
 
 /// Validates the upstream's 101 and returns the subprotocol it chose, if any.

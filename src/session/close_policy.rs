@@ -1,6 +1,6 @@
 //! Who ended a session and which close code each leg gets: the one table for both modes. The
-//! frame bridge's close phase ([`close`](crate::close)) and the tunnel
-//! ([`tunnel`](crate::tunnel)) both take their codes from [`Outcome`]; each writes its own
+//! frame bridge's close phase ([`close`](crate::session::frames::close)) and the tunnel
+//! ([`tunnel`](crate::session::tunnel)) both take their codes from [`Outcome`]; each writes its own
 //! reason text, as before.
 //!
 //! | how the session ended | client leg | upstream leg |
@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use crate::leg::{Expired, Side};
+use crate::session::leg::{Expired, Side};
 use crate::ClosedBy;
 
 /// How one session ended: who closed it, the code each leg got (1005: a close frame without a

@@ -1,6 +1,6 @@
 //! Step 5, with message hooks: bridge whole messages between the two legs until one side ends
-//! the session. Without hooks, [`stream`](crate::stream) forwards frames as they arrive; this
-//! module and that one share their vocabulary from [`leg`](crate::leg).
+//! the session. Without hooks, [`stream`](crate::session::frames::stream) forwards frames as they arrive; this
+//! module and that one share their vocabulary from [`leg`](crate::session::leg).
 //!
 //! One task drives both directions, so there are no locks and no extra wake-ups. Each
 //! direction reads a message, hands it to the other leg, and reads the next only once that
@@ -11,7 +11,7 @@
 //! Text, binary and empty messages cross unchanged (fragmented ones arrive whole, as
 //! tungstenite reassembles them). Pings and pongs are per hop: tungstenite answers each leg's
 //! pings itself, so forwarding them would give the peer two pongs. Close frames end this
-//! phase; [`close`](crate::close) completes the close handshakes.
+//! phase; [`close`](crate::session::frames::close) completes the close handshakes.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -27,11 +27,11 @@ use std::sync::Arc;
 
 use http::Extensions;
 
-use crate::hooks::{MessageHook, VerdictFuture};
-use crate::keepalive::Keepalive;
-use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::registry::Sessions;
-use crate::wire::{Wire, DIRECT_MIN};
+use crate::session::frames::wire::{Wire, DIRECT_MIN};
+use crate::session::hooks::{MessageHook, VerdictFuture};
+use crate::session::keepalive::Keepalive;
+use crate::session::leg::{Ended, Side, Stopped, Traffic};
 use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 
 /// Messages a direction forwards in one go before letting the other direction run.
@@ -188,7 +188,7 @@ impl Direction {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         // The proxy's own ping to the destination leg, in line with its messages.
-        match crate::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+        match crate::session::keepalive::queue_ping(cx, dst, keepalive, self.to) {
             Ok(queued) => self.unflushed |= queued,
             Err(error) => return Poll::Ready(self.write_failed(error)),
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::leg::{Expired, Side};
+use crate::session::leg::{Expired, Side};
 
 /// The payload of the proxy's own keepalive pings (both modes).
 pub(crate) const PING: &[u8] = b"axum-ws-proxy";

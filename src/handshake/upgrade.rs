@@ -20,17 +20,18 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::wire::Wire;
+use crate::session::frames::wire::Wire;
 
 use crate::config::{Config, Mode};
-use crate::headers::{self, Forwarded};
+use crate::handshake::headers::{self, Forwarded};
+use crate::handshake::origin::OriginCheck;
+use crate::handshake::route::RouteRequest;
+use crate::handshake::{answer, detect, dial};
 use crate::metrics;
-use crate::origin::OriginCheck;
 use crate::registry::NotAdmitted;
-use crate::route::RouteRequest;
-use crate::session::{self, RequestInfo, UpstreamLeg};
+use crate::session::spawn::{self, RequestInfo, UpstreamLeg};
 use crate::upstream::Lease;
-use crate::{answer, detect, dial, Member, ProxyError, UpstreamPool};
+use crate::{Member, ProxyError, UpstreamPool};
 
 /// Answers one upgrade request (already detected as such). The phases below each return a
 /// [`ProxyError`] for the client; this is the one place it becomes a response (and a log line
@@ -43,7 +44,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .map(|ci| ci.0),
         log_path: String::new(),
     };
-    let checked = crate::request::check(&mut req);
+    let checked = crate::handshake::request::check(&mut req);
     // Logs never carry secrets from the query (and show the path as normalised, once it is).
     let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     refusal.log_path = config.redact.apply(raw).into_owned();
@@ -117,7 +118,7 @@ async fn proceed<B>(
             let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
             lease.opened();
             let info = RequestInfo { protocol, ..info };
-            session::spawn(config.clone(), client.on_upgrade, leg, lease, permit, info);
+            spawn::spawn(config.clone(), client.on_upgrade, leg, lease, permit, info);
             res
         }
     })
@@ -186,7 +187,7 @@ impl UpstreamRequest {
         let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
         let held = parts
             .extensions
-            .remove::<session::HeldBySession>()
+            .remove::<spawn::HeldBySession>()
             .and_then(|slot| slot.take());
         let h2 = parts.version == http::Version::HTTP_2;
         let over_tls = came_over_tls(&parts.extensions);

@@ -11,6 +11,8 @@
 //! holds a buffer of its own only while its destination is not accepting bytes, and frees it
 //! once drained. An idle tunnel holds no buffers.
 
+pub(crate) mod splice;
+
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -20,14 +22,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::close::Report;
-use crate::close_policy::Outcome;
-use crate::keepalive::{Keepalive, PING};
-use crate::leg::{Side, Traffic};
+use self::splice::{SplicePipe, Spliced, TunnelIo};
 use crate::metrics;
 use crate::registry::Sessions;
-use crate::splice::{self, SplicePipe, Spliced, TunnelIo};
-use crate::wire;
+use crate::session::close_policy::Outcome;
+use crate::session::frames::close::Report;
+use crate::session::frames::wire;
+use crate::session::keepalive::{Keepalive, PING};
+use crate::session::leg::{Side, Traffic};
 use crate::ClosedBy;
 
 const SCRATCH: usize = 256 << 10;
@@ -208,7 +210,7 @@ fn control_frame(opcode: u8, payload: &[u8], to: Side) -> Vec<u8> {
 
 fn close_frame(code: u16, reason: &str, to: Side) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(crate::close::fit_reason(reason).as_bytes());
+    payload.extend_from_slice(crate::session::frames::close::fit_reason(reason).as_bytes());
     control_frame(0x8, &payload, to)
 }
 

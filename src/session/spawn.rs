@@ -14,16 +14,16 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::bridge::{self, SessionHooks};
 use crate::config::Config;
-use crate::keepalive::Keepalive;
-use crate::leg::Traffic;
 use crate::metrics;
 use crate::registry::{Permit, Sessions};
-use crate::splice::TunnelIo;
+use crate::session::frames::bridge::{self, SessionHooks};
+use crate::session::frames::wire::Wire;
+use crate::session::keepalive::Keepalive;
+use crate::session::leg::Traffic;
+use crate::session::tunnel::splice::TunnelIo;
 use crate::upstream::Lease;
-use crate::wire::Wire;
-use crate::{close, stream, tunnel};
+use crate::{session::frames::close, session::frames::stream, session::tunnel};
 
 /// Kept by a session for as long as it lives, when the server put one in the request: the
 /// HTTP/2 server counts a WebSocket stream as open until its session ends (the stream outlives

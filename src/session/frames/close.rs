@@ -1,6 +1,6 @@
 //! Step 6, frame mode: complete the close handshakes on both legs.
 //!
-//! The codes each leg gets are decided in [`close_policy`](crate::close_policy), for both modes;
+//! The codes each leg gets are decided in [`close_policy`](crate::session::close_policy), for both modes;
 //! this module carries them out in frame mode.
 //!
 //! A close frame without a code is forwarded without a code. Each close handshake gets
@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::close_policy::{other_leg_code, Outcome};
-use crate::leg::{Ended, Side, Stopped, Traffic};
+use crate::session::close_policy::{other_leg_code, Outcome};
+use crate::session::leg::{Ended, Side, Stopped, Traffic};
 use crate::ClosedBy;
 
 /// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
@@ -183,7 +183,7 @@ where
 }
 
 /// Decides each leg's ending from how bridging stopped; the codes come from the
-/// [`close_policy`](crate::close_policy) table.
+/// [`close_policy`](crate::session::close_policy) table.
 fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
     let (client, upstream, outcome) = match ended {
         Ended::Closed { by, frame } => {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
-use crate::headers::X_FORWARDED_FOR;
+use crate::handshake::headers::X_FORWARDED_FOR;
 
 /// Networks whose `X-Forwarded-*` headers are believed.
 #[derive(Clone, Debug, Default)]

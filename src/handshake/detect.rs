@@ -5,7 +5,7 @@ use http::{Method, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::headers::has_token;
+use crate::handshake::headers::has_token;
 use crate::ProxyError;
 
 /// A WebSocket opening request: an HTTP/1.1 `GET` with `Upgrade: websocket` and a

@@ -85,10 +85,10 @@ impl ClosedBy {
         }
     }
 
-    pub(crate) fn from_side(side: crate::leg::Side) -> Self {
+    pub(crate) fn from_side(side: crate::session::leg::Side) -> Self {
         match side {
-            crate::leg::Side::Client => Self::Client,
-            crate::leg::Side::Upstream => Self::Upstream,
+            crate::session::leg::Side::Client => Self::Client,
+            crate::session::leg::Side::Upstream => Self::Upstream,
         }
     }
 }

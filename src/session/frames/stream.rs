@@ -17,7 +17,7 @@
 //! closes, exactly as with whole messages; pings are never forwarded.
 //!
 //! When bridging stops, each leg's stream is put back at a frame and message boundary for
-//! tungstenite, which runs the close handshakes ([`close`](crate::close)): the rest of a frame
+//! tungstenite, which runs the close handshakes ([`close`](crate::session::frames::close)): the rest of a frame
 //! in progress is skipped, and a message in progress is presented as an empty binary first
 //! fragment, so its remaining fragments are read (and counted as undeliverable) rather than
 //! taken for a protocol error.
@@ -35,10 +35,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::keepalive::Keepalive;
-use crate::leg::{Ended, Side, Stopped, Traffic};
 use crate::registry::Sessions;
-use crate::wire::{self, Wire};
+use crate::session::frames::wire::{self, Wire};
+use crate::session::keepalive::Keepalive;
+use crate::session::leg::{Ended, Side, Stopped, Traffic};
 
 /// Bytes read from a leg at a time.
 pub(crate) const CHUNK: usize = 256 << 10;
@@ -114,7 +114,7 @@ pub(crate) struct Limits {
 }
 
 /// Forwards data frames both ways until a close frame or an error ends the session. Same
-/// contract as [`bridge::run`](crate::bridge::run), without hooks; nothing is ever held whole.
+/// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is ever held whole.
 pub(crate) async fn run<C, U>(
     client: &mut WebSocketStream<Wire<C>>,
     upstream: &mut WebSocketStream<Wire<U>>,
@@ -280,7 +280,7 @@ impl Flow {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         // The proxy's own ping to the destination leg, between two of its frames.
-        match crate::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+        match crate::session::keepalive::queue_ping(cx, dst, keepalive, self.to) {
             Ok(queued) => self.unflushed |= queued,
             Err(error) => return self.write_failed(error),
         }

@@ -185,7 +185,7 @@ where
         .map_err(ProxyError::Handshake)?;
     // hyper checks its buffer limit only while a head is incomplete: a large head that arrives
     // in one read passes. Bound what is relayed here.
-    if crate::headers::fields_size(response.headers()) > MAX_ANSWER_HEAD {
+    if crate::handshake::headers::fields_size(response.headers()) > MAX_ANSWER_HEAD {
         return Err(ProxyError::AnswerTooLarge(MAX_ANSWER_HEAD));
     }
     Ok((response, conn))

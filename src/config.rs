@@ -36,6 +36,16 @@ pub(crate) const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
 
 /// How sessions cross the proxy.
+///
+/// ```
+/// use axum_ws_proxy::{Mode, WsProxyLayer};
+///
+/// assert_eq!(Mode::default(), Mode::Frames);
+/// // Bytes spliced after a validated 101; permessage-deflate works end to end.
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).mode(Mode::Tunnel);
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mode {

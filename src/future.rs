@@ -11,6 +11,24 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// Response future of [`WsProxy`](crate::WsProxy): the inner service's response, or the
     /// proxy's answer to an upgrade (a `101`, a relayed refusal, or an error status).
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use axum_ws_proxy::WsProxyLayer;
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let inner = tower::service_fn(|_: Request<Body>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(Body::from("plain HTTP")))
+    /// });
+    /// let proxy = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).layer(inner);
+    /// // Not an upgrade: the future is the inner service's.
+    /// let res = proxy.oneshot(Request::new(Body::empty())).await?;
+    /// assert_eq!(res.status(), 200);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,

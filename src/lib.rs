@@ -81,9 +81,55 @@
 //!
 //! Messages cross unchanged; pings are answered per hop; close frames are forwarded with code
 //! and reason and both close handshakes completed. When a side fails, the other gets a close
-//! code saying so (the table is in the `close` module's source, `src/close.rs`, and in the
+//! code saying so (one table for both modes, in `src/session/close_policy.rs` and in the
 //! README). Each session logs a `ws_session` span with the client, upstream, path,
 //! subprotocol, duration, messages and bytes each way, and who closed with which code.
+//!
+//! # Hooks
+//!
+//! Closures on the layer, for what a proxy in front of the service cannot do:
+//!
+//! - **Routing**, before anything is dialled: [`WsProxyLayer::route`] gets a
+//!   [`RouteRequest`] (the client's URI, headers, address and request extensions) and may pick
+//!   the pool, rewrite the path and the headers sent upstream, or refuse with a [`Refusal`].
+//! - **Messages**, in frame mode: [`WsProxyLayer::on_client_message`] and
+//!   [`WsProxyLayer::on_upstream_message`] get each data [`Message`] with a [`MessageContext`]
+//!   and return a [`Verdict`]: forward, replace, drop, or close both legs with a
+//!   [`CloseCode`]. The `_async` variants wait for their verdict before the next message from
+//!   that side is read, so order holds and a slow hook is backpressure. One hook per
+//!   direction; a second panics. A direction with a hook has its messages assembled whole
+//!   (bounded by [`WsProxyLayer::max_message_size`]); without one, frames stream past.
+//! - **Lifecycle**: [`WsProxyLayer::on_open`] gets the [`SessionInfo`],
+//!   [`WsProxyLayer::on_close`] a [`SessionSummary`] (duration, traffic, [`ClosedBy`], both
+//!   close codes).
+//!
+//! Hooks run on the session's task: keep them quick, and send anything slow to a task of its
+//! own.
+//!
+//! ```
+//! use axum_ws_proxy::http::{HeaderValue, StatusCode};
+//! use axum_ws_proxy::{CloseCode, Refusal, Verdict, WsProxyLayer};
+//!
+//! #[derive(Clone)]
+//! struct UserId(&'static str); // put in the request's extensions by an auth layer
+//!
+//! let layer = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?)
+//!     .route(|req| {
+//!         let Some(user) = req.extensions().get::<UserId>().map(|u| u.0) else {
+//!             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "log in first"));
+//!         };
+//!         req.upstream_headers()
+//!             .insert("x-user-id", HeaderValue::from_static(user));
+//!         Ok(())
+//!     })
+//!     .on_client_message(|_ctx, msg| match msg.len() {
+//!         0..=4096 => Verdict::Forward,
+//!         _ => Verdict::close(CloseCode::POLICY_VIOLATION, "messages up to 4 KiB"),
+//!     })
+//!     .on_close(|s| println!("session {} closed by {}", s.session.id, s.closed_by.as_str()));
+//! # let _ = layer;
+//! # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+//! ```
 //!
 //! [`Router`]: axum::Router
 //! [`Router::nest`]: axum::Router::nest

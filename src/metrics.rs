@@ -2,6 +2,19 @@
 //! install any recorder (e.g. `metrics-exporter-prometheus`, as `ws-proxy --metrics-listen`
 //! does) and these are recorded; without one they cost next to nothing.
 //!
+//! ```
+//! use axum::{routing::get, Router};
+//! use axum_ws_proxy::WsProxyLayer;
+//!
+//! // Any `metrics` recorder; here Prometheus's, rendered on a route of the same app.
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! let app: Router = Router::new()
+//!     .route("/metrics", get(move || std::future::ready(prometheus.render())))
+//!     .layer(WsProxyLayer::new("ws://127.0.0.1:3000".parse()?));
+//! # let _ = app;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `ws_proxy_sessions_live` | gauge | `upstream` (member endpoint) | sessions open now |

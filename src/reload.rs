@@ -58,6 +58,19 @@ pub struct ReloadableLayer {
 /// first layer's, kept across reloads: [`WsProxyLayer::max_sessions`] counts old and new
 /// sessions together, and the first layer's [`ShutdownHandle`](crate::ShutdownHandle) drains
 /// them all.
+///
+/// ```
+/// use axum::Router;
+/// use axum_ws_proxy::WsProxyLayer;
+///
+/// let (layer, reload) = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?).reloadable();
+/// let app: Router = Router::new().layer(layer);
+/// // Later (SIGHUP, a watched file...): new upgrades go to the new upstream; live sessions stay.
+/// let generation = reload.reload(WsProxyLayer::new("ws://10.0.0.2:3000".parse()?));
+/// assert_eq!(generation, 2);
+/// # let _ = app;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ReloadHandle {
     live: Arc<Live>,

@@ -14,6 +14,29 @@ use crate::ResponseFuture;
 
 /// The service made by [`WsProxyLayer`](crate::WsProxyLayer): proxies WebSocket upgrades and
 /// passes every other request to `S`.
+///
+/// ```
+/// use axum::body::Body;
+/// use axum_ws_proxy::WsProxyLayer;
+/// use http::{header, Request, Response};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let inner = tower::service_fn(|_: Request<Body>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+/// });
+/// let proxy = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).layer(inner);
+/// // An upgrade without Sec-WebSocket-Key is answered by the proxy, before any dial.
+/// let upgrade = Request::get("/")
+///     .header(header::CONNECTION, "upgrade")
+///     .header(header::UPGRADE, "websocket")
+///     .header(header::SEC_WEBSOCKET_VERSION, "13")
+///     .body(Body::empty())?;
+/// let res = proxy.oneshot(upgrade).await?;
+/// assert_eq!(res.status(), 400);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct WsProxy<S> {
     inner: S,

@@ -87,10 +87,12 @@ pub trait IntoApp<M>: Sized {
     fn into_app(self) -> App;
 }
 
+#[doc(hidden)]
 /// Inferred marker for [`IntoApp`]: the app itself, answering with bodies of type `B`.
 #[derive(Debug)]
 pub struct AppMarker<B>(PhantomData<fn() -> B>);
 
+#[doc(hidden)]
 /// Inferred marker for [`IntoApp`]: a make-service of `S`.
 #[derive(Debug)]
 pub struct MakeAppMarker<S, B>(PhantomData<fn() -> (S, B)>);

@@ -73,6 +73,21 @@ struct Files {
 
 /// What a connection's TLS handshake established, in every request's extensions on a TLS
 /// connection (read it in a routing hook with `req.extensions().get::<TlsInfo>()`).
+///
+/// ```
+/// use axum_ws_proxy::http::StatusCode;
+/// use axum_ws_proxy::{Refusal, TlsInfo, WsProxyLayer};
+///
+/// // Only clients that presented a certificate (see `ServerTls::client_ca_file`) get through.
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).route(|req| {
+///     match req.extensions().get::<TlsInfo>() {
+///         Some(tls) if !tls.peer_certificates.is_empty() => Ok(()),
+///         _ => Err(Refusal::new(StatusCode::FORBIDDEN, "client certificate required")),
+///     }
+/// });
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TlsInfo {

@@ -70,6 +70,14 @@ impl fmt::Display for CloseCode {
 }
 
 /// A number that is not a close code a hook may send; see [`CloseCode::new`].
+///
+/// ```
+/// use axum_ws_proxy::{CloseCode, InvalidCloseCode};
+///
+/// // 1006 means "no close frame": it may never be sent.
+/// assert_eq!(CloseCode::new(1006), Err(InvalidCloseCode(1006)));
+/// assert_eq!(CloseCode::new(4000).map(CloseCode::get), Ok(4000));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidCloseCode(pub u16);
 

@@ -63,6 +63,18 @@ pub struct SessionInfo {
 }
 
 /// Who ended a session.
+///
+/// ```
+/// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+///
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_close(|summary| {
+///     if summary.closed_by == ClosedBy::Upstream && summary.upstream_close_code == 1011 {
+///         eprintln!("upstream error in session {}", summary.session.id);
+///     }
+/// });
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClosedBy {
@@ -94,6 +106,25 @@ impl ClosedBy {
 }
 
 /// How a session went, for `on_close`.
+///
+/// ```
+/// use axum_ws_proxy::WsProxyLayer;
+///
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_close(|s| {
+///     println!(
+///         "session {} lasted {:?}: {} messages in, {} out; {} closed ({} / {})",
+///         s.session.id,
+///         s.duration,
+///         s.messages_to_upstream,
+///         s.messages_to_client,
+///         s.closed_by.as_str(),
+///         s.client_close_code,
+///         s.upstream_close_code,
+///     );
+/// });
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SessionSummary {
@@ -231,6 +262,26 @@ impl Verdict {
 }
 
 /// Which way a message is going.
+///
+/// ```
+/// use axum_ws_proxy::{Direction, Verdict, WsProxyLayer};
+///
+/// // One function for both directions: it reads which way the message goes.
+/// fn log(ctx: &mut axum_ws_proxy::MessageContext<'_>, msg: &axum_ws_proxy::Message) -> Verdict {
+///     let way = match ctx.direction {
+///         Direction::ToUpstream => "->",
+///         Direction::ToClient => "<-",
+///         _ => "?",
+///     };
+///     println!("{} {way} {} bytes", ctx.session.id, msg.len());
+///     Verdict::Forward
+/// }
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+///     .on_client_message(log)
+///     .on_upstream_message(log);
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Direction {
@@ -242,6 +293,23 @@ pub enum Direction {
 
 /// What a synchronous message hook gets besides the message: the session, the direction, and
 /// state kept for this session (any `Clone + Send + Sync` type, one value per type).
+///
+/// ```
+/// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
+///
+/// // At most 1000 messages per session from the client, counted in the session's own state.
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message(|ctx, _msg| {
+///     let count = ctx.state.get_or_insert_default::<u64>();
+///     *count += 1;
+///     if *count > 1000 {
+///         Verdict::close(CloseCode::POLICY_VIOLATION, "message quota spent")
+///     } else {
+///         Verdict::Forward
+///     }
+/// });
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Debug)]
 pub struct MessageContext<'a> {
     /// The session.
@@ -253,6 +321,26 @@ pub struct MessageContext<'a> {
 }
 
 /// The future an asynchronous message hook returns.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum_ws_proxy::{Message, SessionInfo, Verdict, VerdictFuture, WsProxyLayer};
+///
+/// // A named function for an asynchronous hook can return the boxed future.
+/// fn check(_session: Arc<SessionInfo>, msg: Message) -> VerdictFuture {
+///     Box::pin(async move {
+///         // e.g. ask a moderation service here
+///         if msg.as_text().is_some_and(|t| t.contains("spam")) {
+///             Verdict::Drop
+///         } else {
+///             Verdict::Forward
+///         }
+///     })
+/// }
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message_async(check);
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 pub type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 
 type OpenFn = dyn Fn(&SessionInfo) + Send + Sync;

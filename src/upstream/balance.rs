@@ -39,6 +39,16 @@ pub enum Balance {
 }
 
 /// Where [`Balance::Hash`] takes its key from.
+///
+/// ```
+/// use axum_ws_proxy::http::HeaderName;
+/// use axum_ws_proxy::{Balance, HashKey};
+///
+/// let by_user: Balance = "hash:header:x-user-id".parse()?;
+/// assert_eq!(by_user, Balance::Hash(HashKey::Header(HeaderName::from_static("x-user-id"))));
+/// assert_eq!(Balance::Hash(HashKey::Cookie("sid".into())).to_string(), "hash:cookie:sid");
+/// # Ok::<(), axum_ws_proxy::ParseBalanceError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HashKey {
@@ -124,6 +134,13 @@ impl FromStr for Balance {
 }
 
 /// A balancing strategy that could not be parsed.
+///
+/// ```
+/// use axum_ws_proxy::Balance;
+///
+/// let err = "fastest".parse::<Balance>().unwrap_err();
+/// assert!(err.to_string().starts_with("invalid balancing strategy \"fastest\" (expected least-conn"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseBalanceError(String);
 

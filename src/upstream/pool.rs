@@ -167,6 +167,16 @@ impl Drop for Lease {
 }
 
 /// A snapshot of one endpoint, from [`UpstreamPool::status`].
+///
+/// ```
+/// use axum_ws_proxy::UpstreamPool;
+///
+/// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
+/// for ep in pool.status() {
+///     println!("{} {}: {} live, down: {}", ep.member, ep.addr, ep.live_sessions, ep.down);
+/// }
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStatus {

@@ -7,6 +7,25 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 /// The future a [`Resolve`] returns.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum_ws_proxy::{Resolve, Resolving};
+///
+/// /// Every name resolves to the same two addresses (a test double, or a discovery cache).
+/// struct Fixed(Vec<SocketAddr>);
+///
+/// impl Resolve for Fixed {
+///     fn resolve(&self, _host: String, port: u16) -> Resolving {
+///         let addrs = self.0.iter().map(|a| SocketAddr::new(a.ip(), port)).collect();
+///         Box::pin(async move { Ok(addrs) })
+///     }
+/// }
+/// let pool: axum_ws_proxy::UpstreamPool = "ws://chat.internal:3000".parse()?;
+/// let pool = pool.resolver(Fixed(vec!["10.0.0.1:0".parse().unwrap(), "10.0.0.2:0".parse().unwrap()]));
+/// # let _ = pool;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
 pub type Resolving = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 
 /// Resolves a pool member's host name to the addresses to dial; each address becomes a

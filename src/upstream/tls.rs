@@ -160,6 +160,13 @@ impl fmt::Debug for UpstreamTls {
 }
 
 /// A TLS configuration that could not be built (e.g. a CA file without certificates).
+///
+/// ```
+/// use axum_ws_proxy::UpstreamTls;
+///
+/// let err = UpstreamTls::with_root_certificates_pem(b"not a certificate").unwrap_err();
+/// assert_eq!(err.to_string(), "no certificates found in the PEM data");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfigError(pub(crate) String);
 

@@ -225,6 +225,14 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), ParseUpstrea
 }
 
 /// An upstream URL that could not be parsed; the message names the URL and the problem.
+///
+/// ```
+/// use axum_ws_proxy::{ParseUpstreamErrorKind, UpstreamPool};
+///
+/// let err = "ws://10.0.0.1:3000?token=x".parse::<UpstreamPool>().unwrap_err();
+/// assert_eq!(err.url(), "ws://10.0.0.1:3000?token=x");
+/// assert_eq!(err.kind(), &ParseUpstreamErrorKind::UnknownOption("token=x".into()));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseUpstreamError {
     url: String,
@@ -259,6 +267,14 @@ impl fmt::Display for ParseUpstreamError {
 impl std::error::Error for ParseUpstreamError {}
 
 /// The problem found in an upstream URL.
+///
+/// ```
+/// use axum_ws_proxy::{ParseUpstreamErrorKind, Upstream};
+///
+/// let kind = |url: &str| url.parse::<Upstream>().unwrap_err().kind().clone();
+/// assert_eq!(kind("localhost:3000"), ParseUpstreamErrorKind::MissingScheme);
+/// assert_eq!(kind("ws://10.0.0.1:99999"), ParseUpstreamErrorKind::InvalidPort("99999".into()));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ParseUpstreamErrorKind {

@@ -239,7 +239,7 @@ pub enum Verdict {
     /// not forwarded. The reason is cut to 123 bytes, on a character boundary. A bare number
     /// does not compile here, so a code that may not be sent never reaches the wire:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0308
     /// use axum_ws_proxy::Verdict;
     ///
     /// let _ = Verdict::Close(1006, "dropped".into()); // 1006 is a report, not a code to send

@@ -14,15 +14,15 @@ use http::header::{
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::handshake::headers::{self, has_token};
 use crate::ProxyError;
 
-/// Validates the upstream's 101 and returns the subprotocol it chose, if any.
+/// Validates the upstream's 101 (`accept`: the value it must carry for the key that was sent)
+/// and returns the subprotocol it chose, if any.
 pub(crate) fn verify_switch(
     upstream: &HeaderMap,
-    sent_key: &HeaderValue,
+    accept: &HeaderValue,
     offered: &[HeaderValue],
     extensions_offered: bool,
 ) -> Result<Option<HeaderValue>, ProxyError> {
@@ -32,11 +32,10 @@ pub(crate) fn verify_switch(
     if !has_token(upstream, CONNECTION, "upgrade") {
         return Err(ProxyError::InvalidUpgrade("no `Connection: upgrade`"));
     }
-    let expected = derive_accept_key(sent_key.as_bytes());
     if upstream
         .get(SEC_WEBSOCKET_ACCEPT)
         .map(HeaderValue::as_bytes)
-        != Some(expected.as_bytes())
+        != Some(accept.as_bytes())
     {
         return Err(ProxyError::InvalidUpgrade(
             "Sec-WebSocket-Accept does not match the key that was sent",

@@ -10,13 +10,15 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+    HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL,
 };
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
@@ -81,7 +83,7 @@ async fn proceed<B>(
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
     let peer = refusal.client;
-    let mut upstream = UpstreamRequest::new(config, req, id, peer);
+    let mut upstream = UpstreamRequest::new(config, req, id, peer, client.accept.as_ref());
     refusal.client = upstream.client;
     upstream.route(config)?;
     let tunnel = config.mode == Mode::Tunnel;
@@ -165,7 +167,8 @@ struct UpstreamRequest {
     hook_path: String,
     forwarded: HeaderMap,
     keep_client_host: bool,
-    key: HeaderValue,
+    /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with.
+    accept: HeaderValue,
     offered: Vec<HeaderValue>,
     extensions_offered: bool,
     pool: UpstreamPool,
@@ -181,7 +184,13 @@ impl UpstreamRequest {
     /// Takes the client's request apart once. Long (about 80 lines) for a reason: the order
     /// is forced (what hooks, hashing and routing read is taken before the headers move into
     /// the upstream request), and pieces split out would pass the half-taken parts around.
-    fn new<B>(config: &Config, req: Request<B>, id: u64, peer: Option<SocketAddr>) -> Self {
+    fn new<B>(
+        config: &Config,
+        req: Request<B>,
+        id: u64,
+        peer: Option<SocketAddr>,
+        client_accept: Option<&HeaderValue>,
+    ) -> Self {
         let (mut parts, _body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned();
         let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
@@ -197,8 +206,7 @@ impl UpstreamRequest {
         } else {
             (None, None)
         };
-        // base64 of 16 random bytes: always a valid header value.
-        let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
+        let (key, accept) = upstream_key(&parts.headers, client_accept);
         let offered: Vec<HeaderValue> = parts
             .headers
             .get_all(SEC_WEBSOCKET_PROTOCOL)
@@ -239,7 +247,7 @@ impl UpstreamRequest {
                 client_ip: peer.map(|a| a.ip()),
                 trusted,
                 proto: if over_tls { "https" } else { "http" },
-                key: key.clone(),
+                key,
                 keep_extensions: tunnel,
             },
         );
@@ -253,7 +261,7 @@ impl UpstreamRequest {
             hook_path,
             forwarded,
             keep_client_host,
-            key,
+            accept,
             offered,
             extensions_offered,
             pool: config.pool.clone(),
@@ -324,7 +332,7 @@ impl UpstreamRequest {
             request
         };
         let offer = Offer {
-            key: &self.key,
+            accept: &self.accept,
             protocols: &self.offered,
             extensions: self.extensions_offered,
         };
@@ -338,6 +346,24 @@ impl UpstreamRequest {
         )
         .await
     }
+}
+
+/// The key sent upstream and the accept value its 101 must carry. The client's key goes on,
+/// as nginx, HAProxy and Envoy forward it: the upstream must then answer with the accept value
+/// the proxy gives the client, computed once. An HTTP/2 client (RFC 8441) sends no key: the
+/// proxy makes one.
+fn upstream_key(
+    client: &HeaderMap,
+    client_accept: Option<&HeaderValue>,
+) -> (HeaderValue, HeaderValue) {
+    if let (Some(key), Some(accept)) = (client.get(SEC_WEBSOCKET_KEY), client_accept) {
+        return (key.clone(), accept.clone());
+    }
+    // base64 of 16 random bytes, and of a SHA-1: always valid header values.
+    let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
+    let accept = HeaderValue::try_from(derive_accept_key(key.as_bytes()))
+        .expect("base64 is a valid header value");
+    (key, accept)
 }
 
 /// Whether [`serve`](crate::serve) accepted the connection over TLS.
@@ -361,10 +387,10 @@ enum Answer {
     Relayed(Response<Body>, Lease),
 }
 
-/// What the upstream's 101 is checked against: the key the proxy sent, and what the client
-/// offered.
+/// What the upstream's 101 is checked against: the accept value for the key the proxy sent,
+/// and what the client offered.
 struct Offer<'a> {
-    key: &'a HeaderValue,
+    accept: &'a HeaderValue,
     protocols: &'a [HeaderValue],
     extensions: bool,
 }
@@ -388,8 +414,12 @@ async fn handshake(
         let relayed = answer::relay(res, config.max_response_body_size).await?;
         return Ok(Answer::Relayed(relayed, lease));
     }
-    let protocol =
-        answer::verify_switch(res.headers(), offer.key, offer.protocols, offer.extensions)?;
+    let protocol = answer::verify_switch(
+        res.headers(),
+        offer.accept,
+        offer.protocols,
+        offer.extensions,
+    )?;
     let headers = std::mem::take(res.headers_mut());
     let upgraded = hyper::upgrade::on(&mut res)
         .await

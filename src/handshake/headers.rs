@@ -72,7 +72,7 @@ pub(crate) struct Forwarded {
     pub(crate) trusted: bool,
     /// `X-Forwarded-Proto` when the peer is not trusted to say: `http` or `https`.
     pub(crate) proto: &'static str,
-    /// Fresh `Sec-WebSocket-Key` for the upstream leg.
+    /// `Sec-WebSocket-Key` for the upstream leg (the client's, or one made for an HTTP/2 client).
     pub(crate) key: HeaderValue,
     /// Tunnel mode: the client's extension offer goes upstream.
     pub(crate) keep_extensions: bool,

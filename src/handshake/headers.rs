@@ -43,19 +43,26 @@ pub(crate) fn has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &st
     })
 }
 
-/// Removes the hop-by-hop headers, including those the `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+/// Removes, in one pass over the headers present, the hop-by-hop ones (those the `Connection`
+/// header names included) and those `also` picks. One look at each header present instead of
+/// a hashed removal per name that might be there: most are not, and the removals were a tenth
+/// of a handshake's instructions (callgrind).
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let listed = headers.get_all(CONNECTION);
+    let named = |name: &HeaderName| {
+        listed.iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+        })
+    };
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named(name) || also(name))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -84,19 +91,28 @@ pub(crate) struct Forwarded {
 /// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped in frame mode (a message bridge
 /// cannot carry permessage-deflate) and forwarded in tunnel mode.
 pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    for name in [
+    const PER_LEG: [HeaderName; 5] = [
         HOST,
         CONTENT_LENGTH,
         SEC_WEBSOCKET_KEY,
         SEC_WEBSOCKET_VERSION,
         SEC_WEBSOCKET_ACCEPT,
-    ] {
-        headers.remove(name);
-    }
-    if !fwd.keep_extensions {
-        headers.remove(SEC_WEBSOCKET_EXTENSIONS);
-    }
+    ];
+    // Whatever an untrusted client says about itself is dropped (see `forwarded`).
+    const CLIENT_CLAIMS: [HeaderName; 5] = [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_REAL_IP,
+        FORWARDED,
+    ];
+    remove_where(&mut headers, |name| {
+        PER_LEG.contains(name)
+            || (!fwd.keep_extensions && name == SEC_WEBSOCKET_EXTENSIONS)
+            || (!fwd.trusted && CLIENT_CLAIMS.contains(name))
+    });
+    // The inserts below at most: one growth of the table, not one per insert.
+    headers.reserve(8);
     if let Some(host) = fwd.host {
         headers.insert(HOST, host);
     }
@@ -105,18 +121,6 @@ pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> Header
     headers.insert(SEC_WEBSOCKET_KEY, fwd.key);
     headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
 
-    if !fwd.trusted {
-        // Whatever an untrusted client says about itself is dropped (see `forwarded`).
-        for name in [
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            X_REAL_IP,
-            FORWARDED,
-        ] {
-            headers.remove(name);
-        }
-    }
     if let Some(ip) = fwd.client_ip {
         append_forwarded_for(&mut headers, ip);
     }
@@ -161,24 +165,16 @@ pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
 /// The upstream's 101 headers that go on to the client: end-to-end ones only (e.g.
 /// `Set-Cookie`), without hop-by-hop and `Sec-WebSocket-*` headers, which are per leg.
 pub(crate) fn switching_response(mut headers: HeaderMap) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    headers.remove(CONTENT_LENGTH);
-    let per_leg: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("sec-websocket-"))
-        .cloned()
-        .collect();
-    for name in per_leg {
-        headers.remove(name);
-    }
+    remove_where(&mut headers, |name| {
+        name == CONTENT_LENGTH || name.as_str().starts_with("sec-websocket-")
+    });
     headers
 }
 
 /// The headers of a non-101 upstream answer relayed to the client: everything end-to-end
 /// (`WWW-Authenticate`, `Retry-After`, `Set-Cookie`, ...). `Content-Length` is recomputed.
 pub(crate) fn relayed_response(mut headers: HeaderMap) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    headers.remove(CONTENT_LENGTH);
+    remove_where(&mut headers, |name| name == CONTENT_LENGTH);
     headers
 }
 
@@ -215,7 +211,7 @@ mod tests {
             ("te", "trailers"),
             ("cookie", "a=b"),
         ]);
-        strip_hop_by_hop(&mut h);
+        remove_where(&mut h, |_| false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["cookie"], "a=b");
     }

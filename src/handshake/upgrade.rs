@@ -181,7 +181,7 @@ struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    /// Takes the client's request apart once. Long (about 80 lines) for a reason: the order
+    /// Takes the client's request apart once. Long (about 90 lines) for a reason: the order
     /// is forced (what hooks, hashing and routing read is taken before the headers move into
     /// the upstream request), and pieces split out would pass the half-taken parts around.
     fn new<B>(

@@ -43,23 +43,26 @@ pub(crate) fn has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &st
     })
 }
 
-/// Removes, in one pass over the headers present, the hop-by-hop ones (those the `Connection`
-/// header names included) and those `also` picks. One look at each header present instead of
-/// a hashed removal per name that might be there: most are not, and the removals were a tenth
+/// Removes the hop-by-hop headers (those the `Connection` header names included) and those
+/// `also` picks. The fixed names are found in one pass over the headers present instead of a
+/// hashed removal per name that might be there: most are not, and those removals were a tenth
 /// of a handshake's instructions (callgrind).
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let listed = headers.get_all(CONNECTION);
-    let named = |name: &HeaderName| {
-        listed.iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        })
-    };
+    // Names listed in `Connection` are removed by name: a client may list thousands, and a
+    // check of every header against every listed name would cost their product.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named(name) || also(name))
+        .filter(|name| HOP_BY_HOP.contains(name) || also(name))
         .cloned()
         .collect();
     for name in doomed {

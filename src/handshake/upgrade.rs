@@ -22,8 +22,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::session::frames::wire::Wire;
-
 use crate::config::{Config, Mode};
 use crate::handshake::headers::{self, Forwarded};
 use crate::handshake::origin::OriginCheck;
@@ -31,6 +29,7 @@ use crate::handshake::route::RouteRequest;
 use crate::handshake::{answer, detect, dial};
 use crate::metrics;
 use crate::registry::NotAdmitted;
+use crate::session::frames::wire::Wire;
 use crate::session::spawn::{self, RequestInfo, UpstreamLeg};
 use crate::upstream::Lease;
 use crate::{Member, ProxyError, UpstreamPool};
@@ -46,7 +45,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .map(|ci| ci.0),
         log_path: String::new(),
     };
-    let checked = crate::handshake::request::check(&mut req);
+    let checked = super::request::check(&mut req);
     // Logs never carry secrets from the query (and show the path as normalised, once it is).
     let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     refusal.log_path = config.redact.apply(raw).into_owned();

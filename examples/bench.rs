@@ -406,8 +406,15 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
     }
     if want("handshake") {
         let before = t.cpu_ns();
+        let ticks = t.user_kernel_ticks();
         let n = handshakes(ep, c.handshakes, 20).await;
         row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+        let after = t.user_kernel_ticks();
+        let (user, kernel) = (after.0 - ticks.0, after.1 - ticks.1);
+        eprintln!(
+            "   handshakes: {}% of the proxy's CPU in the kernel ({user} user, {kernel} kernel ticks)",
+            kernel * 100 / (user + kernel).max(1)
+        );
     }
     if want("idle") && t.kind != Kind::Direct {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -463,6 +470,12 @@ impl Target {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg("0");
+        // For profiling: `BENCH_WRAP="valgrind --tool=callgrind"` (or `strace -f -c`, `perf
+        // record`) runs each proxy under it (its CPU rows then mean nothing; the profile is the
+        // point).
+        if let Ok(wrap) = std::env::var("BENCH_WRAP") {
+            cmd.args(wrap.split_whitespace());
+        }
         match kind {
             Kind::FramesTls => {
                 cmd.arg(ws_proxy_bin()?)
@@ -486,11 +499,6 @@ impl Target {
             }
             Kind::Frames | Kind::Tunnel => {
                 let bin = ws_proxy_bin()?;
-                // For profiling: `BENCH_WRAP="valgrind --tool=callgrind"` runs ws-proxy under
-                // it (its CPU rows then mean nothing; the profile is the point).
-                if let Ok(wrap) = std::env::var("BENCH_WRAP") {
-                    cmd.args(wrap.split_whitespace());
-                }
                 let mode = if kind == Kind::Tunnel {
                     "tunnel"
                 } else {
@@ -600,6 +608,36 @@ impl Target {
         Some(total)
     }
 
+    /// User and kernel CPU time of every thread, in clock ticks (`/proc/<pid>/task/*/stat`):
+    /// coarse, but it says where a row's cost is.
+    fn user_kernel_ticks(&self) -> (u64, u64) {
+        let mut total = (0, 0);
+        for pid in self.pids() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(s) = std::fs::read_to_string(task.path().join("stat")) else {
+                    continue;
+                };
+                // Fields after the command's closing parenthesis: state is the 3rd field,
+                // utime the 14th and stime the 15th.
+                let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let [u, k] = f[..] {
+                    total.0 += u;
+                    total.1 += k;
+                }
+            }
+        }
+        total
+    }
+
     fn cpu_since(&self, before: Option<u64>) -> Option<u64> {
         Some(self.cpu_ns()? - before?)
     }
@@ -619,16 +657,20 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        let tree = self.pids();
         if let Some(child) = &mut self.child {
             if std::env::var_os("BENCH_WRAP").is_some() {
-                // A profiler writes its output on a clean exit.
-                let _ = Command::new("kill").arg(child.id().to_string()).status();
+                // A profiler writes its output on a clean exit; a tracer (strace) exits when
+                // its tracee does: terminate the whole tree, the innermost process first.
+                for pid in tree.iter().rev() {
+                    let _ = Command::new("kill").arg(pid.to_string()).status();
+                }
             } else {
                 let _ = child.kill();
             }
             let _ = child.wait();
         }
-        for pid in self.pids().into_iter().skip(1) {
+        for pid in tree.into_iter().skip(1) {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }

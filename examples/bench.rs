@@ -395,12 +395,16 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
 
     if want("msg") {
         let before = t.cpu_ns();
+        let ticks = t.user_kernel_ticks();
         let n = small_messages(ep, 50, 8, c.small).await;
         row.us_per_msg = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
+        t.say_kernel_share("messages", ticks);
     }
     if want("mb") {
         let before = t.cpu_ns();
+        let ticks = t.user_kernel_ticks();
         let bytes = bulk(ep, 4, 2, 256 << 10, c.bulk_mb << 20).await;
+        t.say_kernel_share("bulk", ticks);
         let mb = bytes as f64 / (1u64 << 20) as f64;
         row.ms_per_mb = t.cpu_since(before).map(|ns| ns as f64 / 1e6 / mb);
     }
@@ -409,12 +413,7 @@ async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
         let ticks = t.user_kernel_ticks();
         let n = handshakes(ep, c.handshakes, 20).await;
         row.us_per_handshake = t.cpu_since(before).map(|ns| ns as f64 / n as f64 / 1e3);
-        let after = t.user_kernel_ticks();
-        let (user, kernel) = (after.0 - ticks.0, after.1 - ticks.1);
-        eprintln!(
-            "   handshakes: {}% of the proxy's CPU in the kernel ({user} user, {kernel} kernel ticks)",
-            kernel * 100 / (user + kernel).max(1)
-        );
+        t.say_kernel_share("handshakes", ticks);
     }
     if want("idle") && t.kind != Kind::Direct {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -636,6 +635,18 @@ impl Target {
             }
         }
         total
+    }
+
+    /// Prints how much of the proxy's CPU since `before` was spent in the kernel.
+    fn say_kernel_share(&self, what: &str, before: (u64, u64)) {
+        let after = self.user_kernel_ticks();
+        let (user, kernel) = (after.0 - before.0, after.1 - before.1);
+        if user + kernel > 0 {
+            eprintln!(
+                "   {what}: {}% of the proxy's CPU in the kernel ({user} user, {kernel} kernel ticks)",
+                kernel * 100 / (user + kernel)
+            );
+        }
     }
 
     fn cpu_since(&self, before: Option<u64>) -> Option<u64> {

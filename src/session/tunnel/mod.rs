@@ -70,6 +70,20 @@ impl Frames {
         let mut i = 0;
         while i < data.len() {
             if self.remaining == 0 {
+                // The usual case: a whole header within this read, taken in one copy.
+                let rest = &data[i..];
+                if self.have == 0 && rest.len() >= 2 {
+                    let n = wire::head_len(rest[1]);
+                    if let Some(head) = rest.get(..n) {
+                        self.head[..n].copy_from_slice(head);
+                        i += n;
+                        self.start();
+                        if self.remaining == 0 {
+                            completed += self.end(traffic);
+                        }
+                        continue;
+                    }
+                }
                 self.head[self.have] = data[i];
                 self.have += 1;
                 i += 1;
@@ -795,6 +809,71 @@ impl Tunnel<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(first: u8, len: usize, mask: bool, payload: &[u8]) -> Vec<u8> {
+        let m = if mask { 0x80 } else { 0 };
+        let mut f = vec![first];
+        match len {
+            0..=125 => f.push(m | len as u8),
+            126..=0xffff => {
+                f.push(m | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        let key = [0x11, 0x22, 0x33, 0x44];
+        if mask {
+            f.extend_from_slice(&key);
+        }
+        let body = (0..len).map(|i| {
+            let b = payload.get(i).copied().unwrap_or(b'x');
+            if mask {
+                b ^ key[i % 4]
+            } else {
+                b
+            }
+        });
+        f.extend(body);
+        f
+    }
+
+    /// Whole headers in one read take the one-copy path; headers split across reads the
+    /// byte-by-byte one. Both must end the same.
+    #[test]
+    fn frames_are_followed_the_same_however_the_reads_cut_them() {
+        let mut stream = Vec::new();
+        stream.extend(frame(0x81, 5, true, b"hello"));
+        stream.extend(frame(0x82, 200, false, &[]));
+        stream.extend(frame(0x01, 3, true, b"abc")); // a fragmented text message...
+        stream.extend(frame(0x89, 0, true, &[])); // ...a ping between its fragments...
+        stream.extend(frame(0x80, 70_000, true, &[])); // ...and its last fragment
+        stream.extend(frame(0x82, 0, false, &[]));
+        stream.extend(frame(0x88, 4, true, &[0x03, 0xe9, b'o', b'k']));
+        let feed = |cuts: &mut dyn Iterator<Item = usize>| {
+            let (mut frames, mut traffic) = (Frames::default(), Traffic::new("to_upstream"));
+            let (mut at, mut done) = (0, 0);
+            while at < stream.len() {
+                let n = cuts.next().unwrap_or(1).clamp(1, stream.len() - at);
+                done += frames.feed(&stream[at..at + n], &mut traffic);
+                at += n;
+            }
+            (
+                done,
+                traffic.messages,
+                traffic.bytes,
+                frames.closed,
+                frames.at_boundary(),
+            )
+        };
+        let whole = feed(&mut std::iter::once(stream.len()));
+        assert_eq!(whole, (4, 4, 5 + 200 + 70_003, Some(1001), true));
+        assert_eq!(feed(&mut std::iter::repeat(1)), whole);
+        assert_eq!(feed(&mut (1..=17).cycle()), whole);
+        assert_eq!(feed(&mut [3, 1, 2, 7, 5].into_iter().cycle()), whole);
+    }
 
     #[test]
     fn a_long_close_reason_is_cut_on_a_character_boundary() {

@@ -641,10 +641,9 @@ impl Target {
     fn say_kernel_share(&self, what: &str, before: (u64, u64)) {
         let after = self.user_kernel_ticks();
         let (user, kernel) = (after.0 - before.0, after.1 - before.1);
-        if user + kernel > 0 {
+        if let Some(share) = (kernel * 100).checked_div(user + kernel) {
             eprintln!(
-                "   {what}: {}% of the proxy's CPU in the kernel ({user} user, {kernel} kernel ticks)",
-                kernel * 100 / (user + kernel)
+                "   {what}: {share}% of the proxy's CPU in the kernel ({user} user, {kernel} kernel ticks)"
             );
         }
     }

@@ -30,7 +30,7 @@
 
 #[cfg(feature = "metrics")]
 mod imp {
-    use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use metrics::{
@@ -90,8 +90,9 @@ mod imp {
         describe_counter!(TLS_RELOADS, "Certificate reloads, by result");
     }
 
-    pub(crate) fn session_opened(upstream: SocketAddr, protocol: &'static str, tls: bool) {
-        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).increment(1.0);
+    /// `upstream`: the endpoint's address as text, made once per endpoint.
+    pub(crate) fn session_opened(upstream: &Arc<str>, protocol: &'static str, tls: bool) {
+        gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).increment(1.0);
         let tls = if tls { "true" } else { "false" };
         counter!(SESSIONS_OPENED, "protocol" => protocol, "tls" => tls).increment(1);
     }
@@ -102,12 +103,12 @@ mod imp {
 
     /// A session ended: who closed it (`client`, `upstream`, `proxy`) and each leg's code.
     pub(crate) fn session_closed(
-        upstream: SocketAddr,
+        upstream: &Arc<str>,
         closed_by: &'static str,
         client_code: u16,
         upstream_code: u16,
     ) {
-        gauge!(SESSIONS_LIVE, "upstream" => upstream.to_string()).decrement(1.0);
+        gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).decrement(1.0);
         counter!(SESSIONS_TOTAL, "outcome" => closed_by).increment(1);
         counter!(CLOSE_CODES, "leg" => "client", "code" => code_label(client_code)).increment(1);
         counter!(CLOSE_CODES, "leg" => "upstream", "code" => code_label(upstream_code))
@@ -116,12 +117,16 @@ mod imp {
 
     /// A close code as a label: the registered codes as themselves, the rest in ranges, so no
     /// peer can create series (the code space has 65 536 values per leg).
-    pub(crate) fn code_label(code: u16) -> std::borrow::Cow<'static, str> {
+    pub(crate) fn code_label(code: u16) -> &'static str {
+        const REGISTERED: [&str; 16] = [
+            "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+            "1011", "1012", "1013", "1014", "1015",
+        ];
         match code {
-            1000..=1015 => code.to_string().into(),
-            3000..=3999 => "3000-3999".into(),
-            4000..=4999 => "4000-4999".into(),
-            _ => "other".into(),
+            1000..=1015 => REGISTERED[usize::from(code - 1000)],
+            3000..=3999 => "3000-3999",
+            4000..=4999 => "4000-4999",
+            _ => "other",
         }
     }
 
@@ -161,13 +166,13 @@ mod imp {
 
 #[cfg(not(feature = "metrics"))]
 mod imp {
-    use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    pub(crate) fn session_opened(_: SocketAddr, _: &'static str, _: bool) {}
+    pub(crate) fn session_opened(_: &Arc<str>, _: &'static str, _: bool) {}
     #[allow(dead_code)]
     pub(crate) fn tls_reloaded(_: bool) {}
-    pub(crate) fn session_closed(_: SocketAddr, _: &'static str, _: u16, _: u16) {}
+    pub(crate) fn session_closed(_: &Arc<str>, _: &'static str, _: u16, _: u16) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn upstream_answered(_: Duration) {}
     pub(crate) fn spliced(_: usize) {}
@@ -199,7 +204,9 @@ mod tests {
         let labels: std::collections::BTreeSet<_> =
             (0..=u16::MAX).map(super::imp::code_label).collect();
         assert_eq!(labels.len(), 16 + 3, "{labels:?}");
-        assert_eq!(super::imp::code_label(1011), "1011");
+        for code in 1000..=1015 {
+            assert_eq!(super::imp::code_label(code), code.to_string());
+        }
         assert_eq!(super::imp::code_label(4000), "4000-4999");
         assert_eq!(super::imp::code_label(999), "other");
     }

@@ -150,9 +150,35 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
             }
         }
     }
-    chain.push_str(&ip.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    push_ip(&mut chain, ip);
+    // From the String itself: no copy.
+    if let Ok(value) = HeaderValue::try_from(chain) {
         headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// Writes `ip` as `Display` does; IPv4 without the formatting machinery (one per handshake,
+/// and `core::fmt` costs about a thousand instructions for four octets).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -217,6 +243,17 @@ mod tests {
         remove_where(&mut h, |_| false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["cookie"], "a=b");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let v4 = (0..=255u8).map(|o| IpAddr::from([o, o / 2, 255 - o, 7]));
+        let v6 = ["::1", "2001:db8::8a2e:370:7334", "::ffff:10.0.0.1"].map(|a| a.parse().unwrap());
+        for ip in v4.chain(v6) {
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 
     #[test]

@@ -86,8 +86,7 @@ pub(crate) fn spawn(
     info: RequestInfo,
 ) {
     let span = span(&info, &lease);
-    // The label is built again at the end rather than kept: idle sessions carry no string.
-    metrics::session_opened(lease.endpoint().addr, info.http, info.tls);
+    metrics::session_opened(&lease.endpoint().label, info.http, info.tls);
     let hooked = session_info(&config, &info, &lease);
     let held = info.held;
     tokio::spawn(
@@ -117,7 +116,7 @@ pub(crate) fn spawn(
             let duration = started.elapsed();
             record(&report, duration, &to_upstream, &to_client);
             metrics::session_closed(
-                lease.endpoint().addr,
+                &lease.endpoint().label,
                 report.closed_by.as_str(),
                 report.client_code,
                 report.upstream_code,

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use axum_ws_proxy::{ReloadHandle, ReloadableLayer};
+use tower::Layer;
 
 mod config_file;
 mod log;
@@ -165,8 +166,14 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
 
 /// The binary's routes: `/healthz` (503 once draining), 404 for the rest of plain HTTP (each
 /// request in the access log), and the proxy in front of both.
-fn app(layer: ReloadableLayer, draining: Arc<AtomicBool>, access: log::AccessLog) -> Router {
-    Router::new()
+/// The proxy in front of the router: an upgrade is taken before any routing (the router, its
+/// fallback and the access log see plain HTTP only).
+fn app(
+    layer: ReloadableLayer,
+    draining: Arc<AtomicBool>,
+    access: log::AccessLog,
+) -> <ReloadableLayer as Layer<Router>>::Service {
+    let router = Router::new()
         .route(
             "/healthz",
             get(move || async move {
@@ -178,11 +185,10 @@ fn app(layer: ReloadableLayer, draining: Arc<AtomicBool>, access: log::AccessLog
             }),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        // Inside the proxy layer: only plain HTTP requests reach it.
         .layer(axum::middleware::from_fn(move |req, next| {
             access.clone().log(req, next)
-        }))
-        .layer(layer)
+        }));
+    layer.layer(router)
 }
 
 /// The listener (`--listen`, default 127.0.0.1:8080) and the address it got.

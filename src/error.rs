@@ -93,7 +93,7 @@ pub enum ProxyError {
         after: Duration,
     },
     /// The upstream broke the HTTP exchange (closed the connection, sent malformed HTTP): **502**.
-    Handshake(hyper::Error),
+    Handshake(std::io::Error),
     /// The upstream's answer head (status line and headers) is larger than the proxy accepts
     /// (64 KiB): **502**.
     AnswerTooLarge(usize),

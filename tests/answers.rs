@@ -299,3 +299,136 @@ async fn an_outer_layer_sees_the_proxy_error() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["x-cause"], "connect");
 }
+
+/// An upstream that answers `answer(key)` and then closes its side (a body that ends with the
+/// connection).
+async fn closing_upstream(answer: fn(&str) -> String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_some() {
+                    let _ = tcp.write_all(answer("").as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_chunked_refusal_is_relayed_whole() {
+    let up = raw_upstream(|_| {
+        "HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\nx-reason: token\r\n\r\n\
+         5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"
+            .into()
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, headers, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["x-reason"], "token");
+    assert_eq!(&body[..], b"hello, world");
+    assert!(
+        !headers.contains_key("transfer-encoding") || headers["transfer-encoding"] == "chunked"
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_refusal_is_cut_at_max_response_body_size() {
+    let up = raw_upstream(|_| {
+        let mut answer =
+            String::from("HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n");
+        for _ in 0..100 {
+            answer.push_str("a\r\n0123456789\r\n");
+        }
+        answer + "0\r\n\r\n"
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).max_response_body_size(25)).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(&body[..], b"0123456789012345678901234");
+}
+
+#[tokio::test]
+async fn a_refusal_without_a_length_ends_with_the_connection() {
+    let up = closing_upstream(|_| "HTTP/1.1 503 Service Unavailable\r\n\r\ncome back later".into())
+        .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&body[..], b"come back later");
+}
+
+#[tokio::test]
+async fn an_informational_answer_before_the_refusal_is_skipped() {
+    let up = raw_upstream(|_| {
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".into()
+    })
+    .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(&body[..], b"no");
+}
+
+#[tokio::test]
+async fn a_broken_refusal_body_is_502() {
+    // A chunk longer than its size says, and a body shorter than its Content-Length.
+    assert_502_for(
+        |_| {
+            "HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"
+                .into()
+        },
+        "does not end where its size says",
+    )
+    .await;
+    let up =
+        closing_upstream(|_| "HTTP/1.1 403 Forbidden\r\ncontent-length: 10\r\n\r\nshort".into())
+            .await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, body) = upgrade_via_hyper(proxy).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("in the middle of its answer's body"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_502() {
+    assert_502_for(|_| "HTTP/1.1 abc Nope\r\n\r\n".into(), "is not HTTP/1.1").await;
+}
+
+/// Frames the upstream sends in the same write as its 101 are read with the answer's head:
+/// they must still reach the client first, in both modes.
+#[tokio::test]
+async fn frames_sent_with_the_101_reach_the_client() {
+    for tunnel in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let head = read_head(&mut tcp).await.unwrap();
+            let key = head_header(&head, "sec-websocket-key").unwrap();
+            let mut answer = switching(&derive_accept_key(key.as_bytes()), "").into_bytes();
+            answer.extend_from_slice(b"\x81\x05early");
+            tcp.write_all(&answer).await.unwrap();
+            let mut sink = [0u8; 1024];
+            while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
+        });
+        let layer = WsProxyLayer::new(upstream(up));
+        let proxy = proxy(if tunnel { layer.tunnel() } else { layer }).await;
+        let mut ws = connect(proxy, "/").await;
+        let got = next_message(&mut ws).await;
+        assert_eq!(
+            got.into_text().unwrap().as_str(),
+            "early",
+            "tunnel: {tunnel}"
+        );
+    }
+}

@@ -6,14 +6,12 @@
 //! an ordinary response: status, end-to-end headers and a bounded body.
 
 use axum::body::Body;
-use bytes::BytesMut;
+use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
     SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
 use http::{Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::handshake::headers::{self, has_token};
 use crate::ProxyError;
@@ -97,32 +95,24 @@ pub(crate) fn accepted(
     res
 }
 
-/// Relays a non-101 answer: its status, end-to-end headers, and its body up to `limit` bytes
-/// (a longer body is cut at `limit`, and a warning says so).
-pub(crate) async fn relay(
-    upstream: Response<Incoming>,
+/// Relays a non-101 answer: its status, end-to-end headers, and its body, read up to `limit`
+/// bytes (`cut`: it was longer, and a warning says so).
+pub(crate) fn relay(
+    upstream: Response<()>,
+    body: Bytes,
+    cut: bool,
     limit: usize,
-) -> Result<Response<Body>, ProxyError> {
-    let (parts, mut body) = upstream.into_parts();
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(ProxyError::Handshake)?.into_data() else {
-            continue; // trailers
-        };
-        let room = limit - buf.len();
-        if data.len() > room {
-            buf.extend_from_slice(&data[..room]);
-            tracing::warn!(
-                status = parts.status.as_u16(),
-                limit,
-                "upstream's refusal body is longer than max_response_body_size; relaying the first {limit} bytes"
-            );
-            break;
-        }
-        buf.extend_from_slice(&data);
+) -> Response<Body> {
+    let (parts, ()) = upstream.into_parts();
+    if cut {
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            limit,
+            "upstream's refusal body is longer than max_response_body_size; relaying the first {limit} bytes"
+        );
     }
-    let mut res = Response::new(Body::from(buf.freeze()));
+    let mut res = Response::new(Body::from(body));
     *res.status_mut() = parts.status;
     *res.headers_mut() = headers::relayed_response(parts.headers);
-    Ok(res)
+    res
 }

@@ -4,27 +4,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::Response;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Config;
+use crate::handshake::client::{self, Conn, UpstreamIo};
 use crate::upstream::{Lease, NoPick};
 use crate::{Member, ProxyError, UpstreamPool};
 
-/// Largest upstream answer head accepted.
-const MAX_ANSWER_HEAD: usize = 64 << 10;
-
-/// An upstream that answered the upgrade request (with a 101 or anything else).
+/// An upstream that answered the upgrade request (with a 101 or anything else): the answer's
+/// head, and the connection, past the head.
 pub(crate) struct Dialed {
-    pub(crate) response: Response<Incoming>,
-    pub(crate) conn: Connection,
+    pub(crate) answer: Response<()>,
+    pub(crate) conn: Conn,
     pub(crate) lease: Lease,
 }
 
@@ -37,7 +29,7 @@ pub(crate) async fn dial(
     pool: &UpstreamPool,
     key: Option<&[u8]>,
     deadline: Instant,
-    request: impl Fn(&Member) -> Request<Empty<Bytes>>,
+    request_head: impl Fn(&Member) -> Vec<u8>,
 ) -> Result<Dialed, ProxyError> {
     pool.ensure_resolved().await;
     let max_tries = pool.tries();
@@ -67,18 +59,18 @@ pub(crate) async fn dial(
                 }
             };
             let upstream = endpoint.member.upstream();
-            if upstream.is_tls() {
-                let tls = secure(config, upstream.host(), endpoint.addr, tcp).await?;
-                send_upgrade(tls, request(&endpoint.member)).await
+            let io = if upstream.is_tls() {
+                secure(config, upstream.host(), endpoint.addr, tcp).await?
             } else {
-                send_upgrade(tcp, request(&endpoint.member)).await
-            }
+                UpstreamIo::Tcp(tcp)
+            };
+            client::exchange(io, &request_head(&endpoint.member)).await
         };
         match attempt.await {
-            Ok((response, conn)) => {
+            Ok((answer, conn)) => {
                 pool.report(&endpoint, true);
                 return Ok(Dialed {
-                    response,
+                    answer,
                     conn,
                     lease,
                 });
@@ -126,14 +118,16 @@ async fn secure(
     host: &str,
     addr: SocketAddr,
     tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+) -> Result<UpstreamIo, ProxyError> {
     let tls = config
         .tls
         .as_ref()
         .unwrap_or_else(|| crate::UpstreamTls::default_shared());
-    tls.connect(host, tcp)
+    let stream = tls
+        .connect(host, tcp)
         .await
-        .map_err(|source| ProxyError::Tls { addr, source })
+        .map_err(|source| ProxyError::Tls { addr, source })?;
+    Ok(UpstreamIo::Tls(Box::new(stream)))
 }
 
 #[cfg(not(feature = "tls"))]
@@ -142,51 +136,7 @@ async fn secure(
     _: &str,
     _: SocketAddr,
     tcp: TcpStream,
-) -> Result<TcpStream, ProxyError> {
+) -> Result<UpstreamIo, ProxyError> {
     // Unreachable: `wss://` does not parse without the `tls` feature.
-    Ok(tcp)
-}
-
-/// The HTTP/1.1 connection task of one upstream handshake. It is aborted when dropped, so a
-/// handshake that times out or is refused leaves nothing running.
-pub(crate) struct Connection(JoinHandle<()>);
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends the upgrade request over `tcp` and returns the upstream's answer. Keep the returned
-/// [`Connection`] alive until the upgrade (or the answer's body) has been taken.
-async fn send_upgrade<T>(
-    io: T,
-    request: Request<Empty<Bytes>>,
-) -> Result<(Response<Incoming>, Connection), ProxyError>
-where
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        // Bounds the upstream's answer head (hyper's minimum is 8 KiB).
-        .max_buf_size(MAX_ANSWER_HEAD)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(ProxyError::Handshake)?;
-    // Boxed, as the server's connection tasks are (see `serve`): only a pointer moves.
-    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        Box::pin(async move {
-            // An error here also surfaces through `send_request`, where it is reported.
-            let _ = conn.with_upgrades().await;
-        });
-    let conn = Connection(tokio::spawn(task));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(ProxyError::Handshake)?;
-    // hyper checks its buffer limit only while a head is incomplete: a large head that arrives
-    // in one read passes. Bound what is relayed here.
-    if crate::handshake::headers::fields_size(response.headers()) > MAX_ANSWER_HEAD {
-        return Err(ProxyError::AnswerTooLarge(MAX_ANSWER_HEAD));
-    }
-    Ok((response, conn))
+    Ok(UpstreamIo::Tcp(tcp))
 }

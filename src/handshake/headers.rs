@@ -182,8 +182,9 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// The size of `headers` as they would be sent (`name: value\r\n` each). hyper bounds a head
-/// only while it is incomplete, so a large head that arrives in one read is measured here.
+/// The size of `headers` as they are sent (`name: value\r\n` each): what the upstream request's
+/// buffer is sized for, and (`serve`) what bounds a client's head, which hyper bounds only while
+/// it is incomplete.
 pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
     headers
         .iter()

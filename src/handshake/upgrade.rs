@@ -8,15 +8,12 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_PROTOCOL,
 };
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -26,7 +23,7 @@ use crate::config::{Config, Mode};
 use crate::handshake::headers::{self, Forwarded};
 use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
-use crate::handshake::{answer, detect, dial};
+use crate::handshake::{answer, client, detect, dial};
 use crate::metrics;
 use crate::registry::NotAdmitted;
 use crate::session::frames::wire::Wire;
@@ -320,15 +317,12 @@ impl UpstreamRequest {
         // Target and (unless the client's is kept) Host depend on the member each try dials.
         let request_for = |member: &Member| {
             let upstream = member.upstream();
-            let mut request = Request::new(Empty::<Bytes>::new());
-            *request.uri_mut() = upstream.request_uri(self.path.as_ref());
-            *request.headers_mut() = self.forwarded.clone();
-            if !self.keep_client_host {
-                request
-                    .headers_mut()
-                    .insert(HOST, upstream.host_header().clone());
-            }
-            request
+            let host = (!self.keep_client_host).then(|| upstream.host_header());
+            client::request_head(
+                &upstream.request_target(self.path.as_ref()),
+                host,
+                &self.forwarded,
+            )
         };
         let offer = Offer {
             accept: &self.accept,
@@ -401,17 +395,18 @@ async fn handshake(
     pool: &UpstreamPool,
     hash_key: Option<&[u8]>,
     deadline: Instant,
-    request_for: impl Fn(&Member) -> Request<Empty<Bytes>>,
+    request_for: impl Fn(&Member) -> Vec<u8>,
     offer: Offer<'_>,
 ) -> Result<Answer, ProxyError> {
     let dial::Dialed {
-        response: mut res,
-        conn,
+        answer: res,
+        mut conn,
         lease,
     } = dial::dial(config, pool, hash_key, deadline, request_for).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let relayed = answer::relay(res, config.max_response_body_size).await?;
-        return Ok(Answer::Relayed(relayed, lease));
+        let limit = config.max_response_body_size;
+        let (body, cut) = conn.read_body(&res, limit).await?;
+        return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
     }
     let protocol = answer::verify_switch(
         res.headers(),
@@ -419,16 +414,12 @@ async fn handshake(
         offer.protocols,
         offer.extensions,
     )?;
-    let headers = std::mem::take(res.headers_mut());
-    let upgraded = hyper::upgrade::on(&mut res)
-        .await
-        .map_err(ProxyError::Handshake)?;
-    drop(conn);
+    let headers = res.into_parts().0.headers;
     let leg = match config.mode {
-        Mode::Tunnel => UpstreamLeg::Tunnel(upgraded),
+        Mode::Tunnel => UpstreamLeg::Tunnel(conn),
         _ => UpstreamLeg::Frames(Box::new(
             WebSocketStream::from_raw_socket(
-                Wire::new(TokioIo::new(upgraded)),
+                Wire::new(conn),
                 Role::Client,
                 Some(config.websocket()),
             )

@@ -15,6 +15,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::handshake::client::Conn;
 use crate::metrics;
 use crate::registry::{Permit, Sessions};
 use crate::session::frames::bridge::{self, SessionHooks};
@@ -50,9 +51,9 @@ impl HeldBySession {
 pub(crate) enum UpstreamLeg {
     /// Message by message. Boxed: the session task keeps the slot it was moved in from, and
     /// inline every tunnel session's task would carry this variant's size too.
-    Frames(Box<WebSocketStream<Wire<TokioIo<Upgraded>>>>),
+    Frames(Box<WebSocketStream<Wire<Conn>>>),
     /// Bytes spliced.
-    Tunnel(Upgraded),
+    Tunnel(Conn),
 }
 
 /// What the session span records about the request.
@@ -290,14 +291,14 @@ async fn client_upgrade(
     upgraded
 }
 
-async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Upgraded) -> close::Report {
+async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Conn) -> close::Report {
     match client_upgrade(ctx.config, on_upgrade, ctx.hooked).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(ctx.config.timeouts);
             tunnel::run(
                 TunnelIo::new(io),
-                TunnelIo::new(upstream),
+                TunnelIo::upstream(upstream),
                 ctx.to_upstream,
                 ctx.to_client,
                 &mut keepalive,
@@ -317,7 +318,7 @@ async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Upgraded)
 async fn frames_session(
     ctx: Ctx<'_>,
     on_upgrade: OnUpgrade,
-    upstream: Box<WebSocketStream<Wire<TokioIo<Upgraded>>>>,
+    upstream: Box<WebSocketStream<Wire<Conn>>>,
 ) -> close::Report {
     let config = ctx.config;
     let mut upstream = *upstream;

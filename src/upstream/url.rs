@@ -6,7 +6,6 @@ use std::str::FromStr;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::Uri;
 
 /// A WebSocket server upgrades are forwarded to, parsed from `ws://host:port[/prefix]`.
 ///
@@ -82,14 +81,10 @@ impl Upstream {
     }
 
     /// The request target sent upstream: the prefix followed by the client's path and query,
-    /// byte for byte (percent-encoding is kept).
-    pub(crate) fn request_uri(&self, client: Option<&PathAndQuery>) -> Uri {
-        // Both parts were validated (the prefix when parsed, the client's path by hyper), so
-        // their concatenation is a valid target; "/" is only a formality.
-        Uri::try_from(self.request_target(client)).unwrap_or_else(|_| Uri::from_static("/"))
-    }
-
-    fn request_target(&self, client: Option<&PathAndQuery>) -> String {
+    /// byte for byte (percent-encoding is kept). Both parts were validated (the prefix when
+    /// parsed, the client's path as a `PathAndQuery`: no spaces, no control bytes), so their
+    /// concatenation is a valid target, written into the request line as it is.
+    pub(crate) fn request_target(&self, client: Option<&PathAndQuery>) -> String {
         let tail = client.map_or("/", PathAndQuery::as_str);
         let mut target = String::with_capacity(self.prefix.len() + tail.len());
         target.push_str(&self.prefix);

@@ -27,15 +27,20 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::handshake::client::{Conn, UpstreamIo};
+
 /// One leg of a tunnel.
 pub(crate) enum TunnelIo {
     /// A plain TCP socket, and any bytes hyper had read past the handshake.
-    Tcp {
-        tcp: TcpStream,
-        pre: Bytes,
-    },
-    Other(TokioIo<Upgraded>),
+    Tcp { tcp: TcpStream, pre: Bytes },
+    /// Behind TLS or HTTP/2: bytes go through a buffer.
+    Other(Box<dyn Stream>),
 }
+
+/// A leg that is not a plain socket.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 impl TunnelIo {
     pub(crate) fn new(upgraded: Upgraded) -> Self {
@@ -50,7 +55,19 @@ impl TunnelIo {
                     parts.read_buf
                 },
             },
-            Err(upgraded) => TunnelIo::Other(TokioIo::new(upgraded)),
+            Err(upgraded) => TunnelIo::Other(Box::new(TokioIo::new(upgraded))),
+        }
+    }
+
+    /// The upstream's leg: its socket and the bytes read past its 101.
+    pub(crate) fn upstream(conn: Conn) -> Self {
+        match conn.io {
+            UpstreamIo::Tcp(tcp) => TunnelIo::Tcp { tcp, pre: conn.pre },
+            #[cfg(feature = "tls")]
+            tls @ UpstreamIo::Tls(_) => TunnelIo::Other(Box::new(Conn {
+                io: tls,
+                pre: conn.pre,
+            })),
         }
     }
 

@@ -1,0 +1,502 @@
+//! Step 3: the upgrade request to the upstream and its answer, over the connection just dialled.
+//!
+//! The request head is written in one buffer straight from the headers the proxy keeps (no
+//! request value, no HTTP client task), and the answer head is parsed with `httparse`, as
+//! tungstenite's own client does. After a `101` the connection is the upstream leg, with any
+//! bytes read past the head passed on first; any other answer's body is read, bounded, to be
+//! relayed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Response, StatusCode};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadBuf,
+};
+use tokio::net::TcpStream;
+
+use crate::ProxyError;
+
+/// Largest upstream answer head accepted.
+pub(crate) const MAX_ANSWER_HEAD: usize = 64 << 10;
+/// Most header fields in an answer head (hyper's default too).
+const MAX_ANSWER_FIELDS: usize = 100;
+/// Longest chunk-size line of a chunked refusal body.
+const MAX_CHUNK_LINE: usize = 4 << 10;
+
+/// The socket to one upstream endpoint: plain, or TLS for a `wss://` member.
+pub(crate) enum UpstreamIo {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The upstream's connection: the socket, and bytes already read from it past the answer head.
+pub(crate) struct Conn {
+    pub(crate) io: UpstreamIo,
+    pub(crate) pre: Bytes,
+}
+
+/// The upgrade request's head: `GET <target> HTTP/1.1`, `host` (if given) in place of the
+/// `Host` in `headers`, then `headers` as they are. Header values cannot hold CR or LF
+/// (`HeaderValue` refuses them), and the target is a validated path, so nothing here can
+/// split the request.
+pub(crate) fn request_head(
+    target: &str,
+    host: Option<&HeaderValue>,
+    headers: &HeaderMap,
+) -> Vec<u8> {
+    let fields = crate::handshake::headers::fields_size(headers);
+    let mut head = Vec::with_capacity(target.len() + fields + 64);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut field = |name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    if let Some(host) = host {
+        field(b"host", host.as_bytes());
+    }
+    for (name, value) in headers {
+        if host.is_none() || name != HOST {
+            field(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Sends `head` and reads the answer's head (informational answers other than `101` are
+/// skipped, as they precede the real one).
+pub(crate) async fn exchange(
+    io: UpstreamIo,
+    head: &[u8],
+) -> Result<(Response<()>, Conn), ProxyError> {
+    let mut conn = Conn {
+        io,
+        pre: Bytes::new(),
+    };
+    conn.io
+        .write_all(head)
+        .await
+        .map_err(ProxyError::Handshake)?;
+    conn.io.flush().await.map_err(ProxyError::Handshake)?;
+    let mut buf = BytesMut::with_capacity(4 << 10);
+    loop {
+        if let Some((answer, len)) = parse_head(&buf)? {
+            buf.advance(len);
+            if answer.status().is_informational()
+                && answer.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                continue;
+            }
+            // Copied out: a slice would keep the whole read buffer for the session's life.
+            conn.pre = Bytes::copy_from_slice(&buf);
+            return Ok((answer, conn));
+        }
+        if buf.len() >= MAX_ANSWER_HEAD {
+            return Err(ProxyError::AnswerTooLarge(MAX_ANSWER_HEAD));
+        }
+        buf.reserve(4 << 10);
+        if conn
+            .io
+            .read_buf(&mut buf)
+            .await
+            .map_err(ProxyError::Handshake)?
+            == 0
+        {
+            return Err(ProxyError::Handshake(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before its answer was complete",
+            )));
+        }
+    }
+}
+
+/// The answer head at the start of `buf` and its length, once it is all there.
+fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ProxyError> {
+    let malformed =
+        |why: String| ProxyError::Handshake(io::Error::new(io::ErrorKind::InvalidData, why));
+    let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(malformed(format!(
+                "the answer has more than {MAX_ANSWER_FIELDS} header fields"
+            )))
+        }
+        Err(e) => return Err(malformed(format!("the answer is not HTTP/1.1: {e}"))),
+    };
+    if len > MAX_ANSWER_HEAD {
+        return Err(ProxyError::AnswerTooLarge(MAX_ANSWER_HEAD));
+    }
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| malformed("the answer's status is not a valid code".into()))?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| malformed(format!("invalid header name {:?}", field.name)))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| malformed(format!("invalid value for {name}")))?;
+        headers.append(name, value);
+    }
+    let mut answer = Response::new(());
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    Ok(Some((answer, len)))
+}
+
+/// How a refusal's body ends (RFC 9112 §6.3).
+#[derive(Debug, PartialEq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(answer: &Response<()>) -> Result<Framing, ProxyError> {
+    let status = answer.status();
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::None);
+    }
+    let headers = answer.headers();
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut lengths = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().ok().unwrap_or("x").split(','))
+        .map(|v| v.trim().parse::<u64>());
+    match lengths.next() {
+        None => Ok(Framing::UntilClose),
+        Some(Ok(n)) if lengths.all(|other| other.as_ref() == Ok(&n)) => Ok(Framing::Length(n)),
+        Some(_) => Err(ProxyError::Handshake(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the answer's Content-Length is invalid",
+        ))),
+    }
+}
+
+impl Conn {
+    /// A refusal's body, up to `limit` bytes, and whether it was cut there. Read through a
+    /// buffer: a chunked body's size lines are not read a byte per system call.
+    pub(crate) async fn read_body(
+        &mut self,
+        answer: &Response<()>,
+        limit: usize,
+    ) -> Result<(Bytes, bool), ProxyError> {
+        let mut body = BytesMut::new();
+        let mut reader = BufReader::with_capacity(8 << 10, self);
+        let cut = match framing(answer)? {
+            Framing::None => false,
+            Framing::Length(n) => read_up_to(&mut reader, &mut body, n, limit, true).await?,
+            Framing::UntilClose => {
+                read_up_to(&mut reader, &mut body, u64::MAX, limit, false).await?
+            }
+            Framing::Chunked => read_chunked(&mut reader, &mut body, limit).await?,
+        };
+        Ok((body.freeze(), cut))
+    }
+}
+
+fn broken(kind: io::ErrorKind, why: &'static str) -> ProxyError {
+    ProxyError::Handshake(io::Error::new(kind, why))
+}
+
+/// Appends up to `n` more bytes to `body`, stopping at `limit`; returns whether it stopped
+/// there with bytes left. The end of the stream ends the body unless `exact`.
+async fn read_up_to<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    body: &mut BytesMut,
+    n: u64,
+    limit: usize,
+    exact: bool,
+) -> Result<bool, ProxyError> {
+    let mut left = n;
+    while left > 0 {
+        let room = limit - body.len();
+        if room == 0 {
+            return Ok(true);
+        }
+        let available = reader.fill_buf().await.map_err(ProxyError::Handshake)?;
+        if available.is_empty() {
+            if exact {
+                return Err(broken(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection in the middle of its answer's body",
+                ));
+            }
+            return Ok(false);
+        }
+        let take = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(room)
+            .min(available.len());
+        body.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        left -= take as u64;
+    }
+    Ok(false)
+}
+
+async fn read_chunked<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    body: &mut BytesMut,
+    limit: usize,
+) -> Result<bool, ProxyError> {
+    loop {
+        let line = read_line(reader).await?;
+        let size = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+            .ok_or_else(|| {
+                broken(
+                    io::ErrorKind::InvalidData,
+                    "the answer's body has an invalid chunk size",
+                )
+            })?;
+        if size == 0 {
+            // Trailers, if any, are not relayed; the connection is closed after this.
+            return Ok(false);
+        }
+        if read_up_to(reader, body, size, limit, true).await? {
+            return Ok(true);
+        }
+        if !read_line(reader).await?.is_empty() {
+            return Err(broken(
+                io::ErrorKind::InvalidData,
+                "a chunk of the answer's body does not end where its size says",
+            ));
+        }
+    }
+}
+
+/// One line, without its CRLF (or LF), of at most [`MAX_CHUNK_LINE`] bytes.
+async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, ProxyError> {
+    let mut line = Vec::new();
+    let limit = (MAX_CHUNK_LINE + 2) as u64;
+    (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(ProxyError::Handshake)?;
+    if line.pop() != Some(b'\n') {
+        return Err(broken(
+            io::ErrorKind::InvalidData,
+            "a chunk-size line of the answer's body is too long or cut off",
+        ));
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => Pin::new(tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Tcp(tcp) => tcp.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => Pin::new(tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            UpstreamIo::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pre.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.pre.len().min(buf.remaining());
+        buf.put_slice(&this.pre[..n]);
+        this.pre.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(head: &str) -> Response<()> {
+        parse_head(head.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn the_request_head_puts_the_members_host_in_place_of_the_clients() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("client.example"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let host = HeaderValue::from_static("up:3000");
+        let head = request_head("/p?q=1", Some(&host), &headers);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nhost: up:3000\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+        let kept = request_head("/", None, &headers);
+        assert!(String::from_utf8(kept)
+            .unwrap()
+            .contains("host: client.example\r\n"));
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_a_complete_one_keeps_repeated_fields() {
+        let head = "HTTP/1.1 403 Forbidden\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\nbody";
+        assert!(parse_head(&head.as_bytes()[..20]).unwrap().is_none());
+        let (res, len) = parse_head(head.as_bytes()).unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(res.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(&head[len..], "body");
+    }
+
+    #[test]
+    fn refusal_bodies_end_as_rfc_9112_says() {
+        assert_eq!(
+            framing(&answer(
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"
+            ))
+            .unwrap(),
+            Framing::None
+        );
+        assert_eq!(
+            framing(&answer(
+                "HTTP/1.1 403 x\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n"
+            ))
+            .unwrap(),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing(&answer("HTTP/1.1 403 x\r\ntransfer-encoding: gzip\r\n\r\n")).unwrap(),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing(&answer("HTTP/1.1 403 x\r\ncontent-length: 7, 7\r\n\r\n")).unwrap(),
+            Framing::Length(7)
+        );
+        assert_eq!(
+            framing(&answer("HTTP/1.1 403 x\r\n\r\n")).unwrap(),
+            Framing::UntilClose
+        );
+        assert!(framing(&answer(
+            "HTTP/1.1 403 x\r\ncontent-length: 7\r\ncontent-length: 8\r\n\r\n"
+        ))
+        .is_err());
+        assert!(framing(&answer("HTTP/1.1 403 x\r\ncontent-length: -1\r\n\r\n")).is_err());
+    }
+}

@@ -79,18 +79,35 @@ fn host(
     Ok(None)
 }
 
+/// A segment's dots: 1 for `.`, 2 for `..` (`%2e` counting as a dot, in either case), else 0.
+fn dots(segment: &str) -> usize {
+    let mut rest = segment.as_bytes();
+    let mut n = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return 0;
+        }
+        n += 1;
+    }
+    if n <= 2 {
+        n
+    } else {
+        0
+    }
+}
+
 /// The path without `.` and `..` segments, `%2e` counting as a dot and `\` as a separator;
 /// `None` when there are none (the path is then forwarded byte for byte).
 pub(crate) fn remove_dot_segments(pq: &PathAndQuery) -> Result<Option<PathAndQuery>, ProxyError> {
     let path = pq.path();
-    let dots = |seg: &str| -> usize {
-        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-        match decoded.as_str() {
-            "." => 1,
-            ".." => 2,
-            _ => 0,
-        }
-    };
+    // Neither a dot nor a percent sign: no dot segment and no encoded separator (most paths).
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(None);
+    }
     let segments: Vec<&str> = path.split(['/', '\\']).collect();
     if !segments.iter().any(|s| dots(s) > 0) && !path.contains("%5c") && !path.contains("%5C") {
         return Ok(None);
@@ -164,6 +181,9 @@ mod tests {
         // Untouched: byte for byte, encoding kept.
         assert_eq!(norm("/rooms/42%2F?x=%2F"), Ok("/rooms/42%2F?x=%2F".into()));
         assert_eq!(norm("/a..b/.c/c."), Ok("/a..b/.c/c.".into()));
+        assert_eq!(norm("/a/.../%2e%2e%2E/b"), Ok("/a/.../%2e%2e%2E/b".into()));
+        assert_eq!(norm("/a/%2E/b"), Ok("/a/b".into()));
+        assert_eq!(norm("/a/%2e./b"), Ok("/b".into()));
     }
 
     fn req(target: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -38,6 +38,8 @@ mod imp {
         Unit,
     };
 
+    use crate::session::leg::Side;
+
     pub(crate) const SESSIONS_LIVE: &str = "ws_proxy_sessions_live";
     pub(crate) const SESSIONS_TOTAL: &str = "ws_proxy_sessions_total";
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
@@ -150,10 +152,19 @@ mod imp {
     }
 
     impl TrafficCounters {
-        pub(crate) fn new(direction: &'static str) -> Self {
-            Self {
-                messages: counter!(MESSAGES, "direction" => direction),
-                bytes: counter!(BYTES, "direction" => direction),
+        /// The counters of the traffic toward leg `to`.
+        pub(crate) fn new(to: Side) -> Self {
+            // Literal labels: the macro keeps each key in a static instead of building a label
+            // list per session.
+            match to {
+                Side::Upstream => Self {
+                    messages: counter!(MESSAGES, "direction" => "to_upstream"),
+                    bytes: counter!(BYTES, "direction" => "to_upstream"),
+                },
+                Side::Client => Self {
+                    messages: counter!(MESSAGES, "direction" => "to_client"),
+                    bytes: counter!(BYTES, "direction" => "to_client"),
+                },
             }
         }
 
@@ -169,6 +180,8 @@ mod imp {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::session::leg::Side;
+
     pub(crate) fn session_opened(_: &Arc<str>, _: &'static str, _: bool) {}
     #[allow(dead_code)]
     pub(crate) fn tls_reloaded(_: bool) {}
@@ -181,7 +194,7 @@ mod imp {
     pub(crate) struct TrafficCounters;
 
     impl TrafficCounters {
-        pub(crate) fn new(_: &'static str) -> Self {
+        pub(crate) fn new(_: Side) -> Self {
             Self
         }
 

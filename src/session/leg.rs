@@ -34,12 +34,12 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
-    /// `direction` labels the metrics: `to_upstream` or `to_client`.
-    pub(crate) fn new(direction: &'static str) -> Self {
+    /// The traffic toward leg `to` (the metrics' `direction`: `to_upstream`, `to_client`).
+    pub(crate) fn new(to: Side) -> Self {
         Self {
             messages: 0,
             bytes: 0,
-            counters: TrafficCounters::new(direction),
+            counters: TrafficCounters::new(to),
         }
     }
 

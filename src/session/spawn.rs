@@ -21,7 +21,7 @@ use crate::registry::{Permit, Sessions};
 use crate::session::frames::bridge::{self, SessionHooks};
 use crate::session::frames::wire::Wire;
 use crate::session::keepalive::Keepalive;
-use crate::session::leg::Traffic;
+use crate::session::leg::{Side, Traffic};
 use crate::session::tunnel::splice::TunnelIo;
 use crate::upstream::Lease;
 use crate::{session::frames::close, session::frames::stream, session::tunnel};
@@ -95,8 +95,8 @@ pub(crate) fn spawn(
             let _held = held;
             let sessions = permit.sessions().clone();
             let started = Instant::now();
-            let mut to_upstream = Traffic::new("to_upstream");
-            let mut to_client = Traffic::new("to_client");
+            let mut to_upstream = Traffic::new(Side::Upstream);
+            let mut to_client = Traffic::new(Side::Client);
             // Built in place: a `let` first would keep a second copy of it in this task.
             let report = tokio::select! {
                 biased;

@@ -164,7 +164,7 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = frame(CloseCode::Away, "client went away during the upgrade");
-    let mut unused = Traffic::new("to_upstream");
+    let mut unused = Traffic::new(Side::Upstream);
     let undeliverable = end_leg(
         upstream,
         LegEnd::Initiate(Some(frame)),

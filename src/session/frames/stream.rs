@@ -766,7 +766,7 @@ pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
     };
     let run = |pieces: &mut dyn Iterator<Item = usize>| {
         let mut flow = Flow::new(from, to, limits);
-        let mut traffic = Traffic::new("to_upstream");
+        let mut traffic = Traffic::new(Side::Upstream);
         let (mut written, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
         let mut out = Output::default();
         let mut at = 0;

@@ -181,9 +181,9 @@ impl Frames {
 /// payload unread, as a splice does) ends as `data` fed whole.
 #[cfg(feature = "__fuzz")]
 pub(crate) fn fuzz_frames(data: &[u8], cuts: &[u8]) {
-    let (mut whole, mut whole_traffic) = (Frames::default(), Traffic::new("to_upstream"));
+    let (mut whole, mut whole_traffic) = (Frames::default(), Traffic::new(Side::Upstream));
     let whole_done = whole.feed(data, &mut whole_traffic);
-    let (mut split, mut split_traffic) = (Frames::default(), Traffic::new("to_upstream"));
+    let (mut split, mut split_traffic) = (Frames::default(), Traffic::new(Side::Upstream));
     let mut split_done = 0;
     let (mut at, mut cut) = (0, cuts.iter().cycle());
     while at < data.len() {
@@ -853,7 +853,7 @@ mod tests {
         stream.extend(frame(0x82, 0, false, &[]));
         stream.extend(frame(0x88, 4, true, &[0x03, 0xe9, b'o', b'k']));
         let feed = |cuts: &mut dyn Iterator<Item = usize>| {
-            let (mut frames, mut traffic) = (Frames::default(), Traffic::new("to_upstream"));
+            let (mut frames, mut traffic) = (Frames::default(), Traffic::new(Side::Upstream));
             let (mut at, mut done) = (0, 0);
             while at < stream.len() {
                 let n = cuts.next().unwrap_or(1).clamp(1, stream.len() - at);

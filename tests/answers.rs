@@ -16,6 +16,15 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// A hand-written upstream: reads the request head, answers `answer(key)`, holds the socket.
 async fn raw_upstream(answer: fn(&str) -> String) -> SocketAddr {
+    scripted_upstream(move |key| answer(key).into_bytes(), false).await
+}
+
+/// Reads each request head and writes `answer(key)`; then holds the socket until the proxy
+/// closes it, or (`close`) closes its side at once (a body that ends with the connection).
+async fn scripted_upstream<F>(answer: F, close: bool) -> SocketAddr
+where
+    F: Fn(&str) -> Vec<u8> + Copy + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -25,7 +34,11 @@ async fn raw_upstream(answer: fn(&str) -> String) -> SocketAddr {
                     return;
                 };
                 let key = head_header(&head, "sec-websocket-key").unwrap_or_default();
-                let _ = tcp.write_all(answer(&key).as_bytes()).await;
+                let _ = tcp.write_all(&answer(&key)).await;
+                if close {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
                 let mut sink = [0u8; 1024];
                 while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
             });
@@ -300,22 +313,9 @@ async fn an_outer_layer_sees_the_proxy_error() {
     assert_eq!(headers["x-cause"], "connect");
 }
 
-/// An upstream that answers `answer(key)` and then closes its side (a body that ends with the
-/// connection).
+/// An upstream that answers `answer` and then closes its side.
 async fn closing_upstream(answer: fn(&str) -> String) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut tcp).await.is_some() {
-                    let _ = tcp.write_all(answer("").as_bytes()).await;
-                    let _ = tcp.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    scripted_upstream(move |key| answer(key).into_bytes(), true).await
 }
 
 #[tokio::test]
@@ -409,18 +409,15 @@ async fn a_malformed_answer_is_502() {
 #[tokio::test]
 async fn frames_sent_with_the_101_reach_the_client() {
     for tunnel in [false, true] {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let head = read_head(&mut tcp).await.unwrap();
-            let key = head_header(&head, "sec-websocket-key").unwrap();
-            let mut answer = switching(&derive_accept_key(key.as_bytes()), "").into_bytes();
-            answer.extend_from_slice(b"\x81\x05early");
-            tcp.write_all(&answer).await.unwrap();
-            let mut sink = [0u8; 1024];
-            while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
-        });
+        let up = scripted_upstream(
+            |key| {
+                let mut answer = switching(&derive_accept_key(key.as_bytes()), "").into_bytes();
+                answer.extend_from_slice(b"\x81\x05early");
+                answer
+            },
+            false,
+        )
+        .await;
         let layer = WsProxyLayer::new(upstream(up));
         let proxy = proxy(if tunnel { layer.tunnel() } else { layer }).await;
         let mut ws = connect(proxy, "/").await;

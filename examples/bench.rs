@@ -11,6 +11,7 @@
 //! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm
 //! cargo run --release --example bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release --example bench -- --rows storm --storm 2000  # storm size (default 10 000)
+//! cargo run --release --example bench -- --rows handshake --handshakes 1200  # (default 3000)
 //! BENCH_HOLD_IDLE_MS=5000 cargo run --release --example bench -- --rows idle  # time to profile
 //! BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
 //!   cargo run --release --example bench -- --quick --only ws-proxy --rows handshake
@@ -280,6 +281,11 @@ fn main() {
     let mut counts = counts;
     if let Some(n) = value("--storm").and_then(|v| v.parse().ok()) {
         counts.storm = n;
+    }
+    // Two runs under callgrind with different counts give the instructions of one handshake,
+    // start-up and warm-up excluded.
+    if let Some(n) = value("--handshakes").and_then(|v| v.parse().ok()) {
+        counts.handshakes = n;
     }
     let rows = list("--rows").unwrap_or_else(|| {
         ["msg", "mb", "handshake", "idle", "rtt", "storm"]

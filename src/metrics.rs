@@ -38,8 +38,6 @@ mod imp {
         Unit,
     };
 
-    use crate::session::leg::Side;
-
     pub(crate) const SESSIONS_LIVE: &str = "ws_proxy_sessions_live";
     pub(crate) const SESSIONS_TOTAL: &str = "ws_proxy_sessions_total";
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
@@ -152,19 +150,19 @@ mod imp {
     }
 
     impl TrafficCounters {
-        /// The counters of the traffic toward leg `to`.
-        pub(crate) fn new(to: Side) -> Self {
-            // Literal labels: the macro keeps each key in a static instead of building a label
-            // list per session.
-            match to {
-                Side::Upstream => Self {
-                    messages: counter!(MESSAGES, "direction" => "to_upstream"),
-                    bytes: counter!(BYTES, "direction" => "to_upstream"),
-                },
-                Side::Client => Self {
-                    messages: counter!(MESSAGES, "direction" => "to_client"),
-                    bytes: counter!(BYTES, "direction" => "to_client"),
-                },
+        // Literal labels: the macro keeps each key in a static instead of building a label
+        // list per session.
+        pub(crate) fn to_upstream() -> Self {
+            Self {
+                messages: counter!(MESSAGES, "direction" => "to_upstream"),
+                bytes: counter!(BYTES, "direction" => "to_upstream"),
+            }
+        }
+
+        pub(crate) fn to_client() -> Self {
+            Self {
+                messages: counter!(MESSAGES, "direction" => "to_client"),
+                bytes: counter!(BYTES, "direction" => "to_client"),
             }
         }
 
@@ -180,8 +178,6 @@ mod imp {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::session::leg::Side;
-
     pub(crate) fn session_opened(_: &Arc<str>, _: &'static str, _: bool) {}
     #[allow(dead_code)]
     pub(crate) fn tls_reloaded(_: bool) {}
@@ -194,7 +190,11 @@ mod imp {
     pub(crate) struct TrafficCounters;
 
     impl TrafficCounters {
-        pub(crate) fn new(_: Side) -> Self {
+        pub(crate) fn to_upstream() -> Self {
+            Self
+        }
+
+        pub(crate) fn to_client() -> Self {
             Self
         }
 

@@ -39,7 +39,10 @@ impl Traffic {
         Self {
             messages: 0,
             bytes: 0,
-            counters: TrafficCounters::new(to),
+            counters: match to {
+                Side::Upstream => TrafficCounters::to_upstream(),
+                Side::Client => TrafficCounters::to_client(),
+            },
         }
     }
 

@@ -380,6 +380,16 @@ async fn an_informational_answer_before_the_refusal_is_skipped() {
 }
 
 #[tokio::test]
+async fn endless_informational_answers_are_502() {
+    // Eight are skipped; the ninth is refused rather than parsed until the dial deadline.
+    assert_502_for(
+        |_| "HTTP/1.1 100 Continue\r\n\r\n".repeat(9) + "HTTP/1.1 403 Forbidden\r\n\r\n",
+        "more than 8 informational answers",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_broken_refusal_body_is_502() {
     // A chunk longer than its size says, and a body shorter than its Content-Length.
     assert_502_for(

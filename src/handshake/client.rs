@@ -25,6 +25,9 @@ use crate::ProxyError;
 pub(crate) const MAX_ANSWER_HEAD: usize = 64 << 10;
 /// Most header fields in an answer head (hyper's default too).
 const MAX_ANSWER_FIELDS: usize = 100;
+/// Most informational (`1xx`) answers skipped before the real one: an upstream that sends
+/// them without end would otherwise keep the proxy parsing until the dial deadline.
+const MAX_INFORMATIONAL: usize = 8;
 /// Longest chunk-size line of a chunked refusal body.
 const MAX_CHUNK_LINE: usize = 4 << 10;
 
@@ -73,8 +76,8 @@ pub(crate) fn request_head(
     head
 }
 
-/// Sends `head` and reads the answer's head (informational answers other than `101` are
-/// skipped, as they precede the real one).
+/// Sends `head` and reads the answer's head (up to [`MAX_INFORMATIONAL`] informational answers
+/// other than `101` are skipped, as they precede the real one).
 pub(crate) async fn exchange(
     io: UpstreamIo,
     head: &[u8],
@@ -89,12 +92,20 @@ pub(crate) async fn exchange(
         .map_err(ProxyError::Handshake)?;
     conn.io.flush().await.map_err(ProxyError::Handshake)?;
     let mut buf = BytesMut::with_capacity(4 << 10);
+    let mut informational = 0;
     loop {
         if let Some((answer, len)) = parse_head(&buf)? {
             buf.advance(len);
             if answer.status().is_informational()
                 && answer.status() != StatusCode::SWITCHING_PROTOCOLS
             {
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return Err(ProxyError::Handshake(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("more than {MAX_INFORMATIONAL} informational answers"),
+                    )));
+                }
                 continue;
             }
             // Copied out: a slice would keep the whole read buffer for the session's life.

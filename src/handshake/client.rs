@@ -7,18 +7,13 @@
 //! relayed.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Response, StatusCode};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-    ReadBuf,
-};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::session::tunnel::splice::TunnelIo;
 use crate::ProxyError;
 
 /// Largest upstream answer head accepted.
@@ -30,19 +25,6 @@ const MAX_ANSWER_FIELDS: usize = 100;
 const MAX_INFORMATIONAL: usize = 8;
 /// Longest chunk-size line of a chunked refusal body.
 const MAX_CHUNK_LINE: usize = 4 << 10;
-
-/// The socket to one upstream endpoint: plain, or TLS for a `wss://` member.
-pub(crate) enum UpstreamIo {
-    Tcp(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// The upstream's connection: the socket, and bytes already read from it past the answer head.
-pub(crate) struct Conn {
-    pub(crate) io: UpstreamIo,
-    pub(crate) pre: Bytes,
-}
 
 /// The upgrade request's head: `GET <target> HTTP/1.1`, `host` (if given) in place of the
 /// `Host` in `headers`, then `headers` as they are. Header values cannot hold CR or LF
@@ -79,18 +61,11 @@ pub(crate) fn request_head(
 /// Sends `head` and reads the answer's head (up to [`MAX_INFORMATIONAL`] informational answers
 /// other than `101` are skipped, as they precede the real one).
 pub(crate) async fn exchange(
-    io: UpstreamIo,
+    mut conn: TunnelIo,
     head: &[u8],
-) -> Result<(Response<()>, Conn), ProxyError> {
-    let mut conn = Conn {
-        io,
-        pre: Bytes::new(),
-    };
-    conn.io
-        .write_all(head)
-        .await
-        .map_err(ProxyError::Handshake)?;
-    conn.io.flush().await.map_err(ProxyError::Handshake)?;
+) -> Result<(Response<()>, TunnelIo), ProxyError> {
+    conn.write_all(head).await.map_err(ProxyError::Handshake)?;
+    conn.flush().await.map_err(ProxyError::Handshake)?;
     let mut buf = BytesMut::with_capacity(4 << 10);
     let mut informational = 0;
     loop {
@@ -109,7 +84,7 @@ pub(crate) async fn exchange(
                 continue;
             }
             // Copied out: a slice would keep the whole read buffer for the session's life.
-            conn.pre = Bytes::copy_from_slice(&buf);
+            conn.put_back(Bytes::copy_from_slice(&buf));
             return Ok((answer, conn));
         }
         if buf.len() >= MAX_ANSWER_HEAD {
@@ -117,7 +92,6 @@ pub(crate) async fn exchange(
         }
         buf.reserve(4 << 10);
         if conn
-            .io
             .read_buf(&mut buf)
             .await
             .map_err(ProxyError::Handshake)?
@@ -213,26 +187,22 @@ fn framing(answer: &Response<()>) -> Result<Framing, ProxyError> {
     }
 }
 
-impl Conn {
-    /// A refusal's body, up to `limit` bytes, and whether it was cut there. Read through a
-    /// buffer: a chunked body's size lines are not read a byte per system call.
-    pub(crate) async fn read_body(
-        &mut self,
-        answer: &Response<()>,
-        limit: usize,
-    ) -> Result<(Bytes, bool), ProxyError> {
-        let mut body = BytesMut::new();
-        let mut reader = BufReader::with_capacity(8 << 10, self);
-        let cut = match framing(answer)? {
-            Framing::None => false,
-            Framing::Length(n) => read_up_to(&mut reader, &mut body, n, limit, true).await?,
-            Framing::UntilClose => {
-                read_up_to(&mut reader, &mut body, u64::MAX, limit, false).await?
-            }
-            Framing::Chunked => read_chunked(&mut reader, &mut body, limit).await?,
-        };
-        Ok((body.freeze(), cut))
-    }
+/// A refusal's body, up to `limit` bytes, and whether it was cut there. Read through a buffer:
+/// a chunked body's size lines are not read a byte per system call.
+pub(crate) async fn read_body(
+    conn: &mut TunnelIo,
+    answer: &Response<()>,
+    limit: usize,
+) -> Result<(Bytes, bool), ProxyError> {
+    let mut body = BytesMut::new();
+    let mut reader = BufReader::with_capacity(8 << 10, conn);
+    let cut = match framing(answer)? {
+        Framing::None => false,
+        Framing::Length(n) => read_up_to(&mut reader, &mut body, n, limit, true).await?,
+        Framing::UntilClose => read_up_to(&mut reader, &mut body, u64::MAX, limit, false).await?,
+        Framing::Chunked => read_chunked(&mut reader, &mut body, limit).await?,
+    };
+    Ok((body.freeze(), cut))
 }
 
 fn broken(kind: io::ErrorKind, why: &'static str) -> ProxyError {
@@ -327,117 +297,6 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, P
         line.pop();
     }
     Ok(line)
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => Pin::new(tls).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Tcp(tcp) => tcp.is_write_vectored(),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => Pin::new(tls).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            #[cfg(feature = "tls")]
-            UpstreamIo::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pre.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.pre.len().min(buf.remaining());
-        buf.put_slice(&this.pre[..n]);
-        this.pre.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

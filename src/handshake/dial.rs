@@ -8,7 +8,8 @@ use http::Response;
 use tokio::net::TcpStream;
 
 use crate::config::Config;
-use crate::handshake::client::{self, Conn, UpstreamIo};
+use crate::handshake::client;
+use crate::session::tunnel::splice::TunnelIo;
 use crate::upstream::{Lease, NoPick};
 use crate::{Member, ProxyError, UpstreamPool};
 
@@ -16,7 +17,7 @@ use crate::{Member, ProxyError, UpstreamPool};
 /// head, and the connection, past the head.
 pub(crate) struct Dialed {
     pub(crate) answer: Response<()>,
-    pub(crate) conn: Conn,
+    pub(crate) conn: TunnelIo,
     pub(crate) lease: Lease,
 }
 
@@ -62,7 +63,7 @@ pub(crate) async fn dial(
             let io = if upstream.is_tls() {
                 secure(config, upstream.host(), endpoint.addr, tcp).await?
             } else {
-                UpstreamIo::Tcp(tcp)
+                TunnelIo::tcp(tcp)
             };
             client::exchange(io, &request_head(&endpoint.member)).await
         };
@@ -118,7 +119,7 @@ async fn secure(
     host: &str,
     addr: SocketAddr,
     tcp: TcpStream,
-) -> Result<UpstreamIo, ProxyError> {
+) -> Result<TunnelIo, ProxyError> {
     let tls = config
         .tls
         .as_ref()
@@ -127,7 +128,7 @@ async fn secure(
         .connect(host, tcp)
         .await
         .map_err(|source| ProxyError::Tls { addr, source })?;
-    Ok(UpstreamIo::Tls(Box::new(stream)))
+    Ok(TunnelIo::other(Box::new(stream)))
 }
 
 #[cfg(not(feature = "tls"))]
@@ -136,7 +137,7 @@ async fn secure(
     _: &str,
     _: SocketAddr,
     tcp: TcpStream,
-) -> Result<UpstreamIo, ProxyError> {
+) -> Result<TunnelIo, ProxyError> {
     // Unreachable: `wss://` does not parse without the `tls` feature.
-    Ok(UpstreamIo::Tcp(tcp))
+    Ok(TunnelIo::tcp(tcp))
 }

@@ -405,7 +405,7 @@ async fn handshake(
     } = dial::dial(config, pool, hash_key, deadline, request_for).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let limit = config.max_response_body_size;
-        let (body, cut) = conn.read_body(&res, limit).await?;
+        let (body, cut) = client::read_body(&mut conn, &res, limit).await?;
         return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
     }
     let protocol = answer::verify_switch(

@@ -15,7 +15,6 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::handshake::client::Conn;
 use crate::metrics;
 use crate::registry::{Permit, Sessions};
 use crate::session::frames::bridge::{self, SessionHooks};
@@ -51,9 +50,9 @@ impl HeldBySession {
 pub(crate) enum UpstreamLeg {
     /// Message by message. Boxed: the session task keeps the slot it was moved in from, and
     /// inline every tunnel session's task would carry this variant's size too.
-    Frames(Box<WebSocketStream<Wire<Conn>>>),
+    Frames(Box<WebSocketStream<Wire<TunnelIo>>>),
     /// Bytes spliced.
-    Tunnel(Conn),
+    Tunnel(TunnelIo),
 }
 
 /// What the session span records about the request.
@@ -291,14 +290,14 @@ async fn client_upgrade(
     upgraded
 }
 
-async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Conn) -> close::Report {
+async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: TunnelIo) -> close::Report {
     match client_upgrade(ctx.config, on_upgrade, ctx.hooked).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(ctx.config.timeouts);
             tunnel::run(
                 TunnelIo::new(io),
-                TunnelIo::upstream(upstream),
+                upstream,
                 ctx.to_upstream,
                 ctx.to_client,
                 &mut keepalive,
@@ -318,7 +317,7 @@ async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Conn) -> 
 async fn frames_session(
     ctx: Ctx<'_>,
     on_upgrade: OnUpgrade,
-    upstream: Box<WebSocketStream<Wire<Conn>>>,
+    upstream: Box<WebSocketStream<Wire<TunnelIo>>>,
 ) -> close::Report {
     let config = ctx.config;
     let mut upstream = *upstream;

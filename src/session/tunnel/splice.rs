@@ -27,14 +27,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::handshake::client::{Conn, UpstreamIo};
-
-/// One leg of a tunnel.
+/// One leg's connection, in either mode (a tunnel splices between two plain ones).
 pub(crate) enum TunnelIo {
-    /// A plain TCP socket, and any bytes hyper had read past the handshake.
+    /// A plain TCP socket.
     Tcp { tcp: TcpStream, pre: Bytes },
     /// Behind TLS or HTTP/2: bytes go through a buffer.
-    Other(Box<dyn Stream>),
+    Other { io: Box<dyn Stream>, pre: Bytes },
 }
 
 /// A leg that is not a plain socket.
@@ -43,35 +41,43 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 impl TunnelIo {
+    /// The client's leg, from hyper's upgrade: the socket itself when hyper ran on it.
     pub(crate) fn new(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => TunnelIo::Tcp {
-                tcp: parts.io.into_inner(),
-                // Kept only if non-empty: even an empty slice would pin hyper's whole read
-                // buffer for the life of the session.
-                pre: if parts.read_buf.is_empty() {
-                    Bytes::new()
-                } else {
-                    parts.read_buf
-                },
-            },
-            Err(upgraded) => TunnelIo::Other(Box::new(TokioIo::new(upgraded))),
+            Ok(parts) => {
+                let mut leg = TunnelIo::tcp(parts.io.into_inner());
+                leg.put_back(parts.read_buf);
+                leg
+            }
+            Err(upgraded) => TunnelIo::other(Box::new(TokioIo::new(upgraded))),
         }
     }
 
-    /// The upstream's leg: its socket and the bytes read past its 101.
-    pub(crate) fn upstream(conn: Conn) -> Self {
-        match conn.io {
-            UpstreamIo::Tcp(tcp) => TunnelIo::Tcp { tcp, pre: conn.pre },
-            #[cfg(feature = "tls")]
-            tls @ UpstreamIo::Tls(_) => TunnelIo::Other(Box::new(Conn {
-                io: tls,
-                pre: conn.pre,
-            })),
+    pub(crate) fn tcp(tcp: TcpStream) -> Self {
+        TunnelIo::Tcp {
+            tcp,
+            pre: Bytes::new(),
         }
     }
 
-    /// The socket, once no bytes read ahead by hyper are left to pass on first.
+    pub(crate) fn other(io: Box<dyn Stream>) -> Self {
+        TunnelIo::Other {
+            io,
+            pre: Bytes::new(),
+        }
+    }
+
+    /// Bytes read past a handshake, to be read again first. Kept only if non-empty: even an
+    /// empty slice would pin the whole read buffer it came from for the life of the session.
+    pub(crate) fn put_back(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            match self {
+                TunnelIo::Tcp { pre, .. } | TunnelIo::Other { pre, .. } => *pre = bytes,
+            }
+        }
+    }
+
+    /// The socket, once no bytes read ahead are left to pass on first.
     pub(crate) fn socket(&self) -> Option<&TcpStream> {
         match self {
             TunnelIo::Tcp { tcp, pre } if pre.is_empty() => Some(tcp),
@@ -87,17 +93,17 @@ impl AsyncRead for TunnelIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            TunnelIo::Tcp { pre, .. } if !pre.is_empty() => {
+            TunnelIo::Tcp { pre, .. } | TunnelIo::Other { pre, .. } if !pre.is_empty() => {
                 let n = pre.len().min(buf.remaining());
                 buf.put_slice(&pre[..n]);
                 pre.advance(n);
                 if pre.is_empty() {
-                    *pre = Bytes::new(); // let go of hyper's buffer
+                    *pre = Bytes::new(); // let go of the buffer it came from
                 }
                 Poll::Ready(Ok(()))
             }
             TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_read(cx, buf),
-            TunnelIo::Other(io) => Pin::new(io).poll_read(cx, buf),
+            TunnelIo::Other { io, .. } => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -110,21 +116,39 @@ impl AsyncWrite for TunnelIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
-            TunnelIo::Other(io) => Pin::new(io).poll_write(cx, buf),
+            TunnelIo::Other { io, .. } => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            TunnelIo::Other { io, .. } => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TunnelIo::Tcp { tcp, .. } => tcp.is_write_vectored(),
+            TunnelIo::Other { io, .. } => io.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
-            TunnelIo::Other(io) => Pin::new(io).poll_flush(cx),
+            TunnelIo::Other { io, .. } => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
-            TunnelIo::Other(io) => Pin::new(io).poll_shutdown(cx),
+            TunnelIo::Other { io, .. } => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

@@ -40,6 +40,10 @@
 //! worker, access log off), HAProxy with `timeout tunnel` and one thread, Caddy with
 //! `reverse_proxy`, and `ws-proxy` with `RUST_LOG=warn` (no per-session log line, as the others
 //! have their access logs off).
+//!
+//! `tokio l4` is not a proxy to compare with but the floor under `ws-proxy`: the bench itself
+//! as a bare tokio TCP forwarder (accept, dial, `copy_bidirectional`; no HTTP, no frames) on
+//! the same runtime. Its rows say what tokio costs before the proxy does any work of its own.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -156,6 +160,10 @@ enum Kind {
     FramesTls,
     /// nginx with `listen ... ssl http2`, the same certificate.
     NginxTls,
+    /// Not a proxy to compare with but the floor under one: a tokio TCP forwarder with no HTTP
+    /// (accept, dial, `copy_bidirectional`), on the same runtime as `ws-proxy`. What tokio
+    /// itself costs per connection and per byte before any HTTP work.
+    TokioL4,
 }
 
 impl Kind {
@@ -169,6 +177,7 @@ impl Kind {
             Kind::Caddy => "caddy",
             Kind::FramesTls => "ws-proxy tls",
             Kind::NginxTls => "nginx tls",
+            Kind::TokioL4 => "tokio l4",
         }
     }
 
@@ -180,7 +189,7 @@ impl Kind {
     fn in_storm(self) -> bool {
         matches!(
             self,
-            Kind::Frames | Kind::Tunnel | Kind::Nginx | Kind::Haproxy
+            Kind::Frames | Kind::Tunnel | Kind::Nginx | Kind::Haproxy | Kind::TokioL4
         )
     }
 
@@ -256,6 +265,10 @@ fn main() {
         });
         return;
     }
+    if args.first().map(String::as_str) == Some("--l4-forward") {
+        l4_forward(&args[1..]);
+        return;
+    }
     let counts = if args.iter().any(|a| a == "--quick") {
         QUICK
     } else {
@@ -315,7 +328,13 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
             std::process::exit(1);
         }
     };
-    let mut kinds = vec![Kind::Direct, Kind::Frames, Kind::Tunnel, Kind::FramesTls];
+    let mut kinds = vec![
+        Kind::Direct,
+        Kind::Frames,
+        Kind::Tunnel,
+        Kind::FramesTls,
+        Kind::TokioL4,
+    ];
     for (kind, bin) in [
         (Kind::Nginx, "nginx"),
         (Kind::Haproxy, "haproxy"),
@@ -519,6 +538,12 @@ impl Target {
                         mode,
                     ])
                     .env("RUST_LOG", "warn");
+            }
+            Kind::TokioL4 => {
+                cmd.arg(std::env::current_exe().map_err(|e| e.to_string())?)
+                    .arg("--l4-forward")
+                    .arg(addr.to_string())
+                    .arg(upstream.to_string());
             }
             Kind::Nginx => {
                 let conf = dir.join("nginx.conf");
@@ -829,6 +854,40 @@ async fn wait_ready(ep: &Endpoint) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------
 // The echo upstream and the load generator (both on CPU 1)
+
+/// The `tokio l4` target: `--l4-forward LISTEN UPSTREAM`. The runtime is built as `ws-proxy`
+/// builds its own (multi-thread, a worker per CPU it may run on: one under `taskset`).
+fn l4_forward(args: &[String]) {
+    let (Some(Ok(listen)), Some(Ok(upstream))) = (
+        args.first().map(|a| a.parse::<SocketAddr>()),
+        args.get(1).map(|a| a.parse::<SocketAddr>()),
+    ) else {
+        eprintln!("bench: --l4-forward takes LISTEN UPSTREAM (two socket addresses)");
+        std::process::exit(2);
+    };
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let listener = TcpListener::bind(listen).await.expect("bind");
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                });
+            }
+        })
+        .await
+        .expect("forwarder");
+    });
+}
 
 async fn start_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -5,6 +5,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -23,6 +28,55 @@ pub(crate) struct Sessions {
     phase_changed: Notify,
     /// Woken when a session ends.
     ended: Notify,
+}
+
+pin_project_lite::pin_project! {
+    /// Resolves once the shutdown phase reaches `phase`. A session polls it on every wake-up
+    /// of its task, so after the first poll it costs one atomic load: the notification is
+    /// polled again (it takes the `Notify`'s lock, shared by all sessions) only when the task's
+    /// waker is not the one it holds.
+    pub(crate) struct PhaseReached<'a> {
+        sessions: &'a Sessions,
+        phase: u8,
+        // The waker the notification was last polled with, and the phase then.
+        registered: Option<(Waker, u8)>,
+        // Made before the phase is first read: a change after that wakes it.
+        #[pin]
+        changed: Notified<'a>,
+    }
+}
+
+impl Future for PhaseReached<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let now = this.sessions.phase.load(Ordering::Acquire);
+            if now >= *this.phase {
+                return Poll::Ready(());
+            }
+            // Still registered: same waker, and no change since (a change consumes the
+            // registration, and draining is not yet aborting).
+            if let Some((waker, seen)) = this.registered.as_ref() {
+                if *seen == now && waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            match this.changed.as_mut().poll(cx) {
+                Poll::Pending => {
+                    *this.registered = Some((cx.waker().clone(), now));
+                    return Poll::Pending;
+                }
+                // The phase changed, though not far enough (draining, waiting for aborting):
+                // wait for the next change.
+                Poll::Ready(()) => {
+                    this.changed.set(this.sessions.phase_changed.notified());
+                    *this.registered = None;
+                }
+            }
+        }
+    }
 }
 
 /// Why a new session was not admitted.
@@ -114,25 +168,21 @@ impl Sessions {
     }
 
     /// Resolves once shutdown has begun (sessions then close with 1001).
-    pub(crate) async fn draining(&self) {
-        self.phase_at_least(DRAINING).await;
+    pub(crate) fn draining(&self) -> PhaseReached<'_> {
+        self.phase_reached(DRAINING)
     }
 
     /// Resolves once the shutdown deadline has passed (sessions are then dropped).
-    pub(crate) async fn aborting(&self) {
-        self.phase_at_least(ABORTING).await;
+    pub(crate) fn aborting(&self) -> PhaseReached<'_> {
+        self.phase_reached(ABORTING)
     }
 
-    async fn phase_at_least(&self, phase: u8) {
-        loop {
-            let changed = self.phase_changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so a change in between is not missed.
-            changed.as_mut().enable();
-            if self.phase.load(Ordering::Acquire) >= phase {
-                return;
-            }
-            changed.await;
+    fn phase_reached(&self, phase: u8) -> PhaseReached<'_> {
+        PhaseReached {
+            sessions: self,
+            phase,
+            registered: None,
+            changed: self.phase_changed.notified(),
         }
     }
 

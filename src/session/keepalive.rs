@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -55,6 +55,9 @@ pub(crate) struct Keepalive {
     client: Liveness,
     upstream: Liveness,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker `sleep` was last polled with: until it fires, polling it again with the same
+    /// waker changes nothing, and the session's task polls on every wake-up.
+    armed_for: Option<Waker>,
 }
 
 impl Keepalive {
@@ -67,6 +70,7 @@ impl Keepalive {
             client: Liveness::new(now),
             upstream: Liveness::new(now),
             sleep: None,
+            armed_for: None,
         };
         if let Some(at) = ka.next_deadline() {
             ka.sleep = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -128,9 +132,15 @@ impl Keepalive {
             let Some(sleep) = self.sleep.as_mut() else {
                 return Poll::Pending;
             };
-            if sleep.as_mut().poll(cx).is_pending() {
+            let armed = self.armed_for.as_ref();
+            if armed.is_some_and(|w| w.will_wake(cx.waker())) && !sleep.is_elapsed() {
                 return Poll::Pending;
             }
+            if sleep.as_mut().poll(cx).is_pending() {
+                self.armed_for = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.armed_for = None;
             // The timer fired: check every deadline, then re-arm below.
             let now = Instant::now();
             let t = self.timeouts;

@@ -503,11 +503,18 @@ impl Flow {
                 }
                 continue;
             }
-            // A header (or a control frame) being collected.
-            let byte = input[i];
-            self.head[self.have] = byte;
-            self.have += 1;
-            i += 1;
+            // A header (or a control frame) being collected: a header that starts here is
+            // taken at once, as far as this read has it; the rest byte by byte.
+            if self.have == 0 && to - i >= 2 {
+                let n = wire::head_len(input[i + 1]).min(to - i);
+                self.head[..n].copy_from_slice(&input[i..i + n]);
+                self.have = n;
+                i += n;
+            } else {
+                self.head[self.have] = input[i];
+                self.have += 1;
+                i += 1;
+            }
             if self.have < 2 {
                 continue;
             }
@@ -753,7 +760,7 @@ fn invalid_utf8() -> WsError {
 
 /// For the fuzz target: `data` from `from`, walked whole and in pieces sized by `cuts`, gives
 /// the same control frames, the same completed messages, and the same verdict.
-#[cfg(feature = "__fuzz")]
+#[cfg(any(test, feature = "__fuzz"))]
 pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
     let (from, to) = if from_client {
         (Side::Client, Side::Upstream)
@@ -809,7 +816,7 @@ pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
 }
 
 /// The data messages in `out`, a stream of frames as the walk writes them for `to`.
-#[cfg(feature = "__fuzz")]
+#[cfg(any(test, feature = "__fuzz"))]
 fn messages(out: &[u8], to: Side) -> Vec<(bool, Vec<u8>)> {
     let (mut done, mut current, mut at) = (Vec::new(), None::<(bool, Vec<u8>)>, 0);
     while at < out.len() {
@@ -841,4 +848,46 @@ fn messages(out: &[u8], to: Side) -> Vec<(bool, Vec<u8>)> {
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(first: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+        let (head, len) = wire::frame_head(first, payload.len(), key);
+        let mut f = head[..len].to_vec();
+        let at = f.len();
+        f.extend_from_slice(payload);
+        if let Some(key) = key {
+            wire::apply_mask(&mut f[at..], key);
+        }
+        f
+    }
+
+    /// Headers whole in a read are taken at once, split ones byte by byte: both must give the
+    /// same messages, control frames and verdicts, from either leg.
+    #[test]
+    fn frames_are_walked_the_same_however_the_reads_cut_them() {
+        for key in [Some([7, 1, 9, 3]), None] {
+            let mut stream = Vec::new();
+            stream.extend(frame(0x81, b"hello", key));
+            stream.extend(frame(0x02, &[0xaa; 300], key)); // a fragmented binary message...
+            stream.extend(frame(0x89, b"ping", key)); // ...a ping between its fragments...
+            stream.extend(frame(0x80, &[0xbb; 70], key)); // ...and its last fragment
+            stream.extend(frame(0x82, &[], key));
+            stream.extend(frame(0x81, "grüße".as_bytes(), key));
+            stream.extend(frame(0x88, &[0x03, 0xe8], key));
+            let from_client = key.is_some();
+            for cuts in [&[255u8][..], &[0], &[2, 0, 5, 1], &[6, 3], &[13, 1, 0]] {
+                fuzz_walk(&stream, cuts, from_client);
+            }
+            // Invalid UTF-8 is found the same way too.
+            let mut bad = frame(0x81, b"ok", key);
+            bad.extend(frame(0x81, &[b'a', 0xff, b'b'], key));
+            for cuts in [&[255u8][..], &[0], &[3, 1]] {
+                fuzz_walk(&bad, cuts, from_client);
+            }
+        }
+    }
 }

@@ -873,7 +873,12 @@ fn l4_forward(args: &[String]) {
     rt.block_on(async move {
         tokio::spawn(async move {
             let listener = TcpListener::bind(listen).await.expect("bind");
-            while let Ok((mut client, _)) = listener.accept().await {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    // Out of descriptors in a storm: wait for some to close, as servers do.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
                 tokio::spawn(async move {
                     let Ok(mut up) = TcpStream::connect(upstream).await else {
                         return;
@@ -885,7 +890,7 @@ fn l4_forward(args: &[String]) {
             }
         })
         .await
-        .expect("forwarder");
+        .expect("forwarder")
     });
 }
 

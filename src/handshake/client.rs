@@ -68,9 +68,20 @@ pub(crate) async fn exchange(
     conn.flush().await.map_err(ProxyError::Handshake)?;
     let mut buf = BytesMut::with_capacity(4 << 10);
     let mut informational = 0;
+    // Bytes of `buf` already looked at: the head is parsed again only once a line has ended
+    // since (a malformed line is still refused as soon as it is whole), not on every read of
+    // a head trickled in small pieces, which made the parsing quadratic in the head's size.
+    let mut searched = 0;
     loop {
-        if let Some((answer, len)) = parse_head(&buf)? {
+        let parsed = if buf[searched..].contains(&b'\n') {
+            parse_head(&buf)?
+        } else {
+            None
+        };
+        searched = buf.len();
+        if let Some((answer, len)) = parsed {
             buf.advance(len);
+            searched = 0;
             if answer.status().is_informational()
                 && answer.status() != StatusCode::SWITCHING_PROTOCOLS
             {

@@ -26,19 +26,23 @@ const MAX_INFORMATIONAL: usize = 8;
 /// Longest chunk-size line of a chunked refusal body.
 const MAX_CHUNK_LINE: usize = 4 << 10;
 
-/// The upgrade request's head: `GET <target> HTTP/1.1`, `host` (if given) in place of the
+/// The upgrade request's head: `GET <target> HTTP/1.1` (the target given in pieces), `host`
+/// (if given) in place of the
 /// `Host` in `headers`, then `headers` as they are. Header values cannot hold CR or LF
 /// (`HeaderValue` refuses them), and the target is a validated path, so nothing here can
 /// split the request.
 pub(crate) fn request_head(
-    target: &str,
+    target: &[&str],
     host: Option<&HeaderValue>,
     headers: &HeaderMap,
 ) -> Vec<u8> {
     let fields = crate::handshake::headers::fields_size(headers);
-    let mut head = Vec::with_capacity(target.len() + fields + 64);
+    let target_len: usize = target.iter().map(|piece| piece.len()).sum();
+    let mut head = Vec::with_capacity(target_len + fields + 64);
     head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_bytes());
+    for piece in target {
+        head.extend_from_slice(piece.as_bytes());
+    }
     head.extend_from_slice(b" HTTP/1.1\r\n");
     let mut field = |name: &[u8], value: &[u8]| {
         head.extend_from_slice(name);
@@ -325,12 +329,12 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         let host = HeaderValue::from_static("up:3000");
-        let head = request_head("/p?q=1", Some(&host), &headers);
+        let head = request_head(&["/p", "?q=1"], Some(&host), &headers);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: up:3000\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
         );
-        let kept = request_head("/", None, &headers);
+        let kept = request_head(&["/"], None, &headers);
         assert!(String::from_utf8(kept)
             .unwrap()
             .contains("host: client.example\r\n"));

@@ -80,20 +80,16 @@ impl Upstream {
         &self.prefix
     }
 
-    /// The request target sent upstream: the prefix followed by the client's path and query,
-    /// byte for byte (percent-encoding is kept). Both parts were validated (the prefix when
-    /// parsed, the client's path as a `PathAndQuery`: no spaces, no control bytes), so their
-    /// concatenation is a valid target, written into the request line as it is.
-    pub(crate) fn request_target(&self, client: Option<&PathAndQuery>) -> String {
+    /// The request target sent upstream, in the pieces it is written from (no string is built
+    /// per dial): the prefix followed by the client's path and query, byte for byte
+    /// (percent-encoding is kept). Both parts were validated (the prefix when parsed, the
+    /// client's path as a `PathAndQuery`: no spaces, no control bytes), so their concatenation
+    /// is a valid target, written into the request line as it is.
+    pub(crate) fn request_target<'a>(&'a self, client: Option<&'a PathAndQuery>) -> [&'a str; 3] {
         let tail = client.map_or("/", PathAndQuery::as_str);
-        let mut target = String::with_capacity(self.prefix.len() + tail.len());
-        target.push_str(&self.prefix);
-        if !tail.starts_with('/') {
-            // A client request for "*" or with an empty path: keep the target well formed.
-            target.push('/');
-        }
-        target.push_str(tail);
-        target
+        // A client request for "*" or with an empty path: keep the target well formed.
+        let slash = if tail.starts_with('/') { "" } else { "/" };
+        [&self.prefix, slash, tail]
     }
 }
 
@@ -389,9 +385,15 @@ mod tests {
     fn request_target_joins_prefix_and_client_path() {
         let up: Upstream = "ws://h/rooms/".parse().unwrap();
         let pq = PathAndQuery::from_static("/a%20b/c?x=1&y=%2F");
-        assert_eq!(up.request_target(Some(&pq)), "/rooms/a%20b/c?x=1&y=%2F");
+        assert_eq!(
+            up.request_target(Some(&pq)).concat(),
+            "/rooms/a%20b/c?x=1&y=%2F"
+        );
         let bare: Upstream = "ws://h".parse().unwrap();
-        assert_eq!(bare.request_target(Some(&pq)), "/a%20b/c?x=1&y=%2F");
-        assert_eq!(bare.request_target(None), "/");
+        assert_eq!(
+            bare.request_target(Some(&pq)).concat(),
+            "/a%20b/c?x=1&y=%2F"
+        );
+        assert_eq!(bare.request_target(None).concat(), "/");
     }
 }

@@ -49,9 +49,8 @@ pub(crate) fn verify_switch(
     };
     let was_offered = offered
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().as_bytes() == chosen.as_bytes());
+        .flat_map(headers::list_items)
+        .any(|p| p == chosen.as_bytes());
     if was_offered {
         Ok(Some(chosen.clone()))
     } else {

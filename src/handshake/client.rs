@@ -176,11 +176,9 @@ fn framing(answer: &Response<()>) -> Result<Framing, ProxyError> {
     }
     let headers = answer.headers();
     if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        let chunked = crate::handshake::headers::list_items(last)
+            .next_back()
+            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             Framing::Chunked
         } else {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
-use crate::handshake::headers::X_FORWARDED_FOR;
+use crate::handshake::headers::{list_items, X_FORWARDED_FOR};
 
 /// Networks whose `X-Forwarded-*` headers are believed.
 #[derive(Clone, Debug, Default)]
@@ -42,9 +42,8 @@ impl TrustedProxies {
         let chain: Vec<IpAddr> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map_while(|item| item.trim().parse::<IpAddr>().ok())
+            .flat_map(list_items)
+            .map_while(|item| std::str::from_utf8(item).ok()?.parse::<IpAddr>().ok())
             .collect();
         let mut client = peer;
         for ip in chain.into_iter().rev() {

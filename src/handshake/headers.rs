@@ -22,9 +22,8 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Compared name by name against the constants: a const array is built and dropped at every
-/// use (per header checked), and a static one is compared element by element at run time
-/// (callgrind: both cost hundreds of instructions per handshake).
+/// Compared name by name against the constants (a const array would be built and dropped at
+/// every use, per header checked).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == CONNECTION
         || *name == UPGRADE
@@ -39,30 +38,27 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether any `name` header holds `token` in its comma-separated list (case-insensitive).
 pub(crate) fn has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .any(|value| list_has(value.as_bytes(), token.as_bytes()))
+    let token = token.as_bytes();
+    headers.get_all(name).iter().any(|value| {
+        // The usual value is the token alone (`Upgrade`, `websocket`).
+        value.as_bytes().eq_ignore_ascii_case(token)
+            || list_items(value).any(|t| t.eq_ignore_ascii_case(token))
+    })
 }
 
-/// `token` in a comma-separated list, on the bytes: a value with bytes other than visible
-/// ASCII and tabs is no list (as `HeaderValue::to_str` has it). Four checks per handshake, and
-/// the `str` machinery (validation, pattern search, Unicode trimming) cost ~450 instructions
-/// each (callgrind).
-fn list_has(value: &[u8], token: &[u8]) -> bool {
-    // The usual value is the token alone (`Upgrade`, `websocket`).
-    if value.eq_ignore_ascii_case(token) {
-        return true;
-    }
-    if !value
+/// The items of a comma-separated header value, trimmed, on the bytes: a value with bytes
+/// other than visible ASCII and tabs is no list (as `HeaderValue::to_str` has it) and has
+/// none. On bytes because the `str` way (validation, pattern search, Unicode trimming) cost
+/// ~450 instructions per token check, four of them per handshake (callgrind).
+pub(crate) fn list_items(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let bytes = value.as_bytes();
+    let is_list = bytes
         .iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-    {
-        return false;
-    }
-    value
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    bytes
         .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        .filter(move |_| is_list)
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Removes the hop-by-hop headers (those the `Connection` header names included) and those
@@ -75,9 +71,8 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(list_items)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         // `Upgrade`, `keep-alive`: removed below anyway (and no Vec is allocated for them).
         .filter(|name| !is_hop_by_hop(name))
         .collect();

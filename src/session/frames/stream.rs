@@ -524,11 +524,8 @@ impl Flow {
             }
             let (first, second) = (self.head[0], self.head[1]);
             let opcode = OpCode::from(first & 0x0f);
-            let len = match second & 0x7f {
-                126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
-                127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0xff; 8])),
-                n => u64::from(n),
-            };
+            // The header is all here: its length is too.
+            let len = wire::payload_len(&self.head[..head_len]).unwrap_or(u64::MAX);
             if self.have == head_len {
                 if let Err(error) = self.check(first, second, opcode, len) {
                     return (i - from, Walk::Violation(error));
@@ -827,14 +824,9 @@ fn messages(out: &[u8], to: Side) -> Vec<(bool, Vec<u8>)> {
             "masked only toward the upstream"
         );
         let head = wire::head_len(second);
-        let len = match second & 0x7f {
-            126 => usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])),
-            127 => usize::try_from(u64::from_be_bytes(
-                out[at + 2..at + 10].try_into().unwrap_or([0; 8]),
-            ))
-            .unwrap_or(0),
-            n => usize::from(n),
-        };
+        let len = wire::payload_len(&out[at..])
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
         let mut payload = out[at + head..at + head + len].to_vec();
         if second & 0x80 != 0 {
             let k = &out[at + head - 4..at + head];

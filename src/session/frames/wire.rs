@@ -257,6 +257,16 @@ pub(crate) fn head_len(second: u8) -> usize {
     2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
 }
 
+/// A frame's payload length from its header's first bytes; `None` while the extended length
+/// is not all there.
+pub(crate) fn payload_len(head: &[u8]) -> Option<u64> {
+    Some(match *head.get(1)? & 0x7f {
+        126 => u64::from(u16::from_be_bytes(head.get(2..4)?.try_into().ok()?)),
+        127 => u64::from_be_bytes(head.get(2..10)?.try_into().ok()?),
+        n => u64::from(n),
+    })
+}
+
 /// A frame's mask key as it applies from `offset` bytes into the payload (for a piece that
 /// starts there, to be masked with [`apply_mask`]).
 pub(crate) fn key_at(key: [u8; 4], offset: u64) -> [u8; 4] {

@@ -104,7 +104,7 @@ impl Frames {
                 i += 1;
                 if self.have >= 2 && self.have == wire::head_len(self.head[1]) {
                     let head = self.head;
-                    self.start(&head);
+                    self.start(&head[..self.have]);
                     if self.remaining == 0 {
                         completed += self.end(traffic);
                     }
@@ -161,16 +161,10 @@ impl Frames {
     fn start(&mut self, h: &[u8]) {
         self.fin = h[0] & 0x80 != 0;
         self.opcode = h[0] & 0x0f;
-        let (len, at) = match h[1] & 0x7f {
-            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
-            127 => (
-                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-                10,
-            ),
-            n => (u64::from(n), 2),
-        };
-        self.mask = (h[1] & 0x80 != 0).then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
-        self.remaining = len;
+        // The key is the header's last four bytes.
+        let n = h.len();
+        self.mask = (h[1] & 0x80 != 0).then(|| [h[n - 4], h[n - 3], h[n - 2], h[n - 1]]);
+        self.remaining = wire::payload_len(h).unwrap_or_default();
         self.offset = 0;
         self.have = 0;
         self.code = [0; 2];
@@ -201,13 +195,8 @@ fn whole_frame(data: &[u8]) -> Option<(usize, u64, bool, u8)> {
     if opcode == 0x8 {
         return None;
     }
-    let head = wire::head_len(second);
-    let len = match second & 0x7f {
-        126 => u64::from(u16::from_be_bytes([*data.get(2)?, *data.get(3)?])),
-        127 => return None, // 64 KiB and more: not whole in one read anyway.
-        n => u64::from(n),
-    };
-    let total = head.checked_add(usize::try_from(len).ok()?)?;
+    let len = wire::payload_len(data)?;
+    let total = wire::head_len(second).checked_add(usize::try_from(len).ok()?)?;
     (total <= data.len()).then_some((total, len, first & 0x80 != 0, opcode))
 }
 
@@ -858,7 +847,8 @@ mod tests {
                 f.extend_from_slice(&(len as u64).to_be_bytes());
             }
         }
-        let key = [0x11, 0x22, 0x33, 0x44];
+        // A key of each frame's own: a mask taken from the wrong header bytes shows.
+        let key = [first, len as u8, 0x33, 0x44];
         if mask {
             f.extend_from_slice(&key);
         }

@@ -60,6 +60,16 @@ pub enum Mode {
     Tunnel,
 }
 
+impl Mode {
+    /// The mode as logs and metric labels name it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Mode::Frames => "frames",
+            Mode::Tunnel => "tunnel",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) pool: UpstreamPool,

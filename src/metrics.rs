@@ -22,6 +22,7 @@
 //! | `ws_proxy_handshake_failures_total` | counter | `cause` (see [`ProxyError::cause`](crate::ProxyError::cause), plus `upstream_refused`) | upgrades that did not become sessions |
 //! | `ws_proxy_messages_total` | counter | `direction`: `to_upstream`, `to_client` | data messages forwarded |
 //! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
+//! | `ws_proxy_undeliverable_messages_total` | counter | `mode`: `frames`, `tunnel` | data messages the proxy read and could not deliver: they arrived on a leg after its close had begun, were still held for a leg that went away, or were cut mid-message; never counted as forwarded |
 //! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
 //! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code`: `1000`-`1015`, `3000-3999`, `4000-4999`, `other` | close codes per leg (1005: none; 1006: dropped); codes outside the registered range are bucketed, so peers cannot create series |
 //! | `ws_proxy_spliced_bytes_total` | counter | | tunnel payload bytes moved socket to socket with `splice(2)`, never copied into the proxy |
@@ -43,6 +44,7 @@ mod imp {
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
     pub(crate) const MESSAGES: &str = "ws_proxy_messages_total";
     pub(crate) const BYTES: &str = "ws_proxy_bytes_total";
+    pub(crate) const UNDELIVERABLE: &str = "ws_proxy_undeliverable_messages_total";
     pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
     pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
     pub(crate) const SPLICED_BYTES: &str = "ws_proxy_spliced_bytes_total";
@@ -69,6 +71,10 @@ mod imp {
         );
         describe_counter!(MESSAGES, "Data messages forwarded, by direction");
         describe_counter!(BYTES, Unit::Bytes, "Payload bytes forwarded, by direction");
+        describe_counter!(
+            UNDELIVERABLE,
+            "Data messages read that could not be delivered (after a close began, or cut), by mode"
+        );
         describe_histogram!(
             HANDSHAKE_SECONDS,
             Unit::Seconds,
@@ -134,6 +140,14 @@ mod imp {
         counter!(HANDSHAKE_FAILURES, "cause" => cause).increment(1);
     }
 
+    /// A session ended with `lost` data messages it could not deliver (`mode`: `frames`,
+    /// `tunnel`).
+    pub(crate) fn undeliverable(mode: &'static str, lost: u64) {
+        if lost > 0 {
+            counter!(UNDELIVERABLE, "mode" => mode).increment(lost);
+        }
+    }
+
     pub(crate) fn upstream_answered(after: Duration) {
         histogram!(HANDSHAKE_SECONDS).record(after.as_secs_f64());
     }
@@ -183,6 +197,7 @@ mod imp {
     pub(crate) fn tls_reloaded(_: bool) {}
     pub(crate) fn session_closed(_: &Arc<str>, _: &'static str, _: u16, _: u16) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
+    pub(crate) fn undeliverable(_: &'static str, _: u64) {}
     pub(crate) fn upstream_answered(_: Duration) {}
     pub(crate) fn spliced(_: usize) {}
 
@@ -207,7 +222,8 @@ pub use imp::describe_metrics;
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
-    handshake_failed, session_closed, session_opened, spliced, upstream_answered, TrafficCounters,
+    handshake_failed, session_closed, session_opened, spliced, undeliverable, upstream_answered,
+    TrafficCounters,
 };
 
 #[cfg(all(test, feature = "metrics"))]

@@ -148,7 +148,9 @@ pub struct SessionSummary {
     pub upstream_close_code: u16,
     /// The close reason, or what went wrong.
     pub close_reason: String,
-    /// Data messages that arrived on a closing leg and could not be delivered.
+    /// Data messages read from one leg that never reached the other, in either mode: they
+    /// arrived after a close had begun, were still waiting for a leg that went away, or were
+    /// cut mid-message. They are not in the `messages_to_*` counts.
     pub undeliverable: u64,
 }
 

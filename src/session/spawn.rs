@@ -121,6 +121,7 @@ pub(crate) fn spawn(
                 report.client_code,
                 report.upstream_code,
             );
+            metrics::undeliverable(config.mode.label(), report.undeliverable);
             if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
                 hook(&summary(
                     &session,

@@ -30,7 +30,9 @@ pub(crate) struct Report {
     pub(crate) client_code: u16,
     pub(crate) upstream_code: u16,
     pub(crate) reason: String,
-    /// Data messages that arrived on a leg after it was closing and could not be delivered.
+    /// Data messages read from one leg that never reached the other: they arrived after a
+    /// close had begun, were still held for a leg that went away, or were cut mid-message.
+    /// Never counted as forwarded.
     pub(crate) undeliverable: u64,
 }
 

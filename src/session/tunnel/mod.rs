@@ -43,7 +43,7 @@ thread_local! {
 }
 
 /// Follows frame boundaries in one direction's byte stream.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Frames {
     head: [u8; 14],
     have: usize,
@@ -57,6 +57,27 @@ struct Frames {
     closed: Option<u16>,
     /// Payload bytes of the data message in progress.
     payload: u64,
+    /// A data message has begun and not ended.
+    open: bool,
+}
+
+/// Where the data messages a tracker sees end are counted: the bytes that carried them were
+/// written to the destination, wait in the pipe's held buffer (counted when written, by that
+/// buffer's own tracker), or were discarded.
+enum Tally<'a> {
+    Forwarded(&'a mut Traffic),
+    Held,
+    Lost(&'a mut u64),
+}
+
+impl Tally<'_> {
+    fn count(&mut self, payload: u64) {
+        match self {
+            Tally::Forwarded(traffic) => traffic.add(payload),
+            Tally::Held => {}
+            Tally::Lost(lost) => **lost += 1,
+        }
+    }
 }
 
 impl Frames {
@@ -64,9 +85,20 @@ impl Frames {
         self.have == 0 && self.remaining == 0
     }
 
-    /// Walks `data`, counting completed data messages into `traffic`; returns how many.
-    fn feed(&mut self, data: &[u8], traffic: &mut Traffic) -> u64 {
+    /// Some of a data message's bytes have passed and its end has not.
+    fn mid_message(&self) -> bool {
+        self.open || (self.have > 0 && self.head[0] & 0x0f <= 0x2)
+    }
+
+    /// Walks `data`, counting completed data messages into `tally`; returns how many.
+    fn feed(&mut self, data: &[u8], tally: &mut Tally<'_>) -> u64 {
         let mut completed = 0;
+        let mut ended = |payload: Option<u64>, tally: &mut Tally<'_>| {
+            if let Some(payload) = payload {
+                tally.count(payload);
+                completed += 1;
+            }
+        };
         let mut i = 0;
         while i < data.len() {
             if self.remaining == 0 && self.have == 0 {
@@ -76,10 +108,8 @@ impl Frames {
                     self.opcode = opcode;
                     if opcode <= 0x2 {
                         self.payload += payload;
-                        if fin {
-                            traffic.add(std::mem::take(&mut self.payload));
-                            completed += 1;
-                        }
+                        self.open = !fin;
+                        ended(fin.then(|| std::mem::take(&mut self.payload)), tally);
                     }
                     continue;
                 }
@@ -94,7 +124,7 @@ impl Frames {
                         self.start(head);
                         i += n;
                         if self.remaining == 0 {
-                            completed += self.end(traffic);
+                            ended(self.end(), tally);
                         }
                         continue;
                     }
@@ -106,7 +136,7 @@ impl Frames {
                     let head = self.head;
                     self.start(&head[..self.have]);
                     if self.remaining == 0 {
-                        completed += self.end(traffic);
+                        ended(self.end(), tally);
                     }
                 }
             } else {
@@ -126,7 +156,7 @@ impl Frames {
                 self.offset += take as u64;
                 i += take;
                 if self.remaining == 0 {
-                    completed += self.end(traffic);
+                    ended(self.end(), tally);
                 }
             }
         }
@@ -144,16 +174,16 @@ impl Frames {
     }
 
     /// `n` payload bytes of the current data frame passed without being read (spliced);
-    /// returns 1 if that completed a data message.
-    fn skip(&mut self, n: u64, traffic: &mut Traffic) -> u64 {
+    /// returns the message's payload length if that completed a data message.
+    fn skip(&mut self, n: u64) -> Option<u64> {
         let n = n.min(self.remaining);
         self.payload += n;
         self.remaining -= n;
         self.offset += n;
         if self.remaining == 0 {
-            self.end(traffic)
+            self.end()
         } else {
-            0
+            None
         }
     }
 
@@ -168,10 +198,13 @@ impl Frames {
         self.offset = 0;
         self.have = 0;
         self.code = [0; 2];
+        if self.opcode <= 0x2 {
+            self.open = true;
+        }
     }
 
-    /// A frame ended; returns 1 if it completed a data message.
-    fn end(&mut self, traffic: &mut Traffic) -> u64 {
+    /// A frame ended; returns the payload length of the data message it completed, if any.
+    fn end(&mut self) -> Option<u64> {
         if self.opcode == 0x8 {
             self.closed = Some(if self.offset >= 2 {
                 u16::from_be_bytes(self.code)
@@ -180,10 +213,10 @@ impl Frames {
             });
         }
         if self.fin && self.opcode <= 0x2 {
-            traffic.add(std::mem::take(&mut self.payload));
-            return 1;
+            self.open = false;
+            return Some(std::mem::take(&mut self.payload));
         }
-        0
+        None
     }
 }
 
@@ -205,7 +238,7 @@ fn whole_frame(data: &[u8]) -> Option<(usize, u64, bool, u8)> {
 #[cfg(feature = "__fuzz")]
 pub(crate) fn fuzz_frames(data: &[u8], cuts: &[u8]) {
     let (mut whole, mut whole_traffic) = (Frames::default(), Traffic::new(Side::Upstream));
-    let whole_done = whole.feed(data, &mut whole_traffic);
+    let whole_done = whole.feed(data, &mut Tally::Forwarded(&mut whole_traffic));
     let (mut split, mut split_traffic) = (Frames::default(), Traffic::new(Side::Upstream));
     let mut split_done = 0;
     let (mut at, mut cut) = (0, cuts.iter().cycle());
@@ -215,10 +248,13 @@ pub(crate) fn fuzz_frames(data: &[u8], cuts: &[u8]) {
         let unread = split.unread_payload();
         if c % 2 == 1 && unread > 0 {
             let n = n.min(usize::try_from(unread).unwrap_or(usize::MAX));
-            split_done += split.skip(n as u64, &mut split_traffic);
+            if let Some(payload) = split.skip(n as u64) {
+                split_traffic.add(payload);
+                split_done += 1;
+            }
             at += n;
         } else {
-            split_done += split.feed(&data[at..at + n], &mut split_traffic);
+            split_done += split.feed(&data[at..at + n], &mut Tally::Forwarded(&mut split_traffic));
             at += n;
         }
         assert!(split.have < 14);
@@ -228,6 +264,7 @@ pub(crate) fn fuzz_frames(data: &[u8], cuts: &[u8]) {
     assert_eq!(split_traffic.bytes, whole_traffic.bytes);
     assert_eq!(split.closed, whole.closed);
     assert_eq!(split.at_boundary(), whole.at_boundary());
+    assert_eq!(split.mid_message(), whole.mid_message());
     assert_eq!((split.have, split.remaining), (whole.have, whole.remaining));
 }
 
@@ -271,6 +308,14 @@ struct Pipe {
     /// anything else.
     spliced: Option<SplicePipe>,
     splicing: Splicing,
+    /// Follows the frames in `held` as they are written, so that a message counts as
+    /// forwarded once its last byte has gone, and as undeliverable if it never goes. Boxed:
+    /// only a destination that is behind has one.
+    held_frames: Option<Box<Frames>>,
+    /// The payload length of a data message whose last bytes wait in `spliced`.
+    spliced_message: Option<u64>,
+    /// Data messages read from `from` that were discarded (after the proxy's close).
+    lost: u64,
 }
 
 /// Whether `from`'s bytes still go to `to`.
@@ -347,6 +392,9 @@ impl Pipe {
             handshake_started: false,
             spliced: None,
             splicing: Splicing::Ready,
+            held_frames: None,
+            spliced_message: None,
+            lost: 0,
         }
     }
 
@@ -370,6 +418,19 @@ impl Pipe {
     fn discard(&mut self) {
         self.flow = Flow::Discard;
         self.spliced = None;
+        self.lost += u64::from(self.spliced_message.take().is_some());
+    }
+
+    /// Data messages of `from`'s that did not reach `to`, once the pipe has stopped: those
+    /// discarded, those whose last bytes were still held or in the kernel pipe, and a message
+    /// cut short (part of it passed, its end never came).
+    fn undeliverable(&mut self) -> u64 {
+        let mut lost = self.lost + u64::from(self.spliced_message.is_some());
+        if let Some(mut frames) = self.held_frames.take() {
+            let unwritten = self.held.get(self.pos..).unwrap_or_default();
+            frames.feed(unwritten, &mut Tally::Lost(&mut lost));
+        }
+        lost + u64::from(self.frames.mid_message())
     }
 
     fn next(&self, plain_sockets: bool) -> Next {
@@ -416,8 +477,8 @@ impl Pipe {
                 return Poll::Pending;
             }
             let stepped = match next {
-                Next::FlushSpliced => self.flush_spliced(cx, dst),
-                Next::WriteHeld => self.write_held(cx, dst),
+                Next::FlushSpliced => self.flush_spliced(cx, dst, traffic),
+                Next::WriteHeld => self.write_held(cx, dst, traffic),
                 Next::Inject => self.take_inject(),
                 Next::Finish => self.finish(cx, dst),
                 Next::Splice(len) => self.splice(cx, src, dst, len, traffic, keepalive),
@@ -431,26 +492,46 @@ impl Pipe {
         }
     }
 
-    fn flush_spliced(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+    fn flush_spliced(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut TunnelIo,
+        traffic: &mut Traffic,
+    ) -> Stepped {
         let (Some(pipe), Some(to)) = (self.spliced.as_mut(), dst.socket()) else {
             return Poll::Ready(Err(PipeEnd::Lost(self.to)));
         };
         match pipe.poll_flush(cx, to) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
+            Poll::Ready(Ok(())) => {
+                if let Some(payload) = self.spliced_message.take() {
+                    traffic.add(payload);
+                }
+                Poll::Ready(Ok(0))
+            }
             Poll::Ready(Err(_)) => Poll::Ready(Err(PipeEnd::Lost(self.to))),
             Poll::Pending => Poll::Pending,
         }
     }
 
-    fn write_held(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+    fn write_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut TunnelIo,
+        traffic: &mut Traffic,
+    ) -> Stepped {
         match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(PipeEnd::Lost(self.to))),
             Poll::Ready(Ok(n)) => {
+                if let Some(frames) = &mut self.held_frames {
+                    let written = &self.held[self.pos..self.pos + n];
+                    frames.feed(written, &mut Tally::Forwarded(traffic));
+                }
                 self.pos += n;
                 if self.pos == self.held.len() {
                     // Give the buffer back: an idle tunnel holds none.
                     self.held = Vec::new();
                     self.pos = 0;
+                    self.held_frames = None;
                 }
                 Poll::Ready(Ok(0))
             }
@@ -500,8 +581,13 @@ impl Pipe {
             Spliced::Moved(n) => {
                 let now = Instant::now();
                 keepalive.heard(self.from, now);
-                if self.frames.skip(n as u64, traffic) > 0 {
+                if let Some(payload) = self.frames.skip(n as u64) {
                     keepalive.data(now);
+                    // Counted once its last bytes have left the kernel pipe too.
+                    match &self.spliced {
+                        Some(pipe) if !pipe.is_empty() => self.spliced_message = Some(payload),
+                        _ => traffic.add(payload),
+                    }
                 }
                 metrics::spliced(n);
                 self.splicing = Splicing::HeaderReads;
@@ -543,19 +629,23 @@ impl Pipe {
                 Poll::Ready(Ok(())) => {}
             }
             let data = buf.filled();
-            self.track(data, traffic, keepalive);
-            if self.flow != Flow::Discard {
-                self.forward(cx, dst, data)?;
-            }
+            let (completed, forwarded) = if self.flow == Flow::Discard {
+                let lost = &mut self.lost;
+                (self.frames.feed(data, &mut Tally::Lost(lost)), Ok(()))
+            } else {
+                self.forward(cx, dst, data, traffic)
+            };
+            self.track(completed, keepalive);
+            forwarded?;
             Poll::Ready(Ok(data.len()))
         })
     }
 
-    /// Follows the frames in `data` as they pass.
-    fn track(&mut self, data: &[u8], traffic: &mut Traffic, keepalive: &mut Keepalive) {
+    /// After `completed` data messages were seen in a read.
+    fn track(&mut self, completed: u64, keepalive: &mut Keepalive) {
         let now = Instant::now();
         keepalive.heard(self.from, now);
-        if self.frames.feed(data, traffic) > 0 {
+        if completed > 0 {
             keepalive.data(now);
         }
         if self.frames.unread_payload() < SPLICE_MIN {
@@ -569,26 +659,42 @@ impl Pipe {
         }
     }
 
-    /// Writes `data` to `to` as far as it takes it; holds the rest.
+    /// Writes `data` to `to` as far as it takes it and holds the rest; follows its frames,
+    /// counting the messages written as forwarded. Returns how many messages ended in `data`.
     fn forward(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut TunnelIo,
         data: &[u8],
-    ) -> Result<(), PipeEnd> {
+        traffic: &mut Traffic,
+    ) -> (u64, Result<(), PipeEnd>) {
         let mut written = 0;
+        let mut result = Ok(());
         while written < data.len() {
             match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(PipeEnd::Lost(self.to)),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    result = Err(PipeEnd::Lost(self.to));
+                    break;
+                }
                 Poll::Ready(Ok(n)) => written += n,
                 Poll::Pending => break,
             }
         }
-        if written < data.len() {
-            // Only now does the session hold bytes of its own.
-            self.held.extend_from_slice(&data[written..]);
+        let (sent, rest) = data.split_at(written);
+        let mut completed = self.frames.feed(sent, &mut Tally::Forwarded(traffic));
+        if rest.is_empty() {
+            return (completed, result);
         }
-        Ok(())
+        if result.is_err() {
+            completed += self.frames.feed(rest, &mut Tally::Lost(&mut self.lost));
+        } else {
+            // Only now does the session hold bytes of its own; their messages count as they
+            // are written.
+            self.held_frames = Some(Box::new(self.frames.clone()));
+            completed += self.frames.feed(rest, &mut Tally::Held);
+            self.held.extend_from_slice(rest);
+        }
+        (completed, result)
     }
 }
 
@@ -635,11 +741,13 @@ pub(crate) async fn run(
     if close.is_none() && !(tunnel.c_done && tunnel.u_done) {
         let _ = tokio::time::timeout(close_timeout, tunnel.finish_handshake()).await;
     }
-    match close {
+    let outcome = match close {
         Some(close) => tunnel.close(close, close_timeout).await,
         None => tunnel.closed_by_peers(),
-    }
-    .into()
+    };
+    let mut report = Report::from(outcome);
+    report.undeliverable = tunnel.c2u.undeliverable() + tunnel.u2c.undeliverable();
+    report
 }
 
 /// Both legs, both directions and what the phases share.
@@ -881,7 +989,7 @@ mod tests {
             let (mut at, mut done) = (0, 0);
             while at < stream.len() {
                 let n = cuts.next().unwrap_or(1).clamp(1, stream.len() - at);
-                done += frames.feed(&stream[at..at + n], &mut traffic);
+                done += frames.feed(&stream[at..at + n], &mut Tally::Forwarded(&mut traffic));
                 at += n;
             }
             (
@@ -897,6 +1005,78 @@ mod tests {
         assert_eq!(feed(&mut std::iter::repeat(1)), whole);
         assert_eq!(feed(&mut (1..=17).cycle()), whole);
         assert_eq!(feed(&mut [3, 1, 2, 7, 5].into_iter().cycle()), whole);
+    }
+
+    /// A message counts where its last byte went (forwarded or lost), and one whose end never
+    /// came is cut, whichever frame or header its stream stopped in.
+    #[test]
+    fn messages_count_where_their_last_byte_went() {
+        let hello = frame(0x81, 5, true, b"hello");
+        let (first, last) = (frame(0x01, 3, true, b"abc"), frame(0x80, 3, true, b"def"));
+        let binary = frame(0x82, 4, true, b"wxyz");
+        let stream = [hello.clone(), first.clone(), last, binary].concat();
+        let mut frames = Frames::default();
+        let (mut traffic, mut lost) = (Traffic::new(Side::Upstream), 0);
+        // The greeting and the first fragment go, then two bytes of the next header.
+        let sent = hello.len() + first.len() + 2;
+        frames.feed(&stream[..sent], &mut Tally::Forwarded(&mut traffic));
+        assert!(frames.mid_message());
+        frames.feed(&stream[sent..], &mut Tally::Lost(&mut lost));
+        assert_eq!((traffic.messages, traffic.bytes, lost), (1, 5, 2));
+        assert!(!frames.mid_message());
+        for cut in 1..stream.len() {
+            let mut frames = Frames::default();
+            frames.feed(&stream[..cut], &mut Tally::Held);
+            let ends = [hello.len(), stream.len() - 10, stream.len()];
+            let expected = !ends.contains(&cut);
+            assert_eq!(frames.mid_message(), expected, "cut at {cut}");
+        }
+        // A ping between fragments neither ends nor starts a message.
+        let mut frames = Frames::default();
+        let ping = frame(0x89, 0, true, &[]);
+        frames.feed(&[first, ping].concat(), &mut Tally::Held);
+        assert!(frames.mid_message());
+    }
+
+    /// Bytes the destination has not taken wait in the pipe: their messages count as forwarded
+    /// once written, and as undeliverable if the pipe stops first.
+    #[tokio::test]
+    async fn held_messages_count_once_written_or_as_undeliverable() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sender, src) = tokio::io::duplex(1 << 16);
+        // The destination takes 64 bytes until some are read.
+        let (dst, mut receiver) = tokio::io::duplex(64);
+        let (mut src, mut dst) = (
+            TunnelIo::other(Box::new(src)),
+            TunnelIo::other(Box::new(dst)),
+        );
+        // Ten messages of 22 bytes on the wire each.
+        let stream: Vec<u8> = (0..10).flat_map(|_| frame(0x82, 20, false, &[])).collect();
+        sender.write_all(&stream).await.unwrap();
+        let mut pipe = Pipe::new(Side::Upstream, Side::Client);
+        let mut traffic = Traffic::new(Side::Client);
+        let mut keepalive = Keepalive::new(crate::session::keepalive::Timeouts {
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            max_lifetime: None,
+        });
+        let mut run = |traffic: &mut Traffic| {
+            let polled = poll_fn(|cx| {
+                let p = pipe.poll(cx, &mut src, &mut dst, traffic, &mut keepalive);
+                Poll::Ready(p.is_pending())
+            });
+            futures_util::FutureExt::now_or_never(polled).unwrap()
+        };
+        assert!(run(&mut traffic), "waits for the destination");
+        // 64 bytes went: two messages and part of a third.
+        assert_eq!(traffic.messages, 2);
+        let mut taken = [0u8; 30];
+        receiver.read_exact(&mut taken).await.unwrap();
+        assert!(run(&mut traffic));
+        // 94 bytes: four messages.
+        assert_eq!(traffic.messages, 4);
+        assert_eq!(pipe.undeliverable(), 6);
     }
 
     #[test]

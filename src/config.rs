@@ -7,6 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use std::sync::Arc;
 
 use crate::handshake::origin::Origins;
+use crate::handshake::request::EscapedSlashes;
 use crate::handshake::route::RouteHook;
 use crate::registry::Sessions;
 use crate::session::hooks::Hooks;
@@ -91,6 +92,7 @@ pub(crate) struct Config {
     /// Sends the session id upstream in this header.
     pub(crate) session_id_header: Option<http::HeaderName>,
     pub(crate) mode: Mode,
+    pub(crate) escaped_slashes: EscapedSlashes,
     pub(crate) hooks: Hooks,
     pub(crate) route: Option<RouteHook>,
     /// Shared by every clone of the layer, so one shutdown handle drains them all.
@@ -124,6 +126,7 @@ impl Config {
             redact: Default::default(),
             session_id_header: None,
             mode: Mode::Frames,
+            escaped_slashes: EscapedSlashes::Keep,
             hooks: Hooks::default(),
             route: None,
             sessions: Arc::default(),

@@ -109,6 +109,14 @@ pub enum ProxyError {
     /// The request path climbs above the root once its dot-segments are removed (`/../x`,
     /// `/a/%2e%2e/%2E%2E/x`, `/..\\x`): **400**. Nothing is dialled.
     PathAboveRoot,
+    /// The request path hides a dot-segment behind an encoded slash or a double encoding
+    /// (`/..%2Fadmin`, `/a%5C..`, `/%252E%252E/x`), which a server decoding it before resolving
+    /// dot-segments would take as a step up: **400**, whatever
+    /// [`EscapedSlashes`](crate::EscapedSlashes) says. Nothing is dialled.
+    EncodedDotSegment,
+    /// The request path holds an encoded slash (`%2F`, `%5C`) and the proxy is set to
+    /// [`EscapedSlashes::Reject`](crate::EscapedSlashes::Reject): **400**.
+    EscapedSlash,
     /// `Host` is repeated, missing on HTTP/1.1, or not a valid `host[:port]` authority (RFC
     /// 9112 §3.2): **400**, naming which.
     InvalidHost(&'static str),
@@ -128,6 +136,8 @@ impl ProxyError {
             Self::UnsupportedVersion | Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             Self::InvalidKey
             | Self::PathAboveRoot
+            | Self::EncodedDotSegment
+            | Self::EscapedSlash
             | Self::InvalidTarget
             | Self::InvalidHost(_)
             | Self::UpgradeWithBody => StatusCode::BAD_REQUEST,
@@ -169,6 +179,8 @@ impl ProxyError {
             Self::AnswerTooLarge(_) => "answer_too_large",
             Self::InvalidUpgrade(_) => "invalid_upgrade",
             Self::PathAboveRoot => "path_above_root",
+            Self::EncodedDotSegment => "encoded_dot_segment",
+            Self::EscapedSlash => "escaped_slash",
             Self::InvalidTarget => "invalid_target",
             Self::LocalResources { .. } => "local_resources",
             Self::InvalidHost(_) => "invalid_host",
@@ -214,6 +226,12 @@ impl fmt::Display for ProxyError {
             }
             Self::InvalidUpgrade(why) => write!(f, "upstream sent an invalid 101: {why}"),
             Self::PathAboveRoot => f.write_str("the request path climbs above the root"),
+            Self::EncodedDotSegment => {
+                f.write_str("the request path hides a dot-segment behind an encoded slash")
+            }
+            Self::EscapedSlash => {
+                f.write_str("encoded slashes (%2F, %5C) are not accepted in the request path")
+            }
             Self::InvalidTarget => {
                 f.write_str("the request target must be a path or an absolute URL")
             }

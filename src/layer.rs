@@ -357,6 +357,22 @@ impl WsProxyLayer {
         self.mode(Mode::Tunnel)
     }
 
+    /// What to do with encoded slashes (`%2F`, `%5C`) in a request path: keep them (default),
+    /// refuse the upgrade with 400, or decode them into `/` before dot-segment removal,
+    /// routing and forwarding. A dot-segment hidden behind one (`/..%2Fadmin`) is refused with
+    /// 400 whatever this says. See [`EscapedSlashes`](crate::EscapedSlashes).
+    ///
+    /// ```
+    /// use axum_ws_proxy::{EscapedSlashes, WsProxyLayer};
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000/rooms".parse()?)
+    ///     .escaped_slashes(EscapedSlashes::Decode);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn escaped_slashes(self, action: crate::EscapedSlashes) -> Self {
+        self.set(|c| c.escaped_slashes = action)
+    }
+
     /// Called when a session starts (the client has its 101 and the upstream leg is open), on
     /// the session's task. See [`SessionInfo`].
     ///

@@ -51,7 +51,9 @@
 //!
 //! # The upstream request
 //!
-//! - Target: the upstream's path prefix, then the client's path and query byte for byte.
+//! - Target: the upstream's path prefix, then the client's path and query byte for byte
+//!   (dot-segments removed; encoded slashes as [`WsProxyLayer::escaped_slashes`] says, and
+//!   never hiding a dot-segment).
 //!   Under [`Router::nest`] the layer sees (and forwards) the path with the nest prefix removed.
 //! - Removed: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
 //!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, every header
@@ -162,31 +164,74 @@ struct ReadmeDoctests;
 #[cfg(feature = "__fuzz")]
 #[doc(hidden)]
 pub mod __fuzz {
-    /// The request checks (path normalisation, `Host`, body) on a request with this target
-    /// and these header lines; must never panic.
+    /// The request checks (path normalisation, encoded slashes, `Host`, body) on a request
+    /// with this target and these header lines, under each [`EscapedSlashes`] action; must
+    /// never panic.
     pub fn request(target: &[u8], headers: &[(&[u8], &[u8])]) {
+        use crate::EscapedSlashes;
         let Ok(uri) = http::Uri::try_from(target) else {
             return;
         };
-        let mut req = http::Request::new(());
-        *req.uri_mut() = uri;
-        for (name, value) in headers {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                req.headers_mut().append(n, v);
+        for escaped in [
+            EscapedSlashes::Keep,
+            EscapedSlashes::Reject,
+            EscapedSlashes::Decode,
+        ] {
+            let mut req = http::Request::new(());
+            *req.uri_mut() = uri.clone();
+            for (name, value) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name),
+                    http::HeaderValue::from_bytes(value),
+                ) {
+                    req.headers_mut().append(n, v);
+                }
+            }
+            if crate::handshake::request::check(&mut req, escaped).is_ok() {
+                let path = req.uri().path();
+                assert!(path.starts_with('/') || path.is_empty(), "{path:?}");
+                // What passes cannot leave the upstream's prefix, even for a server that
+                // decodes it once or twice before resolving dot-segments.
+                let once = percent_decode(path.as_bytes());
+                for decoded in [path.as_bytes().to_vec(), percent_decode(&once), once] {
+                    assert!(
+                        !decoded
+                            .split(|b| *b == b'/' || *b == b'\\')
+                            .any(|s| s == b".." || s == b"."),
+                        "{escaped:?}: a dot-segment in {path:?} once decoded"
+                    );
+                }
+                if escaped == EscapedSlashes::Reject {
+                    let lower = path.to_ascii_lowercase();
+                    assert!(!lower.contains("%2f") && !lower.contains("%5c"), "{path:?}");
+                }
             }
         }
-        if crate::handshake::request::check(&mut req).is_ok() {
-            // What passes has no dot-segment left and stays a valid origin-form path.
-            let path = req.uri().path();
-            assert!(path.starts_with('/') || path.is_empty(), "{path:?}");
-            assert!(
-                !path.split(['/', '\\']).any(|s| s == ".." || s == "."),
-                "dot-segment left in {path:?}"
-            );
+    }
+
+    /// `%XX` escapes decoded; written apart from the proxy's own decoder, so that a mistake
+    /// there is not repeated here.
+    fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|_| bytes[i] == b'%' && bytes[i + 1].is_ascii_hexdigit());
+            match hex {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
         }
+        out
     }
 
     /// The request head's measured size (what `Serve::max_head_size` bounds) for a head parsed as
@@ -284,6 +329,7 @@ pub use http;
 pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
+pub use handshake::request::{EscapedSlashes, ParseEscapedSlashesError};
 pub use handshake::route::{Refusal, RouteRequest};
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;

@@ -156,6 +156,79 @@ async fn dot_segments_cannot_leave_the_upstream_prefix() {
     );
 }
 
+/// A dot-segment hidden behind an encoded slash or a double encoding is refused with 400 and
+/// counted by cause before any dial, whatever `--escaped-slashes` says; an encoded slash with
+/// no dot-segment is forwarded byte for byte (the default), refused, or decoded.
+#[tokio::test]
+async fn encoded_slashes_cannot_carry_dot_segments_past_the_prefix() {
+    let hidden = [
+        "/..%2fadmin",
+        "/..%2Fadmin",
+        "/a/..%2f..%2fadmin",
+        "/a%2f..%2f..%2fadmin",
+        "/.%2f..%2fadmin",
+        "/%2e%2e%2fadmin",
+        "/..%5Cadmin",
+        "/..%252fadmin",
+        "/%252e%252e/admin",
+    ];
+    for action in ["keep", "reject", "decode"] {
+        let (up, mut seen) = recording_upstream(&[]).await;
+        let (_child, proxy, metrics) = start_ws_proxy(&[
+            "--upstream",
+            &format!("ws://{up}/rooms"),
+            "--escaped-slashes",
+            action,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .await;
+        let mut refused = 0;
+        for path in hidden {
+            let (status, _, body) = http_request(proxy, path, &UPGRADE_HEADERS).await;
+            assert_eq!(status, 400, "{action} {path}");
+            let body = String::from_utf8_lossy(&body);
+            if action == "decode" && !path.contains("%25") {
+                // Decoded, these are plain dot-segments above the root, as `/../admin`.
+                assert!(body.contains("climbs above the root"), "{path}: {body}");
+                continue;
+            }
+            let expected = if action == "reject" && !path.contains("%25") {
+                "encoded slashes (%2F, %5C) are not accepted in the request path"
+            } else {
+                refused += 1;
+                "the request path hides a dot-segment behind an encoded slash"
+            };
+            assert!(body.contains(expected), "{action} {path}: {body}");
+        }
+        let (_, _, text) = http_request(metrics.unwrap(), "/metrics", &[]).await;
+        let line =
+            format!("ws_proxy_handshake_failures_total{{cause=\"encoded_dot_segment\"}} {refused}");
+        assert!(
+            refused == 0 || String::from_utf8_lossy(&text).contains(&line),
+            "{action}: {line} not in the metrics"
+        );
+        let (status, ..) = raw_exchange(proxy, &upgrade_request(proxy, "/42%2F/x", &[])).await;
+        let forwarded = match action {
+            "keep" => Some("/rooms/42%2F/x"),
+            "decode" => Some("/rooms/42//x"),
+            _ => None,
+        };
+        match forwarded {
+            Some(uri) => {
+                assert_eq!(status, 101, "{action}");
+                let (seen_uri, _) = within("the upstream request", seen.recv()).await.unwrap();
+                assert_eq!(seen_uri, uri, "{action}");
+            }
+            None => assert_eq!(status, 400, "{action}"),
+        }
+        assert!(
+            seen.try_recv().is_err(),
+            "{action}: a refused path was dialled"
+        );
+    }
+}
+
 /// Config-file routes match the normalised path: `/public/../../etc` is 400, and
 /// `/public/../chat` goes to the chat route.
 #[tokio::test]

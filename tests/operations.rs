@@ -262,6 +262,31 @@ async fn sighup_reloads_new_sessions_and_keeps_live_ones() {
     );
 }
 
+/// `escaped_slashes` from the file applies on SIGHUP: `reject` refuses `/chat%2F1` with 400;
+/// after a reload to `decode`, the same path is `/chat/1` for the routes (it goes to the chat
+/// pool) and for the upstream.
+#[tokio::test]
+async fn escaped_slashes_follow_a_reload() {
+    let (default, chat) = (named("default").await, named("chat").await);
+    let config = |action: &str| {
+        format!(
+            "escaped_slashes = \"{action}\"\nupstream = [\"ws://{default}\"]\n\
+             [pools.chat]\nupstream = [\"ws://{chat}\"]\n\
+             [[routes]]\nprefix = \"/chat\"\npool = \"chat\"\n"
+        )
+    };
+    let file = write_config("slashes.toml", &config("reject"));
+    let (child, proxy, mut logs) = start_logged(&["--config", file.to_str().unwrap()], &[]).await;
+    let (status, _, body) = http_request(proxy, "/chat%2F1", &UPGRADE_HEADERS).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("encoded slashes"));
+    write_config("slashes.toml", &config("decode"));
+    signal(&child, "-HUP");
+    line_with(&mut logs, "configuration reloaded").await;
+    assert_eq!(first_text(proxy, "/chat%2F1").await, "chat");
+    assert_eq!(first_text(proxy, "/other%2F1").await, "default");
+}
+
 /// A broken file on SIGHUP is refused with `file:line: key`, and the running configuration
 /// stays.
 #[tokio::test]

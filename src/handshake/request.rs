@@ -1,7 +1,8 @@
 //! Step 1, before anything is dialled: the parts of the client's request the proxy acts on,
 //! made strict. Dot-segments are removed from the path (so `/../admin` cannot leave an
-//! upstream's prefix or a route), `Host` must be one valid authority, and an upgrade carries
-//! no body.
+//! upstream's prefix or a route), a dot-segment hidden behind an encoded slash (`..%2F`) is
+//! refused, encoded slashes are kept, refused or decoded ([`EscapedSlashes`]), `Host` must be
+//! one valid authority, and an upgrade carries no body.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery};
@@ -9,9 +10,89 @@ use http::{HeaderMap, HeaderValue, Request, Uri, Version};
 
 use crate::ProxyError;
 
-/// Checks `req` and rewrites its path without dot-segments (RFC 3986 §5.2.4), and its `Host`
-/// to the target's authority for an absolute-form request (RFC 9112 §3.2.2).
-pub(crate) fn check<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+/// What the proxy does with encoded slashes (`%2F`, `%5C`, either case) in a request path, as
+/// Envoy's `path_with_escaped_slashes_action`. Whatever the setting, a path that would hold a
+/// dot-segment once they are decoded (`/..%2Fadmin`, `/a%2F..`, `/.%5Cx`, also double-encoded
+/// as `%252F`) is refused with 400 (`cause="encoded_dot_segment"`): a server that decodes
+/// `%2F` before resolving dot-segments would otherwise serve a path above the upstream's
+/// prefix.
+///
+/// ```
+/// use axum_ws_proxy::{EscapedSlashes, WsProxyLayer};
+///
+/// assert_eq!(EscapedSlashes::default(), EscapedSlashes::Keep);
+/// assert_eq!("decode".parse::<EscapedSlashes>(), Ok(EscapedSlashes::Decode));
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+///     .escaped_slashes(EscapedSlashes::Reject);
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EscapedSlashes {
+    /// Forward them byte for byte (the default): `/rooms/42%2F` reaches the upstream as it
+    /// came, as nginx, HAProxy and Envoy do by default.
+    #[default]
+    Keep,
+    /// Refuse any path holding one with **400** (`cause="escaped_slash"`).
+    Reject,
+    /// Take them as separators: `/a%2Fb` is `/a/b` for dot-segment removal, for the routes the
+    /// proxy matches (the routing hook, `ws-proxy`'s `[[routes]]`) and for the upstream, so all
+    /// see the same path. Inside an axum app, the app's `Router` has matched its routes before
+    /// the layer runs: this governs the proxy's routing and forwarding, not the app's.
+    Decode,
+}
+
+impl EscapedSlashes {
+    /// The setting's name: `keep`, `reject` or `decode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Reject => "reject",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+impl std::fmt::Display for EscapedSlashes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EscapedSlashes {
+    type Err = ParseEscapedSlashesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "keep" => Ok(Self::Keep),
+            "reject" => Ok(Self::Reject),
+            "decode" => Ok(Self::Decode),
+            _ => Err(ParseEscapedSlashesError(s.to_owned())),
+        }
+    }
+}
+
+/// A text that is not `keep`, `reject` or `decode`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseEscapedSlashesError(String);
+
+impl std::fmt::Display for ParseEscapedSlashesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid escaped-slashes action {:?} (expected keep, reject or decode)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseEscapedSlashesError {}
+
+/// Checks `req` and rewrites its path without dot-segments (RFC 3986 §5.2.4), its encoded
+/// slashes as `escaped` says, and its `Host` to the target's authority for an absolute-form
+/// request (RFC 9112 §3.2.2).
+pub(crate) fn check<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), ProxyError> {
     if has_body(req.headers()) {
         return Err(ProxyError::UpgradeWithBody);
     }
@@ -26,7 +107,7 @@ pub(crate) fn check<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
         req.headers_mut().insert(HOST, host);
     }
     if let Some(pq) = req.uri().path_and_query() {
-        if let Some(normal) = remove_dot_segments(pq)? {
+        if let Some(normal) = normalize(pq, escaped)? {
             let mut parts = req.uri().clone().into_parts();
             parts.path_and_query = Some(normal);
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::PathAboveRoot)?;
@@ -100,21 +181,106 @@ fn dots(segment: &str) -> usize {
     }
 }
 
-/// The path without `.` and `..` segments, `%2e` counting as a dot and `\` as a separator;
-/// `None` when there are none (the path is then forwarded byte for byte).
-pub(crate) fn remove_dot_segments(pq: &PathAndQuery) -> Result<Option<PathAndQuery>, ProxyError> {
+/// The path with encoded slashes dealt with as `escaped` says and without `.` and `..`
+/// segments (`%2e` counting as a dot and `\` as a separator); `None` when nothing changes (the
+/// path is then forwarded byte for byte).
+pub(crate) fn normalize(
+    pq: &PathAndQuery,
+    escaped: EscapedSlashes,
+) -> Result<Option<PathAndQuery>, ProxyError> {
     let path = pq.path();
-    // Neither a dot nor a percent sign: no dot segment and no encoded separator (most paths).
+    // Neither a dot nor a percent sign: no dot segment and nothing encoded (most paths).
     if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return Ok(None);
     }
-    let segments: Vec<&str> = path.split(['/', '\\']).collect();
-    if !segments.iter().any(|s| dots(s) > 0) && !path.contains("%5c") && !path.contains("%5C") {
+    if escaped != EscapedSlashes::Keep && encoded_slash(path).is_some() {
+        if escaped == EscapedSlashes::Reject {
+            return Err(ProxyError::EscapedSlash);
+        }
+        let decoded = with_query(&decode_slashes(path), pq.query());
+        let decoded: PathAndQuery = decoded.parse().map_err(|_| ProxyError::InvalidTarget)?;
+        let normal = remove_dot_segments(&decoded)?;
+        return Ok(Some(normal.unwrap_or(decoded)));
+    }
+    remove_dot_segments(pq)
+}
+
+/// Where the first `%2F` or `%5C` (either case) starts in `path`.
+fn encoded_slash(path: &str) -> Option<usize> {
+    path.as_bytes().windows(3).position(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    })
+}
+
+/// `path` with every `%2F` and `%5C` (either case) written as `/`.
+fn decode_slashes(mut path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    while let Some(at) = encoded_slash(path) {
+        out.push_str(&path[..at]);
+        out.push('/');
+        path = &path[at + 3..];
+    }
+    out.push_str(path);
+    out
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    }
+}
+
+/// `bytes` with each `%XX` escape decoded (an invalid one is kept as it is).
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escape {
+            Some((hi, lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `segment` (no `/` or `\` in it) hides a `.` or `..` segment that a server decoding
+/// it once or twice would see: behind an encoded slash (`..%2F`, `%2F..`, `.%5C`), or
+/// double-encoded (`%252E%252E`). A segment that is a dot-segment as it stands is not hidden:
+/// it is removed.
+fn hides_dot_segment(segment: &str) -> bool {
+    if !segment.contains('%') || dots(segment) > 0 {
+        return false;
+    }
+    let is_dots = |part: &[u8]| part == b"." || part == b"..";
+    let once = percent_decode(segment.as_bytes());
+    let twice = percent_decode(&once);
+    [once, twice]
+        .iter()
+        .any(|decoded| decoded.split(|b| *b == b'/' || *b == b'\\').any(is_dots))
+}
+
+/// The path without `.` and `..` segments, `%2e` counting as a dot and `\` as a separator;
+/// `None` when there are none. A dot-segment hidden behind an encoded slash is refused.
+fn remove_dot_segments(pq: &PathAndQuery) -> Result<Option<PathAndQuery>, ProxyError> {
+    let path = pq.path();
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return Ok(None);
     }
-    // Percent-encoded backslashes separate segments too, for this purpose.
-    let path = path.replace("%5c", "/").replace("%5C", "/");
     let segments: Vec<&str> = path.split(['/', '\\']).skip(1).collect();
+    if segments.iter().any(|s| hides_dot_segment(s)) {
+        return Err(ProxyError::EncodedDotSegment);
+    }
     if !segments.iter().any(|s| dots(s) > 0) {
         return Ok(None);
     }
@@ -157,12 +323,17 @@ pub(crate) fn remove_dot_segments(pq: &PathAndQuery) -> Result<Option<PathAndQue
 mod tests {
     use super::*;
 
-    fn norm(p: &str) -> Result<String, &'static str> {
-        match remove_dot_segments(&p.parse().unwrap()) {
+    fn norm_with(p: &str, escaped: EscapedSlashes) -> Result<String, &'static str> {
+        match normalize(&p.parse().unwrap(), escaped) {
             Ok(Some(n)) => Ok(n.as_str().to_owned()),
             Ok(None) => Ok(p.to_owned()),
-            Err(_) => Err("above root"),
+            Err(ProxyError::PathAboveRoot) => Err("above root"),
+            Err(e) => Err(e.cause()),
         }
+    }
+
+    fn norm(p: &str) -> Result<String, &'static str> {
+        norm_with(p, EscapedSlashes::Keep)
     }
 
     #[test]
@@ -172,7 +343,7 @@ mod tests {
         assert_eq!(norm("/a/%2e%2E/b"), Ok("/b".into()));
         assert_eq!(norm("/a/.%2e/b"), Ok("/b".into()));
         assert_eq!(norm("/a/b/..\\c"), Ok("/a/c".into()));
-        assert_eq!(norm("/a/b/..%5cc"), Ok("/a/c".into()));
+        assert_eq!(norm("/a/b/..%5cc"), Err("encoded_dot_segment"));
         assert_eq!(norm("/a/b/.."), Ok("/a/".into()));
         assert_eq!(norm("/../admin"), Err("above root"));
         assert_eq!(norm("/public/../../etc"), Err("above root"));
@@ -186,6 +357,72 @@ mod tests {
         assert_eq!(norm("/a/%2e./b"), Ok("/b".into()));
     }
 
+    /// A dot-segment behind an encoded slash is refused whatever the setting (but `decode`,
+    /// where it is a plain dot-segment once decoded); encoded slashes elsewhere are kept,
+    /// refused or decoded as the setting says.
+    #[test]
+    fn encoded_slashes_follow_the_setting_and_never_hide_a_dot_segment() {
+        use EscapedSlashes::{Decode, Keep, Reject};
+        let hidden = [
+            "/..%2fadmin",
+            "/..%2Fadmin",
+            "/rooms/..%2f..%2fadmin",
+            "/a%2f..",
+            "/a%2F../b",
+            "/.%2fx",
+            "/a/%2e%2e%2fb",
+            "/a/%2E%2e%5Cb",
+            "/..%5cadmin",
+            "/a/..%252fb",
+            "/a/%252e%252e/b",
+            "/a/%25%32%65%25%32%65/b",
+            "/a/..%255cb",
+        ];
+        for path in hidden {
+            assert_eq!(norm_with(path, Keep), Err("encoded_dot_segment"), "{path}");
+        }
+        for path in &hidden[..9] {
+            assert_eq!(norm_with(path, Reject), Err("escaped_slash"), "{path}");
+        }
+        for path in &hidden[9..] {
+            assert_eq!(
+                norm_with(path, Reject),
+                Err("encoded_dot_segment"),
+                "{path}"
+            );
+        }
+        // Decoded, they are plain dot-segments: removed, or refused above the root.
+        assert_eq!(norm_with("/..%2fadmin", Decode), Err("above root"));
+        assert_eq!(
+            norm_with("/rooms/x/..%2fadmin", Decode),
+            Ok("/rooms/admin".into())
+        );
+        assert_eq!(norm_with("/a%2F../b?q=%2F", Decode), Ok("/b?q=%2F".into()));
+        assert_eq!(norm_with("/a/..%252fb", Decode), Err("encoded_dot_segment"));
+        // Encoded slashes with no dot-segment: kept byte for byte, refused, or decoded.
+        for path in ["/rooms/42%2F", "/a%2fb", "/a%5Cb/c", "/x%2F.y/z"] {
+            assert_eq!(norm_with(path, Keep), Ok(path.to_owned()), "{path}");
+            assert_eq!(norm_with(path, Reject), Err("escaped_slash"), "{path}");
+        }
+        assert_eq!(norm_with("/rooms/42%2F", Decode), Ok("/rooms/42/".into()));
+        assert_eq!(
+            norm_with("/a%5Cb/c?x=%2f", Decode),
+            Ok("/a/b/c?x=%2f".into())
+        );
+        // Percent signs that hide nothing, and queries, are left alone in every mode.
+        for escaped in [Keep, Reject, Decode] {
+            for path in [
+                "/100%25",
+                "/a%2e/b",
+                "/a/%2525",
+                "/a?x=..%2f..",
+                "/%2e%2ex/b",
+            ] {
+                assert_eq!(norm_with(path, escaped), Ok(path.to_owned()), "{path}");
+            }
+        }
+    }
+
     fn req(target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::get(target);
         for (k, v) in headers {
@@ -196,7 +433,11 @@ mod tests {
 
     #[test]
     fn host_is_strict() {
-        let cause = |mut r: Request<()>| check(&mut r).err().map(|e| e.to_string());
+        let cause = |mut r: Request<()>| {
+            check(&mut r, EscapedSlashes::Keep)
+                .err()
+                .map(|e| e.to_string())
+        };
         assert_eq!(cause(req("/", &[("host", "a.example")])), None);
         assert_eq!(
             cause(req("/", &[("host", "a.example"), ("host", "b.example")])),
@@ -210,7 +451,7 @@ mod tests {
             assert!(cause(req("/", &[("host", bad)])).is_some(), "{bad:?}");
         }
         let mut r = req("http://target.example:8080/x", &[("host", "other.example")]);
-        check(&mut r).unwrap();
+        check(&mut r, EscapedSlashes::Keep).unwrap();
         assert_eq!(r.headers()["host"], "target.example:8080");
         assert_eq!(
             cause(req("/", &[("host", "a.example"), ("content-length", "5")])),

@@ -42,7 +42,7 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .map(|ci| ci.0),
         log_path: String::new(),
     };
-    let checked = super::request::check(&mut req);
+    let checked = super::request::check(&mut req, config.escaped_slashes);
     // Logs never carry secrets from the query (and show the path as normalised, once it is).
     let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     refusal.log_path = config.redact.apply(raw).into_owned();

@@ -170,6 +170,9 @@ impl Plan {
         if let Some(name) = &s.session_id_header {
             layer = layer.session_id_header(name.0.clone());
         }
+        if let Some(action) = &s.escaped_slashes {
+            layer = layer.escaped_slashes(action.0);
+        }
         if !s.trusted_proxy.is_empty() {
             layer = layer.trusted_proxies(s.trusted_proxy.iter().map(|n| n.0));
         }

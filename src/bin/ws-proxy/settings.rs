@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, IpNet, Member};
+use axum_ws_proxy::{Balance, EscapedSlashes, IpNet, Member};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
@@ -117,6 +117,12 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "BOOL", help_heading = "Limits and access", num_args = 0..=1,
           require_equals = true, default_missing_value = "true")]
     pub(crate) require_origin: Option<bool>,
+
+    /// Encoded slashes (%2F, %5C) in paths: keep (forward as they came), reject (400), or
+    /// decode (as / before dot-segments, routes and forwarding); a dot-segment hidden behind
+    /// one is always 400 [default: keep]
+    #[arg(long, value_name = "ACTION", help_heading = "Limits and access")]
+    pub(crate) escaped_slashes: Option<Text<EscapedSlashes>>,
 
     /// A network whose X-Forwarded-* headers are believed, e.g. 10.0.0.0/8 (repeatable);
     /// from others they are replaced [default: none]
@@ -258,6 +264,7 @@ impl Settings {
             max_sessions: Some(0),
             max_member_sessions: Some(0),
             require_origin: Some(false),
+            escaped_slashes: Some(Text(EscapedSlashes::Keep)),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             proxy_protocol: Some(false),
             listen_backlog: NonZeroU32::new(1024),

@@ -90,7 +90,9 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// request within [`Serve::header_timeout`] (a preface alone, half a preface or half a HEADERS
 /// block is closed then); with no stream open (a WebSocket stream counts until its session
 /// ends) for [`Serve::header_timeout`], as long as an idle HTTP/1.1 connection may wait, it
-/// gets GOAWAY and is closed; it gets a PING after 30 s without frames and is closed if that
+/// gets GOAWAY, and is closed as soon as the client acknowledges it, or one more
+/// `header_timeout` later with still nothing open (a stream opened meanwhile is served, and a
+/// WebSocket stream is never cut by this); it gets a PING after 30 s without frames and is closed if that
 /// is not answered within 20 s (so dead peers under long WebSocket streams are found); and it
 /// may have 128 streams open at once. Accept errors (such as running
 /// out of file descriptors) are logged and retried after 50 ms.
@@ -560,7 +562,17 @@ async fn serve_h2<I>(
         }
         goaway = deadlines => if goaway {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // hyper ends the connection once the client answers the PING sent with the GOAWAY,
+            // and waits for that answer up to its keep-alive timeout (20 s, after 30 s of
+            // silence): a client that never answers would hold its descriptor ~25 times the
+            // deadline. It gets `idle` more with nothing open; a stream opened meanwhile (a
+            // WebSocket, RFC 8441) is served and never cut by this.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = streams.idle_for(idle) => {
+                    tracing::debug!("closed: an idle HTTP/2 connection did not finish after its GOAWAY");
+                }
+            }
         },
     }
 }

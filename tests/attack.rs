@@ -657,6 +657,178 @@ async fn an_idle_http2_connection_is_closed_after_the_keepalive_time() {
     );
 }
 
+/// A hand-written HTTP/2 (h2c) client: it acknowledges the server's SETTINGS and never
+/// answers a PING, as a client that wants to hold its connection would.
+#[cfg(feature = "http2")]
+struct RawH2 {
+    tcp: TcpStream,
+    pending: Vec<u8>,
+    authority: String,
+}
+
+/// A frame: type, flags, stream and payload.
+#[cfg(feature = "http2")]
+type H2Frame = (u8, u8, u32, Vec<u8>);
+
+#[cfg(feature = "http2")]
+impl RawH2 {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+
+    async fn connect(addr: SocketAddr) -> Self {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&[PREFACE, SETTINGS].concat()).await.unwrap();
+        Self {
+            tcp,
+            pending: Vec::new(),
+            authority: addr.to_string(),
+        }
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// A literal header field without indexing: a static-table name index (0: `name` given).
+    fn field(block: &mut Vec<u8>, index: u8, name: &str, value: &str) {
+        block.push(index);
+        if index == 0 {
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+        }
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+
+    /// `GET path` on `stream`, ending the stream.
+    async fn get(&mut self, stream: u32, path: &str) {
+        let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+        Self::field(&mut block, 4, ":path", path);
+        let authority = self.authority.clone();
+        Self::field(&mut block, 1, ":authority", &authority);
+        self.send(Self::HEADERS, 0x5, stream, &block).await;
+    }
+
+    /// An extended CONNECT for a WebSocket (RFC 8441) on `stream`.
+    async fn websocket(&mut self, stream: u32) {
+        let mut block = vec![0x86, 0x84]; // :scheme http, :path /
+        Self::field(&mut block, 2, ":method", "CONNECT");
+        Self::field(&mut block, 0, ":protocol", "websocket");
+        let authority = self.authority.clone();
+        Self::field(&mut block, 1, ":authority", &authority);
+        Self::field(&mut block, 0, "sec-websocket-version", "13");
+        self.send(Self::HEADERS, 0x4, stream, &block).await;
+    }
+
+    /// The next frame, its SETTINGS acknowledged; `None` once the proxy closed the connection.
+    async fn frame(&mut self) -> Option<H2Frame> {
+        loop {
+            if self.pending.len() >= 9 {
+                let p = &self.pending;
+                let len = u32::from_be_bytes([0, p[0], p[1], p[2]]) as usize;
+                if p.len() >= 9 + len {
+                    let (kind, flags) = (p[3], p[4]);
+                    let stream = u32::from_be_bytes([p[5], p[6], p[7], p[8]]) & 0x7fff_ffff;
+                    let payload = p[9..9 + len].to_vec();
+                    self.pending.drain(..9 + len);
+                    if kind == Self::SETTINGS && flags & 1 == 0 {
+                        self.send(Self::SETTINGS, 1, 0, &[]).await;
+                    }
+                    return Some((kind, flags, stream, payload));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::io::AsyncReadExt::read(&mut self.tcp, &mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads frames until one of `kind` on `stream` (the first of its kind when `stream` is
+    /// 0); `None` if the connection ended first.
+    async fn until(&mut self, kind: u8, stream: u32) -> Option<H2Frame> {
+        while let Some(frame) = self.frame().await {
+            if frame.0 == kind && (stream == 0 || frame.2 == stream) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    /// Reads (never answering a PING) until the proxy closes the connection.
+    async fn until_closed(&mut self) {
+        while self.frame().await.is_some() {}
+    }
+}
+
+/// An idle HTTP/2 connection whose client never answers the PING sent with its GOAWAY is
+/// closed `--header-timeout` after the GOAWAY (before: ~46 s later, at hyper's keep-alive
+/// timeout). Under a descriptor limit, two rounds of such connections are served one after the
+/// other: lingering ones would leave the second round no descriptor.
+#[cfg(feature = "http2")]
+#[tokio::test]
+async fn idle_http2_connections_that_ignore_the_goaway_close_in_bounded_time() {
+    let up = echo_upstream().await;
+    let (_child, proxy, _) = start_limited(up, 40, &["--header-timeout", "1s"]).await;
+    for round in 0..2 {
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let mut h2 = RawH2::connect(proxy).await;
+            h2.get(1, "/healthz").await;
+            let answer = within("the answer", h2.until(RawH2::HEADERS, 1)).await;
+            assert!(answer.is_some(), "round {round}: no answer");
+            clients.push(h2);
+        }
+        let answered = std::time::Instant::now();
+        for mut h2 in clients {
+            within("the idle connection to be closed", h2.until_closed()).await;
+        }
+        // GOAWAY after 1 s idle, closed 1 s later.
+        let took = answered.elapsed();
+        assert!(
+            took < Duration::from_millis(3500),
+            "round {round}: {took:?}"
+        );
+    }
+}
+
+/// A WebSocket stream opened after the idle GOAWAY (the client never answered its PING, so
+/// the proxy still takes streams) is served and not cut by the bound that closes idle ones.
+#[cfg(feature = "http2")]
+#[tokio::test]
+async fn a_websocket_opened_after_the_idle_goaway_is_not_cut() {
+    let up = echo_upstream().await;
+    let (_child, proxy, _) = with_header_timeout(up, "1s").await;
+    let mut h2 = RawH2::connect(proxy).await;
+    h2.get(1, "/healthz").await;
+    within("the answer", h2.until(RawH2::HEADERS, 1))
+        .await
+        .unwrap();
+    within("the GOAWAY", h2.until(RawH2::GOAWAY, 0))
+        .await
+        .expect("a GOAWAY for the idle connection");
+    h2.websocket(3).await;
+    let (_, _, _, block) = within("the CONNECT answer", h2.until(RawH2::HEADERS, 3))
+        .await
+        .expect("the stream opened after the GOAWAY is answered");
+    assert_eq!(block.first(), Some(&0x88), ":status 200");
+    // Past the bound that closes a connection with nothing open (1 s), the session echoes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    h2.send(RawH2::DATA, 0, 3, &client_frame(0x81, b"still here"))
+        .await;
+    let (_, _, _, echoed) = within("the echo", h2.until(RawH2::DATA, 3))
+        .await
+        .expect("the connection was cut under a live WebSocket");
+    assert_eq!(echoed, [&[0x81, 10][..], b"still here"].concat());
+}
+
 /// A WebSocket stream is an open stream: its HTTP/2 connection is not idle while the session
 /// lives, so it still takes new requests past the keep-alive time.
 #[cfg(feature = "http2")]

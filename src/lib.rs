@@ -153,6 +153,7 @@ mod reload;
 mod serve;
 mod service;
 mod session;
+mod transport;
 mod upstream;
 
 // The README's Rust examples are compiled as doctests.
@@ -336,16 +337,18 @@ pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
 pub use registry::ShutdownHandle;
 pub use reload::{ReloadHandle, ReloadableLayer};
+#[cfg(all(feature = "serve", feature = "tls"))]
+pub use serve::ServerTls;
 #[cfg(feature = "serve")]
 pub use serve::{serve, AppMarker, IntoApp, MakeAppMarker, Serve};
-#[cfg(all(feature = "serve", feature = "tls"))]
-pub use serve::{ServerTls, TlsInfo};
 pub use service::WsProxy;
 pub use session::close_code::{CloseCode, InvalidCloseCode};
 pub use session::hooks::{
     ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
     VerdictFuture,
 };
+#[cfg(all(feature = "serve", feature = "tls"))]
+pub use transport::TlsInfo;
 #[cfg(feature = "tls")]
 pub use upstream::tls::{TlsConfigError, UpstreamTls};
 pub use upstream::{

@@ -31,7 +31,9 @@ mod streams;
 mod tls;
 pub use self::app::{AppMarker, IntoApp, MakeAppMarker};
 #[cfg(feature = "tls")]
-pub use self::tls::{ServerTls, TlsInfo};
+pub use self::tls::ServerTls;
+#[cfg(feature = "tls")]
+use crate::transport::TlsInfo;
 
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);

@@ -13,7 +13,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRA
 use http::{Response, StatusCode};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::session::tunnel::splice::TunnelIo;
+use crate::transport::Transport;
 use crate::ProxyError;
 
 /// Largest upstream answer head accepted.
@@ -65,9 +65,9 @@ pub(crate) fn request_head(
 /// Sends `head` and reads the answer's head (up to [`MAX_INFORMATIONAL`] informational answers
 /// other than `101` are skipped, as they precede the real one).
 pub(crate) async fn exchange(
-    mut conn: TunnelIo,
+    mut conn: Transport,
     head: &[u8],
-) -> Result<(Response<()>, TunnelIo), ProxyError> {
+) -> Result<(Response<()>, Transport), ProxyError> {
     conn.write_all(head).await.map_err(ProxyError::Handshake)?;
     conn.flush().await.map_err(ProxyError::Handshake)?;
     let mut buf = BytesMut::with_capacity(4 << 10);
@@ -203,7 +203,7 @@ fn framing(answer: &Response<()>) -> Result<Framing, ProxyError> {
 /// A refusal's body, up to `limit` bytes, and whether it was cut there. Read through a buffer:
 /// a chunked body's size lines are not read a byte per system call.
 pub(crate) async fn read_body(
-    conn: &mut TunnelIo,
+    conn: &mut Transport,
     answer: &Response<()>,
     limit: usize,
 ) -> Result<(Bytes, bool), ProxyError> {

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::handshake::client;
-use crate::session::tunnel::splice::TunnelIo;
+use crate::transport::Transport;
 use crate::upstream::{Lease, NoPick};
 use crate::{Member, ProxyError, UpstreamPool};
 
@@ -17,7 +17,7 @@ use crate::{Member, ProxyError, UpstreamPool};
 /// head, and the connection, past the head.
 pub(crate) struct Dialed {
     pub(crate) answer: Response<()>,
-    pub(crate) conn: TunnelIo,
+    pub(crate) conn: Transport,
     pub(crate) lease: Lease,
 }
 
@@ -63,7 +63,7 @@ pub(crate) async fn dial(
             let io = if upstream.is_tls() {
                 secure(config, upstream.host(), endpoint.addr, tcp).await?
             } else {
-                TunnelIo::tcp(tcp)
+                Transport::tcp(tcp)
             };
             client::exchange(io, &request_head(&endpoint.member)).await
         };
@@ -119,7 +119,7 @@ async fn secure(
     host: &str,
     addr: SocketAddr,
     tcp: TcpStream,
-) -> Result<TunnelIo, ProxyError> {
+) -> Result<Transport, ProxyError> {
     let tls = config
         .tls
         .as_ref()
@@ -128,7 +128,7 @@ async fn secure(
         .connect(host, tcp)
         .await
         .map_err(|source| ProxyError::Tls { addr, source })?;
-    Ok(TunnelIo::other(Box::new(stream)))
+    Ok(Transport::other(Box::new(stream)))
 }
 
 #[cfg(not(feature = "tls"))]
@@ -137,7 +137,7 @@ async fn secure(
     _: &str,
     _: SocketAddr,
     tcp: TcpStream,
-) -> Result<TunnelIo, ProxyError> {
+) -> Result<Transport, ProxyError> {
     // Unreachable: `wss://` does not parse without the `tls` feature.
-    Ok(TunnelIo::tcp(tcp))
+    Ok(Transport::tcp(tcp))
 }

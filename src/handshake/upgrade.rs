@@ -192,7 +192,7 @@ impl UpstreamRequest {
         let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
         let held = parts
             .extensions
-            .remove::<spawn::HeldBySession>()
+            .remove::<crate::transport::HeldBySession>()
             .and_then(|slot| slot.take());
         let h2 = parts.version == http::Version::HTTP_2;
         let over_tls = came_over_tls(&parts.extensions);
@@ -362,7 +362,7 @@ fn upstream_key(
 /// Whether [`serve`](crate::serve) accepted the connection over TLS.
 fn came_over_tls(extensions: &http::Extensions) -> bool {
     #[cfg(all(feature = "serve", feature = "tls"))]
-    return extensions.get::<crate::TlsInfo>().is_some();
+    return extensions.get::<crate::transport::TlsInfo>().is_some();
     #[cfg(not(all(feature = "serve", feature = "tls")))]
     {
         let _ = extensions;

@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+#[cfg(feature = "http2")]
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::session::spawn::HeldBySession;
+use crate::transport::HeldBySession;
 
 /// One connection's open streams.
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClient
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 
+use crate::transport::TlsInfo;
 use crate::TlsConfigError;
 
 /// TLS for [`serve`](crate::serve) (feature `tls`): what nginx's `listen 443 ssl http2`,
@@ -69,34 +70,6 @@ struct Shared {
 struct Files {
     certificates: Vec<(PathBuf, PathBuf)>,
     client_ca: Option<PathBuf>,
-}
-
-/// What a connection's TLS handshake established, in every request's extensions on a TLS
-/// connection (read it in a routing hook with `req.extensions().get::<TlsInfo>()`).
-///
-/// ```
-/// use axum_ws_proxy::http::StatusCode;
-/// use axum_ws_proxy::{Refusal, TlsInfo, WsProxyLayer};
-///
-/// // Only clients that presented a certificate (see `ServerTls::client_ca_file`) get through.
-/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).route(|req| {
-///     match req.extensions().get::<TlsInfo>() {
-///         Some(tls) if !tls.peer_certificates.is_empty() => Ok(()),
-///         _ => Err(Refusal::new(StatusCode::FORBIDDEN, "client certificate required")),
-///     }
-/// });
-/// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TlsInfo {
-    /// The ALPN protocol agreed: `h2` or `http/1.1`, or `None`.
-    pub alpn: Option<Vec<u8>>,
-    /// The name the client asked for (SNI).
-    pub server_name: Option<String>,
-    /// The client's verified certificate chain, leaf first (with a client CA), else empty.
-    pub peer_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for ServerTls {

@@ -21,38 +21,17 @@ use crate::session::frames::bridge::{self, SessionHooks};
 use crate::session::frames::wire::Wire;
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::{Side, Traffic};
-use crate::session::tunnel::splice::TunnelIo;
+use crate::transport::{Held, Transport};
 use crate::upstream::Lease;
 use crate::{session::frames::close, session::frames::stream, session::tunnel};
-
-/// Kept by a session for as long as it lives, when the server put one in the request: the
-/// HTTP/2 server counts a WebSocket stream as open until its session ends (the stream outlives
-/// its request), so that only connections with nothing open are closed as idle.
-#[derive(Clone)]
-pub(crate) struct HeldBySession(Arc<std::sync::Mutex<Option<Held>>>);
-
-type Held = Box<dyn std::any::Any + Send + Sync>;
-
-impl HeldBySession {
-    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
-    pub(crate) fn new(held: Held) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some(held))))
-    }
-
-    /// What the slot holds, once.
-    pub(crate) fn take(&self) -> Option<Held> {
-        // A poisoned lock still holds a valid `Option`.
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
 
 /// The upstream side of a session, already past its handshake.
 pub(crate) enum UpstreamLeg {
     /// Message by message. Boxed: the session task keeps the slot it was moved in from, and
     /// inline every tunnel session's task would carry this variant's size too.
-    Frames(Box<WebSocketStream<Wire<TunnelIo>>>),
+    Frames(Box<WebSocketStream<Wire<Transport>>>),
     /// Bytes spliced.
-    Tunnel(TunnelIo),
+    Tunnel(Transport),
 }
 
 /// What the session span records about the request.
@@ -291,13 +270,13 @@ async fn client_upgrade(
     upgraded
 }
 
-async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: TunnelIo) -> close::Report {
+async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Transport) -> close::Report {
     match client_upgrade(ctx.config, on_upgrade, ctx.hooked).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(ctx.config.timeouts);
             tunnel::run(
-                TunnelIo::new(io),
+                Transport::new(io),
                 upstream,
                 ctx.to_upstream,
                 ctx.to_client,
@@ -318,7 +297,7 @@ async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: TunnelIo)
 async fn frames_session(
     ctx: Ctx<'_>,
     on_upgrade: OnUpgrade,
-    upstream: Box<WebSocketStream<Wire<TunnelIo>>>,
+    upstream: Box<WebSocketStream<Wire<Transport>>>,
 ) -> close::Report {
     let config = ctx.config;
     let mut upstream = *upstream;

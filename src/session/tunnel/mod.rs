@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use self::splice::{SplicePipe, Spliced, TunnelIo};
+use self::splice::{SplicePipe, Spliced};
 use crate::metrics;
 use crate::registry::Sessions;
 use crate::session::close_policy::Outcome;
@@ -30,6 +30,7 @@ use crate::session::frames::close::Report;
 use crate::session::frames::wire;
 use crate::session::keepalive::{Keepalive, PING};
 use crate::session::leg::{Side, Traffic};
+use crate::transport::Transport;
 use crate::ClosedBy;
 
 const SCRATCH: usize = 256 << 10;
@@ -464,8 +465,8 @@ impl Pipe {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TunnelIo,
-        dst: &mut TunnelIo,
+        src: &mut Transport,
+        dst: &mut Transport,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Poll<PipeEnd> {
@@ -495,7 +496,7 @@ impl Pipe {
     fn flush_spliced(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut TunnelIo,
+        dst: &mut Transport,
         traffic: &mut Traffic,
     ) -> Stepped {
         let (Some(pipe), Some(to)) = (self.spliced.as_mut(), dst.socket()) else {
@@ -516,7 +517,7 @@ impl Pipe {
     fn write_held(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut TunnelIo,
+        dst: &mut Transport,
         traffic: &mut Traffic,
     ) -> Stepped {
         match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
@@ -547,7 +548,7 @@ impl Pipe {
         Poll::Ready(Ok(0))
     }
 
-    fn finish(&mut self, cx: &mut Context<'_>, dst: &mut TunnelIo) -> Stepped {
+    fn finish(&mut self, cx: &mut Context<'_>, dst: &mut Transport) -> Stepped {
         let pass_on = self.handshake_started || self.frames.closed.is_some();
         if pass_on && self.input == Input::Eof && self.flow != Flow::Discard {
             if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
@@ -561,8 +562,8 @@ impl Pipe {
     fn splice(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TunnelIo,
-        dst: &mut TunnelIo,
+        src: &mut Transport,
+        dst: &mut Transport,
         len: usize,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
@@ -605,8 +606,8 @@ impl Pipe {
     fn read(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TunnelIo,
-        dst: &mut TunnelIo,
+        src: &mut Transport,
+        dst: &mut Transport,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Stepped {
@@ -664,7 +665,7 @@ impl Pipe {
     fn forward(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut TunnelIo,
+        dst: &mut Transport,
         data: &[u8],
         traffic: &mut Traffic,
     ) -> (u64, Result<(), PipeEnd>) {
@@ -717,8 +718,8 @@ fn prepare_close(to_leg: &mut Pipe, from_leg: &mut Pipe, side: Side, code: u16, 
 /// the session timers act between frames; a close the proxy starts is bounded by
 /// `close_timeout`.
 pub(crate) async fn run(
-    client: TunnelIo,
-    upstream: TunnelIo,
+    client: Transport,
+    upstream: Transport,
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
@@ -752,8 +753,8 @@ pub(crate) async fn run(
 
 /// Both legs, both directions and what the phases share.
 struct Tunnel<'a> {
-    client: TunnelIo,
-    upstream: TunnelIo,
+    client: Transport,
+    upstream: Transport,
     /// The client's bytes to the upstream, and the other way round.
     c2u: Pipe,
     u2c: Pipe,
@@ -1047,8 +1048,8 @@ mod tests {
         // The destination takes 64 bytes until some are read.
         let (dst, mut receiver) = tokio::io::duplex(64);
         let (mut src, mut dst) = (
-            TunnelIo::other(Box::new(src)),
-            TunnelIo::other(Box::new(dst)),
+            Transport::other(Box::new(src)),
+            Transport::other(Box::new(dst)),
         );
         // Ten messages of 22 bytes on the wire each.
         let stream: Vec<u8> = (0..10).flat_map(|_| frame(0x82, 20, false, &[])).collect();

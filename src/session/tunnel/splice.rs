@@ -1,4 +1,4 @@
-//! Tunnel mode, underneath: the legs' sockets, and payloads moved with `splice(2)`.
+//! Tunnel mode, underneath: payloads moved with `splice(2)`.
 //!
 //! When both legs of a tunnel are plain TCP sockets, the payload of a large data frame goes
 //! from one socket to the other through a pipe, without being copied into the proxy (on Linux,
@@ -6,7 +6,7 @@
 //! per MB instead of ~1.2 ms for read/write through a buffer. Frame headers are still read,
 //! so the tunnel keeps its frame boundaries, counts and close codes.
 //!
-//! A leg is a plain socket when hyper hands over a `TokioIo<TcpStream>`: the upstream leg of a
+//! A leg ([`Transport`](crate::transport::Transport)) is a plain socket when hyper hands over a `TokioIo<TcpStream>`: the upstream leg of a
 //! `ws://` member always, the client leg when the server runs hyper's HTTP/1 connection
 //! directly on the socket (as `axum_ws_proxy::serve`, and so `ws-proxy`, does). Behind TLS, HTTP/2, or
 //! a server that wraps the socket (hyper-util's `auto` builder, hence `axum::serve`), bytes go
@@ -16,142 +16,6 @@
 //! buffer) when its first large payload arrives, and gives it back when frames turn small
 //! again: while the destination is full, bytes wait in the pipe instead of a buffer. Idle and
 //! small-message sessions never have one.
-
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{Buf, Bytes};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
-/// One leg's connection, in either mode (a tunnel splices between two plain ones).
-pub(crate) enum TunnelIo {
-    /// A plain TCP socket.
-    Tcp { tcp: TcpStream, pre: Bytes },
-    /// Behind TLS or HTTP/2: bytes go through a buffer.
-    Other { io: Box<dyn Stream>, pre: Bytes },
-}
-
-/// A leg that is not a plain socket.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-
-impl TunnelIo {
-    /// The client's leg, from hyper's upgrade: the socket itself when hyper ran on it.
-    pub(crate) fn new(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let mut leg = TunnelIo::tcp(parts.io.into_inner());
-                leg.put_back(parts.read_buf);
-                leg
-            }
-            Err(upgraded) => TunnelIo::other(Box::new(TokioIo::new(upgraded))),
-        }
-    }
-
-    pub(crate) fn tcp(tcp: TcpStream) -> Self {
-        TunnelIo::Tcp {
-            tcp,
-            pre: Bytes::new(),
-        }
-    }
-
-    pub(crate) fn other(io: Box<dyn Stream>) -> Self {
-        TunnelIo::Other {
-            io,
-            pre: Bytes::new(),
-        }
-    }
-
-    /// Bytes read past a handshake, to be read again first. Kept only if non-empty: even an
-    /// empty slice would pin the whole read buffer it came from for the life of the session.
-    pub(crate) fn put_back(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            match self {
-                TunnelIo::Tcp { pre, .. } | TunnelIo::Other { pre, .. } => *pre = bytes,
-            }
-        }
-    }
-
-    /// The socket, once no bytes read ahead are left to pass on first.
-    pub(crate) fn socket(&self) -> Option<&TcpStream> {
-        match self {
-            TunnelIo::Tcp { tcp, pre } if pre.is_empty() => Some(tcp),
-            _ => None,
-        }
-    }
-}
-
-impl AsyncRead for TunnelIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Tcp { pre, .. } | TunnelIo::Other { pre, .. } if !pre.is_empty() => {
-                let n = pre.len().min(buf.remaining());
-                buf.put_slice(&pre[..n]);
-                pre.advance(n);
-                if pre.is_empty() {
-                    *pre = Bytes::new(); // let go of the buffer it came from
-                }
-                Poll::Ready(Ok(()))
-            }
-            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_read(cx, buf),
-            TunnelIo::Other { io, .. } => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for TunnelIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
-            TunnelIo::Other { io, .. } => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            TunnelIo::Other { io, .. } => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            TunnelIo::Tcp { tcp, .. } => tcp.is_write_vectored(),
-            TunnelIo::Other { io, .. } => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
-            TunnelIo::Other { io, .. } => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
-            TunnelIo::Other { io, .. } => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-}
 
 /// What one splice step did.
 #[cfg_attr(

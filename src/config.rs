@@ -1,150 +1,30 @@
-//! Settings shared by every session of one layer, with the defaults and why.
-
-use std::time::Duration;
-
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+//! A layer's configuration: each stage's own settings, combined. Nothing below the public face
+//! imports this; each stage is handed its part.
 
 use std::sync::Arc;
 
-use crate::handshake::origin::Origins;
-use crate::handshake::request::EscapedSlashes;
-use crate::handshake::route::RouteHook;
+use crate::handshake;
 use crate::registry::Sessions;
-use crate::session::hooks::Hooks;
-use crate::session::keepalive::Timeouts;
-use crate::UpstreamPool;
-
-/// TCP connect plus upstream handshake; nginx's `proxy_connect_timeout` is 60 s, but a user
-/// waiting on a dead backend should hear about it sooner.
-pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long each leg may take to answer a close frame before its socket is dropped.
-pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A message is held whole while it crosses the proxy, so this bounds memory per direction.
-/// A quarter of tungstenite's 64 MiB; browsers send a message as one frame, hence equal limits.
-pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
-pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
-/// tungstenite allocates its read buffer eagerly per connection (128 KiB by default, twice per
-/// session here) and zero-fills it on every read; idle sessions are the common case for a
-/// proxy. Bulk does not need it larger: `wire` reads bursts ahead in 64 KiB reads.
-pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1 << 10;
-/// Writes are batched up to this many bytes before they go to the socket.
-pub(crate) const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
-/// Keepalive: ping a leg quiet for this long (nginx would have closed it at 60 s).
-pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A leg that has not answered a ping within this is dead.
-pub(crate) const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bodies of relayed refusals (401, 403, 404...) are short; this bounds a hostile one.
-pub(crate) const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
-
-/// How sessions cross the proxy.
-///
-/// ```
-/// use axum_ws_proxy::{Mode, WsProxyLayer};
-///
-/// assert_eq!(Mode::default(), Mode::Frames);
-/// // Bytes spliced after a validated 101; permessage-deflate works end to end.
-/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).mode(Mode::Tunnel);
-/// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Mode {
-    /// Message by message (the default): every message is parsed and re-framed, so close codes
-    /// are mapped per leg, protocol errors get their RFC code, limits apply per message, and
-    /// message hooks can apply. permessage-deflate is not offered upstream.
-    #[default]
-    Frames,
-    /// Bytes spliced after a validated 101, as nginx does: cheaper, and extensions
-    /// (permessage-deflate) work end to end. The proxy still reads frame headers, so pings,
-    /// shutdown (1001) and session timers work; payloads are neither checked nor limited.
-    Tunnel,
-}
-
-impl Mode {
-    /// The mode as logs and metric labels name it.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Mode::Frames => "frames",
-            Mode::Tunnel => "tunnel",
-        }
-    }
-}
+use crate::session;
+use crate::upstream::UpstreamPool;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    pub(crate) pool: UpstreamPool,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) preserve_host: bool,
-    pub(crate) max_message_size: usize,
-    pub(crate) max_frame_size: usize,
-    pub(crate) read_buffer_size: usize,
-    pub(crate) write_buffer_size: usize,
-    pub(crate) max_response_body_size: usize,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) origins: Origins,
-    /// 0: no limit.
-    pub(crate) max_sessions: usize,
-    pub(crate) trusted_proxies: crate::handshake::forwarded::TrustedProxies,
-    /// Query parameters logged as `REDACTED`.
-    pub(crate) redact: crate::handshake::redact::Redact,
-    /// Sends the session id upstream in this header.
-    pub(crate) session_id_header: Option<http::HeaderName>,
-    pub(crate) mode: Mode,
-    pub(crate) escaped_slashes: EscapedSlashes,
-    pub(crate) hooks: Hooks,
-    pub(crate) route: Option<RouteHook>,
-    /// Shared by every clone of the layer, so one shutdown handle drains them all.
+    pub(crate) handshake: handshake::Settings,
+    /// Shared by every session started under this configuration: one clone per session is a
+    /// reference count.
+    pub(crate) session: Arc<session::Settings>,
+    /// Shared by every clone of the layer (and kept across reloads), so one shutdown handle
+    /// drains them all.
     pub(crate) sessions: Arc<Sessions>,
-    /// `None`: the shared default (webpki roots).
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::UpstreamTls>,
 }
 
 impl Config {
     pub(crate) fn new(pool: UpstreamPool) -> Self {
         Self {
-            pool,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            close_timeout: DEFAULT_CLOSE_TIMEOUT,
-            preserve_host: true,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
-            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
-            max_response_body_size: DEFAULT_MAX_RESPONSE_BODY_SIZE,
-            timeouts: Timeouts {
-                ping_interval: Some(DEFAULT_PING_INTERVAL),
-                ping_timeout: DEFAULT_PING_TIMEOUT,
-                idle_timeout: None,
-                max_lifetime: None,
-            },
-            origins: Origins::new([], true),
-            max_sessions: 0,
-            trusted_proxies: Default::default(),
-            redact: Default::default(),
-            session_id_header: None,
-            mode: Mode::Frames,
-            escaped_slashes: EscapedSlashes::Keep,
-            hooks: Hooks::default(),
-            route: None,
+            handshake: handshake::Settings::new(pool),
+            session: Arc::default(),
             sessions: Arc::default(),
-            #[cfg(feature = "tls")]
-            tls: None,
         }
-    }
-
-    /// The same limits apply on both legs.
-    ///
-    /// The write buffer needs no cap of its own: the bridge only hands a leg a new message once
-    /// the previous ones have been written out (`poll_ready`), so it never holds more than
-    /// `write_buffer_size` plus one message.
-    pub(crate) fn websocket(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_frame_size))
     }
 }

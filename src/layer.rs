@@ -1,20 +1,24 @@
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower::Layer;
 
-use crate::config::{Config, Mode};
+use crate::config::Config;
+use crate::handshake;
+use crate::handshake::forwarded::TrustedProxies;
 use crate::handshake::origin::Origins;
-use std::future::Future;
-
-use crate::handshake::route::RouteHook;
-use crate::session::hooks::{AsyncMessageFn, MessageHook};
-use crate::Direction as Way;
-use crate::{
-    Message, MessageContext, SessionInfo, SessionSummary, ShutdownHandle, UpstreamPool, Verdict,
-    WsProxy,
+use crate::handshake::redact::Redact;
+use crate::handshake::request::EscapedSlashes;
+use crate::handshake::route::{Refusal, RouteHook, RouteRequest};
+use crate::registry::ShutdownHandle;
+use crate::service::WsProxy;
+use crate::session::hooks::{
+    AsyncMessageFn, Direction as Way, Message, MessageContext, MessageHook, SessionInfo,
+    SessionSummary, Verdict,
 };
-use crate::{Refusal, RouteRequest};
+use crate::session::{self, Mode};
+use crate::upstream::UpstreamPool;
 
 /// Proxies WebSocket upgrade requests to an upstream; every other request goes to the inner
 /// service.
@@ -53,19 +57,24 @@ impl WsProxyLayer {
         }
     }
 
-    fn set(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(Arc::make_mut(&mut self.config));
+    fn handshake(mut self, f: impl FnOnce(&mut handshake::Settings)) -> Self {
+        f(&mut Arc::make_mut(&mut self.config).handshake);
+        self
+    }
+
+    fn session(mut self, f: impl FnOnce(&mut session::Settings)) -> Self {
+        f(Arc::make_mut(&mut Arc::make_mut(&mut self.config).session));
         self
     }
 
     /// Sets the one message hook of a direction; a second one is a mistake that would
     /// silently replace the first, so it panics, naming both.
     fn message_hook(self, way: Way, hook: MessageHook, setter: &str) -> Self {
-        self.set(|c| {
+        self.session(|s| {
             let slot = if way == Way::ToUpstream {
-                &mut c.hooks.on_client_message
+                &mut s.hooks.on_client_message
             } else {
-                &mut c.hooks.on_upstream_message
+                &mut s.hooks.on_upstream_message
             };
             if slot.is_some() {
                 panic!(
@@ -98,19 +107,19 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect_timeout(self, timeout: Duration) -> Self {
-        self.set(|c| c.connect_timeout = timeout)
+        self.handshake(|h| h.connect_timeout = timeout)
     }
 
     /// Time each leg gets to answer a close frame before its socket is dropped. Default: 5 s.
     pub fn close_timeout(self, timeout: Duration) -> Self {
-        self.set(|c| c.close_timeout = timeout)
+        self.session(|s| s.close_timeout = timeout)
     }
 
     /// `true` (the default) sends the client's `Host` upstream, like nginx's
     /// `proxy_set_header Host $host`, so origin checks behind the proxy keep working; `false`
     /// sends the chosen member's own `host:port`.
     pub fn preserve_host(self, preserve: bool) -> Self {
-        self.set(|c| c.preserve_host = preserve)
+        self.handshake(|h| h.preserve_host = preserve)
     }
 
     /// Largest message accepted from either side, in bytes. A client that sends more is closed
@@ -134,13 +143,13 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn max_message_size(self, bytes: usize) -> Self {
-        self.set(|c| c.max_message_size = bytes)
+        self.session(|s| s.max_message_size = bytes)
     }
 
     /// Largest single frame accepted from either side, in bytes; beyond it, as for
     /// [`max_message_size`](Self::max_message_size). Default: 16 MiB.
     pub fn max_frame_size(self, bytes: usize) -> Self {
-        self.set(|c| c.max_frame_size = bytes)
+        self.session(|s| s.max_frame_size = bytes)
     }
 
     /// tungstenite's read buffer per leg, held for the whole session: small keeps idle sessions
@@ -149,13 +158,13 @@ impl WsProxyLayer {
     /// fills it the proxy reads up to 64 KiB at a time into a buffer that exists only while the
     /// burst lasts. Default: 1 KiB.
     pub fn read_buffer_size(self, bytes: usize) -> Self {
-        self.set(|c| c.read_buffer_size = bytes)
+        self.session(|s| s.read_buffer_size = bytes)
     }
 
     /// Bytes collected per leg before a write is issued while messages keep coming (a write is
     /// also issued whenever the source has nothing more ready). Default: 8 KiB.
     pub fn write_buffer_size(self, bytes: usize) -> Self {
-        self.set(|c| c.write_buffer_size = bytes)
+        self.session(|s| s.write_buffer_size = bytes)
     }
 
     /// How long a leg may be quiet before the proxy pings it; zero turns keepalive off.
@@ -173,26 +182,26 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn ping_interval(self, every: Duration) -> Self {
-        self.set(|c| c.timeouts.ping_interval = (!every.is_zero()).then_some(every))
+        self.session(|s| s.timeouts.ping_interval = (!every.is_zero()).then_some(every))
     }
 
     /// How long a pinged leg has to answer (with anything). A client that does not is dropped
     /// and the upstream gets **1001**; an upstream that does not is dropped and the client gets
     /// **1011**. Default: 30 s.
     pub fn ping_timeout(self, timeout: Duration) -> Self {
-        self.set(|c| c.timeouts.ping_timeout = timeout)
+        self.session(|s| s.timeouts.ping_timeout = timeout)
     }
 
     /// Ends a session with **1001** on both legs after this long without a data message
     /// either way (pings do not count). Default: off; zero turns it off.
     pub fn idle_timeout(self, timeout: Duration) -> Self {
-        self.set(|c| c.timeouts.idle_timeout = (!timeout.is_zero()).then_some(timeout))
+        self.session(|s| s.timeouts.idle_timeout = (!timeout.is_zero()).then_some(timeout))
     }
 
     /// Ends every session with **1001** on both legs once it is this old (e.g. to rebalance
     /// or rotate credentials). Default: off; zero turns it off.
     pub fn max_lifetime(self, lifetime: Duration) -> Self {
-        self.set(|c| c.timeouts.max_lifetime = (!lifetime.is_zero()).then_some(lifetime))
+        self.session(|s| s.timeouts.max_lifetime = (!lifetime.is_zero()).then_some(lifetime))
     }
 
     /// Most sessions at once (upgrades being dialled included); beyond it new upgrades get
@@ -208,7 +217,7 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn max_sessions(self, max: usize) -> Self {
-        self.set(|c| c.max_sessions = max)
+        self.handshake(|h| h.max_sessions = max)
     }
 
     /// Browser origins allowed to open sessions; other `Origin`s get **403** before the
@@ -230,9 +239,9 @@ impl WsProxyLayer {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        self.set(|c| {
-            let allow_missing = c.origins.allow_missing;
-            c.origins = Origins::new(origins.into_iter().map(Into::into), allow_missing);
+        self.handshake(|h| {
+            let allow_missing = h.origins.allow_missing;
+            h.origins = Origins::new(origins.into_iter().map(Into::into), allow_missing);
         })
     }
 
@@ -254,9 +263,9 @@ impl WsProxyLayer {
     ///     .trusted_proxies(["10.0.0.0/8".parse()?, "fd00::/8".parse()?]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn trusted_proxies(self, networks: impl IntoIterator<Item = crate::IpNet>) -> Self {
-        let trusted = crate::handshake::forwarded::TrustedProxies::new(networks);
-        self.set(|c| c.trusted_proxies = trusted)
+    pub fn trusted_proxies(self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        let trusted = TrustedProxies::new(networks);
+        self.handshake(|h| h.trusted_proxies = trusted)
     }
 
     /// Query parameters (case-insensitive names) whose values are logged as `REDACTED`, in
@@ -277,8 +286,8 @@ impl WsProxyLayer {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let redact = crate::handshake::redact::Redact::new(names);
-        self.set(|c| c.redact = redact)
+        let redact = Redact::new(names);
+        self.handshake(|h| h.redact = redact)
     }
 
     /// Sends each session's id (the one in its log lines, span and
@@ -296,7 +305,7 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn session_id_header(self, name: http::HeaderName) -> Self {
-        self.set(|c| c.session_id_header = Some(name))
+        self.handshake(|h| h.session_id_header = Some(name))
     }
 
     /// Whether an upgrade without an `Origin` header passes the origin check. Browsers always
@@ -304,7 +313,7 @@ impl WsProxyLayer {
     /// `false` applies on its own too: without [`allowed_origins`](Self::allowed_origins), any
     /// origin passes but one is required (**403** `an Origin header is required` otherwise).
     pub fn allow_missing_origin(self, allow: bool) -> Self {
-        self.set(|c| c.origins.allow_missing = allow)
+        self.handshake(|h| h.origins.allow_missing = allow)
     }
 
     /// How `wss://` upstreams are verified. Default: [`UpstreamTls::webpki_roots`] (public
@@ -321,8 +330,8 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]
-    pub fn upstream_tls(self, tls: crate::UpstreamTls) -> Self {
-        self.set(|c| c.tls = Some(tls))
+    pub fn upstream_tls(self, tls: crate::upstream::tls::UpstreamTls) -> Self {
+        self.handshake(|h| h.tls = Some(tls))
     }
 
     /// How sessions cross the proxy: [`Mode::Frames`] (default) or [`Mode::Tunnel`].
@@ -334,7 +343,7 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn mode(self, mode: Mode) -> Self {
-        self.set(|c| c.mode = mode)
+        self.session(|s| s.mode = mode)
     }
 
     /// Shorthand for [`mode(Mode::Tunnel)`](Self::mode): splice bytes after a validated 101.
@@ -369,8 +378,8 @@ impl WsProxyLayer {
     ///     .escaped_slashes(EscapedSlashes::Decode);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn escaped_slashes(self, action: crate::EscapedSlashes) -> Self {
-        self.set(|c| c.escaped_slashes = action)
+    pub fn escaped_slashes(self, action: EscapedSlashes) -> Self {
+        self.handshake(|h| h.escaped_slashes = action)
     }
 
     /// Called when a session starts (the client has its 101 and the upstream leg is open), on
@@ -392,7 +401,7 @@ impl WsProxyLayer {
     where
         F: Fn(&SessionInfo) + Send + Sync + 'static,
     {
-        self.set(|c| c.hooks.on_open = Some(Arc::new(hook)))
+        self.session(|s| s.hooks.on_open = Some(Arc::new(hook)))
     }
 
     /// Called when a session has ended, with its [`SessionSummary`]: duration, messages and
@@ -401,7 +410,7 @@ impl WsProxyLayer {
     where
         F: Fn(&SessionSummary) + Send + Sync + 'static,
     {
-        self.set(|c| c.hooks.on_close = Some(Arc::new(hook)))
+        self.session(|s| s.hooks.on_close = Some(Arc::new(hook)))
     }
 
     /// Sees every data message from the client before it goes upstream (frame mode; tunnels do
@@ -554,7 +563,7 @@ impl WsProxyLayer {
     where
         F: Fn(&mut RouteRequest<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
     {
-        self.set(|c| c.route = Some(RouteHook(Arc::new(hook))))
+        self.handshake(|h| h.route = Some(RouteHook(Arc::new(hook))))
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.
@@ -565,7 +574,7 @@ impl WsProxyLayer {
     /// Most bytes of a refusing upstream's body (401, 403, ...) relayed to the client; the rest
     /// is cut. Default: 64 KiB.
     pub fn max_response_body_size(self, bytes: usize) -> Self {
-        self.set(|c| c.max_response_body_size = bytes)
+        self.handshake(|h| h.max_response_body_size = bytes)
     }
 
     /// `path_and_query` as this layer writes it in logs: the values of the
@@ -580,12 +589,12 @@ impl WsProxyLayer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn log_path<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
-        self.config.redact.apply(path_and_query)
+        self.config.handshake.redact.apply(path_and_query)
     }
 
     /// The pool upgrades are forwarded to.
     pub fn pool(&self) -> &UpstreamPool {
-        &self.config.pool
+        &self.config.handshake.pool
     }
 }
 

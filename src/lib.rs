@@ -327,7 +327,6 @@ pub mod __fuzz {
 /// ```
 pub use http;
 
-pub use config::Mode;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
 pub use handshake::request::{EscapedSlashes, ParseEscapedSlashesError};
@@ -347,6 +346,7 @@ pub use session::hooks::{
     ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
     VerdictFuture,
 };
+pub use session::settings::Mode;
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub use transport::TlsInfo;
 #[cfg(feature = "tls")]

@@ -6,25 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use tower::Layer;
 
-use crate::config::Config;
-use crate::{WsProxy, WsProxyLayer};
-
-/// The configuration every clone of a [`ReloadableLayer`] reads for each new upgrade.
-#[derive(Debug)]
-pub(crate) struct Live {
-    current: RwLock<Arc<Config>>,
-    generation: AtomicU64,
-}
-
-impl Live {
-    pub(crate) fn get(&self) -> Arc<Config> {
-        // Nothing panics while this lock is held; take it regardless.
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+use crate::layer::WsProxyLayer;
+use crate::service::{Live, WsProxy};
 
 /// A [`WsProxyLayer`] whose configuration a [`ReloadHandle`] can replace while it serves;
 /// made by [`WsProxyLayer::reloadable`].

@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -8,9 +9,8 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::config::Config;
+use crate::future::ResponseFuture;
 use crate::handshake::{detect, upgrade};
-use crate::reload::Live;
-use crate::ResponseFuture;
 
 /// The service made by [`WsProxyLayer`](crate::WsProxyLayer): proxies WebSocket upgrades and
 /// passes every other request to `S`.
@@ -41,6 +41,24 @@ use crate::ResponseFuture;
 pub struct WsProxy<S> {
     inner: S,
     config: Source,
+}
+
+/// The configuration every clone of a [`ReloadableLayer`](crate::ReloadableLayer) reads for
+/// each new upgrade, which its [`ReloadHandle`](crate::ReloadHandle) replaces.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) current: RwLock<Arc<Config>>,
+    pub(crate) generation: AtomicU64,
+}
+
+impl Live {
+    pub(crate) fn get(&self) -> Arc<Config> {
+        // Nothing panics while this lock is held; take it regardless.
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Where a service finds its configuration.
@@ -98,14 +116,20 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if detect::is_websocket_upgrade(&req) {
-            let config = match &self.config {
-                Source::Fixed(c) => c.clone(),
-                Source::Live(live) => live.get(),
-            };
-            ResponseFuture::proxy(Box::pin(upgrade::upgrade(config, req)))
-        } else {
-            ResponseFuture::inner(self.inner.call(req))
-        }
+        let Some(kind) = detect::upgrade(&req) else {
+            return ResponseFuture::inner(self.inner.call(req));
+        };
+        let config = match &self.config {
+            Source::Fixed(c) => c.clone(),
+            Source::Live(live) => live.get(),
+        };
+        ResponseFuture::proxy(Box::pin(async move {
+            let Config {
+                handshake,
+                session,
+                sessions,
+            } = &*config;
+            upgrade::upgrade(handshake, session, sessions, req, kind).await
+        }))
     }
 }

@@ -13,8 +13,8 @@ use http::header::{
 };
 use http::{Response, StatusCode};
 
+use crate::error::ProxyError;
 use crate::handshake::headers::{self, has_token};
-use crate::ProxyError;
 
 /// Validates the upstream's 101 (`accept`: the value it must carry for the key that was sent)
 /// and returns the subprotocol it chose, if any.
@@ -62,16 +62,15 @@ pub(crate) fn verify_switch(
 
 /// The client's acceptance: for HTTP/1.1 a `101 Switching Protocols` with the proxy's own
 /// handshake headers; for HTTP/2 (no `accept`) a `200` (RFC 8441). Either way it carries the
-/// upstream's subprotocol choice and end-to-end headers (e.g. `Set-Cookie`).
+/// upstream's subprotocol choice and end-to-end headers (e.g. `Set-Cookie`), and `extensions`
+/// as the client's leg negotiated them (the upstream's own are not relayed).
 pub(crate) fn accepted(
     accept: Option<HeaderValue>,
     protocol: Option<HeaderValue>,
     mut upstream: HeaderMap,
-    keep_extensions: bool,
+    extensions: Option<HeaderValue>,
 ) -> Response<Body> {
-    let extensions = upstream
-        .remove(SEC_WEBSOCKET_EXTENSIONS)
-        .filter(|_| keep_extensions);
+    upstream.remove(SEC_WEBSOCKET_EXTENSIONS);
     let mut res = Response::new(Body::empty());
     let h = res.headers_mut();
     *h = headers::switching_response(upstream);

@@ -5,15 +5,30 @@ use http::{Method, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::error::ProxyError;
 use crate::handshake::headers::has_token;
-use crate::ProxyError;
+
+/// How a WebSocket is opened: found once, by [`upgrade`], and carried through the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// An HTTP/1.1 `GET` with `Upgrade: websocket`, answered `101`.
+    Http1,
+    /// An HTTP/2 extended `CONNECT` (RFC 8441), answered `200`.
+    Http2,
+}
 
 /// A WebSocket opening request: an HTTP/1.1 `GET` with `Upgrade: websocket` and a
 /// `Connection` header holding the token `upgrade` (case-insensitive, lists such as
 /// `keep-alive, Upgrade` included), or an HTTP/2 extended `CONNECT` with `:protocol websocket`
-/// (RFC 8441). Everything else goes to the inner service untouched.
-pub(crate) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    is_http1_upgrade(req) || is_http2_connect(req)
+/// (RFC 8441). Everything else (`None`) goes to the inner service untouched.
+pub(crate) fn upgrade<B>(req: &Request<B>) -> Option<Upgrade> {
+    if is_http1_upgrade(req) {
+        Some(Upgrade::Http1)
+    } else if is_http2_connect(req) {
+        Some(Upgrade::Http2)
+    } else {
+        None
+    }
 }
 
 fn is_http1_upgrade<B>(req: &Request<B>) -> bool {
@@ -48,7 +63,10 @@ pub(crate) struct ClientHandshake {
 }
 
 /// Validates the client's side of the handshake before any upstream is dialled.
-pub(crate) fn client_handshake<B>(req: &mut Request<B>) -> Result<ClientHandshake, ProxyError> {
+pub(crate) fn client_handshake<B>(
+    req: &mut Request<B>,
+    kind: Upgrade,
+) -> Result<ClientHandshake, ProxyError> {
     let headers = req.headers();
     if headers
         .get(SEC_WEBSOCKET_VERSION)
@@ -57,7 +75,7 @@ pub(crate) fn client_handshake<B>(req: &mut Request<B>) -> Result<ClientHandshak
     {
         return Err(ProxyError::UnsupportedVersion);
     }
-    let accept = if req.version() == Version::HTTP_2 {
+    let accept = if kind == Upgrade::Http2 {
         None
     } else {
         let key = headers
@@ -108,35 +126,28 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        assert!(is_websocket_upgrade(&req(
-            Method::GET,
-            Version::HTTP_11,
-            "WebSocket",
-            "keep-alive, Upgrade"
-        )));
-        assert!(!is_websocket_upgrade(&req(
-            Method::POST,
-            Version::HTTP_11,
-            "websocket",
-            "upgrade"
-        )));
-        assert!(!is_websocket_upgrade(&req(
-            Method::GET,
-            Version::HTTP_10,
-            "websocket",
-            "upgrade"
-        )));
-        assert!(!is_websocket_upgrade(&req(
-            Method::GET,
-            Version::HTTP_11,
-            "h2c",
-            "upgrade"
-        )));
-        assert!(!is_websocket_upgrade(&req(
-            Method::GET,
-            Version::HTTP_11,
-            "websocket",
-            "keep-alive"
-        )));
+        let kind = |m, v, up, conn| upgrade(&req(m, v, up, conn));
+        assert_eq!(
+            kind(
+                Method::GET,
+                Version::HTTP_11,
+                "WebSocket",
+                "keep-alive, Upgrade"
+            ),
+            Some(Upgrade::Http1)
+        );
+        assert_eq!(
+            kind(Method::POST, Version::HTTP_11, "websocket", "upgrade"),
+            None
+        );
+        assert_eq!(
+            kind(Method::GET, Version::HTTP_10, "websocket", "upgrade"),
+            None
+        );
+        assert_eq!(kind(Method::GET, Version::HTTP_11, "h2c", "upgrade"), None);
+        assert_eq!(
+            kind(Method::GET, Version::HTTP_11, "websocket", "keep-alive"),
+            None
+        );
     }
 }

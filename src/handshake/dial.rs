@@ -7,11 +7,11 @@ use std::time::Instant;
 use http::Response;
 use tokio::net::TcpStream;
 
-use crate::config::Config;
-use crate::handshake::client;
+use crate::error::ProxyError;
+use crate::handshake::{client, Settings};
 use crate::transport::Transport;
 use crate::upstream::{Lease, NoPick};
-use crate::{Member, ProxyError, UpstreamPool};
+use crate::upstream::{Member, UpstreamPool};
 
 /// An upstream that answered the upgrade request (with a 101 or anything else): the answer's
 /// head, and the connection, past the head.
@@ -26,7 +26,7 @@ pub(crate) struct Dialed {
 /// pool's `max_tries`. Each try's TCP connect gets an equal share of the time left until
 /// `deadline`; the caller bounds the whole dial by the deadline (then 504).
 pub(crate) async fn dial(
-    config: &Config,
+    config: &Settings,
     pool: &UpstreamPool,
     key: Option<&[u8]>,
     deadline: Instant,
@@ -115,7 +115,7 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
 /// The TLS handshake with a `wss://` member: SNI and verification for its host name.
 #[cfg(feature = "tls")]
 async fn secure(
-    config: &Config,
+    config: &Settings,
     host: &str,
     addr: SocketAddr,
     tcp: TcpStream,
@@ -123,7 +123,7 @@ async fn secure(
     let tls = config
         .tls
         .as_ref()
-        .unwrap_or_else(|| crate::UpstreamTls::default_shared());
+        .unwrap_or_else(|| crate::upstream::tls::UpstreamTls::default_shared());
     let stream = tls
         .connect(host, tcp)
         .await
@@ -133,7 +133,7 @@ async fn secure(
 
 #[cfg(not(feature = "tls"))]
 async fn secure(
-    _: &Config,
+    _: &Settings,
     _: &str,
     _: SocketAddr,
     tcp: TcpStream,

@@ -14,4 +14,7 @@ pub(crate) mod origin;
 pub(crate) mod redact;
 pub(crate) mod request;
 pub(crate) mod route;
+pub(crate) mod settings;
 pub(crate) mod upgrade;
+
+pub(crate) use settings::Settings;

@@ -1,5 +1,5 @@
 //! The path of one upgrade request: validate it, dial the upstream, hand back its answer and,
-//! on a 101, start the session.
+//! on a 101, hand the session everything it starts from.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,25 +16,32 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, Mode};
+use crate::error::ProxyError;
+use crate::handshake::detect::Upgrade;
 use crate::handshake::headers::{self, Forwarded};
 use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
-use crate::handshake::{answer, client, detect, dial};
+use crate::handshake::{answer, client, detect, dial, request, Settings};
 use crate::metrics;
-use crate::registry::NotAdmitted;
-use crate::session::frames::wire::Wire;
-use crate::session::spawn::{self, RequestInfo, UpstreamLeg};
-use crate::upstream::Lease;
-use crate::{Member, ProxyError, UpstreamPool};
+use crate::registry::{NotAdmitted, Sessions};
+use crate::session::{self, Handoff, Mode, Negotiated, RequestInfo};
+use crate::transport::{HeldBySession, Transport};
+use crate::upstream::{Lease, Member, UpstreamPool};
 
 /// Answers one upgrade request (already detected as such). The phases below each return a
 /// [`ProxyError`] for the client; this is the one place it becomes a response (and a log line
 /// and a metric).
-pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Response<Body> {
+///
+/// `kind` is what [`detect::upgrade`] found; `session` is handed on to the session, and
+/// `sessions` admits it.
+pub(crate) async fn upgrade<B>(
+    config: &Settings,
+    session: &Arc<session::Settings>,
+    sessions: &Arc<Sessions>,
+    mut req: Request<B>,
+    kind: Upgrade,
+) -> Response<Body> {
     let mut refusal = Refusing {
         client: req
             .extensions()
@@ -42,14 +49,27 @@ pub(crate) async fn upgrade<B>(config: Arc<Config>, mut req: Request<B>) -> Resp
             .map(|ci| ci.0),
         log_path: String::new(),
     };
-    let checked = super::request::check(&mut req, config.escaped_slashes);
+    let checked = request::check(&mut req, config.escaped_slashes);
     // Logs never carry secrets from the query (and show the path as normalised, once it is).
     let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     refusal.log_path = config.redact.apply(raw).into_owned();
-    match proceed(&config, req, checked, &mut refusal).await {
+    let stage = Stage {
+        config,
+        session,
+        sessions,
+    };
+    match proceed(&stage, req, kind, checked, &mut refusal).await {
         Ok(res) => res,
-        Err(e) => refuse(&config, e, refusal.client, &refusal.log_path),
+        Err(e) => refuse(config, e, refusal.client, &refusal.log_path),
     }
+}
+
+/// What an upgrade is handled with: this stage's settings, the session stage's (handed on to
+/// the session), and the registry that admits it.
+struct Stage<'a> {
+    config: &'a Settings,
+    session: &'a Arc<session::Settings>,
+    sessions: &'a Arc<Sessions>,
 }
 
 /// What a refusal's log line names: the client (the forwarded one behind trusted proxies,
@@ -61,15 +81,17 @@ struct Refusing {
 
 /// Every phase, in order; the first error ends the upgrade.
 async fn proceed<B>(
-    config: &Arc<Config>,
+    stage: &Stage<'_>,
     mut req: Request<B>,
+    kind: Upgrade,
     checked: Result<(), ProxyError>,
     refusal: &mut Refusing,
 ) -> Result<Response<Body>, ProxyError> {
+    let config = stage.config;
     checked?;
     check_origin(config, &req)?;
-    let client = detect::client_handshake(&mut req)?;
-    let permit = config
+    let client = detect::client_handshake(&mut req, kind)?;
+    let permit = stage
         .sessions
         .admit(config.max_sessions)
         .map_err(|r| match r {
@@ -79,13 +101,12 @@ async fn proceed<B>(
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
     let peer = refusal.client;
-    let mut upstream = UpstreamRequest::new(config, req, id, peer, client.accept.as_ref());
+    let mut upstream = UpstreamRequest::new(stage, req, id, peer, client.accept.as_ref());
     refusal.client = upstream.client;
     upstream.route(config)?;
-    let tunnel = config.mode == Mode::Tunnel;
     let dialled = Instant::now();
     let deadline = dialled + config.connect_timeout;
-    let answer = tokio::time::timeout_at(deadline.into(), upstream.handshake(config, deadline))
+    let answer = tokio::time::timeout_at(deadline.into(), upstream.exchange(config, deadline))
         .await
         .map_err(|_| ProxyError::Timeout {
             after: config.connect_timeout,
@@ -108,15 +129,34 @@ async fn proceed<B>(
             res
         }
         Answer::Switched {
-            leg,
+            conn,
             protocol,
             headers,
             lease,
         } => {
-            let res = answer::accepted(client.accept, protocol.clone(), headers, tunnel);
+            // Extensions cross only a tunnel, which passes their frames on unread.
+            let extensions = headers
+                .get(SEC_WEBSOCKET_EXTENSIONS)
+                .filter(|_| stage.session.mode == Mode::Tunnel)
+                .cloned();
+            let res =
+                answer::accepted(client.accept, protocol.clone(), headers, extensions.clone());
             lease.opened();
-            let info = RequestInfo { protocol, ..info };
-            spawn::spawn(config.clone(), client.on_upgrade, leg, lease, permit, info);
+            session::spawn(
+                stage.session.clone(),
+                Handoff {
+                    client: client.on_upgrade,
+                    upstream: conn,
+                    negotiated: Negotiated {
+                        protocol,
+                        client_extensions: extensions.clone(),
+                        upstream_extensions: extensions,
+                    },
+                    lease,
+                    permit,
+                    request: info,
+                },
+            );
             res
         }
     })
@@ -125,7 +165,7 @@ async fn proceed<B>(
 /// Whether `peer` is a trusted proxy, and the client as logs, hooks and hashing see it: behind
 /// trusted proxies, the one they name (`X-Forwarded-For` still gets the peer appended).
 fn client_behind(
-    config: &Config,
+    config: &Settings,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> (bool, Option<SocketAddr>) {
@@ -141,7 +181,7 @@ fn client_behind(
 }
 
 /// The origin check, where origins are restricted.
-fn check_origin<B>(config: &Config, req: &Request<B>) -> Result<(), ProxyError> {
+fn check_origin<B>(config: &Settings, req: &Request<B>) -> Result<(), ProxyError> {
     if !config.origins.is_restricted() {
         return Ok(());
     }
@@ -181,23 +221,24 @@ impl UpstreamRequest {
     /// is forced (what hooks, hashing and routing read is taken before the headers move into
     /// the upstream request), and pieces split out would pass the half-taken parts around.
     fn new<B>(
-        config: &Config,
+        stage: &Stage<'_>,
         req: Request<B>,
         id: u64,
         peer: Option<SocketAddr>,
         client_accept: Option<&HeaderValue>,
     ) -> Self {
+        let config = stage.config;
         let (mut parts, _body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned();
         let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
         let held = parts
             .extensions
-            .remove::<crate::transport::HeldBySession>()
+            .remove::<HeldBySession>()
             .and_then(|slot| slot.take());
         let h2 = parts.version == http::Version::HTTP_2;
         let over_tls = came_over_tls(&parts.extensions);
         // Kept for the hooks only: copying them costs nothing when no hook is set.
-        let (hook_headers, hook_extensions) = if config.hooks.any() {
+        let (hook_headers, hook_extensions) = if stage.session.hooks.any() {
             (Some(parts.headers.clone()), Some(parts.extensions.clone()))
         } else {
             (None, None)
@@ -209,7 +250,7 @@ impl UpstreamRequest {
             .iter()
             .cloned()
             .collect();
-        let tunnel = config.mode == Mode::Tunnel;
+        let tunnel = stage.session.mode == Mode::Tunnel;
         let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
         // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -271,7 +312,7 @@ impl UpstreamRequest {
     }
 
     /// The routing hook, if any: it may refuse, pick the pool, rewrite the path and headers.
-    fn route(&mut self, config: &Config) -> Result<(), ProxyError> {
+    fn route(&mut self, config: &Settings) -> Result<(), ProxyError> {
         let Some(route) = &config.route else {
             return Ok(());
         };
@@ -304,16 +345,16 @@ impl UpstreamRequest {
             client: self.client,
             path: std::mem::take(&mut self.hook_path),
             log_path,
-            protocol: None,
             headers: self.hook_headers.take(),
             extensions: self.hook_extensions.take(),
             held: self.held.take(),
         }
     }
 
-    /// Dial (with failover), send the upgrade, and either open the upstream leg or collect
-    /// the refusal.
-    async fn handshake(&self, config: &Config, deadline: Instant) -> Result<Answer, ProxyError> {
+    /// Dials the pool (with failover), sends the upgrade, and returns the upstream's
+    /// connection past a valid 101 (what it agreed to checked against what the client
+    /// offered), or its refusal to relay.
+    async fn exchange(&self, config: &Settings, deadline: Instant) -> Result<Answer, ProxyError> {
         // Target and (unless the client's is kept) Host depend on the member each try dials.
         let request_for = |member: &Member| {
             let upstream = member.upstream();
@@ -324,20 +365,35 @@ impl UpstreamRequest {
                 &self.forwarded,
             )
         };
-        let offer = Offer {
-            accept: &self.accept,
-            protocols: &self.offered,
-            extensions: self.extensions_offered,
-        };
-        handshake(
+        let dial::Dialed {
+            answer: res,
+            mut conn,
+            lease,
+        } = dial::dial(
             config,
             &self.pool,
             self.hash_key.as_deref(),
             deadline,
             request_for,
-            offer,
         )
-        .await
+        .await?;
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let limit = config.max_response_body_size;
+            let (body, cut) = client::read_body(&mut conn, &res, limit).await?;
+            return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
+        }
+        let protocol = answer::verify_switch(
+            res.headers(),
+            &self.accept,
+            &self.offered,
+            self.extensions_offered,
+        )?;
+        Ok(Answer::Switched {
+            conn,
+            protocol,
+            headers: res.into_parts().0.headers,
+            lease,
+        })
     }
 }
 
@@ -370,72 +426,21 @@ fn came_over_tls(extensions: &http::Extensions) -> bool {
     }
 }
 
+/// The upstream's answer to the upgrade.
 enum Answer {
+    /// A valid 101: its connection (past the head), chosen subprotocol and headers.
     Switched {
-        leg: UpstreamLeg,
+        conn: Transport,
         protocol: Option<HeaderValue>,
         headers: HeaderMap,
         lease: Lease,
     },
+    /// Anything else, to relay to the client.
     Relayed(Response<Body>, Lease),
 }
 
-/// What the upstream's 101 is checked against: the accept value for the key the proxy sent,
-/// and what the client offered.
-struct Offer<'a> {
-    accept: &'a HeaderValue,
-    protocols: &'a [HeaderValue],
-    extensions: bool,
-}
-
-/// Dial (with failover), send the upgrade, and either open the upstream leg or collect the
-/// refusal.
-async fn handshake(
-    config: &Config,
-    pool: &UpstreamPool,
-    hash_key: Option<&[u8]>,
-    deadline: Instant,
-    request_for: impl Fn(&Member) -> Vec<u8>,
-    offer: Offer<'_>,
-) -> Result<Answer, ProxyError> {
-    let dial::Dialed {
-        answer: res,
-        mut conn,
-        lease,
-    } = dial::dial(config, pool, hash_key, deadline, request_for).await?;
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let limit = config.max_response_body_size;
-        let (body, cut) = client::read_body(&mut conn, &res, limit).await?;
-        return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
-    }
-    let protocol = answer::verify_switch(
-        res.headers(),
-        offer.accept,
-        offer.protocols,
-        offer.extensions,
-    )?;
-    let headers = res.into_parts().0.headers;
-    let leg = match config.mode {
-        Mode::Tunnel => UpstreamLeg::Tunnel(conn),
-        _ => UpstreamLeg::Frames(Box::new(
-            WebSocketStream::from_raw_socket(
-                Wire::new(conn),
-                Role::Client,
-                Some(config.websocket()),
-            )
-            .await,
-        )),
-    };
-    Ok(Answer::Switched {
-        leg,
-        protocol,
-        headers,
-        lease,
-    })
-}
-
 fn refuse(
-    config: &Config,
+    config: &Settings,
     error: ProxyError,
     client: Option<SocketAddr>,
     path: &str,

@@ -1,7 +1,8 @@
 //! Who ended a session and which close code each leg gets: the one table for both modes. The
 //! frame bridge's close phase ([`close`](crate::session::frames::close)) and the tunnel
-//! ([`tunnel`](crate::session::tunnel)) both take their codes from [`Outcome`]; each writes its own
-//! reason text, as before.
+//! ([`tunnel`](crate::session::tunnel)) both take their codes from [`Outcome`], fit their
+//! reasons into a close frame with [`fit_reason`], and report how the session ended as a
+//! [`Report`].
 //!
 //! | how the session ended | client leg | upstream leg |
 //! |---|---|---|
@@ -23,8 +24,8 @@
 
 use std::time::Duration;
 
+use crate::session::hooks::ClosedBy;
 use crate::session::leg::{Expired, Side};
-use crate::ClosedBy;
 
 /// How one session ended: who closed it, the code each leg got (1005: a close frame without a
 /// code; 1006: no close frame, the connection dropped) and why.
@@ -128,6 +129,68 @@ pub(crate) fn other_leg_code(side: Side) -> u16 {
 /// The reason for a leg that did not answer a ping.
 pub(crate) fn unresponsive(side: Side, after: Duration) -> String {
     format!("{} did not answer a ping within {after:?}", side.as_str())
+}
+
+/// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
+const MAX_REASON: usize = 123;
+
+/// Who ended the session and with which close code on each leg (1005: a close frame without
+/// a code; 1006: no close frame, the connection dropped).
+#[derive(Clone, Debug)]
+pub(crate) struct Report {
+    pub(crate) closed_by: ClosedBy,
+    pub(crate) client_code: u16,
+    pub(crate) upstream_code: u16,
+    pub(crate) reason: String,
+    /// Data messages read from one leg that never reached the other: they arrived after a
+    /// close had begun, were still held for a leg that went away, or were cut mid-message.
+    /// Never counted as forwarded.
+    pub(crate) undeliverable: u64,
+}
+
+impl From<Outcome> for Report {
+    fn from(o: Outcome) -> Self {
+        Self {
+            closed_by: o.closed_by,
+            client_code: o.client_code,
+            upstream_code: o.upstream_code,
+            reason: o.reason,
+            undeliverable: 0,
+        }
+    }
+}
+
+impl Report {
+    /// The client's upgrade failed before a tunnel could open; the upstream is dropped.
+    pub(crate) fn client_vanished_report() -> Self {
+        Self {
+            closed_by: ClosedBy::Client,
+            client_code: 1006,
+            upstream_code: 1006,
+            reason: "client went away during the upgrade".into(),
+            undeliverable: 0,
+        }
+    }
+
+    /// A session still open at the shutdown deadline, dropped without a close handshake.
+    pub(crate) fn dropped_at_shutdown() -> Self {
+        Self {
+            closed_by: ClosedBy::Proxy,
+            client_code: 1006,
+            upstream_code: 1006,
+            reason: "dropped at the shutdown deadline".into(),
+            undeliverable: 0,
+        }
+    }
+}
+
+/// `reason` cut to fit a close frame (123 bytes), on a character boundary so it stays UTF-8.
+pub(crate) fn fit_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap};
 use tokio_tungstenite::tungstenite;
 
-use crate::{Mode, Upstream};
+use crate::session::settings::Mode;
+use crate::upstream::Upstream;
 
 /// A session, as the hooks see it: given to [`on_open`](crate::WsProxyLayer::on_open), in
 /// [`SessionSummary`] to [`on_close`](crate::WsProxyLayer::on_close), and to message hooks.

@@ -10,5 +10,9 @@ pub(crate) mod frames;
 pub(crate) mod hooks;
 pub(crate) mod keepalive;
 pub(crate) mod leg;
+pub(crate) mod settings;
 pub(crate) mod spawn;
 pub(crate) mod tunnel;
+
+pub(crate) use settings::{Mode, Settings};
+pub(crate) use spawn::{spawn, Handoff, Negotiated, RequestInfo};

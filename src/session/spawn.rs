@@ -1,4 +1,5 @@
-//! A proxied session: runs detached from the request, bridges, closes, and logs a summary.
+//! A proxied session: what the handshake hands over ([`Handoff`]), then a task detached from
+//! the request that bridges or tunnels, closes, and logs a summary.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,33 +9,49 @@ use std::time::Instant;
 use futures_util::future::Either;
 use http::HeaderValue;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::metrics;
 use crate::registry::{Permit, Sessions};
-use crate::session::frames::bridge::{self, SessionHooks};
-use crate::session::frames::wire::Wire;
+use crate::session::close_policy::Report;
+use crate::session::frames::{self, SessionHooks};
+use crate::session::hooks::{SessionInfo, SessionSummary};
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::{Side, Traffic};
+use crate::session::settings::{Mode, Settings};
+use crate::session::tunnel;
 use crate::transport::{Held, Transport};
 use crate::upstream::Lease;
-use crate::{session::frames::close, session::frames::stream, session::tunnel};
 
-/// The upstream side of a session, already past its handshake.
-pub(crate) enum UpstreamLeg {
-    /// Message by message. Boxed: the session task keeps the slot it was moved in from, and
-    /// inline every tunnel session's task would carry this variant's size too.
-    Frames(Box<WebSocketStream<Wire<Transport>>>),
-    /// Bytes spliced.
-    Tunnel(Transport),
+/// Everything a session starts from, handed over by the handshake once the upstream switched
+/// protocols and the client's answer is on its way: both legs, what each negotiated, the lease
+/// on the member, the admission permit, and what the session keeps of the request. The session
+/// builds its legs for its mode from it.
+pub(crate) struct Handoff {
+    /// Resolves to the client's connection (or HTTP/2 stream) once its answer has been sent.
+    pub(crate) client: OnUpgrade,
+    /// The upstream's connection, past its 101 (bytes read past it are kept in it).
+    pub(crate) upstream: Transport,
+    pub(crate) negotiated: Negotiated,
+    pub(crate) lease: Lease,
+    pub(crate) permit: Permit,
+    pub(crate) request: RequestInfo,
 }
 
-/// What the session span records about the request.
+/// What the handshake agreed on each leg.
+pub(crate) struct Negotiated {
+    /// The subprotocol the upstream chose, as the client was answered.
+    pub(crate) protocol: Option<HeaderValue>,
+    /// `Sec-WebSocket-Extensions` as the client was answered (logged with the session), and
+    /// as the upstream accepted them. Only a tunnel carries extensions today, the same value on
+    /// both legs, so the upstream's is not read yet.
+    pub(crate) client_extensions: Option<HeaderValue>,
+    #[allow(dead_code)]
+    pub(crate) upstream_extensions: Option<HeaderValue>,
+}
+
+/// What the session span and hooks keep of the request.
 pub(crate) struct RequestInfo {
     pub(crate) id: u64,
     pub(crate) client: Option<SocketAddr>,
@@ -46,28 +63,29 @@ pub(crate) struct RequestInfo {
     pub(crate) http: &'static str,
     /// Whether the client's connection is TLS.
     pub(crate) tls: bool,
-    pub(crate) protocol: Option<HeaderValue>,
     /// The upgrade request's headers and extensions, kept only when hooks will read them.
     pub(crate) headers: Option<http::HeaderMap>,
     pub(crate) extensions: Option<http::Extensions>,
-    /// What the server asked the session to keep while it lives (see [`HeldBySession`]).
+    /// What the server asked the session to keep while it lives (see
+    /// [`HeldBySession`](crate::transport::HeldBySession)).
     pub(crate) held: Option<Held>,
 }
 
-/// Starts the session once the client's 101 has been sent. The task owns both legs and ends on
-/// every path: close handshakes are bounded by `close_timeout`.
-pub(crate) fn spawn(
-    config: Arc<Config>,
-    on_upgrade: OnUpgrade,
-    upstream: UpstreamLeg,
-    lease: Lease,
-    permit: Permit,
-    info: RequestInfo,
-) {
-    let span = span(&info, &lease);
-    metrics::session_opened(&lease.endpoint().label, info.http, info.tls);
-    let hooked = session_info(&config, &info, &lease);
-    let held = info.held;
+/// Starts the session. The task owns both legs and ends on every path: close handshakes are
+/// bounded by `close_timeout`.
+pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
+    let Handoff {
+        client,
+        upstream,
+        negotiated,
+        lease,
+        permit,
+        request,
+    } = handoff;
+    let span = span(&request, &negotiated, &lease);
+    metrics::session_opened(&lease.endpoint().label, request.http, request.tls);
+    let hooked = session_info(&settings, &request, &negotiated, &lease);
+    let held = request.held;
     tokio::spawn(
         async move {
             let _held = held;
@@ -80,17 +98,17 @@ pub(crate) fn spawn(
                 biased;
                 report = run(
                     Ctx {
-                        config: &config,
+                        settings: &settings,
                         sessions: &sessions,
                         to_upstream: &mut to_upstream,
                         to_client: &mut to_client,
                         hooked: hooked.as_ref(),
                     },
-                    on_upgrade,
+                    client,
                     upstream,
                 ) => report,
                 // Past the shutdown deadline: drop both sockets where they are.
-                () = sessions.aborting() => close::Report::dropped_at_shutdown(),
+                () = sessions.aborting() => Report::dropped_at_shutdown(),
             };
             let duration = started.elapsed();
             record(&report, duration, &to_upstream, &to_client);
@@ -100,8 +118,8 @@ pub(crate) fn spawn(
                 report.client_code,
                 report.upstream_code,
             );
-            metrics::undeliverable(config.mode.label(), report.undeliverable);
-            if let (Some(hook), Some(session)) = (&config.hooks.on_close, hooked) {
+            metrics::undeliverable(settings.mode.label(), report.undeliverable);
+            if let (Some(hook), Some(session)) = (&settings.hooks.on_close, hooked) {
                 hook(&summary(
                     &session,
                     &report,
@@ -119,17 +137,18 @@ pub(crate) fn spawn(
 }
 
 /// The session's span: what it is, now; how it went, filled in when it ends.
-fn span(info: &RequestInfo, lease: &Lease) -> tracing::Span {
+fn span(request: &RequestInfo, negotiated: &Negotiated, lease: &Lease) -> tracing::Span {
     tracing::info_span!(
         "ws_session",
-        id = info.id,
-        client = info.client.map(tracing::field::display),
+        id = request.id,
+        client = request.client.map(tracing::field::display),
         upstream = %lease.endpoint().member.upstream(),
         upstream_addr = %lease.endpoint().addr,
-        path = %info.log_path,
-        protocol = info.http,
-        tls = info.tls,
-        subprotocol = info.protocol.as_ref().and_then(|p| p.to_str().ok()),
+        path = %request.log_path,
+        protocol = request.http,
+        tls = request.tls,
+        subprotocol = negotiated.protocol.as_ref().and_then(|p| p.to_str().ok()),
+        extensions = negotiated.client_extensions.as_ref().and_then(|e| e.to_str().ok()),
         duration_ms = Empty,
         messages_to_upstream = Empty,
         bytes_to_upstream = Empty,
@@ -145,38 +164,39 @@ fn span(info: &RequestInfo, lease: &Lease) -> tracing::Span {
 
 /// What hooks see of the session; built only when a hook will read it.
 fn session_info(
-    config: &Config,
-    info: &RequestInfo,
+    settings: &Settings,
+    request: &RequestInfo,
+    negotiated: &Negotiated,
     lease: &Lease,
-) -> Option<Arc<crate::SessionInfo>> {
-    config.hooks.any().then(|| {
-        Arc::new(crate::SessionInfo {
-            id: info.id,
-            client: info.client,
-            path: info.path.clone(),
+) -> Option<Arc<SessionInfo>> {
+    settings.hooks.any().then(|| {
+        Arc::new(SessionInfo {
+            id: request.id,
+            client: request.client,
+            path: request.path.clone(),
             upstream: lease.endpoint().member.upstream().clone(),
             upstream_addr: lease.endpoint().addr,
-            subprotocol: info
+            subprotocol: negotiated
                 .protocol
                 .as_ref()
                 .and_then(|p| p.to_str().ok())
                 .map(str::to_owned),
-            mode: config.mode,
-            request_headers: info.headers.clone().unwrap_or_default(),
-            request_extensions: info.extensions.clone().unwrap_or_default(),
+            mode: settings.mode,
+            request_headers: request.headers.clone().unwrap_or_default(),
+            request_extensions: request.extensions.clone().unwrap_or_default(),
         })
     })
 }
 
 /// What `on_close` gets.
 fn summary(
-    session: &crate::SessionInfo,
-    report: &close::Report,
+    session: &SessionInfo,
+    report: &Report,
     duration: std::time::Duration,
     to_upstream: &Traffic,
     to_client: &Traffic,
-) -> crate::SessionSummary {
-    crate::SessionSummary {
+) -> SessionSummary {
+    SessionSummary {
         session: session.clone(),
         duration,
         messages_to_upstream: to_upstream.messages,
@@ -193,10 +213,10 @@ fn summary(
 
 /// The session's message hooks, if any are set.
 fn message_hooks<'a>(
-    config: &'a Config,
-    session: Option<&Arc<crate::SessionInfo>>,
+    settings: &'a Settings,
+    session: Option<&Arc<SessionInfo>>,
 ) -> Option<SessionHooks<'a>> {
-    let hooks = &config.hooks;
+    let hooks = &settings.hooks;
     if hooks.on_client_message.is_none() && hooks.on_upstream_message.is_none() {
         return None;
     }
@@ -210,7 +230,7 @@ fn message_hooks<'a>(
 
 /// Records the session's outcome on its span and logs the `session closed` event.
 fn record(
-    report: &close::Report,
+    report: &Report,
     duration: std::time::Duration,
     to_upstream: &Traffic,
     to_client: &Traffic,
@@ -232,11 +252,11 @@ fn record(
 /// What a session borrows from its task. The traffic counts live in the task so that they
 /// survive a session dropped at the shutdown deadline.
 struct Ctx<'a> {
-    config: &'a Config,
+    settings: &'a Settings,
     sessions: &'a Sessions,
     to_upstream: &'a mut Traffic,
     to_client: &'a mut Traffic,
-    hooked: Option<&'a Arc<crate::SessionInfo>>,
+    hooked: Option<&'a Arc<SessionInfo>>,
 }
 
 /// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
@@ -244,37 +264,29 @@ struct Ctx<'a> {
 /// boxed so that it takes its own size, not the larger of the two.
 fn run<'a>(
     ctx: Ctx<'a>,
-    on_upgrade: OnUpgrade,
-    upstream: UpstreamLeg,
-) -> impl Future<Output = close::Report> + 'a {
-    match upstream {
-        UpstreamLeg::Tunnel(upstream) => {
-            Either::Left(Box::pin(tunnel_session(ctx, on_upgrade, upstream)))
-        }
-        UpstreamLeg::Frames(upstream) => {
-            Either::Right(Box::pin(frames_session(ctx, on_upgrade, upstream)))
-        }
+    client: OnUpgrade,
+    upstream: Transport,
+) -> impl Future<Output = Report> + 'a {
+    match ctx.settings.mode {
+        Mode::Tunnel => Either::Left(Box::pin(tunnel_session(ctx, client, upstream))),
+        Mode::Frames => Either::Right(Box::pin(frames_session(ctx, client, upstream))),
     }
 }
 
 /// Waits for the client's upgrade and runs `on_open` once it has succeeded.
-async fn client_upgrade(
-    config: &Config,
-    on_upgrade: OnUpgrade,
-    hooked: Option<&Arc<crate::SessionInfo>>,
-) -> hyper::Result<Upgraded> {
-    let upgraded = on_upgrade.await;
-    if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &config.hooks.on_open, hooked) {
+async fn client_upgrade(ctx: &Ctx<'_>, client: OnUpgrade) -> hyper::Result<Upgraded> {
+    let upgraded = client.await;
+    if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &ctx.settings.hooks.on_open, ctx.hooked) {
         hook(info);
     }
     upgraded
 }
 
-async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Transport) -> close::Report {
-    match client_upgrade(ctx.config, on_upgrade, ctx.hooked).await {
+async fn tunnel_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) -> Report {
+    match client_upgrade(&ctx, client).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
-            let mut keepalive = Keepalive::new(ctx.config.timeouts);
+            let mut keepalive = Keepalive::new(ctx.settings.timeouts);
             tunnel::run(
                 Transport::new(io),
                 upstream,
@@ -282,79 +294,37 @@ async fn tunnel_session(ctx: Ctx<'_>, on_upgrade: OnUpgrade, upstream: Transport
                 ctx.to_client,
                 &mut keepalive,
                 ctx.sessions,
-                ctx.config.close_timeout,
+                ctx.settings.close_timeout,
             )
             .await
         }
         Err(e) => {
             tracing::debug!("client upgrade failed: {e}");
             drop(upstream);
-            close::Report::client_vanished_report()
+            Report::client_vanished_report()
         }
     }
 }
 
-async fn frames_session(
-    ctx: Ctx<'_>,
-    on_upgrade: OnUpgrade,
-    upstream: Box<WebSocketStream<Wire<Transport>>>,
-) -> close::Report {
-    let config = ctx.config;
-    let mut upstream = *upstream;
-    let io = match client_upgrade(config, on_upgrade, ctx.hooked).await {
+async fn frames_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) -> Report {
+    let settings = ctx.settings;
+    let io = match client_upgrade(&ctx, client).await {
         Ok(io) => io,
         Err(e) => {
             tracing::debug!("client upgrade failed: {e}");
-            return Box::pin(close::client_vanished(upstream, config.close_timeout)).await;
+            return Box::pin(frames::client_vanished(upstream, settings)).await;
         }
     };
-    let mut client = WebSocketStream::from_raw_socket(
-        Wire::new(TokioIo::new(io)),
-        Role::Server,
-        Some(config.websocket()),
-    )
-    .await;
-    tracing::debug!("session open");
-    let mut keepalive = Keepalive::new(config.timeouts);
-    // With message hooks, whole messages are assembled for them; without, frames stream.
-    let stopped = match message_hooks(config, ctx.hooked) {
-        Some(hooks) => {
-            bridge::run(
-                &mut client,
-                &mut upstream,
-                ctx.to_upstream,
-                ctx.to_client,
-                &mut keepalive,
-                ctx.sessions,
-                Some(hooks),
-            )
-            .await
-        }
-        None => {
-            let limits = stream::Limits {
-                max_frame: Some(config.max_frame_size),
-                max_message: Some(config.max_message_size),
-            };
-            stream::run(
-                &mut client,
-                &mut upstream,
-                ctx.to_upstream,
-                ctx.to_client,
-                &mut keepalive,
-                ctx.sessions,
-                limits,
-            )
-            .await
-        }
-    };
-    // Boxed: the close phase is short, and inline it would enlarge every idle session.
-    Box::pin(close::finish(
-        client,
+    frames::run(
+        io,
         upstream,
-        stopped,
-        ctx.to_client,
-        ctx.to_upstream,
-        config.close_timeout,
-    ))
+        frames::Run {
+            settings,
+            sessions: ctx.sessions,
+            to_upstream: ctx.to_upstream,
+            to_client: ctx.to_client,
+            hooks: message_hooks(settings, ctx.hooked),
+        },
+    )
     .await
 }

@@ -13,7 +13,6 @@
 //! pings itself, so forwarding them would give the peer two pongs. Close frames end this
 //! phase; [`close`](crate::session::frames::close) completes the close handshakes.
 
-use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -27,12 +26,14 @@ use std::sync::Arc;
 
 use http::Extensions;
 
-use crate::registry::Sessions;
+use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::{Wire, DIRECT_MIN};
-use crate::session::hooks::{MessageHook, VerdictFuture};
-use crate::session::keepalive::Keepalive;
+use crate::session::hooks::{
+    Direction as Way, Message as HookMessage, MessageContext, MessageHook, SessionInfo, Verdict,
+    VerdictFuture,
+};
+use crate::session::keepalive::{self, Keepalive};
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
-use crate::{Direction as Way, MessageContext, SessionInfo, Verdict};
 
 /// Messages a direction forwards in one go before letting the other direction run.
 const BUDGET: usize = 64;
@@ -61,36 +62,27 @@ pub(crate) struct SessionHooks<'a> {
 }
 
 /// Forwards messages both ways until a close frame or an error ends the session.
-pub(crate) async fn run<C, U>(
-    client: &mut WebSocketStream<Wire<C>>,
-    upstream: &mut WebSocketStream<Wire<U>>,
-    to_upstream: &mut Traffic,
-    to_client: &mut Traffic,
-    keepalive: &mut Keepalive,
-    sessions: &Sessions,
-    mut hooks: Option<SessionHooks<'_>>,
-) -> Stopped
+pub(crate) async fn run<C, U>(legs: Legs<'_, C, U>, mut hooks: SessionHooks<'_>) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Legs {
+        client,
+        upstream,
+        to_upstream,
+        to_client,
+        keepalive,
+        sessions,
+    } = legs;
     let mut c2u = Direction::new(Side::Client, Side::Upstream);
     let mut u2c = Direction::new(Side::Upstream, Side::Client);
-    let draining = sessions.draining();
-    tokio::pin!(draining);
-    let ended = poll_fn(|cx| {
-        if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ended::ShuttingDown);
-        }
-        if let Poll::Ready(expired) = keepalive.poll(cx) {
-            return Poll::Ready(Ended::Expired(expired));
-        }
-        if let Poll::Ready(end) =
-            c2u.poll(cx, client, upstream, to_upstream, keepalive, hooks.as_mut())
+    let ended = drive(sessions, keepalive, |cx, keepalive| {
+        if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive, &mut hooks)
         {
             return Poll::Ready(end);
         }
-        u2c.poll(cx, upstream, client, to_client, keepalive, hooks.as_mut())
+        u2c.poll(cx, upstream, client, to_client, keepalive, &mut hooks)
     })
     .await;
     Stopped {
@@ -129,11 +121,7 @@ impl Direction {
     /// Runs this direction's hook on a data message: it may be forwarded as is, replaced,
     /// dropped, or end the session. An asynchronous verdict is awaited before anything else is
     /// read from this side, so order is kept (and the hook's pace is backpressure).
-    fn hook(&mut self, msg: Message, hooks: Option<&mut SessionHooks<'_>>) -> Option<Ended> {
-        let Some(hooks) = hooks else {
-            self.pending = Some(msg);
-            return None;
-        };
+    fn hook(&mut self, msg: Message, hooks: &mut SessionHooks<'_>) -> Option<Ended> {
         let (hook, direction) = match self.from {
             Side::Client => (hooks.to_upstream, Way::ToUpstream),
             Side::Upstream => (hooks.to_client, Way::ToClient),
@@ -149,12 +137,12 @@ impl Direction {
                     direction,
                     state: &mut hooks.state,
                 };
-                let msg = crate::Message(msg);
+                let msg = HookMessage(msg);
                 let verdict = f(&mut ctx, &msg);
                 self.apply(verdict, msg.0)
             }
             Some(MessageHook::Async(f)) => {
-                let fut = f(hooks.session.clone(), crate::Message(msg.clone()));
+                let fut = f(hooks.session.clone(), HookMessage(msg.clone()));
                 self.awaiting = Some((fut, msg));
                 None
             }
@@ -181,14 +169,14 @@ impl Direction {
         dst: &mut WebSocketStream<Wire<D>>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
-        mut hooks: Option<&mut SessionHooks<'_>>,
+        hooks: &mut SessionHooks<'_>,
     ) -> Poll<Ended>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         D: AsyncRead + AsyncWrite + Unpin,
     {
         // The proxy's own ping to the destination leg, in line with its messages.
-        match crate::session::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+        match keepalive::queue_ping(cx, dst, keepalive, self.to) {
             Ok(queued) => self.unflushed |= queued,
             Err(error) => return Poll::Ready(self.write_failed(error)),
         }
@@ -202,7 +190,7 @@ impl Direction {
                 step!(self.idle(cx, dst));
             }
             budget -= 1;
-            step!(self.read_one(cx, src, dst, keepalive, hooks.as_deref_mut()));
+            step!(self.read_one(cx, src, dst, keepalive, hooks));
         }
     }
 
@@ -285,7 +273,7 @@ impl Direction {
         src: &mut WebSocketStream<Wire<S>>,
         dst: &mut WebSocketStream<Wire<D>>,
         keepalive: &mut Keepalive,
-        hooks: Option<&mut SessionHooks<'_>>,
+        hooks: &mut SessionHooks<'_>,
     ) -> Step
     where
         S: AsyncRead + AsyncWrite + Unpin,

@@ -15,62 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::session::close_policy::{other_leg_code, Outcome};
+use crate::session::close_policy::{fit_reason, other_leg_code, Outcome, Report};
+use crate::session::hooks::ClosedBy;
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
-use crate::ClosedBy;
-
-/// RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
-const MAX_REASON: usize = 123;
-
-/// Who ended the session and with which close code on each leg (1005: a close frame without
-/// a code; 1006: no close frame, the connection dropped).
-#[derive(Clone, Debug)]
-pub(crate) struct Report {
-    pub(crate) closed_by: ClosedBy,
-    pub(crate) client_code: u16,
-    pub(crate) upstream_code: u16,
-    pub(crate) reason: String,
-    /// Data messages read from one leg that never reached the other: they arrived after a
-    /// close had begun, were still held for a leg that went away, or were cut mid-message.
-    /// Never counted as forwarded.
-    pub(crate) undeliverable: u64,
-}
-
-impl From<Outcome> for Report {
-    fn from(o: Outcome) -> Self {
-        Self {
-            closed_by: o.closed_by,
-            client_code: o.client_code,
-            upstream_code: o.upstream_code,
-            reason: o.reason,
-            undeliverable: 0,
-        }
-    }
-}
-
-impl Report {
-    /// The client's upgrade failed before a tunnel could open; the upstream is dropped.
-    pub(crate) fn client_vanished_report() -> Self {
-        Self {
-            closed_by: ClosedBy::Client,
-            client_code: 1006,
-            upstream_code: 1006,
-            reason: "client went away during the upgrade".into(),
-            undeliverable: 0,
-        }
-    }
-
-    /// A session still open at the shutdown deadline, dropped without a close handshake.
-    pub(crate) fn dropped_at_shutdown() -> Self {
-        Self {
-            closed_by: ClosedBy::Proxy,
-            client_code: 1006,
-            upstream_code: 1006,
-            reason: "dropped at the shutdown deadline".into(),
-            undeliverable: 0,
-        }
-    }
-}
 
 /// What happens to one leg at the end of the session.
 enum LegEnd {
@@ -274,15 +221,6 @@ fn frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// `reason` cut to fit a close frame (123 bytes), on a character boundary so it stays UTF-8.
-pub(crate) fn fit_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
 /// Runs one leg's ending within `timeout`, sending `held` first where the leg can still take
 /// it; returns how many data messages could not be delivered.
 async fn end_leg<S>(
@@ -370,7 +308,7 @@ mod tests {
     fn reasons_fit_a_control_frame() {
         let long = "é".repeat(100);
         let f = frame(CloseCode::Error, &long);
-        assert!(f.reason.len() <= MAX_REASON);
+        assert!(f.reason.len() <= 123);
         assert_eq!(f.reason.len() % 2, 0, "cut on a character boundary");
     }
 

@@ -1,8 +1,96 @@
 //! Frame mode: each leg a WebSocket of its own. Without message hooks frames are [`stream`]ed
-//! piece by piece; with them whole messages are [`bridge`]d; both read and write through
-//! [`wire`]; [`close`] completes the close handshakes on both legs.
+//! piece by piece; with them whole messages are [`bridge`]d; both run the same [`drive`] loop
+//! and read and write through [`wire`]; [`close`] completes the close handshakes on both legs.
 
 pub(crate) mod bridge;
 pub(crate) mod close;
+pub(crate) mod drive;
 pub(crate) mod stream;
 pub(crate) mod wire;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+pub(crate) use self::bridge::SessionHooks;
+use self::drive::Legs;
+use self::wire::Wire;
+use crate::registry::Sessions;
+use crate::session::close_policy::Report;
+use crate::session::keepalive::Keepalive;
+use crate::session::leg::Traffic;
+use crate::session::settings::Settings;
+use crate::transport::Transport;
+
+/// What a frame-mode session runs with, besides its two connections.
+pub(crate) struct Run<'a> {
+    pub(crate) settings: &'a Settings,
+    pub(crate) sessions: &'a Sessions,
+    pub(crate) to_upstream: &'a mut Traffic,
+    pub(crate) to_client: &'a mut Traffic,
+    /// Set when a message hook is: whole messages are assembled for it.
+    pub(crate) hooks: Option<SessionHooks<'a>>,
+}
+
+/// The session in frame mode, from the client's upgraded connection to the end of both close
+/// handshakes.
+pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> Report {
+    let settings = run.settings;
+    let mut client = WebSocketStream::from_raw_socket(
+        Wire::new(TokioIo::new(client)),
+        Role::Server,
+        Some(settings.websocket()),
+    )
+    .await;
+    let mut upstream = upstream_leg(upstream, settings).await;
+    tracing::debug!("session open");
+    let mut keepalive = Keepalive::new(settings.timeouts);
+    let legs = Legs {
+        client: &mut client,
+        upstream: &mut upstream,
+        to_upstream: run.to_upstream,
+        to_client: run.to_client,
+        keepalive: &mut keepalive,
+        sessions: run.sessions,
+    };
+    let stopped = match run.hooks {
+        Some(hooks) => bridge::run(legs, hooks).await,
+        None => {
+            let limits = stream::Limits {
+                max_frame: Some(settings.max_frame_size),
+                max_message: Some(settings.max_message_size),
+            };
+            stream::run(legs, limits).await
+        }
+    };
+    // Boxed: the close phase is short, and inline it would enlarge every idle session.
+    Box::pin(close::finish(
+        client,
+        upstream,
+        stopped,
+        run.to_client,
+        run.to_upstream,
+        settings.close_timeout,
+    ))
+    .await
+}
+
+/// Closes the upstream leg when the client never got its connection (its upgrade failed).
+pub(crate) async fn client_vanished(upstream: Transport, settings: &Settings) -> Report {
+    let upstream = upstream_leg(upstream, settings).await;
+    close::client_vanished(upstream, settings.close_timeout).await
+}
+
+/// The upstream's connection as the proxy's client leg to it.
+async fn upstream_leg(
+    upstream: Transport,
+    settings: &Settings,
+) -> WebSocketStream<Wire<Transport>> {
+    WebSocketStream::from_raw_socket(
+        Wire::new(upstream),
+        Role::Client,
+        Some(settings.websocket()),
+    )
+    .await
+}

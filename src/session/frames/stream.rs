@@ -23,7 +23,6 @@
 //! taken for a protocol error.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -35,9 +34,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::registry::Sessions;
+use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::{self, Wire};
-use crate::session::keepalive::Keepalive;
+use crate::session::keepalive::{self, Keepalive};
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
 
 /// Bytes read from a leg at a time.
@@ -115,30 +114,22 @@ pub(crate) struct Limits {
 
 /// Forwards data frames both ways until a close frame or an error ends the session. Same
 /// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is ever held whole.
-pub(crate) async fn run<C, U>(
-    client: &mut WebSocketStream<Wire<C>>,
-    upstream: &mut WebSocketStream<Wire<U>>,
-    to_upstream: &mut Traffic,
-    to_client: &mut Traffic,
-    keepalive: &mut Keepalive,
-    sessions: &Sessions,
-    limits: Limits,
-) -> Stopped
+pub(crate) async fn run<C, U>(legs: Legs<'_, C, U>, limits: Limits) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Legs {
+        client,
+        upstream,
+        to_upstream,
+        to_client,
+        keepalive,
+        sessions,
+    } = legs;
     let mut c2u = Flow::new(Side::Client, Side::Upstream, limits);
     let mut u2c = Flow::new(Side::Upstream, Side::Client, limits);
-    let draining = sessions.draining();
-    tokio::pin!(draining);
-    let ended = poll_fn(|cx| {
-        if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ended::ShuttingDown);
-        }
-        if let Poll::Ready(expired) = keepalive.poll(cx) {
-            return Poll::Ready(Ended::Expired(expired));
-        }
+    let ended = drive(sessions, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
         }
@@ -280,7 +271,7 @@ impl Flow {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         // The proxy's own ping to the destination leg, between two of its frames.
-        match crate::session::keepalive::queue_ping(cx, dst, keepalive, self.to) {
+        match keepalive::queue_ping(cx, dst, keepalive, self.to) {
             Ok(queued) => self.unflushed |= queued,
             Err(error) => return self.write_failed(error),
         }

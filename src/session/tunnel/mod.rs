@@ -26,7 +26,7 @@ use self::splice::{SplicePipe, Spliced};
 use crate::metrics;
 use crate::registry::Sessions;
 use crate::session::close_policy::Outcome;
-use crate::session::frames::close::Report;
+use crate::session::close_policy::{fit_reason, Report};
 use crate::session::frames::wire;
 use crate::session::keepalive::{Keepalive, PING};
 use crate::session::leg::{Side, Traffic};
@@ -285,7 +285,7 @@ fn control_frame(opcode: u8, payload: &[u8], to: Side) -> Vec<u8> {
 
 fn close_frame(code: u16, reason: &str, to: Side) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(crate::session::frames::close::fit_reason(reason).as_bytes());
+    payload.extend_from_slice(fit_reason(reason).as_bytes());
     control_frame(0x8, &payload, to)
 }
 

@@ -1,0 +1,43 @@
+//! The loop both frame bridges run: shutdown and the session timers come first, then the two
+//! directions, each until it has nothing to do.
+
+use std::future::{poll_fn, Future};
+use std::task::{Context, Poll};
+
+use tokio_tungstenite::WebSocketStream;
+
+use crate::registry::Sessions;
+use crate::session::frames::wire::Wire;
+use crate::session::keepalive::Keepalive;
+use crate::session::leg::{Ended, Traffic};
+
+/// A frame-mode session's two legs and what both directions share while bridging.
+pub(crate) struct Legs<'a, C, U> {
+    pub(crate) client: &'a mut WebSocketStream<Wire<C>>,
+    pub(crate) upstream: &'a mut WebSocketStream<Wire<U>>,
+    pub(crate) to_upstream: &'a mut Traffic,
+    pub(crate) to_client: &'a mut Traffic,
+    pub(crate) keepalive: &'a mut Keepalive,
+    pub(crate) sessions: &'a Sessions,
+}
+
+/// Polls `directions` (both of a bridge's, in turn) until one of them, shutdown, or a keepalive
+/// or session timer ends the session.
+pub(crate) async fn drive(
+    sessions: &Sessions,
+    keepalive: &mut Keepalive,
+    mut directions: impl FnMut(&mut Context<'_>, &mut Keepalive) -> Poll<Ended>,
+) -> Ended {
+    let draining = sessions.draining();
+    tokio::pin!(draining);
+    poll_fn(|cx| {
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ended::ShuttingDown);
+        }
+        if let Poll::Ready(expired) = keepalive.poll(cx) {
+            return Poll::Ready(Ended::Expired(expired));
+        }
+        directions(cx, keepalive)
+    })
+    .await
+}

@@ -164,155 +164,12 @@ struct ReadmeDoctests;
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "__fuzz")]
 #[doc(hidden)]
-pub mod __fuzz {
-    /// The request checks (path normalisation, encoded slashes, `Host`, body) on a request
-    /// with this target and these header lines, under each [`EscapedSlashes`] action; must
-    /// never panic.
-    pub fn request(target: &[u8], headers: &[(&[u8], &[u8])]) {
-        use crate::EscapedSlashes;
-        let Ok(uri) = http::Uri::try_from(target) else {
-            return;
-        };
-        for escaped in [
-            EscapedSlashes::Keep,
-            EscapedSlashes::Reject,
-            EscapedSlashes::Decode,
-        ] {
-            let mut req = http::Request::new(());
-            *req.uri_mut() = uri.clone();
-            for (name, value) in headers {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(name),
-                    http::HeaderValue::from_bytes(value),
-                ) {
-                    req.headers_mut().append(n, v);
-                }
-            }
-            if crate::handshake::request::check(&mut req, escaped).is_ok() {
-                let path = req.uri().path();
-                assert!(path.starts_with('/') || path.is_empty(), "{path:?}");
-                // What passes cannot leave the upstream's prefix, even for a server that
-                // decodes it once or twice before resolving dot-segments.
-                let once = percent_decode(path.as_bytes());
-                for decoded in [path.as_bytes().to_vec(), percent_decode(&once), once] {
-                    assert!(
-                        !decoded
-                            .split(|b| *b == b'/' || *b == b'\\')
-                            .any(|s| s == b".." || s == b"."),
-                        "{escaped:?}: a dot-segment in {path:?} once decoded"
-                    );
-                }
-                if escaped == EscapedSlashes::Reject {
-                    let lower = path.to_ascii_lowercase();
-                    assert!(!lower.contains("%2f") && !lower.contains("%5c"), "{path:?}");
-                }
-            }
-        }
-    }
-
-    /// `%XX` escapes decoded; written apart from the proxy's own decoder, so that a mistake
-    /// there is not repeated here.
-    fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(|_| bytes[i] == b'%' && bytes[i + 1].is_ascii_hexdigit());
-            match hex {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                None => {
-                    out.push(bytes[i]);
-                    i += 1;
-                }
-            }
-        }
-        out
-    }
-
-    /// The request head's measured size (what `Serve::max_head_size` bounds) for a head parsed as
-    /// hyper parses it: never less than the bytes sent, less optional whitespace, the final
-    /// CRLF and at most a scheme's length (the URI is not formatted again to measure it).
-    pub fn head_size(raw: &[u8]) {
-        let mut fields = [httparse::EMPTY_HEADER; 100];
-        let mut parsed = httparse::Request::new(&mut fields);
-        let Ok(httparse::Status::Complete(len)) = parsed.parse(raw) else {
-            return;
-        };
-        let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
-            return;
-        };
-        let (Ok(method), Ok(uri)) = (
-            http::Method::from_bytes(method.as_bytes()),
-            http::Uri::try_from(target),
-        ) else {
-            return;
-        };
-        let mut req = http::Request::new(());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        for field in parsed.headers.iter() {
-            let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(field.name.as_bytes()),
-                http::HeaderValue::from_bytes(field.value),
-            ) else {
-                return;
-            };
-            req.headers_mut().append(name, value);
-        }
-        let size = crate::serve::head_size(&req);
-        let whitespace = raw[..len]
-            .iter()
-            .filter(|b| matches!(b, b' ' | b'\t'))
-            .count();
-        // A fragment is not part of the request (the `http` crate drops it, so it is never
-        // forwarded) and is not counted; hyper's read buffer bounds it. Found by this target.
-        let fragment = target.find('#').map_or(0, |at| target.len() - at);
-        // Empty lines before the request line are skipped (RFC 9112 section 2.2).
-        let leading = raw
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
-        assert!(
-            size + whitespace + fragment + leading + 2 + 64 >= len,
-            "head of {len} bytes measured as {size} ({whitespace} bytes of whitespace)"
-        );
-    }
-
-    /// The tunnel's frame tracking: feeding a byte stream in any pieces, with data payloads
-    /// sometimes passed unread (spliced), ends in the same state as feeding it whole.
-    pub fn tunnel_frames(data: &[u8], cuts: &[u8]) {
-        crate::session::tunnel::fuzz_frames(data, cuts);
-    }
-
-    /// The wire's read-ahead and put-back bytes: whatever the sizes of reads asked for and
-    /// of what the socket returns, and whatever is put back, the bytes come out unchanged and
-    /// in order, and a session waiting for bytes holds no read-ahead buffer.
-    pub fn wire_read(data: &[u8], plan: &[u8]) {
-        crate::session::frames::wire::fuzz_read(data, plan);
-    }
-
-    /// The streaming frame bridge's parser: a leg's bytes walked whole and in pieces give the
-    /// same control frames, messages and verdict; what it writes is framed and masked right.
-    pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
-        crate::session::frames::stream::fuzz_walk(data, cuts, from_client);
-    }
-
-    /// The PROXY protocol header parser; must never panic, and a complete header's length is
-    /// within the input.
-    pub fn proxy_header(input: &[u8]) {
-        if let crate::serve::proxy_header::Parsed::Complete { len, .. } =
-            crate::serve::proxy_header::parse(input)
-        {
-            assert!(len <= input.len() && len > 0);
-        }
-    }
-}
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+// The same checks, run by `cargo test` on fixed inputs.
+#[cfg(all(test, not(feature = "__fuzz")))]
+#[path = "fuzz.rs"]
+mod __fuzz;
 
 /// The `http` crate this crate's API speaks (`HeaderValue`, `StatusCode`, `Request`, ...),
 /// so that hooks and routing code need no dependency of their own:
@@ -346,7 +203,7 @@ pub use session::hooks::{
     ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
     VerdictFuture,
 };
-pub use session::settings::Mode;
+pub use session::mode::Mode;
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub use transport::TlsInfo;
 #[cfg(feature = "tls")]

@@ -13,8 +13,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRA
 use http::{Response, StatusCode};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::error::ProxyError;
 use crate::transport::Transport;
-use crate::ProxyError;
 
 /// Largest upstream answer head accepted.
 pub(crate) const MAX_ANSWER_HEAD: usize = 64 << 10;

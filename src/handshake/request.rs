@@ -8,7 +8,7 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
 
-use crate::ProxyError;
+use crate::error::ProxyError;
 
 /// What the proxy does with encoded slashes (`%2F`, `%5C`, either case) in a request path, as
 /// Envoy's `path_with_escaped_slashes_action`. Whatever the setting, a path that would hold a

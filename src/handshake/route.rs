@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderMap, StatusCode, Uri};
 
-use crate::UpstreamPool;
+use crate::upstream::UpstreamPool;
 
 /// One upgrade request, as the routing hook ([`WsProxyLayer::route`](crate::WsProxyLayer::route))
 /// sees it: the client's request (read only), the headers that will go upstream (editable),

@@ -24,7 +24,7 @@ use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
 use crate::handshake::{answer, client, detect, dial, request, Settings};
 use crate::metrics;
-use crate::registry::{NotAdmitted, Sessions};
+use crate::registry::{NotAdmitted, Permit, Sessions};
 use crate::session::{self, Handoff, Mode, Negotiated, RequestInfo};
 use crate::transport::{HeldBySession, Transport};
 use crate::upstream::{Lease, Member, UpstreamPool};
@@ -128,37 +128,7 @@ async fn proceed<B>(
             );
             res
         }
-        Answer::Switched {
-            conn,
-            protocol,
-            headers,
-            lease,
-        } => {
-            // Extensions cross only a tunnel, which passes their frames on unread.
-            let extensions = headers
-                .get(SEC_WEBSOCKET_EXTENSIONS)
-                .filter(|_| stage.session.mode == Mode::Tunnel)
-                .cloned();
-            let res =
-                answer::accepted(client.accept, protocol.clone(), headers, extensions.clone());
-            lease.opened();
-            session::spawn(
-                stage.session.clone(),
-                Handoff {
-                    client: client.on_upgrade,
-                    upstream: conn,
-                    negotiated: Negotiated {
-                        protocol,
-                        client_extensions: extensions.clone(),
-                        upstream_extensions: extensions,
-                    },
-                    lease,
-                    permit,
-                    request: info,
-                },
-            );
-            res
-        }
+        Answer::Switched(switched) => switched.hand_over(stage.session, client, permit, info),
     })
 }
 
@@ -388,12 +358,12 @@ impl UpstreamRequest {
             &self.offered,
             self.extensions_offered,
         )?;
-        Ok(Answer::Switched {
+        Ok(Answer::Switched(Switched {
             conn,
             protocol,
             headers: res.into_parts().0.headers,
             lease,
-        })
+        }))
     }
 }
 
@@ -428,15 +398,62 @@ fn came_over_tls(extensions: &http::Extensions) -> bool {
 
 /// The upstream's answer to the upgrade.
 enum Answer {
-    /// A valid 101: its connection (past the head), chosen subprotocol and headers.
-    Switched {
-        conn: Transport,
-        protocol: Option<HeaderValue>,
-        headers: HeaderMap,
-        lease: Lease,
-    },
+    /// A valid 101.
+    Switched(Switched),
     /// Anything else, to relay to the client.
     Relayed(Response<Body>, Lease),
+}
+
+/// An upstream that switched protocols: its connection (past the head), chosen subprotocol and
+/// headers, and the lease on its member.
+struct Switched {
+    conn: Transport,
+    protocol: Option<HeaderValue>,
+    headers: HeaderMap,
+    lease: Lease,
+}
+
+impl Switched {
+    /// Answers the client with its own acceptance and hands the session everything it starts
+    /// from; the session runs once the client has its answer.
+    fn hand_over(
+        self,
+        session: &Arc<session::Settings>,
+        client: detect::ClientHandshake,
+        permit: Permit,
+        request: RequestInfo,
+    ) -> Response<Body> {
+        let Switched {
+            conn,
+            protocol,
+            headers,
+            lease,
+        } = self;
+        // Extensions cross only a tunnel, which passes their frames on unread.
+        let extensions = headers
+            .get(SEC_WEBSOCKET_EXTENSIONS)
+            .filter(|_| session.mode == Mode::Tunnel)
+            .cloned();
+        let res = answer::accepted(client.accept, protocol.clone(), headers, extensions.clone());
+        lease.opened();
+        let negotiated = Negotiated {
+            protocol,
+            client_extensions: extensions.clone(),
+            upstream_extensions: extensions,
+        };
+        session::spawn(
+            session.clone(),
+            Handoff {
+                client: client.on_upgrade,
+                upstream: conn,
+                negotiated,
+                lease,
+                permit,
+                request,
+            },
+        );
+        res
+    }
 }
 
 fn refuse(

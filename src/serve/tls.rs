@@ -14,7 +14,7 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 
 use crate::transport::TlsInfo;
-use crate::TlsConfigError;
+use crate::upstream::tls::TlsConfigError;
 
 /// TLS for [`serve`](crate::serve) (feature `tls`): what nginx's `listen 443 ssl http2`,
 /// `ssl_certificate`, `ssl_certificate_key` and `ssl_client_certificate` configure.

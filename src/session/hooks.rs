@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap};
 use tokio_tungstenite::tungstenite;
 
-use crate::session::settings::Mode;
+use crate::session::close_code::CloseCode;
+use crate::session::mode::Mode;
 use crate::upstream::Upstream;
 
 /// A session, as the hooks see it: given to [`on_open`](crate::WsProxyLayer::on_open), in
@@ -247,7 +248,7 @@ pub enum Verdict {
     ///
     /// let _ = Verdict::Close(1006, "dropped".into()); // 1006 is a report, not a code to send
     /// ```
-    Close(crate::CloseCode, String),
+    Close(CloseCode, String),
 }
 
 impl Verdict {
@@ -259,7 +260,7 @@ impl Verdict {
     /// let v = Verdict::close(CloseCode::POLICY_VIOLATION, "rate limit");
     /// assert_eq!(v, Verdict::Close(CloseCode::POLICY_VIOLATION, "rate limit".to_owned()));
     /// ```
-    pub fn close(code: crate::CloseCode, reason: impl Into<String>) -> Self {
+    pub fn close(code: CloseCode, reason: impl Into<String>) -> Self {
         Self::Close(code, reason.into())
     }
 }

@@ -6,13 +6,16 @@
 
 pub(crate) mod close_code;
 pub(crate) mod close_policy;
+pub(crate) mod frame;
 pub(crate) mod frames;
 pub(crate) mod hooks;
 pub(crate) mod keepalive;
 pub(crate) mod leg;
+pub(crate) mod mode;
 pub(crate) mod settings;
 pub(crate) mod spawn;
 pub(crate) mod tunnel;
 
-pub(crate) use settings::{Mode, Settings};
+pub(crate) use mode::Mode;
+pub(crate) use settings::Settings;
 pub(crate) use spawn::{spawn, Handoff, Negotiated, RequestInfo};

@@ -1,5 +1,5 @@
 //! What every session of a layer is told, with the defaults and why: how it crosses the proxy
-//! ([`Mode`]), frame mode's limits and buffers, keepalive and session timers, the close
+//! ([`Mode`](crate::session::mode::Mode)), frame mode's limits and buffers, keepalive and session timers, the close
 //! timeout, and the hooks.
 
 use std::time::Duration;
@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::session::hooks::Hooks;
 use crate::session::keepalive::Timeouts;
+pub(crate) use crate::session::mode::Mode;
 
 /// How long each leg may take to answer a close frame before its socket is dropped.
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,41 +26,6 @@ const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A leg that has not answered a ping within this is dead.
 const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How sessions cross the proxy.
-///
-/// ```
-/// use axum_ws_proxy::{Mode, WsProxyLayer};
-///
-/// assert_eq!(Mode::default(), Mode::Frames);
-/// // Bytes spliced after a validated 101; permessage-deflate works end to end.
-/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).mode(Mode::Tunnel);
-/// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Mode {
-    /// Message by message (the default): every message is parsed and re-framed, so close codes
-    /// are mapped per leg, protocol errors get their RFC code, limits apply per message, and
-    /// message hooks can apply. permessage-deflate is not offered upstream.
-    #[default]
-    Frames,
-    /// Bytes spliced after a validated 101, as nginx does: cheaper, and extensions
-    /// (permessage-deflate) work end to end. The proxy still reads frame headers, so pings,
-    /// shutdown (1001) and session timers work; payloads are neither checked nor limited.
-    Tunnel,
-}
-
-impl Mode {
-    /// The mode as logs and metric labels name it.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Mode::Frames => "frames",
-            Mode::Tunnel => "tunnel",
-        }
-    }
-}
 
 /// The session stage's settings; one value per layer, shared by its sessions.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! A set of upstream members: picking one per session, passive health, membership that
 //! changes at run time, and DNS re-resolution.
 
+use crate::error::ProxyError;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
@@ -723,19 +724,19 @@ impl UpstreamPool {
     }
 
     /// Why there was nothing to dial: a member that did not resolve, or an empty pool.
-    pub(crate) fn nothing_to_dial(&self) -> crate::ProxyError {
+    pub(crate) fn nothing_to_dial(&self) -> ProxyError {
         let st = self.lock();
         st.members
             .iter()
             .find_map(|s| {
                 s.resolve_error
                     .as_ref()
-                    .map(|(kind, msg)| crate::ProxyError::Resolve {
+                    .map(|(kind, msg)| ProxyError::Resolve {
                         host: s.member.upstream().host().to_owned(),
                         source: io::Error::new(*kind, msg.clone()),
                     })
             })
-            .unwrap_or(crate::ProxyError::NoMembers)
+            .unwrap_or(ProxyError::NoMembers)
     }
 }
 

@@ -34,8 +34,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::session::frame;
 use crate::session::frames::drive::{drive, Legs};
-use crate::session::frames::wire::{self, Wire};
+use crate::session::frames::wire::Wire;
 use crate::session::keepalive::{self, Keepalive};
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
 
@@ -63,7 +64,7 @@ thread_local! {
 /// What one read turns into for the other leg, in order: frame headers and short pieces
 /// copied into `own`, longer pieces left in the read buffer.
 #[derive(Debug, Default)]
-struct Output {
+pub(crate) struct Output {
     own: Vec<u8>,
     parts: Vec<Part>,
 }
@@ -77,7 +78,7 @@ enum Part {
 }
 
 impl Output {
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.own.clear();
         self.parts.clear();
     }
@@ -97,7 +98,7 @@ impl Output {
     }
 
     /// The parts as slices of `own` and of the read buffer `read`.
-    fn slices<'a>(&'a self, read: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub(crate) fn slices<'a>(&'a self, read: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.parts.iter().map(move |part| match *part {
             Part::Own(start, end) => &self.own[start..end],
             Part::Read(start, end) => &read[start..end],
@@ -194,7 +195,7 @@ impl Utf8 {
 
 /// One direction: frame parsing, checks and re-framing of `from`'s bytes for `to`.
 #[derive(Debug)]
-struct Flow {
+pub(crate) struct Flow {
     from: Side,
     to: Side,
     limits: Limits,
@@ -232,7 +233,7 @@ struct MessageState {
 }
 
 /// What walking a read's bytes stopped at.
-enum Walk {
+pub(crate) enum Walk {
     /// Every byte was used.
     Done,
     /// A complete control frame, collected in `head`, ends where the walk stopped; it goes to
@@ -243,7 +244,7 @@ enum Walk {
 }
 
 impl Flow {
-    fn new(from: Side, to: Side, limits: Limits) -> Self {
+    pub(crate) fn new(from: Side, to: Side, limits: Limits) -> Self {
         Self {
             from,
             to,
@@ -350,8 +351,7 @@ impl Flow {
                 (_, Walk::Violation(error)) => return Poll::Ready(Some(self.read_failed(error))),
                 (used, Walk::Control) => {
                     at += used;
-                    let control = self.head[..self.have].to_vec();
-                    self.have = 0;
+                    let control = self.take_control();
                     match self.control(cx, src, control) {
                         Ok(None) => {}
                         Ok(Some(end)) => return Poll::Ready(Some(end)),
@@ -367,6 +367,13 @@ impl Flow {
             }
         }
         Poll::Ready(None)
+    }
+
+    /// The control frame a walk stopped at ([`Walk::Control`]), taken out of `head`.
+    pub(crate) fn take_control(&mut self) -> Vec<u8> {
+        let control = self.head[..self.have].to_vec();
+        self.have = 0;
+        control
     }
 
     /// Writes the pieces a walk left in `out` to `to`, from where they were read.
@@ -453,7 +460,7 @@ impl Flow {
 
     /// Walks `input[from..to]` (unmasking and masking payloads in place), adding to `out`
     /// what `to` gets. Returns how many bytes were used and why the walk stopped.
-    fn walk(
+    pub(crate) fn walk(
         &mut self,
         input: &mut [u8],
         from: usize,
@@ -467,7 +474,7 @@ impl Flow {
                 let take = frame.remaining.min((to - i) as u64) as usize;
                 let range = (i, i + take);
                 // The key as it applies from this piece's first byte.
-                let key_in = frame.mask.map(|k| wire::key_at(k, frame.offset));
+                let key_in = frame.mask.map(|k| frame::key_at(k, frame.offset));
                 frame.remaining -= take as u64;
                 frame.offset += take as u64;
                 let fin = frame.remaining == 0 && frame.fin;
@@ -479,7 +486,7 @@ impl Flow {
                 let key_in = if text {
                     // Text is checked in the clear.
                     if let Some(key) = key_in {
-                        wire::apply_mask(&mut input[range.0..range.1], key);
+                        frame::apply_mask(&mut input[range.0..range.1], key);
                     }
                     if !self.text_ok(&input[range.0..range.1], fin) {
                         return (i - from, Walk::Violation(invalid_utf8()));
@@ -497,7 +504,7 @@ impl Flow {
             // A header (or a control frame) being collected: a header that starts here is
             // taken at once, as far as this read has it; the rest byte by byte.
             if self.have == 0 && to - i >= 2 {
-                let n = wire::head_len(input[i + 1]).min(to - i);
+                let n = frame::head_len(input[i + 1]).min(to - i);
                 self.head[..n].copy_from_slice(&input[i..i + n]);
                 self.have = n;
                 i += n;
@@ -509,14 +516,14 @@ impl Flow {
             if self.have < 2 {
                 continue;
             }
-            let head_len = wire::head_len(self.head[1]);
+            let head_len = frame::head_len(self.head[1]);
             if self.have < head_len {
                 continue;
             }
             let (first, second) = (self.head[0], self.head[1]);
             let opcode = OpCode::from(first & 0x0f);
             // The header is all here: its length is too.
-            let len = wire::payload_len(&self.head[..head_len]).unwrap_or(u64::MAX);
+            let len = frame::payload_len(&self.head[..head_len]).unwrap_or(u64::MAX);
             if self.have == head_len {
                 if let Err(error) = self.check(first, second, opcode, len) {
                     return (i - from, Walk::Violation(error));
@@ -547,7 +554,7 @@ impl Flow {
         traffic: &mut Traffic,
     ) -> Result<(), WsError> {
         let (first, second) = (self.head[0], self.head[1]);
-        let head_len = wire::head_len(second);
+        let head_len = frame::head_len(second);
         let mask = (second & 0x80 != 0).then(|| {
             let k = &self.head[head_len - 4..head_len];
             [k[0], k[1], k[2], k[3]]
@@ -667,14 +674,14 @@ impl Flow {
         let first = if fin { 0x80 } else { 0 } | opcode;
         let key_out = (self.to == Side::Upstream).then(rand::random::<[u8; 4]>);
         let piece = &mut input[range.0..range.1];
-        let (head, head_len) = wire::frame_head(first, piece.len(), key_out);
+        let (head, head_len) = frame::frame_head(first, piece.len(), key_out);
         out.copy(&head[..head_len]);
         let key = match (key_in, key_out) {
             (Some(a), Some(b)) => Some([a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]]),
             (a, b) => a.or(b),
         };
         if let Some(key) = key {
-            wire::apply_mask(piece, key);
+            frame::apply_mask(piece, key);
         }
         if piece.len() < COPY_MAX {
             out.copy(piece);
@@ -697,7 +704,7 @@ impl Flow {
             // An empty first fragment: tungstenite reads the message's remaining fragments
             // as one binary message instead of failing on a continuation frame.
             let key = (self.from == Side::Client).then_some([0; 4]);
-            let (head, len) = wire::frame_head(0x2, 0, key);
+            let (head, len) = frame::frame_head(0x2, 0, key);
             prefix.extend_from_slice(&head[..len]);
         }
         prefix.extend_from_slice(&self.head[..self.have]);
@@ -744,133 +751,4 @@ impl Flow {
 
 fn invalid_utf8() -> WsError {
     WsError::Utf8("invalid UTF-8 in a text message".into())
-}
-
-/// For the fuzz target: `data` from `from`, walked whole and in pieces sized by `cuts`, gives
-/// the same control frames, the same completed messages, and the same verdict.
-#[cfg(any(test, feature = "__fuzz"))]
-pub(crate) fn fuzz_walk(data: &[u8], cuts: &[u8], from_client: bool) {
-    let (from, to) = if from_client {
-        (Side::Client, Side::Upstream)
-    } else {
-        (Side::Upstream, Side::Client)
-    };
-    let limits = Limits {
-        max_frame: Some(1 << 16),
-        max_message: Some(1 << 17),
-    };
-    let run = |pieces: &mut dyn Iterator<Item = usize>| {
-        let mut flow = Flow::new(from, to, limits);
-        let mut traffic = Traffic::new(Side::Upstream);
-        let (mut written, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
-        let mut out = Output::default();
-        let mut at = 0;
-        let mut violated = None;
-        'feed: while at < input.len() {
-            let end = (at + pieces.next().unwrap_or(usize::MAX)).min(input.len());
-            while at < end {
-                out.clear();
-                let (used, walked) = flow.walk(&mut input, at, end, &mut out, &mut traffic);
-                for slice in out.slices(&input) {
-                    written.extend_from_slice(slice);
-                }
-                assert!(used > 0 && at + used <= end, "no progress or past the end");
-                at += used;
-                match walked {
-                    Walk::Done => {}
-                    Walk::Control => {
-                        controls.push(flow.head[..flow.have].to_vec());
-                        flow.have = 0;
-                    }
-                    Walk::Violation(e) => {
-                        violated = Some(std::mem::discriminant(&e));
-                        break 'feed;
-                    }
-                }
-            }
-        }
-        (
-            messages(&written, to),
-            controls,
-            violated,
-            traffic.messages,
-            traffic.bytes,
-        )
-    };
-    let whole = run(&mut std::iter::empty());
-    let mut cut = cuts.iter().cycle().map(|c| usize::from(*c) + 1);
-    let split = run(&mut cut);
-    assert_eq!(whole, split);
-}
-
-/// The data messages in `out`, a stream of frames as the walk writes them for `to`.
-#[cfg(any(test, feature = "__fuzz"))]
-fn messages(out: &[u8], to: Side) -> Vec<(bool, Vec<u8>)> {
-    let (mut done, mut current, mut at) = (Vec::new(), None::<(bool, Vec<u8>)>, 0);
-    while at < out.len() {
-        let (first, second) = (out[at], out[at + 1]);
-        assert_eq!(
-            second & 0x80 != 0,
-            to == Side::Upstream,
-            "masked only toward the upstream"
-        );
-        let head = wire::head_len(second);
-        let len = wire::payload_len(&out[at..])
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(0);
-        let mut payload = out[at + head..at + head + len].to_vec();
-        if second & 0x80 != 0 {
-            let k = &out[at + head - 4..at + head];
-            wire::apply_mask(&mut payload, [k[0], k[1], k[2], k[3]]);
-        }
-        at += head + len;
-        let message = current.get_or_insert_with(|| (first & 0x0f == 1, Vec::new()));
-        message.1.extend_from_slice(&payload);
-        if first & 0x80 != 0 {
-            done.extend(current.take());
-        }
-    }
-    done
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(first: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
-        let (head, len) = wire::frame_head(first, payload.len(), key);
-        let mut f = head[..len].to_vec();
-        let at = f.len();
-        f.extend_from_slice(payload);
-        if let Some(key) = key {
-            wire::apply_mask(&mut f[at..], key);
-        }
-        f
-    }
-
-    /// Headers whole in a read are taken at once, split ones byte by byte: both must give the
-    /// same messages, control frames and verdicts, from either leg.
-    #[test]
-    fn frames_are_walked_the_same_however_the_reads_cut_them() {
-        for key in [Some([7, 1, 9, 3]), None] {
-            let mut stream = Vec::new();
-            stream.extend(frame(0x81, b"hello", key));
-            stream.extend(frame(0x02, &[0xaa; 300], key)); // a fragmented binary message...
-            stream.extend(frame(0x89, b"ping", key)); // ...a ping between its fragments...
-            stream.extend(frame(0x80, &[0xbb; 70], key)); // ...and its last fragment
-            stream.extend(frame(0x82, &[], key));
-            stream.extend(frame(0x81, "grüße".as_bytes(), key));
-            stream.extend(frame(0x88, &[0x03, 0xe8], key));
-            let from_client = key.is_some();
-            for cuts in [&[255u8][..], &[0], &[2, 0, 5, 1], &[6, 3], &[13, 1, 0]] {
-                fuzz_walk(&stream, cuts, from_client);
-            }
-            // Invalid UTF-8 is found the same way too.
-            let mut bad = frame(0x81, b"ok", key);
-            bad.extend(frame(0x81, &[b'a', 0xff, b'b'], key));
-            for cuts in [&[255u8][..], &[0], &[3, 1]] {
-                fuzz_walk(&bad, cuts, from_client);
-            }
-        }
-    }
 }

@@ -28,6 +28,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::session::frame::{apply_mask, frame_head};
+
 /// Bytes taken in one read while a burst lasts.
 pub(crate) const AHEAD: usize = 64 * 1024;
 
@@ -80,6 +82,12 @@ impl<S> Wire<S> {
             unread_at: 0,
             skip: 0,
         }
+    }
+
+    /// The read-ahead buffer's size (0 when the session holds none).
+    #[cfg(any(test, feature = "__fuzz"))]
+    pub(crate) fn ahead_capacity(&self) -> usize {
+        self.ahead.buf.capacity()
     }
 
     /// Puts `bytes` back in front of the stream: the next reads return them first. The
@@ -222,80 +230,6 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     }
 }
 
-/// A frame header: `first` is FIN, RSV and opcode; the length in its shortest form; the mask
-/// bit and key when `mask` is given. Returns the bytes and how many of them are used.
-pub(crate) fn frame_head(first: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
-    let mut head = [0u8; 14];
-    head[0] = first;
-    let mut used = if len < 126 {
-        head[1] = len as u8;
-        2
-    } else if let Ok(short) = u16::try_from(len) {
-        head[1] = 126;
-        head[2..4].copy_from_slice(&short.to_be_bytes());
-        4
-    } else {
-        head[1] = 127;
-        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    if let Some(key) = mask {
-        head[1] |= 0x80;
-        head[used..used + 4].copy_from_slice(&key);
-        used += 4;
-    }
-    (head, used)
-}
-
-/// A frame header's length from its second byte (length form and mask bit).
-pub(crate) fn head_len(second: u8) -> usize {
-    let ext = match second & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
-}
-
-/// A frame's payload length from its header's first bytes; `None` while the extended length
-/// is not all there.
-pub(crate) fn payload_len(head: &[u8]) -> Option<u64> {
-    Some(match *head.get(1)? & 0x7f {
-        126 => u64::from(u16::from_be_bytes(head.get(2..4)?.try_into().ok()?)),
-        127 => u64::from_be_bytes(head.get(2..10)?.try_into().ok()?),
-        n => u64::from(n),
-    })
-}
-
-/// A frame's mask key as it applies from `offset` bytes into the payload (for a piece that
-/// starts there, to be masked with [`apply_mask`]).
-pub(crate) fn key_at(key: [u8; 4], offset: u64) -> [u8; 4] {
-    let phase = (offset % 4) as usize;
-    [
-        key[phase],
-        key[(phase + 1) % 4],
-        key[(phase + 2) % 4],
-        key[(phase + 3) % 4],
-    ]
-}
-
-/// XORs `data` with the repeating 4-byte `key` (RFC 6455 section 5.3).
-pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
-    }
-    // The remainder starts at a multiple of 8, so the key's phase is 0 again.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i % 4];
-    }
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -428,103 +362,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
     }
 }
 
-/// For the fuzz target: a socket that returns `data` in pieces, or nothing yet, as `plan`
-/// says; read through a [`Wire`] with request sizes also from `plan`, and sometimes the tail
-/// of what was read put back ([`Wire::unread`]).
-#[cfg(feature = "__fuzz")]
-pub(crate) fn fuzz_read(data: &[u8], plan: &[u8]) {
-    struct Socket<'a> {
-        data: &'a [u8],
-        plan: std::iter::Cycle<std::slice::Iter<'a, u8>>,
-    }
-    impl AsyncRead for Socket<'_> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let step = self.plan.next().copied().unwrap_or(1);
-            if step % 4 == 0 {
-                return Poll::Pending;
-            }
-            let n = (usize::from(step) * 300)
-                .min(buf.remaining())
-                .min(self.data.len());
-            buf.put_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Poll::Ready(Ok(()))
-        }
-    }
-    let socket = Socket {
-        data,
-        plan: plan.iter().cycle(),
-    };
-    let mut wire = Wire::new(socket);
-    let (mut out, mut sizes) = (Vec::with_capacity(data.len()), plan.iter().rev().cycle());
-    let waker = std::task::Waker::noop();
-    let (mut pending_in_a_row, mut put_back) = (0, 0);
-    while out.len() < data.len() {
-        let size = match sizes.next().copied().unwrap_or(0) % 6 {
-            0 => 14,
-            1 => 256,
-            2 => 1000,
-            3 => 4096,
-            4 => AHEAD,
-            _ => 2 * AHEAD,
-        };
-        let mut space = vec![0; size];
-        let mut buf = ReadBuf::new(&mut space);
-        match Pin::new(&mut wire).poll_read(&mut Context::from_waker(waker), &mut buf) {
-            Poll::Ready(Ok(())) => {
-                assert!(!buf.filled().is_empty(), "no bytes before the end");
-                out.extend_from_slice(buf.filled());
-                pending_in_a_row = 0;
-                // Sometimes put the tail back, as the streaming bridge does: it must be read
-                // again next, before anything read ahead.
-                let step = usize::from(sizes.next().copied().unwrap_or(0));
-                if step % 7 == 3 && put_back < 64 {
-                    put_back += 1;
-                    let back = step.min(out.len());
-                    wire.unread(&out[out.len() - back..]);
-                    out.truncate(out.len() - back);
-                }
-            }
-            Poll::Ready(Err(e)) => panic!("{e}"),
-            Poll::Pending => {
-                assert_eq!(
-                    wire.ahead.buf.capacity(),
-                    0,
-                    "a waiting session holds a buffer"
-                );
-                pending_in_a_row += 1;
-                if pending_in_a_row > plan.len() + 1 {
-                    return; // a plan of only pauses
-                }
-            }
-        }
-    }
-    assert!(out == data, "bytes changed on the way through");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mask_matches_the_bytewise_definition() {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 100] {
-            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            let mut fast = plain.clone();
-            apply_mask(&mut fast, key);
-            let slow: Vec<u8> = plain
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ key[i % 4])
-                .collect();
-            assert_eq!(fast, slow, "len {len}");
-        }
-    }
 
     #[test]
     fn frame_heads_use_the_shortest_length_form() {

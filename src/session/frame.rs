@@ -1,0 +1,97 @@
+//! The WebSocket frame format (RFC 6455 section 5.2) as both modes read and write it: a
+//! header's length and payload length, writing one, and masking.
+
+/// A frame header: `first` is FIN, RSV and opcode; the length in its shortest form; the mask
+/// bit and key when `mask` is given. Returns the bytes and how many of them are used.
+pub(crate) fn frame_head(first: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
+    let mut head = [0u8; 14];
+    head[0] = first;
+    let mut used = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    if let Some(key) = mask {
+        head[1] |= 0x80;
+        head[used..used + 4].copy_from_slice(&key);
+        used += 4;
+    }
+    (head, used)
+}
+
+/// A frame header's length from its second byte (length form and mask bit).
+pub(crate) fn head_len(second: u8) -> usize {
+    let ext = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// A frame's payload length from its header's first bytes; `None` while the extended length
+/// is not all there.
+pub(crate) fn payload_len(head: &[u8]) -> Option<u64> {
+    Some(match *head.get(1)? & 0x7f {
+        126 => u64::from(u16::from_be_bytes(head.get(2..4)?.try_into().ok()?)),
+        127 => u64::from_be_bytes(head.get(2..10)?.try_into().ok()?),
+        n => u64::from(n),
+    })
+}
+
+/// A frame's mask key as it applies from `offset` bytes into the payload (for a piece that
+/// starts there, to be masked with [`apply_mask`]).
+pub(crate) fn key_at(key: [u8; 4], offset: u64) -> [u8; 4] {
+    let phase = (offset % 4) as usize;
+    [
+        key[phase],
+        key[(phase + 1) % 4],
+        key[(phase + 2) % 4],
+        key[(phase + 3) % 4],
+    ]
+}
+
+/// XORs `data` with the repeating 4-byte `key` (RFC 6455 section 5.3).
+pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so the key's phase is 0 again.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= key[i % 4];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_matches_the_bytewise_definition() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 100] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut fast = plain.clone();
+            apply_mask(&mut fast, key);
+            let slow: Vec<u8> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "len {len}");
+        }
+    }
+}

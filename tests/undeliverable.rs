@@ -55,6 +55,8 @@ async fn late_upstream() -> SocketAddr {
                 let mut late = vec![0x80, 1, b't', 0x81, 4, b'l', b'a', b't', b'e'];
                 late.extend_from_slice(&[0x88, 2, 0x03, 0xe9]);
                 tcp.write_all(&late).await.unwrap();
+                // As a server does after the close handshake: its side of TCP ends first.
+                tcp.shutdown().await.unwrap();
                 let mut sink = [0u8; 1024];
                 while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
             });
@@ -103,7 +105,8 @@ async fn late_messages_are_counted_as_undeliverable(mode: Mode) {
     let handle = layer.shutdown_handle();
     let proxy = proxy(layer).await;
     let shutdown = async move {
-        tokio::spawn(async move { handle.shutdown(Duration::from_secs(5)).await });
+        // A grace well past the close timeout: the close handshakes end the session.
+        tokio::spawn(async move { handle.shutdown(Duration::from_secs(30)).await });
     };
     late_client(proxy, shutdown).await;
     let s = within("the session summary", summaries.recv())

@@ -39,7 +39,6 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_HEAD: usize = 64 << 10;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves `app` on `listener`; `.await` it.

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use super::BoxError;
+use axum::BoxError;
 
 /// One app, boxed once: a box per request is noise next to a connection's cost.
 pub(super) type BoxApp = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;

@@ -254,7 +254,7 @@ pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
         max_message: Some(1 << 17),
     };
     let run = |pieces: &mut dyn Iterator<Item = usize>| {
-        let mut flow = Flow::new(from, to, limits);
+        let mut flow = Flow::new(from, to, limits, None);
         let mut traffic = Traffic::new(Side::Upstream);
         let (mut written, mut controls, mut input) = (Vec::new(), Vec::new(), data.to_vec());
         let mut out = Output::default();
@@ -271,7 +271,7 @@ pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
                 assert!(used > 0 && at + used <= end, "no progress or past the end");
                 at += used;
                 match walked {
-                    Walk::Done => {}
+                    Walk::Done | Walk::Full => {}
                     Walk::Control => {
                         controls.push(flow.take_control());
                     }

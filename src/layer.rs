@@ -366,6 +366,23 @@ impl WsProxyLayer {
         self.mode(Mode::Tunnel)
     }
 
+    /// permessage-deflate (RFC 7692) in frame mode: [`Deflate::Auto`](crate::Deflate::Auto)
+    /// (the default) compresses the client leg when the upstream accepted the client's offer,
+    /// passing compressed frames as they came; [`Deflate::Always`](crate::Deflate::Always)
+    /// also compresses toward clients in front of an upstream that cannot;
+    /// [`Deflate::Off`](crate::Deflate::Off) strips the offer. Tunnel mode passes the extension
+    /// end to end whatever this says.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Deflate, WsProxyLayer};
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).deflate(Deflate::Off);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn deflate(self, deflate: crate::session::deflate::Deflate) -> Self {
+        self.session(|s| s.deflate.mode = deflate)
+    }
+
     /// What to do with encoded slashes (`%2F`, `%5C`) in a request path: keep them (default),
     /// refuse the upgrade with 400, or decode them into `/` before dot-segment removal,
     /// routing and forwarding. A dot-segment hidden behind one (`/..%2Fadmin`) is refused with

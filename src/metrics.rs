@@ -22,6 +22,7 @@
 //! | `ws_proxy_handshake_failures_total` | counter | `cause` (see [`ProxyError::cause`](crate::ProxyError::cause), plus `upstream_refused`) | upgrades that did not become sessions |
 //! | `ws_proxy_messages_total` | counter | `direction`: `to_upstream`, `to_client` | data messages forwarded |
 //! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
+//! | `ws_proxy_compressed_bytes_total` | counter | `direction` | permessage-deflate payload bytes as they crossed the client's wire (`to_upstream`: what the client sent compressed; `to_client`: what it was sent compressed); the plaintext is in `ws_proxy_bytes_total` |
 //! | `ws_proxy_undeliverable_messages_total` | counter | `mode`: `frames`, `tunnel` | data messages the proxy read and could not deliver: they arrived on a leg after its close had begun, were still held for a leg that went away, or were cut mid-message; never counted as forwarded |
 //! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
 //! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code`: `1000`-`1015`, `3000-3999`, `4000-4999`, `other` | close codes per leg (1005: none; 1006: dropped); codes outside the registered range are bucketed, so peers cannot create series |
@@ -44,6 +45,7 @@ mod imp {
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
     pub(crate) const MESSAGES: &str = "ws_proxy_messages_total";
     pub(crate) const BYTES: &str = "ws_proxy_bytes_total";
+    pub(crate) const COMPRESSED_BYTES: &str = "ws_proxy_compressed_bytes_total";
     pub(crate) const UNDELIVERABLE: &str = "ws_proxy_undeliverable_messages_total";
     pub(crate) const HANDSHAKE_SECONDS: &str = "ws_proxy_upstream_handshake_seconds";
     pub(crate) const CLOSE_CODES: &str = "ws_proxy_close_codes_total";
@@ -71,6 +73,11 @@ mod imp {
         );
         describe_counter!(MESSAGES, "Data messages forwarded, by direction");
         describe_counter!(BYTES, Unit::Bytes, "Payload bytes forwarded, by direction");
+        describe_counter!(
+            COMPRESSED_BYTES,
+            Unit::Bytes,
+            "permessage-deflate payload bytes on the client's wire, by direction"
+        );
         describe_counter!(
             UNDELIVERABLE,
             "Data messages read that could not be delivered (after a close began, or cut), by mode"
@@ -156,11 +163,14 @@ mod imp {
         counter!(SPLICED_BYTES).increment(bytes as u64);
     }
 
-    /// Handles for one direction's message and byte counters, looked up once per session.
+    /// Handles for one direction's message and byte counters, looked up once per session
+    /// (the compressed bytes' when there are some).
     #[derive(Debug)]
     pub(crate) struct TrafficCounters {
         messages: Counter,
         bytes: Counter,
+        compressed: Option<Counter>,
+        to_upstream: bool,
     }
 
     impl TrafficCounters {
@@ -170,6 +180,8 @@ mod imp {
             Self {
                 messages: counter!(MESSAGES, "direction" => "to_upstream"),
                 bytes: counter!(BYTES, "direction" => "to_upstream"),
+                compressed: None,
+                to_upstream: true,
             }
         }
 
@@ -177,12 +189,27 @@ mod imp {
             Self {
                 messages: counter!(MESSAGES, "direction" => "to_client"),
                 bytes: counter!(BYTES, "direction" => "to_client"),
+                compressed: None,
+                to_upstream: false,
             }
         }
 
         pub(crate) fn add(&self, bytes: u64) {
             self.messages.increment(1);
             self.bytes.increment(bytes);
+        }
+
+        pub(crate) fn compressed(&mut self, bytes: u64) {
+            let to_upstream = self.to_upstream;
+            self.compressed
+                .get_or_insert_with(|| {
+                    if to_upstream {
+                        counter!(COMPRESSED_BYTES, "direction" => "to_upstream")
+                    } else {
+                        counter!(COMPRESSED_BYTES, "direction" => "to_client")
+                    }
+                })
+                .increment(bytes);
         }
     }
 }
@@ -214,6 +241,8 @@ mod imp {
         }
 
         pub(crate) fn add(&self, _: u64) {}
+
+        pub(crate) fn compressed(&mut self, _: u64) {}
     }
 }
 

@@ -63,17 +63,33 @@ async fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
 }
 
 /// The client's key goes on, as nginx forwards it (the proxy computes one accept value for
-/// both legs); version 13; extensions only in tunnel mode.
+/// both legs); version 13; of the extensions, frame mode forwards the client's permessage-deflate
+/// offers as they were written (and no other extension).
 #[tokio::test]
-async fn the_upstream_gets_the_clients_key_version_13_and_no_extensions() {
+async fn the_upstream_gets_the_clients_key_version_13_and_its_deflate_offers() {
     let (_, h, _) = upgrade_seen_upstream(
         |l| l,
         "/",
-        &["sec-websocket-extensions: permessage-deflate; client_max_window_bits"],
+        &["sec-websocket-extensions: x-webkit-deflate-frame, permessage-deflate; client_max_window_bits"],
     )
     .await;
     assert_eq!(all(&h, "sec-websocket-key"), ["dGhlIHNhbXBsZSBub25jZQ=="]);
     assert_eq!(all(&h, "sec-websocket-version"), ["13"]);
+    assert_eq!(
+        all(&h, "sec-websocket-extensions"),
+        ["permessage-deflate; client_max_window_bits"]
+    );
+}
+
+/// With `Deflate::Off`, frame mode sends no extension upstream.
+#[tokio::test]
+async fn with_deflate_off_no_extension_goes_upstream() {
+    let (_, h, _) = upgrade_seen_upstream(
+        |l| l.deflate(axum_ws_proxy::Deflate::Off),
+        "/",
+        &["sec-websocket-extensions: permessage-deflate; client_max_window_bits"],
+    )
+    .await;
     assert!(!h.contains_key("sec-websocket-extensions"));
 }
 

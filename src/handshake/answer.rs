@@ -22,7 +22,6 @@ pub(crate) fn verify_switch(
     upstream: &HeaderMap,
     accept: &HeaderValue,
     offered: &[HeaderValue],
-    extensions_offered: bool,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     if !has_token(upstream, UPGRADE, "websocket") {
         return Err(ProxyError::InvalidUpgrade("no `Upgrade: websocket`"));
@@ -37,11 +36,6 @@ pub(crate) fn verify_switch(
     {
         return Err(ProxyError::InvalidUpgrade(
             "Sec-WebSocket-Accept does not match the key that was sent",
-        ));
-    }
-    if upstream.contains_key(SEC_WEBSOCKET_EXTENSIONS) && !extensions_offered {
-        return Err(ProxyError::InvalidUpgrade(
-            "an extension was accepted but none was offered",
         ));
     }
     let Some(chosen) = upstream.get(SEC_WEBSOCKET_PROTOCOL) else {

@@ -8,6 +8,7 @@ pub(crate) mod answer;
 pub(crate) mod client;
 pub(crate) mod detect;
 pub(crate) mod dial;
+pub(crate) mod extensions;
 pub(crate) mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod origin;

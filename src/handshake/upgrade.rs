@@ -19,12 +19,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::ProxyError;
 use crate::handshake::detect::Upgrade;
+use crate::handshake::extensions::{self, Offer};
 use crate::handshake::headers::{self, Forwarded};
 use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
 use crate::handshake::{answer, client, detect, dial, request, Settings};
 use crate::metrics;
 use crate::registry::{NotAdmitted, Permit, Sessions};
+use crate::session::deflate::{Deflate, Params};
 use crate::session::{self, Handoff, Mode, Negotiated, RequestInfo};
 use crate::transport::{HeldBySession, Transport};
 use crate::upstream::{Lease, Member, UpstreamPool};
@@ -128,7 +130,9 @@ async fn proceed<B>(
             );
             res
         }
-        Answer::Switched(switched) => switched.hand_over(stage.session, client, permit, info),
+        Answer::Switched(switched) => {
+            switched.hand_over(stage.session, &upstream.extensions, client, permit, info)
+        }
     })
 }
 
@@ -176,7 +180,7 @@ struct UpstreamRequest {
     /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with.
     accept: HeaderValue,
     offered: Vec<HeaderValue>,
-    extensions_offered: bool,
+    extensions: Extensions,
     pool: UpstreamPool,
     hash_key: Option<Vec<u8>>,
     h2: bool,
@@ -221,7 +225,7 @@ impl UpstreamRequest {
             .cloned()
             .collect();
         let tunnel = stage.session.mode == Mode::Tunnel;
-        let extensions_offered = tunnel && parts.headers.contains_key(SEC_WEBSOCKET_EXTENSIONS);
+        let extensions = Extensions::of(stage.session, &parts.headers);
         // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -261,6 +265,9 @@ impl UpstreamRequest {
         if let Some(name) = &config.session_id_header {
             forwarded.insert(name.clone(), HeaderValue::from(id));
         }
+        if let Some(offer) = extensions.upstream_offer() {
+            forwarded.insert(SEC_WEBSOCKET_EXTENSIONS, offer);
+        }
         Self {
             parts,
             client,
@@ -270,7 +277,7 @@ impl UpstreamRequest {
             keep_client_host,
             accept,
             offered,
-            extensions_offered,
+            extensions,
             pool: config.pool.clone(),
             hash_key,
             h2,
@@ -352,15 +359,12 @@ impl UpstreamRequest {
             let (body, cut) = client::read_body(&mut conn, &res, limit).await?;
             return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
         }
-        let protocol = answer::verify_switch(
-            res.headers(),
-            &self.accept,
-            &self.offered,
-            self.extensions_offered,
-        )?;
+        let protocol = answer::verify_switch(res.headers(), &self.accept, &self.offered)?;
+        let deflate = self.extensions.accepted(res.headers())?;
         Ok(Answer::Switched(Switched {
             conn,
             protocol,
+            deflate,
             headers: res.into_parts().0.headers,
             lease,
         }))
@@ -404,11 +408,69 @@ enum Answer {
     Relayed(Response<Body>, Lease),
 }
 
+/// What the client offered of extensions, as the session's mode forwards it.
+enum Extensions {
+    /// Tunnel mode: the client's header goes upstream as it is, `offered` if there was one.
+    EndToEnd { offered: bool },
+    /// Frame mode: the client's valid permessage-deflate offers, forwarded as written (none
+    /// with `Deflate::Off`, or without the `deflate` feature).
+    Deflate(Vec<Offer>),
+}
+
+impl Extensions {
+    fn of(session: &session::Settings, headers: &HeaderMap) -> Self {
+        if session.mode == Mode::Tunnel {
+            return Self::EndToEnd {
+                offered: headers.contains_key(SEC_WEBSOCKET_EXTENSIONS),
+            };
+        }
+        // Message hooks read whole messages through tungstenite, which has no
+        // permessage-deflate: with one set, nothing is compressed (for now).
+        let hooked = session.hooks.on_client_message.is_some()
+            || session.hooks.on_upstream_message.is_some();
+        let on = cfg!(feature = "deflate") && session.deflate.mode != Deflate::Off && !hooked;
+        Self::Deflate(if on {
+            extensions::offers(headers)
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// The `Sec-WebSocket-Extensions` the upstream gets in frame mode (a tunnel's is the
+    /// client's own, left in place).
+    fn upstream_offer(&self) -> Option<HeaderValue> {
+        match self {
+            Self::EndToEnd { .. } => None,
+            Self::Deflate(offers) => extensions::upstream_offer(offers),
+        }
+    }
+
+    /// The upstream's extensions, checked against what it was offered: in frame mode, the
+    /// permessage-deflate it accepted.
+    fn accepted(&self, answer: &HeaderMap) -> Result<Option<(Params, HeaderValue)>, ProxyError> {
+        match self {
+            Self::EndToEnd { offered } => {
+                if answer.contains_key(SEC_WEBSOCKET_EXTENSIONS) && !offered {
+                    return Err(ProxyError::InvalidUpgrade(
+                        "an extension was accepted but none was offered",
+                    ));
+                }
+                Ok(None)
+            }
+            Self::Deflate(offers) => {
+                extensions::accepted(answer, offers).map_err(ProxyError::InvalidUpgrade)
+            }
+        }
+    }
+}
+
 /// An upstream that switched protocols: its connection (past the head), chosen subprotocol and
 /// headers, and the lease on its member.
 struct Switched {
     conn: Transport,
     protocol: Option<HeaderValue>,
+    /// The permessage-deflate the upstream accepted (frame mode), and its answer as written.
+    deflate: Option<(Params, HeaderValue)>,
     headers: HeaderMap,
     lease: Lease,
 }
@@ -419,6 +481,7 @@ impl Switched {
     fn hand_over(
         self,
         session: &Arc<session::Settings>,
+        offers: &Extensions,
         client: detect::ClientHandshake,
         permit: Permit,
         request: RequestInfo,
@@ -426,21 +489,49 @@ impl Switched {
         let Switched {
             conn,
             protocol,
+            deflate,
             headers,
             lease,
         } = self;
-        // Extensions cross only a tunnel, which passes their frames on unread.
-        let extensions = headers
-            .get(SEC_WEBSOCKET_EXTENSIONS)
-            .filter(|_| session.mode == Mode::Tunnel)
-            .cloned();
-        let res = answer::accepted(client.accept, protocol.clone(), headers, extensions.clone());
-        lease.opened();
-        let negotiated = Negotiated {
-            protocol,
-            client_extensions: extensions.clone(),
-            upstream_extensions: extensions,
+        let negotiated = match offers {
+            // A tunnel passes the extensions' frames on unread: both legs agree as they did.
+            Extensions::EndToEnd { .. } => {
+                let extensions = headers.get(SEC_WEBSOCKET_EXTENSIONS).cloned();
+                Negotiated {
+                    protocol,
+                    client_extensions: extensions.clone(),
+                    upstream_extensions: extensions,
+                    client_deflate: None,
+                    upstream_deflate: None,
+                }
+            }
+            Extensions::Deflate(offers) => {
+                let upstream = deflate.as_ref().map(|(params, _)| *params);
+                // The client agrees what the upstream agreed; or, compressing at the edge,
+                // what the proxy answers it.
+                let client = deflate.or_else(|| {
+                    let config = &session.deflate;
+                    (config.mode == Deflate::Always)
+                        .then(|| extensions::edge_answer(offers, config.window_bits))
+                        .flatten()
+                });
+                let (client_deflate, client_extensions) = client.unzip();
+                Negotiated {
+                    protocol,
+                    client_extensions,
+                    upstream_extensions: headers.get(SEC_WEBSOCKET_EXTENSIONS).cloned(),
+                    client_deflate,
+                    upstream_deflate: upstream,
+                }
+            }
         };
+        let res = answer::accepted(
+            client.accept,
+            negotiated.protocol.clone(),
+            headers,
+            negotiated.client_extensions.clone(),
+        );
+        lease.opened();
         session::spawn(
             session.clone(),
             Handoff {

@@ -30,6 +30,8 @@ impl Side {
 pub(crate) struct Traffic {
     pub(crate) messages: u64,
     pub(crate) bytes: u64,
+    /// Of which compressed on the client's wire (permessage-deflate), as sent there.
+    pub(crate) compressed_bytes: u64,
     counters: TrafficCounters,
 }
 
@@ -39,11 +41,18 @@ impl Traffic {
         Self {
             messages: 0,
             bytes: 0,
+            compressed_bytes: 0,
             counters: match to {
                 Side::Upstream => TrafficCounters::to_upstream(),
                 Side::Client => TrafficCounters::to_client(),
             },
         }
+    }
+
+    /// Compressed payload bytes of this direction that crossed the client's wire.
+    pub(crate) fn compressed(&mut self, bytes: u64) {
+        self.compressed_bytes += bytes;
+        self.counters.compressed(bytes);
     }
 
     pub(crate) fn add(&mut self, bytes: u64) {

@@ -6,6 +6,7 @@
 
 pub(crate) mod close_code;
 pub(crate) mod close_policy;
+pub(crate) mod deflate;
 pub(crate) mod frame;
 pub(crate) mod frames;
 pub(crate) mod hooks;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::session::deflate;
 use crate::session::hooks::Hooks;
 use crate::session::keepalive::Timeouts;
 pub(crate) use crate::session::mode::Mode;
@@ -38,6 +39,7 @@ pub(crate) struct Settings {
     pub(crate) write_buffer_size: usize,
     pub(crate) timeouts: Timeouts,
     pub(crate) hooks: Hooks,
+    pub(crate) deflate: deflate::Config,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
                 max_lifetime: None,
             },
             hooks: Hooks::default(),
+            deflate: deflate::Config::default(),
         }
     }
 }

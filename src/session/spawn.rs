@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::metrics;
 use crate::registry::{Permit, Sessions};
 use crate::session::close_policy::Report;
+use crate::session::deflate::Params;
 use crate::session::frames::{self, SessionHooks};
 use crate::session::hooks::{SessionInfo, SessionSummary};
 use crate::session::keepalive::Keepalive;
@@ -50,6 +51,9 @@ pub(crate) struct Negotiated {
     pub(crate) client_extensions: Option<HeaderValue>,
     #[allow(dead_code)]
     pub(crate) upstream_extensions: Option<HeaderValue>,
+    /// permessage-deflate as each leg agreed it (frame mode; a tunnel's passes unread).
+    pub(crate) client_deflate: Option<Params>,
+    pub(crate) upstream_deflate: Option<Params>,
 }
 
 /// What the session span and hooks keep of the request.
@@ -104,6 +108,8 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
                         to_upstream: &mut to_upstream,
                         to_client: &mut to_client,
                         hooked: hooked.as_ref(),
+                        client_deflate: negotiated.client_deflate,
+                        upstream_deflate: negotiated.upstream_deflate,
                     },
                     client,
                     upstream,
@@ -258,6 +264,8 @@ struct Ctx<'a> {
     to_upstream: &'a mut Traffic,
     to_client: &'a mut Traffic,
     hooked: Option<&'a Arc<SessionInfo>>,
+    client_deflate: Option<Params>,
+    upstream_deflate: Option<Params>,
 }
 
 /// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
@@ -325,6 +333,8 @@ async fn frames_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) ->
             to_upstream: ctx.to_upstream,
             to_client: ctx.to_client,
             hooks: message_hooks(settings, ctx.hooked),
+            client_deflate: ctx.client_deflate,
+            upstream_deflate: ctx.upstream_deflate,
         },
     )
     .await

@@ -138,6 +138,9 @@ impl Plan {
                 ModeSetting::Tunnel => Mode::Tunnel,
             });
         }
+        if let Some(d) = &s.deflate {
+            layer = layer.deflate(d.0);
+        }
         if let Some(d) = s.ping_interval {
             layer = layer.ping_interval(d.0);
         }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, EscapedSlashes, IpNet, Member};
+use axum_ws_proxy::{Balance, Deflate, EscapedSlashes, IpNet, Member};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
@@ -87,6 +87,11 @@ pub(crate) struct Settings {
     /// extensions pass end to end) [default: frames]
     #[arg(long, value_name = "MODE", help_heading = "Sessions")]
     pub(crate) mode: Option<ModeSetting>,
+    /// permessage-deflate in frame mode: auto (compress the client leg when the upstream
+    /// does), always (also compress toward clients of upstreams that cannot), or off
+    /// [default: auto]
+    #[arg(long, value_name = "MODE", help_heading = "Sessions")]
+    pub(crate) deflate: Option<Text<Deflate>>,
     /// Ping a leg quiet this long; 0 turns keepalive off [default: 30s]
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     pub(crate) ping_interval: Option<Dur>,
@@ -256,6 +261,7 @@ impl Settings {
             connect_timeout: secs(10),
             insecure_skip_verify: Some(false),
             mode: Some(ModeSetting::Frames),
+            deflate: Some(Text(Deflate::Auto)),
             ping_interval: Some(Dur(Duration::from_secs(30))),
             ping_timeout: secs(30),
             idle_timeout: Some(Dur(Duration::ZERO)),

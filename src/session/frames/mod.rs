@@ -4,6 +4,7 @@
 
 pub(crate) mod bridge;
 pub(crate) mod close;
+pub(crate) mod compressed;
 pub(crate) mod drive;
 pub(crate) mod stream;
 pub(crate) mod wire;
@@ -18,6 +19,7 @@ use self::drive::Legs;
 use self::wire::Wire;
 use crate::registry::Sessions;
 use crate::session::close_policy::Report;
+use crate::session::deflate::{self, Direction, Params};
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::Traffic;
 use crate::session::settings::Settings;
@@ -31,6 +33,9 @@ pub(crate) struct Run<'a> {
     pub(crate) to_client: &'a mut Traffic,
     /// Set when a message hook is: whole messages are assembled for it.
     pub(crate) hooks: Option<SessionHooks<'a>>,
+    /// permessage-deflate as the client's leg and the upstream's agreed it.
+    pub(crate) client_deflate: Option<Params>,
+    pub(crate) upstream_deflate: Option<Params>,
 }
 
 /// The session in frame mode, from the client's upgraded connection to the end of both close
@@ -61,7 +66,14 @@ pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> 
                 max_frame: Some(settings.max_frame_size),
                 max_message: Some(settings.max_message_size),
             };
-            stream::run(legs, limits).await
+            let client = run.client_deflate.map(|p| (p, deflate::Role::Server));
+            let upstream = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
+            let config = &settings.deflate;
+            let directions = (
+                Direction::new(client, upstream, true, config),
+                Direction::new(upstream, client, true, config),
+            );
+            stream::run(legs, limits, directions).await
         }
     };
     // Boxed: the close phase is short, and inline it would enlarge every idle session.

@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::session::deflate::Direction;
 use crate::session::frame;
 use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::Wire;
@@ -87,7 +88,21 @@ impl Output {
         self.parts.is_empty()
     }
 
-    fn copy(&mut self, bytes: &[u8]) {
+    /// Bytes copied into `own` so far.
+    pub(crate) fn own_len(&self) -> usize {
+        self.own.len()
+    }
+
+    /// Copies `bytes`, masked with `key` if there is one.
+    pub(crate) fn copy_masked(&mut self, bytes: &[u8], key: Option<[u8; 4]>) {
+        let start = self.own.len();
+        self.copy(bytes);
+        if let Some(key) = key {
+            frame::apply_mask(&mut self.own[start..], key);
+        }
+    }
+
+    pub(crate) fn copy(&mut self, bytes: &[u8]) {
         let start = self.own.len();
         self.own.extend_from_slice(bytes);
         let end = self.own.len();
@@ -115,7 +130,11 @@ pub(crate) struct Limits {
 
 /// Forwards data frames both ways until a close frame or an error ends the session. Same
 /// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is ever held whole.
-pub(crate) async fn run<C, U>(legs: Legs<'_, C, U>, limits: Limits) -> Stopped
+pub(crate) async fn run<C, U>(
+    legs: Legs<'_, C, U>,
+    limits: Limits,
+    (c2u_deflate, u2c_deflate): (Option<Box<Direction>>, Option<Box<Direction>>),
+) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -128,8 +147,8 @@ where
         keepalive,
         sessions,
     } = legs;
-    let mut c2u = Flow::new(Side::Client, Side::Upstream, limits);
-    let mut u2c = Flow::new(Side::Upstream, Side::Client, limits);
+    let mut c2u = Flow::new(Side::Client, Side::Upstream, limits, c2u_deflate);
+    let mut u2c = Flow::new(Side::Upstream, Side::Client, limits, u2c_deflate);
     let ended = drive(sessions, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
@@ -196,16 +215,19 @@ impl Utf8 {
 /// One direction: frame parsing, checks and re-framing of `from`'s bytes for `to`.
 #[derive(Debug)]
 pub(crate) struct Flow {
-    from: Side,
-    to: Side,
-    limits: Limits,
+    pub(super) from: Side,
+    pub(super) to: Side,
+    pub(super) limits: Limits,
     /// The header (or whole control frame) being collected.
     head: [u8; MAX_CONTROL],
     have: usize,
     /// The data frame whose payload is passing.
-    frame: Option<FrameState>,
+    pub(super) frame: Option<FrameState>,
     /// The data message in progress: its opcode, payload so far, and text check.
-    message: Option<MessageState>,
+    pub(super) message: Option<MessageState>,
+    /// permessage-deflate on either leg (see [`compressed`](super::compressed)); `None` when
+    /// neither compresses.
+    pub(super) deflate: Option<Box<Direction>>,
     /// Something was written to `to` and not flushed yet.
     unflushed: bool,
     /// `from` owes a pong it could not take yet: it is not read until it has.
@@ -215,21 +237,26 @@ pub(crate) struct Flow {
 }
 
 #[derive(Debug)]
-struct FrameState {
-    fin: bool,
-    remaining: u64,
-    mask: Option<[u8; 4]>,
+pub(super) struct FrameState {
+    pub(super) fin: bool,
+    pub(super) remaining: u64,
+    pub(super) mask: Option<[u8; 4]>,
     /// Payload bytes of this frame already passed (the mask key's phase).
-    offset: u64,
+    pub(super) offset: u64,
 }
 
 #[derive(Debug)]
-struct MessageState {
-    text: bool,
-    len: u64,
+pub(super) struct MessageState {
+    pub(super) text: bool,
+    /// Payload bytes so far, as plaintext (inflated, for a compressed message).
+    pub(super) len: u64,
     utf8: Utf8,
     /// Nothing of it has been written yet: the next piece carries its opcode.
     started: bool,
+    /// It arrived compressed (RSV1 on its first frame).
+    pub(super) compressed: bool,
+    /// It goes out compressed: RSV1 on the first frame written.
+    pub(super) rsv1: bool,
 }
 
 /// What walking a read's bytes stopped at.
@@ -241,10 +268,17 @@ pub(crate) enum Walk {
     Control,
     /// The peer broke the protocol.
     Violation(WsError),
+    /// Inflated output has filled what one walk may hand on: write it, then walk on.
+    Full,
 }
 
 impl Flow {
-    pub(crate) fn new(from: Side, to: Side, limits: Limits) -> Self {
+    pub(crate) fn new(
+        from: Side,
+        to: Side,
+        limits: Limits,
+        deflate: Option<Box<Direction>>,
+    ) -> Self {
         Self {
             from,
             to,
@@ -253,6 +287,7 @@ impl Flow {
             have: 0,
             frame: None,
             message: None,
+            deflate,
             unflushed: false,
             pong_waiting: false,
             read_at: Instant::now(),
@@ -348,6 +383,15 @@ impl Flow {
             }
             match walked {
                 (_, Walk::Done) => return Poll::Ready(None),
+                (used, Walk::Full) => {
+                    at += used;
+                    if dst.get_mut().has_pending() {
+                        // `to` is behind: the rest of this read waits in `from`'s stream,
+                        // still compressed, until `to` has taken what was inflated.
+                        src.get_mut().unread(&input[at..n]);
+                        return Poll::Ready(None);
+                    }
+                }
                 (_, Walk::Violation(error)) => return Poll::Ready(Some(self.read_failed(error))),
                 (used, Walk::Control) => {
                     at += used;
@@ -470,6 +514,20 @@ impl Flow {
     ) -> (usize, Walk) {
         let mut i = from;
         while i < to {
+            if self.frame.is_some() && self.inflates() {
+                // A compressed message whose plaintext goes on: inflated as far as `out` may
+                // grow, so that a small frame cannot fill the memory.
+                match self.inflate_frame(input, i, to, out, traffic) {
+                    Ok((used, full)) => {
+                        i += used;
+                        if full {
+                            return (i - from, Walk::Full);
+                        }
+                    }
+                    Err(error) => return (i - from, Walk::Violation(error)),
+                }
+                continue;
+            }
             if let Some(frame) = &mut self.frame {
                 let take = frame.remaining.min((to - i) as u64) as usize;
                 let range = (i, i + take);
@@ -482,22 +540,8 @@ impl Flow {
                     self.frame = None;
                 }
                 i += take;
-                let text = self.message.as_ref().is_some_and(|m| m.text);
-                let key_in = if text {
-                    // Text is checked in the clear.
-                    if let Some(key) = key_in {
-                        frame::apply_mask(&mut input[range.0..range.1], key);
-                    }
-                    if !self.text_ok(&input[range.0..range.1], fin) {
-                        return (i - from, Walk::Violation(invalid_utf8()));
-                    }
-                    None
-                } else {
-                    key_in
-                };
-                self.emit(out, input, range, key_in, fin);
-                if fin {
-                    self.finish_message(traffic);
+                if let Err(error) = self.piece(out, input, range, key_in, fin, traffic) {
+                    return (i - from, Walk::Violation(error));
                 }
                 continue;
             }
@@ -560,13 +604,27 @@ impl Flow {
             [k[0], k[1], k[2], k[3]]
         });
         self.have = 0;
-        let message = self.message.get_or_insert(MessageState {
-            text: first & 0x0f == 0x1,
-            len: 0,
-            utf8: Utf8::default(),
-            started: false,
-        });
-        message.len += len;
+        if self.message.is_none() {
+            let compressed = first & 0x40 != 0;
+            let rsv1 = self.deflate.as_ref().is_some_and(|d| {
+                if compressed {
+                    d.passes()
+                } else {
+                    d.compresses()
+                }
+            });
+            self.message = Some(MessageState {
+                text: first & 0x0f == 0x1,
+                len: 0,
+                utf8: Utf8::default(),
+                started: false,
+                compressed,
+                rsv1,
+            });
+        }
+        if let Some(message) = self.message.as_mut().filter(|m| !m.compressed) {
+            message.len += len;
+        }
         let fin = first & 0x80 != 0;
         if len > 0 {
             self.frame = Some(FrameState {
@@ -578,10 +636,49 @@ impl Flow {
             return Ok(());
         }
         // Nothing will follow this header: the piece is empty.
-        if !self.text_ok(&[], fin) {
-            return Err(invalid_utf8());
+        self.piece(out, input, (at, at), None, fin, traffic)
+    }
+
+    /// `input[range]`, a piece of the message in progress (`key_in`: the sender's mask still
+    /// on it), checked and handed on to `out`; `fin` ends the message.
+    fn piece(
+        &mut self,
+        out: &mut Output,
+        input: &mut [u8],
+        range: (usize, usize),
+        key_in: Option<[u8; 4]>,
+        fin: bool,
+        traffic: &mut Traffic,
+    ) -> Result<(), WsError> {
+        let Some(message) = &self.message else {
+            return Ok(());
+        };
+        let (text, compressed) = (message.text, message.compressed);
+        let plain_in = !compressed && self.deflate.as_ref().is_some_and(|d| d.compresses());
+        let key_in = if text || compressed || plain_in {
+            // Text is checked, and compressed data inflated or compressed, in the clear.
+            if let Some(key) = key_in {
+                frame::apply_mask(&mut input[range.0..range.1], key);
+            }
+            None
+        } else {
+            key_in
+        };
+        if compressed {
+            // Both legs agreed the same: the piece goes as it came, inflated to be checked.
+            self.check_compressed(&input[range.0..range.1], fin, traffic)?;
+            self.emit(out, input, range, None, fin);
+        } else if plain_in {
+            if text && !self.text_ok(&input[range.0..range.1], fin) {
+                return Err(invalid_utf8());
+            }
+            self.hand_on(out, &input[range.0..range.1], fin, traffic)?;
+        } else {
+            if text && !self.text_ok(&input[range.0..range.1], fin) {
+                return Err(invalid_utf8());
+            }
+            self.emit(out, input, range, key_in, fin);
         }
-        self.emit(out, input, (at, at), None, fin);
         if fin {
             self.finish_message(traffic);
         }
@@ -590,7 +687,7 @@ impl Flow {
 
     /// Whether the text message in progress is still valid UTF-8 with `piece` (and, when
     /// `fin`, complete); binary messages always are.
-    fn text_ok(&mut self, piece: &[u8], fin: bool) -> bool {
+    pub(super) fn text_ok(&mut self, piece: &[u8], fin: bool) -> bool {
         match &mut self.message {
             Some(m) if m.text => m.utf8.feed(piece) && (!fin || m.utf8.end()),
             _ => true,
@@ -600,7 +697,14 @@ impl Flow {
     /// The checks tungstenite makes of a frame header, for the frames it does not see.
     fn check(&self, first: u8, second: u8, opcode: OpCode, len: u64) -> Result<(), WsError> {
         let protocol = |e| Err(WsError::Protocol(e));
-        if first & 0x70 != 0 {
+        // RSV1 marks a compressed message, on its first frame only, where the leg agreed to
+        // permessage-deflate (RFC 7692 section 6).
+        let compressed_start = matches!(opcode, OpCode::Data(Data::Text | Data::Binary))
+            && self
+                .deflate
+                .as_ref()
+                .is_some_and(|d| d.accepts_compressed());
+        if first & 0x30 != 0 || (first & 0x40 != 0 && !compressed_start) {
             return protocol(ProtocolError::NonZeroReservedBits);
         }
         let masked = second & 0x80 != 0;
@@ -630,15 +734,20 @@ impl Flow {
             OpCode::Data(Data::Continue) if self.message.is_none() => {
                 protocol(ProtocolError::UnexpectedContinueFrame)
             }
+            // A compressed message's size is its plaintext's, checked as it is inflated.
+            OpCode::Data(Data::Continue) if self.message.as_ref().is_some_and(|m| m.compressed) => {
+                Ok(())
+            }
             OpCode::Data(Data::Continue) => self.check_size(len),
             OpCode::Data(data) if self.message.is_some() => {
                 protocol(ProtocolError::ExpectedFragment(data))
             }
+            OpCode::Data(_) if first & 0x40 != 0 => Ok(()),
             OpCode::Data(_) => self.check_size(len),
         }
     }
 
-    fn check_size(&self, len: u64) -> Result<(), WsError> {
+    pub(super) fn check_size(&self, len: u64) -> Result<(), WsError> {
         let so_far = self.message.as_ref().map_or(0, |m| m.len);
         match self.limits.max_message {
             Some(max) if so_far.saturating_add(len) > max as u64 => {
@@ -654,7 +763,7 @@ impl Flow {
     /// Adds `input[range]`, a piece of the message in progress, to `out` as a frame of its
     /// own. `key_in` is the sender's mask still on the piece; toward the upstream a fresh key
     /// goes on, in the same pass.
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         out: &mut Output,
         input: &mut [u8],
@@ -665,13 +774,7 @@ impl Flow {
         let Some(message) = &mut self.message else {
             return;
         };
-        let opcode = match (message.started, message.text) {
-            (true, _) => 0x0,
-            (false, true) => 0x1,
-            (false, false) => 0x2,
-        };
-        message.started = true;
-        let first = if fin { 0x80 } else { 0 } | opcode;
+        let first = message.first_byte(fin);
         let key_out = (self.to == Side::Upstream).then(rand::random::<[u8; 4]>);
         let piece = &mut input[range.0..range.1];
         let (head, head_len) = frame::frame_head(first, piece.len(), key_out);
@@ -690,7 +793,7 @@ impl Flow {
         }
     }
 
-    fn finish_message(&mut self, traffic: &mut Traffic) {
+    pub(super) fn finish_message(&mut self, traffic: &mut Traffic) {
         if let Some(message) = self.message.take() {
             traffic.add(message.len);
         }
@@ -749,6 +852,22 @@ impl Flow {
     }
 }
 
-fn invalid_utf8() -> WsError {
+impl MessageState {
+    /// The first byte of the next frame written for this message: FIN, RSV1 on its first
+    /// frame when it goes out compressed, the opcode on its first frame.
+    pub(super) fn first_byte(&mut self, fin: bool) -> u8 {
+        let opcode = match (self.started, self.text) {
+            (true, _) => 0x0,
+            (false, true) => 0x1,
+            (false, false) => 0x2,
+        };
+        let rsv1 = if self.rsv1 && !self.started { 0x40 } else { 0 };
+        self.started = true;
+        let fin = if fin { 0x80 } else { 0 };
+        fin | rsv1 | opcode
+    }
+}
+
+pub(super) fn invalid_utf8() -> WsError {
     WsError::Utf8("invalid UTF-8 in a text message".into())
 }

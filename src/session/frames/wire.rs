@@ -84,6 +84,11 @@ impl<S> Wire<S> {
         }
     }
 
+    /// Bytes written for the leg wait here for the socket (a flush will send them).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.frame.is_some()
+    }
+
     /// The read-ahead buffer's size (0 when the session holds none).
     #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn ahead_capacity(&self) -> usize {

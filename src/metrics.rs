@@ -171,6 +171,8 @@ mod imp {
         bytes: Counter,
         compressed: Option<Counter>,
         to_upstream: bool,
+        /// Counts nothing (what a reader that only hands bytes on walks).
+        none: bool,
     }
 
     impl TrafficCounters {
@@ -182,6 +184,7 @@ mod imp {
                 bytes: counter!(BYTES, "direction" => "to_upstream"),
                 compressed: None,
                 to_upstream: true,
+                none: false,
             }
         }
 
@@ -191,6 +194,17 @@ mod imp {
                 bytes: counter!(BYTES, "direction" => "to_client"),
                 compressed: None,
                 to_upstream: false,
+                none: false,
+            }
+        }
+
+        pub(crate) fn none() -> Self {
+            Self {
+                messages: Counter::noop(),
+                bytes: Counter::noop(),
+                compressed: Some(Counter::noop()),
+                to_upstream: false,
+                none: true,
             }
         }
 
@@ -200,6 +214,9 @@ mod imp {
         }
 
         pub(crate) fn compressed(&mut self, bytes: u64) {
+            if self.none {
+                return;
+            }
             let to_upstream = self.to_upstream;
             self.compressed
                 .get_or_insert_with(|| {
@@ -237,6 +254,10 @@ mod imp {
         }
 
         pub(crate) fn to_client() -> Self {
+            Self
+        }
+
+        pub(crate) fn none() -> Self {
             Self
         }
 

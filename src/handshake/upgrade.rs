@@ -424,11 +424,7 @@ impl Extensions {
                 offered: headers.contains_key(SEC_WEBSOCKET_EXTENSIONS),
             };
         }
-        // Message hooks read whole messages through tungstenite, which has no
-        // permessage-deflate: with one set, nothing is compressed (for now).
-        let hooked = session.hooks.on_client_message.is_some()
-            || session.hooks.on_upstream_message.is_some();
-        let on = cfg!(feature = "deflate") && session.deflate.mode != Deflate::Off && !hooked;
+        let on = cfg!(feature = "deflate") && session.deflate.mode != Deflate::Off;
         Self::Deflate(if on {
             extensions::offers(headers)
         } else {

@@ -55,6 +55,16 @@ impl Traffic {
         self.counters.compressed(bytes);
     }
 
+    /// Traffic that is not the session's to count: what a reader walks only to hand it on.
+    pub(crate) fn uncounted() -> Self {
+        Self {
+            messages: 0,
+            bytes: 0,
+            compressed_bytes: 0,
+            counters: TrafficCounters::none(),
+        }
+    }
+
     pub(crate) fn add(&mut self, bytes: u64) {
         self.messages += 1;
         self.bytes += bytes;

@@ -1,6 +1,8 @@
 //! Real servers on 127.0.0.1:0 and real clients, shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -109,6 +109,13 @@ impl Direction {
         }))
     }
 
+    /// Only the inflating half: what is read from the source is handed on as plaintext.
+    pub(crate) fn receive_only(mut self: Box<Self>) -> Box<Self> {
+        self.pass = false;
+        self.send = None;
+        self
+    }
+
     /// Whether the source may send compressed messages (RSV1 on a first frame).
     pub(crate) fn accepts_compressed(&self) -> bool {
         self.receive.is_some()

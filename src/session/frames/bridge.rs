@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use http::Extensions;
 
+use crate::session::deflate;
 use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::{Wire, DIRECT_MIN};
 use crate::session::hooks::{
@@ -62,7 +63,14 @@ pub(crate) struct SessionHooks<'a> {
 }
 
 /// Forwards messages both ways until a close frame or an error ends the session.
-pub(crate) async fn run<C, U>(legs: Legs<'_, C, U>, mut hooks: SessionHooks<'_>) -> Stopped
+pub(crate) async fn run<C, U>(
+    legs: Legs<'_, C, U>,
+    mut hooks: SessionHooks<'_>,
+    (c2u_deflate, u2c_deflate): (
+        Option<Box<deflate::Direction>>,
+        Option<Box<deflate::Direction>>,
+    ),
+) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -75,8 +83,8 @@ where
         keepalive,
         sessions,
     } = legs;
-    let mut c2u = Direction::new(Side::Client, Side::Upstream);
-    let mut u2c = Direction::new(Side::Upstream, Side::Client);
+    let mut c2u = Direction::new(Side::Client, Side::Upstream, c2u_deflate);
+    let mut u2c = Direction::new(Side::Upstream, Side::Client, u2c_deflate);
     let ended = drive(sessions, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive, &mut hooks)
         {
@@ -97,6 +105,8 @@ where
 struct Direction {
     from: Side,
     to: Side,
+    /// Compressing what goes to the destination, when it agreed to permessage-deflate.
+    deflate: Option<Box<deflate::Direction>>,
     pending: Option<Message>,
     unflushed: bool,
     /// An asynchronous hook's verdict being awaited, with the message it is about.
@@ -107,10 +117,11 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(from: Side, to: Side) -> Self {
+    fn new(from: Side, to: Side, deflate: Option<Box<deflate::Direction>>) -> Self {
         Self {
             from,
             to,
+            deflate,
             pending: None,
             unflushed: false,
             awaiting: None,
@@ -231,8 +242,9 @@ impl Direction {
             return Poll::Ready(Ok(()));
         };
         // A large message is written from its own bytes (see `wire`), after whatever
-        // tungstenite holds; a small one joins tungstenite's batch.
-        let direct = msg.len() >= DIRECT_MIN;
+        // tungstenite holds; a small one joins tungstenite's batch. A compressed one is
+        // written by the proxy too: tungstenite has no permessage-deflate.
+        let direct = msg.len() >= DIRECT_MIN || self.deflate.is_some();
         let ready = if direct {
             Pin::new(&mut *dst).poll_flush(cx)
         } else {
@@ -248,12 +260,20 @@ impl Direction {
             }
         }
         let len = msg.len() as u64;
-        let msg = if direct {
-            dst.get_mut()
+        let msg = match self.deflate.as_mut() {
+            Some(deflate) => match compress(deflate, msg, traffic, self.to) {
+                Ok((first, payload)) => {
+                    dst.get_mut()
+                        .send_bytes(first, payload, self.to == Side::Upstream);
+                    None
+                }
+                Err(msg) => Some(msg),
+            },
+            None if direct => dst
+                .get_mut()
                 .send_frame(msg, self.to == Side::Upstream)
-                .err()
-        } else {
-            Some(msg)
+                .err(),
+            None => Some(msg),
         };
         if let Some(msg) = msg {
             if let Err(error) = Pin::new(&mut *dst).start_send(msg) {
@@ -364,4 +384,33 @@ impl Direction {
             error,
         }
     }
+}
+
+/// `msg` compressed for a leg that agreed to permessage-deflate: the first byte of its one
+/// frame (FIN, RSV1, opcode) and its payload; the message back if it is not a data message or
+/// cannot be compressed (it then goes as it is, which the extension allows).
+fn compress(
+    deflate: &mut deflate::Direction,
+    msg: Message,
+    traffic: &mut Traffic,
+    to: Side,
+) -> Result<(u8, bytes::Bytes), Message> {
+    let opcode = match &msg {
+        Message::Text(_) => 0x1,
+        Message::Binary(_) => 0x2,
+        _ => return Err(msg),
+    };
+    let mut compressed = Vec::new();
+    let plain: &[u8] = match &msg {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => &[],
+    };
+    if deflate.compress(plain, true, &mut compressed).is_err() {
+        return Err(msg);
+    }
+    if to == Side::Client {
+        traffic.compressed(compressed.len() as u64);
+    }
+    Ok((0x80 | 0x40 | opcode, compressed.into()))
 }

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::compressed::BAD_COMPRESSED;
+use super::wire::Violation;
 use crate::session::close_policy::{fit_reason, other_leg_code, Outcome, Report};
 use crate::session::hooks::ClosedBy;
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
@@ -205,6 +207,12 @@ fn dropped(side: Side, error: &WsError) -> (LegEnd, LegEnd, Outcome) {
 /// peer's connection is simply gone.
 fn violation(error: &WsError) -> Option<CloseFrame> {
     match error {
+        // Found by the reader that inflates a compressed leg for tungstenite.
+        WsError::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Violation>())
+            .and_then(|v| violation(&v.0)),
+        WsError::Utf8(m) if m == BAD_COMPRESSED => Some(frame(CloseCode::Invalid, BAD_COMPRESSED)),
         WsError::Utf8(_) => Some(frame(CloseCode::Invalid, "invalid UTF-8 in a text message")),
         WsError::Capacity(e) => Some(frame(CloseCode::Size, &e.to_string())),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,

@@ -12,10 +12,13 @@
 //! Whatever the path, inflating stops at `max_message_size` of plaintext (1009): a small
 //! compressed message cannot make the proxy hold more.
 
+use std::io;
+
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use super::stream::{invalid_utf8, Flow, Output};
-use crate::session::deflate::InflateError;
+use super::stream::{invalid_utf8, Flow, Limits, Output, Walk};
+use super::wire::{Transform, Violation, Wire};
+use crate::session::deflate::{Direction, InflateError};
 use crate::session::frame;
 use crate::session::leg::{Side, Traffic};
 
@@ -202,6 +205,23 @@ impl Flow {
         out.copy_masked(bytes, key);
     }
 
+    /// Hands `from`'s stream to tungstenite: where the leg may send compressed messages,
+    /// through a reader that inflates them, going on where this walk stopped (a message in
+    /// progress is read as a binary one from here on); else put back at a frame and message
+    /// boundary.
+    pub(super) fn hand_over<S>(mut self, wire: &mut Wire<S>) {
+        let Some(deflate) = self.deflate.take().filter(|d| d.accepts_compressed()) else {
+            return self.resync(wire);
+        };
+        self.deflate = Some(deflate.receive_only());
+        if let Some(message) = self.message.as_mut() {
+            message.started = false;
+            message.text = false;
+            message.rsv1 = false;
+        }
+        wire.set_transform(Box::new(Inflating::continuing(self)));
+    }
+
     /// Compressed payload read from the source that crossed the client's wire: what the
     /// client sent, or what passes to it as it came.
     fn count_compressed(&self, bytes: usize, traffic: &mut Traffic) {
@@ -216,5 +236,72 @@ impl Flow {
         if self.to == Side::Client {
             traffic.compressed(bytes as u64);
         }
+    }
+}
+
+/// What tungstenite reads of a leg that sends compressed messages (tungstenite has no
+/// permessage-deflate): the leg's frames walked by a [`Flow`] that inflates them, handing on
+/// plaintext frames (masked as the leg's own are) and control frames as they came, in order.
+/// The hook bridge reads such a leg through it, and so does the close phase.
+pub(crate) struct Inflating {
+    flow: Flow,
+    traffic: Traffic,
+    out: Output,
+    /// A protocol error found after plaintext that is still to be read: reported next.
+    failed: Option<WsError>,
+}
+
+impl Inflating {
+    /// A reader of leg `side`, whose compressed messages `deflate` inflates.
+    pub(crate) fn new(side: Side, limits: Limits, deflate: Box<Direction>) -> Self {
+        let to = match side {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        };
+        Self::continuing(Flow::new(side, to, limits, Some(deflate)))
+    }
+
+    /// Goes on where `flow` stopped (the streaming bridge's, at its end).
+    pub(crate) fn continuing(flow: Flow) -> Self {
+        Self {
+            flow,
+            traffic: Traffic::uncounted(),
+            out: Output::default(),
+            failed: None,
+        }
+    }
+}
+
+impl Transform for Inflating {
+    fn transform(&mut self, raw: &mut [u8], plain: &mut Vec<u8>) -> io::Result<usize> {
+        if let Some(error) = self.failed.take() {
+            return Err(io::Error::other(Violation(error)));
+        }
+        let mut at = 0;
+        while at < raw.len() {
+            self.out.clear();
+            let (used, walked) =
+                self.flow
+                    .walk(raw, at, raw.len(), &mut self.out, &mut self.traffic);
+            for slice in self.out.slices(raw) {
+                plain.extend_from_slice(slice);
+            }
+            at += used;
+            match walked {
+                Walk::Done => {}
+                // The rest is read again once this has been.
+                Walk::Full => return Ok(at),
+                Walk::Control => plain.extend_from_slice(&self.flow.take_control()),
+                Walk::Violation(error) if plain.is_empty() => {
+                    return Err(io::Error::other(Violation(error)));
+                }
+                Walk::Violation(error) => {
+                    // What came before it is read first; the stream cannot be walked further.
+                    self.failed = Some(error);
+                    return Ok(raw.len());
+                }
+            }
+        }
+        Ok(at)
     }
 }

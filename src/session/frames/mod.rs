@@ -15,12 +15,14 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 pub(crate) use self::bridge::SessionHooks;
+use self::compressed::Inflating;
 use self::drive::Legs;
 use self::wire::Wire;
 use crate::registry::Sessions;
 use crate::session::close_policy::Report;
 use crate::session::deflate::{self, Direction, Params};
 use crate::session::keepalive::Keepalive;
+use crate::session::leg::Side;
 use crate::session::leg::Traffic;
 use crate::session::settings::Settings;
 use crate::transport::Transport;
@@ -59,19 +61,36 @@ pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> 
         keepalive: &mut keepalive,
         sessions: run.sessions,
     };
+    let limits = stream::Limits {
+        max_frame: Some(settings.max_frame_size),
+        max_message: Some(settings.max_message_size),
+    };
+    let client_leg = run.client_deflate.map(|p| (p, deflate::Role::Server));
+    let upstream_leg = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
+    let config = &settings.deflate;
     let stopped = match run.hooks {
-        Some(hooks) => bridge::run(legs, hooks).await,
+        Some(hooks) => {
+            // Hooks read whole messages through tungstenite: a compressed leg is read through
+            // a reader that inflates it, and what goes to one is compressed by the bridge.
+            for (leg, side) in [(client_leg, Side::Client), (upstream_leg, Side::Upstream)] {
+                if let Some(inflate) = Direction::new(leg, None, false, config) {
+                    let reader = Box::new(Inflating::new(side, limits, inflate));
+                    match side {
+                        Side::Client => legs.client.get_mut().set_transform(reader),
+                        Side::Upstream => legs.upstream.get_mut().set_transform(reader),
+                    }
+                }
+            }
+            let sends = (
+                Direction::new(None, upstream_leg, false, config),
+                Direction::new(None, client_leg, false, config),
+            );
+            bridge::run(legs, hooks, sends).await
+        }
         None => {
-            let limits = stream::Limits {
-                max_frame: Some(settings.max_frame_size),
-                max_message: Some(settings.max_message_size),
-            };
-            let client = run.client_deflate.map(|p| (p, deflate::Role::Server));
-            let upstream = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
-            let config = &settings.deflate;
             let directions = (
-                Direction::new(client, upstream, true, config),
-                Direction::new(upstream, client, true, config),
+                Direction::new(client_leg, upstream_leg, true, config),
+                Direction::new(upstream_leg, client_leg, true, config),
             );
             stream::run(legs, limits, directions).await
         }

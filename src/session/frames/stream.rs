@@ -156,9 +156,9 @@ where
         u2c.poll(cx, upstream, client, to_client, keepalive)
     })
     .await;
-    // Both legs at a boundary again, for tungstenite's close handshakes.
-    c2u.resync(client.get_mut());
-    u2c.resync(upstream.get_mut());
+    // Both legs handed to tungstenite for the close handshakes.
+    c2u.hand_over(client.get_mut());
+    u2c.hand_over(upstream.get_mut());
     Stopped {
         ended,
         held_for_client: None,
@@ -252,7 +252,7 @@ pub(super) struct MessageState {
     pub(super) len: u64,
     utf8: Utf8,
     /// Nothing of it has been written yet: the next piece carries its opcode.
-    started: bool,
+    pub(super) started: bool,
     /// It arrived compressed (RSV1 on its first frame).
     pub(super) compressed: bool,
     /// It goes out compressed: RSV1 on the first frame written.
@@ -800,7 +800,7 @@ impl Flow {
     }
 
     /// Puts `from`'s stream back at a frame and message boundary for tungstenite.
-    fn resync<S>(&mut self, wire: &mut Wire<S>) {
+    pub(super) fn resync<S>(&mut self, wire: &mut Wire<S>) {
         let skip = self.frame.take().map_or(0, |f| f.remaining);
         let mut prefix = Vec::new();
         if self.message.take().is_some() {

@@ -39,8 +39,32 @@ const STREAM_MIN: usize = 256;
 /// Data messages at least this large bypass tungstenite's write buffer.
 pub(crate) const DIRECT_MIN: usize = 8 * 1024;
 
-/// A leg's stream, with read-ahead and copy-free frame writes.
+/// Raw bytes read at a time for a transform.
+const TRANSFORM_READ: usize = 16 << 10;
+
+/// Turns what a leg sends into what tungstenite reads, where tungstenite cannot read it as it
+/// is (a compressed message: tungstenite has no permessage-deflate).
+pub(crate) trait Transform: Send {
+    /// Walks `raw` (as read from the leg; changed in place), appending what tungstenite reads
+    /// to `out`; returns how much of `raw` it took (the rest is read again). An error ends
+    /// the stream; `raw` is empty at the stream's end.
+    fn transform(&mut self, raw: &mut [u8], out: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+/// A peer's protocol error found by a [`Transform`], carried to tungstenite's reader as the
+/// source of an I/O error, and told apart from a lost connection by the close phase.
 #[derive(Debug)]
+pub(crate) struct Violation(pub(crate) tokio_tungstenite::tungstenite::Error);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// A leg's stream, with read-ahead and copy-free frame writes.
 pub(crate) struct Wire<S> {
     io: S,
     ahead: Ahead,
@@ -50,6 +74,20 @@ pub(crate) struct Wire<S> {
     unread_at: usize,
     /// Stream bytes to drop before the next read is served (see [`Wire::resync`]).
     skip: u64,
+    /// What tungstenite reads instead of the raw stream, when set; and its output not yet
+    /// read.
+    transform: Option<Box<dyn Transform>>,
+    plain: Vec<u8>,
+    plain_at: usize,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Wire<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("io", &self.io)
+            .field("transform", &self.transform.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Bytes read past what tungstenite asked for.
@@ -81,7 +119,15 @@ impl<S> Wire<S> {
             unread: Vec::new(),
             unread_at: 0,
             skip: 0,
+            transform: None,
+            plain: Vec::new(),
+            plain_at: 0,
         }
+    }
+
+    /// From now on tungstenite reads this leg through `transform`.
+    pub(crate) fn set_transform(&mut self, transform: Box<dyn Transform>) {
+        self.transform = Some(transform);
     }
 
     /// Bytes written for the leg wait here for the socket (a flush will send them).
@@ -131,10 +177,16 @@ impl<S> Wire<S> {
             Message::Binary(_) => 0x2,
             other => return Err(other),
         };
-        let payload = msg.into_data();
+        self.send_bytes(0x80 | opcode, msg.into_data(), mask);
+        Ok(())
+    }
+
+    /// Queues one frame with first byte `first` (FIN, RSV, opcode) and `payload`, written from
+    /// its own bytes; masked when `mask`. As [`send_frame`](Self::send_frame), after a flush.
+    pub(crate) fn send_bytes(&mut self, first: u8, payload: Bytes, mask: bool) {
         // Toward the upstream the proxy is the client: a fresh key per frame (RFC 6455 5.3).
         let key = mask.then(rand::random::<[u8; 4]>);
-        let (head, head_len) = frame_head(0x80 | opcode, payload.len(), key);
+        let (head, head_len) = frame_head(first, payload.len(), key);
         let payload = match key {
             Some(key) => {
                 // In place when the bridge holds the only reference (the usual case).
@@ -153,7 +205,6 @@ impl<S> Wire<S> {
             payload,
             written: 0,
         });
-        Ok(())
     }
 }
 
@@ -242,6 +293,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.transform.is_some() {
+            return this.poll_transformed(cx, buf);
+        }
+        this.poll_raw(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Wire<S> {
+    /// Reads what the leg sent, as it sent it.
+    fn poll_raw(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         while this.skip > 0 {
             let before = buf.filled().len();
             ready!(this.poll_stream(cx, buf))?;
@@ -269,9 +331,48 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
         }
         this.poll_stream(cx, buf)
     }
-}
 
-impl<S: AsyncRead + Unpin> Wire<S> {
+    /// Reads what the leg sent through the transform: its output first, then raw bytes,
+    /// which the transform turns into more (what it does not take now is read again next).
+    fn poll_transformed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.plain_at < self.plain.len() {
+                let n = buf.remaining().min(self.plain.len() - self.plain_at);
+                buf.put_slice(&self.plain[self.plain_at..self.plain_at + n]);
+                self.plain_at += n;
+                if self.plain_at == self.plain.len() {
+                    // Served: the session keeps no buffer of it.
+                    self.plain = Vec::new();
+                    self.plain_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [0u8; TRANSFORM_READ];
+            let mut into = ReadBuf::new(&mut raw);
+            ready!(self.poll_raw(cx, &mut into))?;
+            let n = into.filled().len();
+            let Some(transform) = self.transform.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if n == 0 {
+                // The end of the stream: anything the transform holds back (an error) now.
+                transform.transform(&mut [], &mut self.plain)?;
+                if self.plain.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let used = transform.transform(&mut raw[..n], &mut self.plain)?;
+            if used < n {
+                self.unread(&raw[used..n]);
+            }
+        }
+    }
+
     /// Reads from the socket, through the read-ahead buffer.
     fn poll_stream(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self;

@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::Router;
 #[cfg(all(feature = "serve", feature = "tls"))]
 use axum_ws_proxy::ServerTls;
-use axum_ws_proxy::WsProxyLayer;
+use axum_ws_proxy::{Deflate, WsProxyLayer};
 use tokio::net::TcpListener;
 
 const PAGE: &str = include_str!("quickstart.html");
@@ -92,11 +92,13 @@ pub fn tls_certificate() -> Result<(ServerTls, String), Box<dyn std::error::Erro
     Ok((tls, pin))
 }
 
-/// The app: the page at `/`, and every WebSocket upgrade proxied to `upstream`.
+/// The app: the page at `/`, and every WebSocket upgrade proxied to `upstream`. The echo
+/// upstream has no compression; `Deflate::Always` compresses toward the browser anyway (the
+/// page shows `permessage-deflate` among the WebSocket's extensions).
 pub fn app(upstream: SocketAddr) -> Result<Router, axum_ws_proxy::ParseUpstreamError> {
     Ok(Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .layer(WsProxyLayer::new(format!("ws://{upstream}").parse()?)))
+        .layer(WsProxyLayer::new(format!("ws://{upstream}").parse()?).deflate(Deflate::Always)))
 }
 
 /// The upstream: any WebSocket service; here an axum echo server on a free port.

@@ -383,6 +383,24 @@ impl WsProxyLayer {
         self.session(|s| s.deflate.mode = deflate)
     }
 
+    /// How the proxy compresses where it chooses how: toward clients at the edge
+    /// ([`Deflate::Always`](crate::Deflate::Always)) and toward a leg whose messages a message
+    /// hook read. Window, `memLevel`, level and context takeover; see
+    /// [`Compression`](crate::Compression) for the defaults and what each costs.
+    ///
+    /// ```
+    /// use axum_ws_proxy::{Compression, Deflate, WsProxyLayer};
+    ///
+    /// // No compressor held by quiet sessions; small messages compress less.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .deflate(Deflate::Always)
+    ///     .compression(Compression::default().context_takeover(false));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compression(self, compression: crate::session::deflate::Compression) -> Self {
+        self.session(|s| s.deflate.compression = compression)
+    }
+
     /// What to do with encoded slashes (`%2F`, `%5C`) in a request path: keep them (default),
     /// refuse the upgrade with 400, or decode them into `/` before dot-segment removal,
     /// routing and forwarding. A dot-segment hidden behind one (`/..%2Fadmin`) is refused with

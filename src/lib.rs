@@ -199,7 +199,7 @@ pub use serve::ServerTls;
 pub use serve::{serve, AppMarker, IntoApp, MakeAppMarker, Serve};
 pub use service::WsProxy;
 pub use session::close_code::{CloseCode, InvalidCloseCode};
-pub use session::deflate::{Deflate, ParseDeflateError};
+pub use session::deflate::{Compression, Deflate, ParseDeflateError};
 pub use session::hooks::{
     ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
     VerdictFuture,

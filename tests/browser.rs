@@ -220,12 +220,14 @@ async fn the_quickstart_page_works_in_headless_chromium() {
     // the upstream's subprotocol is seen, and `/close` makes the upstream close with 4000,
     // whose code and reason reach the page's `onclose`.
     let mut page = Browser::open(&browser, &format!("http://{proxy}/")).await;
-    page.title_with("open (subprotocol: echo.v1)").await;
+    // The echo upstream has no compression; the quickstart compresses at the edge.
+    page.title_with("open (subprotocol: echo.v1").await;
     page.type_and_send("typed in chromium").await;
     let title = page.title_with("echo typed in chromium").await;
     assert_eq!(
         title,
-        "open (subprotocol: echo.v1) | subprotocol echo.v1 | echo typed in chromium"
+        "open (subprotocol: echo.v1, extensions: permessage-deflate; client_no_context_takeover; server_max_window_bits=10) \
+         | subprotocol echo.v1 | echo typed in chromium"
     );
     page.type_and_send("/close").await;
     let title = page.title_with("closed").await;
@@ -382,6 +384,11 @@ async fn chromium_carries_the_websocket_over_http2_through_wss() {
     .await;
     assert!(line.contains("protocol=\"h2\""), "not over HTTP/2: {line}");
     assert!(line.contains("path=/echo"), "{line}");
+    // Compressed at the edge over HTTP/2 as over HTTP/1.1.
+    assert!(
+        line.contains("extensions=\"permessage-deflate; client_no_context_takeover; server_max_window_bits=10\""),
+        "{line}"
+    );
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart-tls.png");
     let _ = std::fs::remove_file(&shot);
@@ -397,4 +404,45 @@ async fn chromium_carries_the_websocket_over_http2_through_wss() {
     .await;
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+/// Chromium's WebSocket through `ws-proxy` in frame mode negotiates permessage-deflate: with a
+/// compressing upstream (Python's `websockets`), the upstream's own parameters; in front of one
+/// without compression, with `--deflate always`, the proxy's. A compressed JSON message comes
+/// back the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_negotiates_deflate_through_frame_mode() {
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    let Some(py) = common::python::python().await else {
+        return;
+    };
+    let (_compressing, compressing) = py.echo_upstream(true).await;
+    let plain = echo_upstream().await;
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deflate_page.html");
+    for (up, extra, expected) in [
+        (
+            compressing,
+            &[][..],
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+        ),
+        (
+            plain,
+            &["--deflate", "always"][..],
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=10",
+        ),
+    ] {
+        let upstream = format!("ws://{up}");
+        let (_child, proxy, _) =
+            start_ws_proxy(&[&["--upstream", upstream.as_str()][..], extra].concat()).await;
+        let url = format!("file://{}?ws=ws://{proxy}/", page.display());
+        let tab = Browser::open(&browser, &url).await;
+        let title = tab.title_with("echo").await;
+        assert_eq!(
+            title,
+            format!("extensions={expected} | echo same"),
+            "{extra:?}"
+        );
+    }
 }

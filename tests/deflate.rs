@@ -86,7 +86,7 @@ async fn always_compresses_at_the_edge_for_an_upstream_that_cannot() {
     let result = chat(&py, proxy, 300).await;
     assert_eq!(
         result["extensions"],
-        "permessage-deflate; client_no_context_takeover"
+        "permessage-deflate; client_no_context_takeover; server_max_window_bits=10"
     );
     let plain = counter(metrics, "ws_proxy_bytes_total{direction=\"to_client\"} ").await;
     let wire = counter(
@@ -97,6 +97,45 @@ async fn always_compresses_at_the_edge_for_an_upstream_that_cannot() {
     assert!(
         wire > 0.0 && wire * 4.0 < plain,
         "{wire} bytes on the wire for {plain}"
+    );
+}
+
+/// The compression settings reach the edge: the answer announces the window and the dropped
+/// context, and without context each chat message is compressed from nothing (several times
+/// the bytes of the default, which keeps its context).
+#[tokio::test]
+async fn the_compression_settings_shape_what_the_edge_sends() {
+    let Some(py) = python().await else { return };
+    let up = echo_upstream().await;
+    let mut wire = Vec::new();
+    for (extra, answer) in [
+        (
+            &[][..],
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=10",
+        ),
+        (
+            &[
+                "--deflate-window-bits",
+                "12",
+                "--deflate-context-takeover=false",
+            ][..],
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover; \
+             server_max_window_bits=12",
+        ),
+    ] {
+        let mut args = vec!["--deflate", "always"];
+        args.extend(extra);
+        let (_child, proxy, metrics) = binary(up, &args).await;
+        let result = chat(&py, proxy, 300).await;
+        assert_eq!(result["extensions"], answer);
+        let to_client = "ws_proxy_compressed_bytes_total{direction=\"to_client\"} ";
+        wire.push(counter(metrics, to_client).await);
+    }
+    assert!(
+        wire[0] > 0.0 && wire[0] * 2.0 < wire[1],
+        "bytes to the client with context {} and without {}",
+        wire[0],
+        wire[1]
     );
 }
 
@@ -183,7 +222,8 @@ async fn bad_compressed_data_is_1007_and_unnegotiated_compression_1002() {
     let garbage = py.run(&["raw", &url, "garbage"]).await;
     assert_eq!(
         garbage["extensions"][0],
-        "sec-websocket-extensions: permessage-deflate; client_no_context_takeover"
+        "sec-websocket-extensions: permessage-deflate; client_no_context_takeover; \
+         server_max_window_bits=10"
     );
     assert_eq!(garbage["close"], 1007, "{garbage}");
     let unasked = py.run(&["raw", &url, "rsv1-without-offer"]).await;

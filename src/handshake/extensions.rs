@@ -6,7 +6,7 @@
 
 use http::header::{HeaderMap, HeaderValue, SEC_WEBSOCKET_EXTENSIONS};
 
-use crate::session::deflate::Params;
+use crate::session::deflate::{Compression, Params};
 
 const NAME: &str = "permessage-deflate";
 
@@ -281,26 +281,30 @@ fn answers(offer: &Offer, answer: &Answer) -> bool {
 
 /// The proxy's own answer to the client, for compression at the edge: the first offer it can
 /// honour, with `client_no_context_takeover` (the proxy then keeps no window for what the
-/// client sends), and the proxy's own window no larger than the client allows (`window_bits`
-/// at most). An offer that limits the proxy to a 256-byte window is declined: zlib cannot
+/// client sends), the proxy's window announced (`server_max_window_bits`: the client needs no
+/// larger one to inflate) and no larger than the client allows, and
+/// `server_no_context_takeover` when the client asked for it or the proxy compresses without
+/// context. An offer that limits the proxy to a 256-byte window is declined: zlib cannot
 /// compress with one.
-pub(crate) fn edge_answer(offers: &[Offer], window_bits: u8) -> Option<(Params, HeaderValue)> {
+pub(crate) fn edge_answer(offers: &[Offer], proxy: &Compression) -> Option<(Params, HeaderValue)> {
     let offer = offers
         .iter()
         .find(|o| o.server_max_window_bits.is_none_or(|b| b >= 9))?;
     let mut text = String::from("permessage-deflate; client_no_context_takeover");
-    if offer.server_no_context_takeover {
+    let server_no_context_takeover = offer.server_no_context_takeover || !proxy.context_takeover;
+    if server_no_context_takeover {
         text.push_str("; server_no_context_takeover");
     }
-    let server_bits = match offer.server_max_window_bits {
-        Some(asked) => {
-            text.push_str(&format!("; server_max_window_bits={asked}"));
-            asked.min(window_bits)
-        }
-        None => window_bits,
-    };
+    let server_bits = offer
+        .server_max_window_bits
+        .unwrap_or(15)
+        .min(proxy.window_bits);
+    // An offer that names the parameter is accepted only by an answer that repeats it.
+    if offer.server_max_window_bits.is_some() || server_bits < 15 {
+        text.push_str(&format!("; server_max_window_bits={server_bits}"));
+    }
     let params = Params {
-        server_no_context_takeover: offer.server_no_context_takeover,
+        server_no_context_takeover,
         client_no_context_takeover: true,
         server_max_window_bits: server_bits,
         client_max_window_bits: 15,
@@ -435,24 +439,44 @@ mod tests {
 
     #[test]
     fn the_edge_answer_honours_the_client_and_never_a_256_byte_window() {
+        let window = |bits| Compression::default().window_bits(bits);
         let o = offers(&headers(&[
             "permessage-deflate; server_max_window_bits=8, permessage-deflate; \
              server_max_window_bits=12; server_no_context_takeover; client_max_window_bits",
         ]));
-        let (params, value) = edge_answer(&o, 10).unwrap();
+        let (params, value) = edge_answer(&o, &window(10)).unwrap();
         assert_eq!(
             value,
             "permessage-deflate; client_no_context_takeover; server_no_context_takeover; \
-             server_max_window_bits=12"
+             server_max_window_bits=10"
         );
         assert_eq!(params.server_max_window_bits, 10);
         assert!(params.client_no_context_takeover && params.server_no_context_takeover);
+        // The client's limit is below the proxy's window: the answer repeats the limit.
+        let (params, value) = edge_answer(&o, &window(15)).unwrap();
+        assert!(value
+            .to_str()
+            .unwrap()
+            .ends_with("; server_max_window_bits=12"));
+        assert_eq!(params.server_max_window_bits, 12);
         let only_8 = offers(&headers(&["permessage-deflate; server_max_window_bits=8"]));
-        assert!(edge_answer(&only_8, 15).is_none());
+        assert!(edge_answer(&only_8, &window(15)).is_none());
+        // What browsers offer: the proxy's window announced, context kept.
         let browser = offers(&headers(&["permessage-deflate; client_max_window_bits"]));
-        let (params, value) = edge_answer(&browser, 11).unwrap();
-        assert_eq!(value, "permessage-deflate; client_no_context_takeover");
+        let (params, value) = edge_answer(&browser, &window(11)).unwrap();
+        assert_eq!(
+            value,
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=11"
+        );
         assert_eq!(params.server_max_window_bits, 11);
         assert!(!params.server_no_context_takeover);
+        // A full window is not announced; a proxy without context says so.
+        let (params, value) = edge_answer(&browser, &window(15).context_takeover(false)).unwrap();
+        assert_eq!(
+            value,
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+        );
+        assert_eq!(params.server_max_window_bits, 15);
+        assert!(params.server_no_context_takeover);
     }
 }

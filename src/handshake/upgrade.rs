@@ -508,7 +508,7 @@ impl Switched {
                 let client = deflate.or_else(|| {
                     let config = &session.deflate;
                     (config.mode == Deflate::Always)
-                        .then(|| extensions::edge_answer(offers, config.window_bits))
+                        .then(|| extensions::edge_answer(offers, &config.compression))
                         .flatten()
                 });
                 let (client_deflate, client_extensions) = client.unzip();

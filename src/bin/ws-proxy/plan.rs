@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum_ws_proxy::{Mode, Refusal, ServerTls, UpstreamPool, UpstreamTls, WsProxyLayer};
+use axum_ws_proxy::{
+    Compression, Mode, Refusal, ServerTls, UpstreamPool, UpstreamTls, WsProxyLayer,
+};
 
 use crate::settings::{ModeSetting, PoolSettings, Positive, Settings};
 
@@ -141,6 +143,20 @@ impl Plan {
         if let Some(d) = &s.deflate {
             layer = layer.deflate(d.0);
         }
+        let mut compression = Compression::default();
+        if let Some(b) = s.deflate_window_bits {
+            compression = compression.window_bits(b.0);
+        }
+        if let Some(l) = s.deflate_mem_level {
+            compression = compression.mem_level(l.0);
+        }
+        if let Some(l) = s.deflate_level {
+            compression = compression.level(l.0);
+        }
+        if let Some(keep) = s.deflate_context_takeover {
+            compression = compression.context_takeover(keep);
+        }
+        layer = layer.compression(compression);
         if let Some(d) = s.ping_interval {
             layer = layer.ping_interval(d.0);
         }

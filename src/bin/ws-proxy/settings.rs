@@ -92,6 +92,22 @@ pub(crate) struct Settings {
     /// [default: auto]
     #[arg(long, value_name = "MODE", help_heading = "Sessions")]
     pub(crate) deflate: Option<Text<Deflate>>,
+    /// Window the proxy compresses with where it chooses (always, or for a message hook),
+    /// 9 (512 B) to 15 (32 KiB); announced to the client [default: 10]
+    #[arg(long, value_name = "BITS", help_heading = "Sessions")]
+    pub(crate) deflate_window_bits: Option<Ranged<9, 15>>,
+    /// zlib memLevel of the proxy's compressors, 1 (about 1 KiB) to 9 (about 256 KiB)
+    /// [default: 1]
+    #[arg(long, value_name = "LEVEL", help_heading = "Sessions")]
+    pub(crate) deflate_mem_level: Option<Ranged<1, 9>>,
+    /// zlib compression level of the proxy's compressors, 1 (fastest) to 9 [default: 6]
+    #[arg(long, value_name = "LEVEL", help_heading = "Sessions")]
+    pub(crate) deflate_level: Option<Ranged<1, 9>>,
+    /// Keep the proxy's compression context between messages; false shares compressors
+    /// between sessions (less memory, small messages compress less) [default: true]
+    #[arg(long, value_name = "BOOL", help_heading = "Sessions", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub(crate) deflate_context_takeover: Option<bool>,
     /// Ping a leg quiet this long; 0 turns keepalive off [default: 30s]
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     pub(crate) ping_interval: Option<Dur>,
@@ -262,6 +278,10 @@ impl Settings {
             insecure_skip_verify: Some(false),
             mode: Some(ModeSetting::Frames),
             deflate: Some(Text(Deflate::Auto)),
+            deflate_window_bits: Some(Ranged(10)),
+            deflate_mem_level: Some(Ranged(1)),
+            deflate_level: Some(Ranged(6)),
+            deflate_context_takeover: Some(true),
             ping_interval: Some(Dur(Duration::from_secs(30))),
             ping_timeout: secs(30),
             idle_timeout: Some(Dur(Duration::ZERO)),
@@ -500,6 +520,40 @@ where
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A whole number from `LO` to `HI`: a flag's text or the file's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ranged<const LO: u8, const HI: u8>(pub(crate) u8);
+
+impl<const LO: u8, const HI: u8> Ranged<LO, HI> {
+    fn new(n: u64) -> Result<Self, String> {
+        match u8::try_from(n) {
+            Ok(n) if (LO..=HI).contains(&n) => Ok(Ranged(n)),
+            _ => Err(format!("\"{n}\" is not a whole number from {LO} to {HI}")),
+        }
+    }
+}
+
+impl<const LO: u8, const HI: u8> FromStr for Ranged<LO, HI> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a whole number from {LO} to {HI}"))
+            .and_then(Self::new)
+    }
+}
+
+impl<const LO: u8, const HI: u8> Serialize for Ranged<LO, HI> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de, const LO: u8, const HI: u8> Deserialize<'de> for Ranged<LO, HI> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -92,13 +92,15 @@ impl Direction {
         });
         let send = destination.filter(|_| !pass).map(|(params, role)| {
             let (allowed, keep) = params.proxy_sends(role);
+            let c = &config.compression;
             Send {
                 kind: DeflaterKind {
-                    level: config.level,
-                    window_bits: allowed.min(config.window_bits).max(9),
-                    mem_level: config.mem_level,
+                    level: c.level,
+                    window_bits: allowed.min(c.window_bits).max(9),
+                    mem_level: c.mem_level,
                 },
-                keep,
+                // Dropping the context is always allowed to the sender.
+                keep: keep && c.context_takeover,
                 deflater: None,
             }
         });
@@ -290,6 +292,7 @@ impl std::fmt::Debug for Deflater {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Compression;
     use super::*;
 
     fn params(no_context: bool, bits: u8) -> Params {
@@ -343,6 +346,33 @@ mod tests {
                 assert_eq!(plain, message, "no context: {no_context}");
             }
         }
+    }
+
+    /// The proxy drops its own context when told to, even where the leg lets it keep one: a
+    /// repeated message costs as much the second time.
+    #[test]
+    fn the_proxys_context_setting_holds_where_the_leg_allows_more() {
+        let p = params(false, 15);
+        let message = br#"{"type":"chat","room":"general","text":"the same words again"}"#;
+        let second_size = |config: &Config| {
+            let mut sender = Direction::new(None, Some((p, Role::Server)), true, config).unwrap();
+            let mut wire = Vec::new();
+            sender.compress(message, true, &mut wire).unwrap();
+            let first = wire.len();
+            sender.compress(message, true, &mut wire).unwrap();
+            (first, wire.len() - first)
+        };
+        let (first, kept) = second_size(&Config::default());
+        assert!(kept * 3 < first, "with context: {first} then {kept} bytes");
+        let dropped = Config {
+            compression: Compression::default().context_takeover(false),
+            ..Config::default()
+        };
+        let (first, again) = second_size(&dropped);
+        assert_eq!(
+            again, first,
+            "without context the same message costs the same"
+        );
     }
 
     /// A consumer that stops takes the rest later: nothing is lost or repeated.

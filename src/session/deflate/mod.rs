@@ -78,28 +78,89 @@ impl std::fmt::Display for ParseDeflateError {
 
 impl std::error::Error for ParseDeflateError {}
 
-/// How the proxy compresses where it chooses the parameters: at the edge (`Deflate::Always`)
-/// and toward a leg whose messages it had to inflate. Defaults from `BENCHMARKS.md`'s table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Config {
-    pub(crate) mode: Deflate,
-    /// The window the proxy compresses with (9 to 15), at most what the leg allows.
+/// How the proxy compresses where it chooses how: toward clients at the edge
+/// ([`Deflate::Always`]) and toward a leg whose messages it inflated for a message hook. Where
+/// both legs agreed the same and nothing reads the messages, compressed frames pass as they
+/// came and this does not apply.
+///
+/// The defaults (a 1 KiB window, zlib's `memLevel` 1, level 6, context takeover) come from the
+/// measured table in `BENCHMARKS.md`: for chat-sized JSON they deliver within a few percent of
+/// the bytes zlib's own defaults do (a 32 KiB window, `memLevel` 8) for about 11 KiB of memory
+/// per idle compressed session instead of about 260 KiB. Without context takeover the
+/// compressor is shared by the sessions of a thread (nothing held while a session is quiet),
+/// but each message starts from nothing, which costs small messages most of their ratio.
+///
+/// ```
+/// use axum_ws_proxy::{Compression, Deflate, WsProxyLayer};
+///
+/// // zlib's own defaults: a few percent fewer bytes, about 25 times the memory.
+/// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+///     .deflate(Deflate::Always)
+///     .compression(Compression::default().window_bits(15).mem_level(8));
+/// # let _ = layer;
+/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct Compression {
     pub(crate) window_bits: u8,
-    /// zlib's `memLevel` (1 to 9).
     pub(crate) mem_level: u8,
-    /// zlib's compression level (1 to 9).
     pub(crate) level: u8,
+    pub(crate) context_takeover: bool,
 }
 
-impl Default for Config {
+impl Default for Compression {
     fn default() -> Self {
         Self {
-            mode: Deflate::Auto,
             window_bits: 10,
             mem_level: 1,
             level: 6,
+            context_takeover: true,
         }
     }
+}
+
+impl Compression {
+    /// The window the proxy compresses with, as a power of two: 9 (512 bytes) to 15 (32 KiB),
+    /// at most what the client allows; other values are raised or lowered into that range
+    /// (zlib cannot compress with the 256-byte window RFC 7692 also names). Default 10. At the
+    /// edge the proxy announces it (`server_max_window_bits`), so the client needs no larger
+    /// window to inflate.
+    pub fn window_bits(mut self, bits: u8) -> Self {
+        self.window_bits = bits.clamp(9, 15);
+        self
+    }
+
+    /// zlib's `memLevel`, how much memory the compressor uses to find matches: 1 (about 1 KiB
+    /// besides the window) to 9 (about 256 KiB); other values are raised or lowered into that
+    /// range. Default 1.
+    pub fn mem_level(mut self, level: u8) -> Self {
+        self.mem_level = level.clamp(1, 9);
+        self
+    }
+
+    /// zlib's compression level: 1 (fastest) to 9 (smallest); other values are raised or
+    /// lowered into that range. Default 6, zlib's own.
+    pub fn level(mut self, level: u8) -> Self {
+        self.level = level.clamp(1, 9);
+        self
+    }
+
+    /// Whether the proxy keeps its compression context from one message to the next (default
+    /// `true`). `false` answers the client `server_no_context_takeover` at the edge and shares
+    /// compressors between the sessions of a thread: no compressor memory per idle session,
+    /// fewer bytes saved on small messages.
+    pub fn context_takeover(mut self, keep: bool) -> Self {
+        self.context_takeover = keep;
+        self
+    }
+}
+
+/// Frame mode's compression: whether, and how where the proxy chooses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub(crate) mode: Deflate,
+    pub(crate) compression: Compression,
 }
 
 /// permessage-deflate as one leg agreed it (RFC 7692 section 7.1): whether each side keeps its

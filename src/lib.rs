@@ -57,11 +57,10 @@
 //!   Under [`Router::nest`] the layer sees (and forwards) the path with the nest prefix removed.
 //! - Removed: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
 //!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, every header
-//!   named in `Connection`, the client's `Sec-WebSocket-Key`/`-Version`, and
-//!   `Sec-WebSocket-Extensions` in frame mode (a message bridge cannot carry permessage-deflate;
-//!   tunnel mode forwards it).
-//! - Set: `Upgrade: websocket`, `Connection: Upgrade`, a fresh `Sec-WebSocket-Key`,
-//!   `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
+//!   named in `Connection`, and in frame mode any `Sec-WebSocket-Extensions` offer but a valid
+//!   permessage-deflate one (none with [`Deflate::Off`]); tunnel mode forwards them all.
+//! - Set: `Upgrade: websocket`, `Connection: Upgrade`, `Sec-WebSocket-Key` (the client's, as
+//!   nginx forwards it; a made one for an HTTP/2 client), `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
 //!   `X-Forwarded-For` is the client address (only when the app is served with
 //!   `into_make_service_with_connect_info::<SocketAddr>()` or [`serve`]),
 //!   `X-Forwarded-Proto: http`, and `X-Forwarded-Host` is the client's `Host`; client-sent

@@ -139,6 +139,35 @@ async fn the_compression_settings_shape_what_the_edge_sends() {
     );
 }
 
+/// Messages whose plaintext is more than one walk hands on at a time (256 KiB of JSON):
+/// inflated in pieces at the edge and for a message hook, compressed again, and every echo
+/// arrives whole, message after message. (The last piece of such a message once left plaintext
+/// in zlib and the pooled inflater mid-stream: the next message was 1007.)
+#[tokio::test]
+async fn large_messages_inflate_in_pieces_and_arrive_whole() {
+    let Some(py) = python().await else { return };
+    let up = echo_upstream().await;
+    let (_child, edge, _) = binary(up, &["--deflate", "always"]).await;
+    let (_up, compressing) = py.echo_upstream(true).await;
+    let hooked = proxy(
+        WsProxyLayer::new(upstream(compressing))
+            .on_client_message(|_, _| axum_ws_proxy::Verdict::Forward),
+    )
+    .await;
+    for at in [edge, hooked] {
+        let url = format!("ws://{at}/");
+        let result = py.run(&["load", &url, "json256k", "2", "6"]).await;
+        assert_eq!(result["echoed"], 6, "{result}");
+        assert!(result["plain_bytes"].as_u64().unwrap() > 6 * (256 << 10));
+        assert!(
+            result["extensions"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("permessage-deflate")),
+            "{result}"
+        );
+    }
+}
+
 /// `Deflate::Auto` in front of an upstream without compression: nothing compressed.
 #[tokio::test]
 async fn auto_compresses_nothing_for_an_upstream_that_cannot() {

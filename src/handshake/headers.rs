@@ -110,8 +110,8 @@ pub(crate) struct Forwarded {
 /// Turns the client's upgrade request headers into the upstream's.
 ///
 /// End-to-end headers (`Origin`, `Cookie`, `Authorization`, `Sec-WebSocket-Protocol`, custom
-/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped in frame mode (a message bridge
-/// cannot carry permessage-deflate) and forwarded in tunnel mode.
+/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped in frame mode (the caller puts
+/// back the permessage-deflate offers it can bridge) and forwarded in tunnel mode.
 pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> HeaderMap {
     // Per leg, and (unless the client is a trusted proxy) what a client says about itself.
     let dropped = |name: &HeaderName| {

@@ -16,7 +16,10 @@
 pub enum Mode {
     /// Message by message (the default): every message is parsed and re-framed, so close codes
     /// are mapped per leg, protocol errors get their RFC code, limits apply per message, and
-    /// message hooks can apply. permessage-deflate is not offered upstream.
+    /// message hooks can apply. permessage-deflate is negotiated per leg (see [`Deflate`]);
+    /// other extensions are not offered upstream.
+    ///
+    /// [`Deflate`]: crate::Deflate
     #[default]
     Frames,
     /// Bytes spliced after a validated 101, as nginx does: cheaper, and extensions

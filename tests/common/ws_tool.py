@@ -7,6 +7,13 @@ frames a well-behaved library will not send). Modes:
   raw URL KIND [ARG]                raw client that negotiates deflate, then sends one crafted
                                     message (KIND: bomb SIZE, garbage, rsv1-without-offer) and
                                     prints the close code it gets
+  load URL KIND SESSIONS COUNT [hold]
+                                    the benchmark's client (examples/bench): SESSIONS sessions
+                                    offering deflate as browsers do echo COUNT messages between
+                                    them, one at a time each (KIND: chat, about 125 bytes of
+                                    JSON, or json256k, 256 KiB of JSON); prints a JSON summary
+                                    with the bytes received on the wire; with hold, keeps the
+                                    sessions open until a line arrives on standard input
 """
 import asyncio
 import base64
@@ -40,15 +47,77 @@ async def chat(url, count):
     async with connect(url, compression="deflate", max_size=16 << 20) as ws:
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
         for i in range(count):
-            m = json.dumps({"type": "chat", "room": "general", "user": "user%d" % (i % 17),
-                            "text": "message number %d with some words in it" % i,
-                            "ts": 1733490000123 + i * 37})
+            m = chat_message(i)
             await ws.send(m)
             got = await ws.recv()
             if got != m:
                 print(json.dumps({"error": "echo differs", "sent": m, "got": got}))
                 return
         print(json.dumps({"extensions": extensions, "echoed": count}))
+
+
+def chat_message(i):
+    return json.dumps({"type": "chat", "room": "general", "user": "user%d" % (i % 17),
+                       "text": "message number %d with some words in it" % i,
+                       "ts": 1733490000123 + i * 37})
+
+
+def json_message(i, size=256 << 10):
+    """About `size` bytes of JSON records, different for each `i`."""
+    records, length, n = [], 2, 0
+    while length < size:
+        r = json.dumps({"id": i * 100000 + n, "user": "user%d" % ((i + n) % 97),
+                        "score": (i * 7919 + n * 104729) % 100000 / 100.0,
+                        "active": n % 3 == 0, "tags": ["t%d" % ((n + k) % 23) for k in range(3)]})
+        records.append(r)
+        length += len(r) + 1
+        n += 1
+    return "[" + ",".join(records) + "]"
+
+
+async def load(url, kind, sessions, count, hold):
+    import time
+    from websockets.asyncio.client import ClientConnection, connect
+
+    wire = [0]
+
+    class Counting(ClientConnection):
+        def data_received(self, data):
+            wire[0] += len(data)
+            super().data_received(data)
+
+    make = chat_message if kind == "chat" else json_message
+    conns = await asyncio.gather(*[
+        connect(url, compression="deflate", max_size=16 << 20, open_timeout=60,
+                ping_interval=None, create_connection=Counting)
+        for _ in range(sessions)])
+    extensions = conns[0].response.headers.get("Sec-WebSocket-Extensions")
+    handshake_bytes = wire[0]
+    plain = [0]
+
+    async def run(ws, first, n):
+        for i in range(first, first + n):
+            m = make(i)
+            await ws.send(m)
+            got = await ws.recv()
+            if got != m:
+                raise SystemExit("echo %d differs" % i)
+            plain[0] += len(m)
+
+    start = time.monotonic()
+    per, extra = divmod(count, sessions)
+    jobs, first = [], 0
+    for k, ws in enumerate(conns):
+        n = per + (1 if k < extra else 0)
+        jobs.append(run(ws, first, n))
+        first += n
+    await asyncio.gather(*jobs)
+    print(json.dumps({"extensions": extensions, "echoed": count, "plain_bytes": plain[0],
+                      "wire_bytes": wire[0] - handshake_bytes,
+                      "seconds": time.monotonic() - start}), flush=True)
+    if hold:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*[ws.close() for ws in conns])
 
 
 def raw(url, kind, arg):
@@ -119,5 +188,8 @@ if __name__ == "__main__":
         asyncio.run(echo(sys.argv[2]))
     elif mode == "chat":
         asyncio.run(chat(sys.argv[2], int(sys.argv[3])))
+    elif mode == "load":
+        asyncio.run(load(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                         len(sys.argv) > 6 and sys.argv[6] == "hold"))
     elif mode == "raw":
         raw(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)

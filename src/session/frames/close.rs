@@ -146,7 +146,7 @@ fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
         }
         Ended::ReadFailed { side, error } => match violation(&error) {
             Some(own) => {
-                let outcome = Outcome::violation(side, u16::from(own.code), error.to_string());
+                let outcome = Outcome::violation(side, u16::from(own.code), own.reason.to_string());
                 let why = format!("{} failed: {}", side.as_str(), own.reason);
                 let other = frame(CloseCode::from(other_leg_code(side)), &why);
                 let (c, u) = order(side, LegEnd::Fail(own), LegEnd::Initiate(Some(other)));

@@ -8,7 +8,7 @@
 //!                                                  # idle session reads high: 2000 sessions
 //!                                                  # amortise handshake-time memory less)
 //! cargo run --release --example bench -- --only ws-proxy,nginx
-//! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm
+//! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
 //! cargo run --release --example bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release --example bench -- --rows storm --storm 2000  # storm size (default 10 000)
 //! cargo run --release --example bench -- --rows handshake --handshakes 1200  # (default 3000)
@@ -29,7 +29,13 @@
 //! - CPU per MB: 256 KiB messages, 4 sessions, 2 in flight each;
 //! - CPU per handshake: connect, upgrade, close, 20 at a time;
 //! - RSS per idle session: 8000 sessions held, against none;
-//! - round trip p50: one session, one 64 B message at a time (direct: no proxy).
+//! - round trip p50: one session, one 64 B message at a time (direct: no proxy);
+//! - permessage-deflate (`--rows deflate`, in `deflate.rs`): bytes on the client's wire, CPU
+//!   and RSS per idle session with clients that compress as browsers do.
+//!
+//! `BENCH_OFFER_DEFLATE=1` makes the handshake row's client offer permessage-deflate as
+//! browsers do (`permessage-deflate; client_max_window_bits`), for the handshake's cost with
+//! that offer (the echo upstream declines it).
 //!
 //! TLS rows (`ws-proxy tls` against `nginx tls`, when nginx is installed): the same CPU per
 //! handshake, per MB and RSS per idle session with the client on TLS 1.3
@@ -45,6 +51,8 @@
 //! as a bare tokio TCP forwarder (accept, dial, `copy_bidirectional`; no HTTP, no frames) on
 //! the same runtime. Its rows say what tokio costs before the proxy does any work of its own.
 
+mod deflate;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +63,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -127,6 +136,10 @@ struct Counts {
     idle: usize,
     rtt: usize,
     storm: usize,
+    /// Compression rows: chat messages, 256 KiB JSON messages, idle sessions.
+    deflate_chat: u64,
+    deflate_json: u64,
+    deflate_idle: u64,
 }
 
 const FULL: Counts = Counts {
@@ -137,6 +150,9 @@ const FULL: Counts = Counts {
     idle: 8000,
     rtt: 3000,
     storm: 10_000,
+    deflate_chat: 20_000,
+    deflate_json: 200,
+    deflate_idle: 1000,
 };
 const QUICK: Counts = Counts {
     rounds: 1,
@@ -146,6 +162,9 @@ const QUICK: Counts = Counts {
     idle: 2000,
     rtt: 1000,
     storm: 3000,
+    deflate_chat: 5000,
+    deflate_json: 40,
+    deflate_idle: 500,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +288,10 @@ fn main() {
         l4_forward(&args[1..]);
         return;
     }
+    if args.first().map(String::as_str) == Some("--serve-hooked") {
+        deflate::serve_hooked(&args[1..]);
+        return;
+    }
     let counts = if args.iter().any(|a| a == "--quick") {
         QUICK
     } else {
@@ -301,7 +324,7 @@ fn main() {
         counts.handshakes = n;
     }
     let rows = list("--rows").unwrap_or_else(|| {
-        ["msg", "mb", "handshake", "idle", "rtt", "storm"]
+        ["msg", "mb", "handshake", "idle", "rtt", "storm", "deflate"]
             .map(String::from)
             .to_vec()
     });
@@ -320,6 +343,11 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     // (seen three times). Flush, then wait for CPU 0 to go quiet.
     let _ = Command::new("sync").status();
     wait_for_quiet_cpu(0).await;
+    let compression = rows_wanted.iter().any(|r| r == "deflate");
+    if rows_wanted.iter().all(|r| r == "deflate") {
+        deflate::run(&counts, rounds, &only).await;
+        return;
+    }
     let upstream = start_echo().await;
     let cert = match BenchCert::new() {
         Ok(c) => c,
@@ -407,6 +435,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
         print_tls_table(&tls, &rows);
     }
     print_targets(&rows);
+    if compression {
+        deflate::run(&counts, rounds, &only).await;
+    }
 }
 
 async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
@@ -476,13 +507,7 @@ struct Target {
 impl Target {
     fn start(kind: Kind, upstream: SocketAddr, cert: &BenchCert) -> Result<Self, String> {
         if kind == Kind::Direct {
-            return Ok(Self {
-                kind,
-                addr: upstream,
-                tls: None,
-                child: None,
-                _dir: None,
-            });
+            return Ok(Self::direct(upstream));
         }
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -492,14 +517,7 @@ impl Target {
             kind.name().replace(' ', "-")
         ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg("0");
-        // For profiling: `BENCH_WRAP="valgrind --tool=callgrind"` (or `strace -f -c`, `perf
-        // record`) runs each proxy under it (its CPU rows then mean nothing; the profile is the
-        // point).
-        if let Ok(wrap) = std::env::var("BENCH_WRAP") {
-            cmd.args(wrap.split_whitespace());
-        }
+        let mut cmd = pinned();
         match kind {
             Kind::FramesTls => {
                 cmd.arg(ws_proxy_bin()?)
@@ -575,6 +593,18 @@ impl Target {
             }
             Kind::Direct => unreachable!(),
         }
+        let tls = kind.is_tls().then(|| cert.connector.clone());
+        Self::spawn(kind, addr, cmd, Some(dir), tls)
+    }
+
+    /// A target that `cmd` (from [`pinned`]) starts, listening on `addr`.
+    fn spawn(
+        kind: Kind,
+        addr: SocketAddr,
+        mut cmd: Command,
+        dir: Option<PathBuf>,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) -> Result<Self, String> {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -583,10 +613,21 @@ impl Target {
         Ok(Self {
             kind,
             addr,
-            tls: kind.is_tls().then(|| cert.connector.clone()),
+            tls,
             child: Some(child),
-            _dir: Some(dir),
+            _dir: dir,
         })
+    }
+
+    /// The upstream itself, measured as a target with no process of its own.
+    fn direct(addr: SocketAddr) -> Self {
+        Self {
+            kind: Kind::Direct,
+            addr,
+            tls: None,
+            child: None,
+            _dir: None,
+        }
     }
 
     fn endpoint(&self) -> Endpoint {
@@ -715,6 +756,18 @@ impl Drop for Target {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }
+}
+
+/// A command for a target: pinned to CPU 0, and under `BENCH_WRAP` when set (for profiling:
+/// `BENCH_WRAP="valgrind --tool=callgrind"`, `strace -f -c` or `perf record` runs each proxy
+/// under it; its CPU rows then mean nothing, the profile is the point).
+fn pinned() -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg("0");
+    if let Ok(wrap) = std::env::var("BENCH_WRAP") {
+        cmd.args(wrap.split_whitespace());
+    }
+    cmd
 }
 
 fn nginx_conf(port: u16, up: SocketAddr, dir: &std::path::Path, tls: Option<&BenchCert>) -> String {
@@ -938,7 +991,14 @@ async fn connect(ep: &Endpoint) -> Result<(Ws, ()), String> {
         None => (Stream::Plain(tcp), format!("ws://{addr}/bench")),
     };
     let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20));
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if std::env::var_os("BENCH_OFFER_DEFLATE").is_some_and(|v| v == "1") {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            http::HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
+    }
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(cfg))
         .await
         .map_err(|e| e.to_string())?;
     Ok((ws, ()))

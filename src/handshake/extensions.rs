@@ -18,78 +18,150 @@ pub(crate) struct Offer {
     server_max_window_bits: Option<u8>,
     /// Present (`Some`), with a value or not: the client can compress with a smaller window.
     client_max_window_bits: Option<Option<u8>>,
-    /// As the client wrote it, to be forwarded as it is.
-    text: String,
 }
 
-/// One element of an extension list: its name and parameters, as written.
+/// The client's valid `permessage-deflate` offers, in its order of preference, and how they
+/// go upstream.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Offers {
+    list: Vec<Offer>,
+    upstream: Upstream,
+}
+
+/// The `Sec-WebSocket-Extensions` the upstream gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    /// None: nothing valid was offered.
+    #[default]
+    Nothing,
+    /// The client's header as it is: every element in it is a valid offer (what browsers send).
+    AsSent,
+    /// The valid offers, as the client wrote them, without the elements that were dropped.
+    Rewritten(HeaderValue),
+}
+
+impl Offers {
+    /// What goes upstream of the client's header.
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+impl std::ops::Deref for Offers {
+    type Target = [Offer];
+
+    fn deref(&self) -> &[Offer] {
+        &self.list
+    }
+}
+
+/// A parameter: its name and value (a token or a quoted string's content).
+type Param<'a> = (&'a str, Option<&'a str>);
+
+/// One element of an extension list: its name, its first four parameters (no valid
+/// permessage-deflate element has more), and all of it as written.
 struct Element<'a> {
     name: &'a str,
-    params: Vec<(&'a str, Option<&'a str>)>,
+    params: [Param<'a>; 4],
+    count: usize,
+    /// It has more than four parameters: well-formed, but no valid permessage-deflate element.
+    more: bool,
     text: &'a str,
 }
 
-/// The elements of `Sec-WebSocket-Extensions` values (RFC 6455 section 9.1): comma-separated
-/// extensions with `;`-separated parameters, a value a token or a quoted string. `None` if a
-/// value is not a list of that shape.
-fn elements<'a>(values: &[&'a str]) -> Option<Vec<Element<'a>>> {
-    let mut out = Vec::new();
-    for value in values {
-        for text in split_outside_quotes(value, ',') {
-            let text = text.trim();
-            if text.is_empty() {
+impl<'a> Element<'a> {
+    fn params(&self) -> &[Param<'a>] {
+        &self.params[..self.count]
+    }
+}
+
+/// Reads one `Sec-WebSocket-Extensions` value (RFC 6455 section 9.1: comma-separated
+/// extensions, each a token with `;`-separated parameters `token[=token|quoted-string]`) in one
+/// pass without allocating, calling `each` for every element; `None` if the value is not a
+/// list of that shape. Quoted strings with escapes are refused: no value here needs one.
+fn parse<'a>(value: &'a str, mut each: impl FnMut(Element<'a>)) -> Option<()> {
+    let b = value.as_bytes();
+    let ows = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && is_tchar(b[*i]) {
+            *i += 1;
+        }
+        (*i > start).then(|| &value[start..*i])
+    };
+    let mut i = 0;
+    loop {
+        ows(&mut i);
+        match b.get(i) {
+            None => return Some(()),
+            Some(b',') => {
+                i += 1;
                 continue;
             }
-            let mut parts = split_outside_quotes(text, ';').into_iter().map(str::trim);
-            let name = parts.next().filter(|n| is_token(n))?;
-            let mut params = Vec::new();
-            for part in parts {
-                let (key, value) = match part.split_once('=') {
-                    Some((k, v)) => (k.trim(), Some(unquote(v.trim())?)),
-                    None => (part, None),
-                };
-                if !is_token(key) {
-                    return None;
+            Some(_) => {}
+        }
+        let start = i;
+        let mut e = Element {
+            name: token(&mut i)?,
+            params: [("", None); 4],
+            count: 0,
+            more: false,
+            text: "",
+        };
+        let mut end = i;
+        loop {
+            ows(&mut i);
+            if b.get(i) != Some(&b';') {
+                break;
+            }
+            i += 1;
+            ows(&mut i);
+            let key = token(&mut i)?;
+            let mut after = i;
+            ows(&mut after);
+            let mut param = (key, None);
+            if b.get(after) == Some(&b'=') {
+                i = after + 1;
+                ows(&mut i);
+                param.1 = Some(if b.get(i) == Some(&b'"') {
+                    let close = i + 1 + b[i + 1..].iter().position(|&c| c == b'"')?;
+                    let inner = &value[i + 1..close];
+                    if inner.contains('\\') {
+                        return None;
+                    }
+                    i = close + 1;
+                    inner
+                } else {
+                    token(&mut i)?
+                });
+            }
+            end = i;
+            match e.params.get_mut(e.count) {
+                Some(slot) => {
+                    *slot = param;
+                    e.count += 1;
                 }
-                params.push((key, value));
+                None => e.more = true,
             }
-            out.push(Element { name, params, text });
+        }
+        e.text = &value[start..end];
+        each(e);
+        match b.get(i) {
+            None => return Some(()),
+            Some(b',') => i += 1,
+            Some(_) => return None,
         }
     }
-    Some(out)
 }
 
-fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A token, or a quoted string's content (escapes are not needed by any value here: refused).
-fn unquote(v: &str) -> Option<&str> {
-    match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) if !inner.contains(['"', '\\']) => Some(inner),
-        Some(_) => None,
-        None => is_token(v).then_some(v),
-    }
+/// A token character (RFC 9110 section 5.6.2).
+fn is_tchar(c: u8) -> bool {
+    matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'0'..=b'9' | b'A'..=b'Z'
+        | b'^'..=b'z' | b'|' | b'~')
 }
 
 /// Window bits: 8 to 15, digits only (RFC 7692 section 7.1.2).
@@ -102,23 +174,54 @@ fn window_bits(value: &str) -> Option<u8> {
         .filter(|bits| (8..=15).contains(bits))
 }
 
+/// Calls `each` with every valid `permessage-deflate` offer in the client's header and its
+/// text; `None` if the header is not a well-formed list, otherwise whether every element was a
+/// valid offer (so that the header can go on as it is).
+fn scan<'a>(headers: &'a HeaderMap, mut each: impl FnMut(Offer, &'a str)) -> Option<bool> {
+    let mut every = true;
+    for value in headers.get_all(SEC_WEBSOCKET_EXTENSIONS) {
+        let Ok(value) = value.to_str() else {
+            every = false;
+            continue;
+        };
+        parse(value, |element| {
+            match element
+                .name
+                .eq_ignore_ascii_case(NAME)
+                .then(|| offer(&element))
+            {
+                Some(Some(offer)) => each(offer, element.text),
+                _ => every = false,
+            }
+        })?;
+    }
+    Some(every)
+}
+
 /// The client's valid `permessage-deflate` offers, in its order of preference. An offer with
 /// an unknown parameter, a repeated one, or a bad value is declined (skipped), as section 7
-/// asks; other extensions are not for frame mode and are dropped.
-pub(crate) fn offers(headers: &HeaderMap) -> Vec<Offer> {
-    let values: Vec<&str> = headers
-        .get_all(SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let Some(elements) = elements(&values) else {
-        return Vec::new();
+/// asks; other extensions are not for frame mode and are dropped; a header that is not a
+/// well-formed list offers nothing.
+pub(crate) fn offers(headers: &HeaderMap) -> Offers {
+    let mut list = Vec::new();
+    let Some(every) = scan(headers, |offer, _| list.push(offer)) else {
+        return Offers::default();
     };
-    elements
-        .into_iter()
-        .filter(|e| e.name.eq_ignore_ascii_case(NAME))
-        .filter_map(|e| offer(&e))
-        .collect()
+    let upstream = if list.is_empty() {
+        Upstream::Nothing
+    } else if every {
+        Upstream::AsSent
+    } else {
+        let mut joined = String::new();
+        scan(headers, |_, text| {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(text);
+        });
+        HeaderValue::from_str(&joined).map_or(Upstream::Nothing, Upstream::Rewritten)
+    };
+    Offers { list, upstream }
 }
 
 fn offer(e: &Element<'_>) -> Option<Offer> {
@@ -127,20 +230,23 @@ fn offer(e: &Element<'_>) -> Option<Offer> {
         client_no_context_takeover: false,
         server_max_window_bits: None,
         client_max_window_bits: None,
-        text: e.text.to_owned(),
     };
-    for &(key, value) in &e.params {
-        match (key.to_ascii_lowercase().as_str(), value) {
-            ("server_no_context_takeover", None) if !offer.server_no_context_takeover => {
+    if e.more {
+        return None;
+    }
+    for &(key, value) in e.params() {
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        match value {
+            None if is("server_no_context_takeover") && !offer.server_no_context_takeover => {
                 offer.server_no_context_takeover = true;
             }
-            ("client_no_context_takeover", None) if !offer.client_no_context_takeover => {
+            None if is("client_no_context_takeover") && !offer.client_no_context_takeover => {
                 offer.client_no_context_takeover = true;
             }
-            ("server_max_window_bits", Some(v)) if offer.server_max_window_bits.is_none() => {
+            Some(v) if is("server_max_window_bits") && offer.server_max_window_bits.is_none() => {
                 offer.server_max_window_bits = Some(window_bits(v)?);
             }
-            ("client_max_window_bits", v) if offer.client_max_window_bits.is_none() => {
+            v if is("client_max_window_bits") && offer.client_max_window_bits.is_none() => {
                 offer.client_max_window_bits = Some(match v {
                     Some(v) => Some(window_bits(v)?),
                     None => None,
@@ -150,15 +256,6 @@ fn offer(e: &Element<'_>) -> Option<Offer> {
         }
     }
     Some(offer)
-}
-
-/// The `Sec-WebSocket-Extensions` to send upstream: the offers as the client wrote them.
-pub(crate) fn upstream_offer(offers: &[Offer]) -> Option<HeaderValue> {
-    if offers.is_empty() {
-        return None;
-    }
-    let joined: Vec<&str> = offers.iter().map(|o| o.text.as_str()).collect();
-    HeaderValue::from_str(&joined.join(", ")).ok()
 }
 
 /// Why an upstream's extension answer is not valid for what was offered.
@@ -171,36 +268,38 @@ pub(crate) fn accepted(
     headers: &HeaderMap,
     offers: &[Offer],
 ) -> Result<Option<(Params, HeaderValue)>, Refused> {
-    let values: Vec<&HeaderValue> = headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter().collect();
-    if values.is_empty() {
+    let mut values = headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter().peekable();
+    if values.peek().is_none() {
         return Ok(None);
     }
     if offers.is_empty() {
         return Err("an extension was accepted but none was offered");
     }
-    let texts: Vec<&str> = values
-        .iter()
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| "Sec-WebSocket-Extensions is not text")
+    let malformed = "Sec-WebSocket-Extensions is malformed";
+    let (mut answer, mut several) = (None, false);
+    for value in values {
+        let value = value
+            .to_str()
+            .map_err(|_| "Sec-WebSocket-Extensions is not text")?;
+        parse(value, |element| {
+            several |= answer.replace(element).is_some()
         })
-        .collect::<Result<_, _>>()?;
-    let elements = elements(&texts).ok_or("Sec-WebSocket-Extensions is malformed")?;
-    let [answer] = elements.as_slice() else {
-        return match elements.len() {
-            0 => Ok(None),
-            _ => Err("more than one extension was accepted"),
-        };
+        .ok_or(malformed)?;
+    }
+    if several {
+        return Err("more than one extension was accepted");
+    }
+    let Some(answer) = answer else {
+        return Ok(None);
     };
     if !answer.name.eq_ignore_ascii_case(NAME) {
         return Err("an extension was accepted that was not offered");
     }
-    let params = answer_params(answer)?;
+    let params = answer_params(&answer)?;
     if !offers.iter().any(|o| answers(o, &params)) {
         return Err("permessage-deflate was accepted with parameters no offer allows");
     }
-    let value =
-        HeaderValue::from_str(answer.text).map_err(|_| "Sec-WebSocket-Extensions is malformed")?;
+    let value = HeaderValue::from_str(answer.text).map_err(|_| malformed)?;
     Ok(Some((params.agreed(), value)))
 }
 
@@ -227,33 +326,33 @@ impl Answer {
 fn answer_params(e: &Element<'_>) -> Result<Answer, Refused> {
     let mut a = Answer::default();
     let repeated = "a permessage-deflate parameter is repeated";
-    for &(key, value) in &e.params {
+    if e.more {
+        return Err("permessage-deflate was accepted with more parameters than it has");
+    }
+    for &(key, value) in e.params() {
         let bits = |v: Option<&str>| {
             v.and_then(window_bits)
                 .ok_or("a window size in permessage-deflate is not 8 to 15")
         };
-        match key.to_ascii_lowercase().as_str() {
-            "server_no_context_takeover" if value.is_none() => {
-                if std::mem::replace(&mut a.server_no_context_takeover, true) {
-                    return Err(repeated);
-                }
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        if is("server_no_context_takeover") && value.is_none() {
+            if std::mem::replace(&mut a.server_no_context_takeover, true) {
+                return Err(repeated);
             }
-            "client_no_context_takeover" if value.is_none() => {
-                if std::mem::replace(&mut a.client_no_context_takeover, true) {
-                    return Err(repeated);
-                }
+        } else if is("client_no_context_takeover") && value.is_none() {
+            if std::mem::replace(&mut a.client_no_context_takeover, true) {
+                return Err(repeated);
             }
-            "server_max_window_bits" => {
-                if a.server_max_window_bits.replace(bits(value)?).is_some() {
-                    return Err(repeated);
-                }
+        } else if is("server_max_window_bits") {
+            if a.server_max_window_bits.replace(bits(value)?).is_some() {
+                return Err(repeated);
             }
-            "client_max_window_bits" => {
-                if a.client_max_window_bits.replace(bits(value)?).is_some() {
-                    return Err(repeated);
-                }
+        } else if is("client_max_window_bits") {
+            if a.client_max_window_bits.replace(bits(value)?).is_some() {
+                return Err(repeated);
             }
-            _ => return Err("permessage-deflate was accepted with an unknown parameter"),
+        } else {
+            return Err("permessage-deflate was accepted with an unknown parameter");
         }
     }
     Ok(a)
@@ -324,10 +423,6 @@ mod tests {
         h
     }
 
-    fn texts(offers: &[Offer]) -> Vec<&str> {
-        offers.iter().map(|o| o.text.as_str()).collect()
-    }
-
     #[test]
     fn offers_are_read_as_rfc_7692_and_6455_write_them() {
         // What browsers send, several offers, quoted values, other extensions dropped.
@@ -336,14 +431,7 @@ mod tests {
             "x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=\"10\"; \
              client_no_context_takeover,permessage-deflate",
         ]));
-        assert_eq!(
-            texts(&o),
-            [
-                "permessage-deflate; client_max_window_bits",
-                "permessage-deflate; server_max_window_bits=\"10\"; client_no_context_takeover",
-                "permessage-deflate"
-            ]
-        );
+        assert_eq!(o.len(), 3);
         assert_eq!(o[0].client_max_window_bits, Some(None));
         assert_eq!(o[1].server_max_window_bits, Some(10));
         assert!(o[1].client_no_context_takeover);
@@ -360,11 +448,46 @@ mod tests {
             assert!(offers(&headers(&[bad])).is_empty(), "{bad}");
         }
         assert!(offers(&headers(&["permessage-deflate; a=\"unterminated"])).is_empty());
+        // The dropped extension is left out of what goes upstream; the offers go as written.
         assert_eq!(
-            upstream_offer(&o).unwrap(),
-            "permessage-deflate; client_max_window_bits, permessage-deflate; \
-             server_max_window_bits=\"10\"; client_no_context_takeover, permessage-deflate"
+            *o.upstream(),
+            Upstream::Rewritten(HeaderValue::from_static(
+                "permessage-deflate; client_max_window_bits, permessage-deflate; \
+                 server_max_window_bits=\"10\"; client_no_context_takeover, permessage-deflate"
+            ))
         );
+        // Every element an offer (what browsers send): the header goes on as it is.
+        let browser = offers(&headers(&[
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate",
+        ]));
+        assert_eq!((browser.len(), browser.upstream()), (2, &Upstream::AsSent));
+        // One declined offer is enough to rewrite; a malformed list offers nothing.
+        let declined = offers(&headers(&["permessage-deflate; foo, permessage-deflate"]));
+        assert_eq!(
+            *declined.upstream(),
+            Upstream::Rewritten(HeaderValue::from_static("permessage-deflate"))
+        );
+        for nothing in ["x-webkit-deflate-frame", "permessage-deflate; a=\"b", "p d"] {
+            assert_eq!(*offers(&headers(&[nothing])).upstream(), Upstream::Nothing);
+        }
+        // Whitespace around `;` and `=`, quoted commas, elements with many parameters.
+        let spaced = offers(&headers(&[
+            "permessage-deflate ;\tclient_max_window_bits = 10",
+        ]));
+        assert_eq!(spaced[0].client_max_window_bits, Some(Some(10)));
+        assert_eq!(*spaced.upstream(), Upstream::AsSent);
+        let mixed = offers(&headers(&[
+            "x-foo; a; b; c; d; e=\"1,2\", permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover; server_max_window_bits=10; client_max_window_bits; x, \
+             permessage-deflate",
+        ]));
+        assert_eq!(
+            *mixed.upstream(),
+            Upstream::Rewritten(HeaderValue::from_static("permessage-deflate"))
+        );
+        let split = offers(&headers(&["permessage-deflate;", "permessage-deflate"]));
+        assert_eq!(*split.upstream(), Upstream::Nothing, "an empty parameter");
     }
 
     #[test]
@@ -405,6 +528,10 @@ mod tests {
             "permessage-deflate; server_max_window_bits",
             "permessage-deflate; server_max_window_bits=20",
             "permessage-deflate; client_max_window_bits=9; client_max_window_bits=9",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=10; server_no_context_takeover",
+            "permessage-deflate; client_max_window_bits=\"1\\0\"",
+            "permessage-deflate; client_max_window_bits=10 10",
         ] {
             assert!(ok(bad).is_err(), "{bad}");
         }

@@ -103,15 +103,16 @@ pub(crate) struct Forwarded {
     pub(crate) proto: &'static str,
     /// `Sec-WebSocket-Key` for the upstream leg (the client's, or one made for an HTTP/2 client).
     pub(crate) key: HeaderValue,
-    /// Tunnel mode: the client's extension offer goes upstream.
+    /// The client's `Sec-WebSocket-Extensions` goes upstream as it is (tunnel mode, or frame
+    /// mode when all of it is permessage-deflate offers the proxy can bridge).
     pub(crate) keep_extensions: bool,
 }
 
 /// Turns the client's upgrade request headers into the upstream's.
 ///
 /// End-to-end headers (`Origin`, `Cookie`, `Authorization`, `Sec-WebSocket-Protocol`, custom
-/// ones) pass unchanged; `Sec-WebSocket-Extensions` is dropped in frame mode (the caller puts
-/// back the permessage-deflate offers it can bridge) and forwarded in tunnel mode.
+/// ones) pass unchanged; `Sec-WebSocket-Extensions` only as `keep_extensions` says (the caller
+/// puts back the part of it that frame mode can bridge).
 pub(crate) fn upstream_request(mut headers: HeaderMap, fwd: Forwarded) -> HeaderMap {
     // Per leg, and (unless the client is a trusted proxy) what a client says about itself.
     let dropped = |name: &HeaderName| {

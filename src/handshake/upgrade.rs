@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::ProxyError;
 use crate::handshake::detect::Upgrade;
-use crate::handshake::extensions::{self, Offer};
+use crate::handshake::extensions::{self, Offers, Upstream};
 use crate::handshake::headers::{self, Forwarded};
 use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
@@ -224,7 +224,6 @@ impl UpstreamRequest {
             .iter()
             .cloned()
             .collect();
-        let tunnel = stage.session.mode == Mode::Tunnel;
         let extensions = Extensions::of(stage.session, &parts.headers);
         // HTTP/2 carries the host as the `:authority` pseudo-header, not `Host`.
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -259,13 +258,13 @@ impl UpstreamRequest {
                 trusted,
                 proto: if over_tls { "https" } else { "http" },
                 key,
-                keep_extensions: tunnel,
+                keep_extensions: extensions.as_sent(),
             },
         );
         if let Some(name) = &config.session_id_header {
             forwarded.insert(name.clone(), HeaderValue::from(id));
         }
-        if let Some(offer) = extensions.upstream_offer() {
+        if let Some(offer) = extensions.rewritten() {
             forwarded.insert(SEC_WEBSOCKET_EXTENSIONS, offer);
         }
         Self {
@@ -414,7 +413,7 @@ enum Extensions {
     EndToEnd { offered: bool },
     /// Frame mode: the client's valid permessage-deflate offers, forwarded as written (none
     /// with `Deflate::Off`, or without the `deflate` feature).
-    Deflate(Vec<Offer>),
+    Deflate(Offers),
 }
 
 impl Extensions {
@@ -428,16 +427,28 @@ impl Extensions {
         Self::Deflate(if on {
             extensions::offers(headers)
         } else {
-            Vec::new()
+            Offers::default()
         })
     }
 
-    /// The `Sec-WebSocket-Extensions` the upstream gets in frame mode (a tunnel's is the
-    /// client's own, left in place).
-    fn upstream_offer(&self) -> Option<HeaderValue> {
+    /// Whether the client's `Sec-WebSocket-Extensions` goes upstream as it is: always in a
+    /// tunnel; in frame mode when every element of it is an offer the proxy can bridge.
+    fn as_sent(&self) -> bool {
         match self {
+            Self::EndToEnd { .. } => true,
+            Self::Deflate(offers) => *offers.upstream() == Upstream::AsSent,
+        }
+    }
+
+    /// The `Sec-WebSocket-Extensions` the upstream gets in frame mode in place of the
+    /// client's, when some of it was dropped.
+    fn rewritten(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Deflate(offers) => match offers.upstream() {
+                Upstream::Rewritten(value) => Some(value.clone()),
+                _ => None,
+            },
             Self::EndToEnd { .. } => None,
-            Self::Deflate(offers) => extensions::upstream_offer(offers),
         }
     }
 

@@ -100,6 +100,8 @@ impl Direction {
             Send {
                 kind: DeflaterKind {
                     level: c.level,
+                    // A leg that allowed 8 still gets 9: zlib's deflate never reaches back
+                    // past the window less its 262-byte lookahead (250 bytes at 9).
                     window_bits: allowed.min(c.window_bits).max(9),
                     mem_level: c.mem_level,
                 },

@@ -279,10 +279,11 @@ impl IntoResponse for ProxyError {
 
 #[cfg(test)]
 mod tests {
-    /// The README's metrics table names every `cause` label [`ProxyError::cause`] can give
-    /// (read from this file's `cause` function, so a new variant must be documented there).
+    /// The metrics reference (`src/docs/metrics.md`) names every `cause` label
+    /// [`ProxyError::cause`] can give (read from this file's `cause` function, so a new variant
+    /// must be documented there).
     #[test]
-    fn the_readme_lists_every_cause() {
+    fn the_metrics_reference_lists_every_cause() {
         let source = include_str!("error.rs");
         let body = source
             .split("pub fn cause(&self)")
@@ -295,15 +296,15 @@ mod tests {
             .filter_map(|l| l.split('"').next())
             .collect();
         assert!(causes.len() >= 20, "{causes:?}");
-        let readme = include_str!("../README.md");
-        let row = readme
+        let reference = include_str!("docs/metrics.md");
+        let row = reference
             .lines()
             .find(|l| l.starts_with("| `ws_proxy_handshake_failures_total`"))
-            .expect("the README's handshake failures row");
+            .expect("the handshake failures row");
         for cause in causes.iter().chain(&["upstream_refused"]) {
             assert!(
                 row.contains(&format!("`{cause}`")),
-                "README's metrics table lacks the cause `{cause}`"
+                "src/docs/metrics.md lacks the cause `{cause}`"
             );
         }
     }

@@ -43,97 +43,16 @@
 //! ([`UpstreamTls`], feature `tls`); HTTP/2 clients (RFC 8441) are proxied (feature `http2`);
 //! and [`metrics`] are recorded through the `metrics` facade (feature `metrics`).
 //!
-//! # What is proxied
-//!
-//! An HTTP/1.1 `GET` with `Upgrade: websocket` and a `Connection` header holding the token
-//! `upgrade` (case-insensitive; `keep-alive, Upgrade` counts). Anything else, including an
-//! upgrade with another method or HTTP version, goes to the inner service.
-//!
-//! # The upstream request
-//!
-//! - Target: the upstream's path prefix, then the client's path and query byte for byte
-//!   (dot-segments removed; encoded slashes as [`WsProxyLayer::escaped_slashes`] says, and
-//!   never hiding a dot-segment).
-//!   Under [`Router::nest`] the layer sees (and forwards) the path with the nest prefix removed.
-//! - Removed: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
-//!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`, every header
-//!   named in `Connection`, and in frame mode any `Sec-WebSocket-Extensions` offer but a valid
-//!   permessage-deflate one (none with [`Deflate::Off`]); tunnel mode forwards them all.
-//! - Set: `Upgrade: websocket`, `Connection: Upgrade`, `Sec-WebSocket-Key` (the client's, as
-//!   nginx forwards it; a made one for an HTTP/2 client), `Sec-WebSocket-Version: 13`; `Host` is the client's (see [`WsProxyLayer::preserve_host`]);
-//!   `X-Forwarded-For` is the client address (only when the app is served with
-//!   `into_make_service_with_connect_info::<SocketAddr>()` or [`serve`]),
-//!   `X-Forwarded-Proto: http`, and `X-Forwarded-Host` is the client's `Host`; client-sent
-//!   `X-Forwarded-*`, `X-Real-IP` and `Forwarded` are dropped, except from
-//!   [trusted proxies](WsProxyLayer::trusted_proxies), whose chain is kept and appended to.
-//! - Forwarded unchanged: every other header, e.g. `Origin`, `Cookie`, `Authorization`,
-//!   `Sec-WebSocket-Protocol` and custom ones.
-//!
-//! # The answer
-//!
-//! The upstream's handshake completes before the client gets anything. On a valid `101` the
-//! client gets its own `101` carrying the upstream's chosen subprotocol and end-to-end headers
-//! (e.g. `Set-Cookie`). Any other answer is relayed: status, end-to-end headers and body (up to
-//! [`max_response_body_size`](WsProxyLayer::max_response_body_size)). Failures are
-//! [`ProxyError`]s: 400/426 for a bad client handshake, 502 when the upstream cannot be
-//! reached or sends an invalid `101`, 504 after [`connect_timeout`](WsProxyLayer::connect_timeout).
-//!
-//! # The session
-//!
-//! Messages cross unchanged; pings are answered per hop; close frames are forwarded with code
-//! and reason and both close handshakes completed. When a side fails, the other gets a close
-//! code saying so (one table for both modes, in `src/session/close_policy.rs` and in the
-//! README). Each session logs a `ws_session` span with the client, upstream, path,
-//! subprotocol, duration, messages and bytes each way, and who closed with which code.
-//!
-//! # Hooks
-//!
-//! Closures on the layer, for what a proxy in front of the service cannot do:
-//!
-//! - **Routing**, before anything is dialled: [`WsProxyLayer::route`] gets a
-//!   [`RouteRequest`] (the client's URI, headers, address and request extensions) and may pick
-//!   the pool, rewrite the path and the headers sent upstream, or refuse with a [`Refusal`].
-//! - **Messages**, in frame mode: [`WsProxyLayer::on_client_message`] and
-//!   [`WsProxyLayer::on_upstream_message`] get each data [`Message`] with a [`MessageContext`]
-//!   and return a [`Verdict`]: forward, replace, drop, or close both legs with a
-//!   [`CloseCode`]. The `_async` variants wait for their verdict before the next message from
-//!   that side is read, so order holds and a slow hook is backpressure. One hook per
-//!   direction; a second panics. A direction with a hook has its messages assembled whole
-//!   (bounded by [`WsProxyLayer::max_message_size`]); without one, frames stream past.
-//! - **Lifecycle**: [`WsProxyLayer::on_open`] gets the [`SessionInfo`],
-//!   [`WsProxyLayer::on_close`] a [`SessionSummary`] (duration, traffic, [`ClosedBy`], both
-//!   close codes).
-//!
-//! Hooks run on the session's task: keep them quick, and send anything slow to a task of its
-//! own.
-//!
-//! ```
-//! use axum_ws_proxy::http::{HeaderValue, StatusCode};
-//! use axum_ws_proxy::{CloseCode, Refusal, Verdict, WsProxyLayer};
-//!
-//! #[derive(Clone)]
-//! struct UserId(&'static str); // put in the request's extensions by an auth layer
-//!
-//! let layer = WsProxyLayer::new("ws://10.0.0.1:3000".parse()?)
-//!     .route(|req| {
-//!         let Some(user) = req.extensions().get::<UserId>().map(|u| u.0) else {
-//!             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "log in first"));
-//!         };
-//!         req.upstream_headers()
-//!             .insert("x-user-id", HeaderValue::from_static(user));
-//!         Ok(())
-//!     })
-//!     .on_client_message(|_ctx, msg| match msg.len() {
-//!         0..=4096 => Verdict::Forward,
-//!         _ => Verdict::close(CloseCode::POLICY_VIOLATION, "messages up to 4 KiB"),
-//!     })
-//!     .on_close(|s| println!("session {} closed by {}", s.session.id, s.closed_by.as_str()));
-//! # let _ = layer;
-//! # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
-//! ```
+//! The reference below is also in the repository as `src/docs/*.md`; the operator's guide to
+//! the `ws-proxy` binary is in `docs/`.
 //!
 //! [`Router`]: axum::Router
 //! [`Router::nest`]: axum::Router::nest
+#![doc = include_str!("docs/settings.md")]
+#![doc = include_str!("docs/proxied.md")]
+#![doc = include_str!("docs/failures.md")]
+#![doc = include_str!("docs/sessions.md")]
+#![doc = include_str!("docs/hooks.md")]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -155,10 +74,15 @@ mod session;
 mod transport;
 mod upstream;
 
-// The README's Rust examples are compiled as doctests.
+// The Rust examples of the README and the guides in `docs/` are compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/upstreams.md")]
+#[doc = include_str!("../docs/ws-proxy.md")]
+#[doc = include_str!("../docs/tls.md")]
+struct GuideDoctests;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "__fuzz")]

@@ -1,34 +1,4 @@
-//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (cargo feature `metrics`):
-//! install any recorder (e.g. `metrics-exporter-prometheus`, as `ws-proxy --metrics-listen`
-//! does) and these are recorded; without one they cost next to nothing.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use axum_ws_proxy::WsProxyLayer;
-//!
-//! // Any `metrics` recorder; here Prometheus's, rendered on a route of the same app.
-//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-//! let app: Router = Router::new()
-//!     .route("/metrics", get(move || std::future::ready(prometheus.render())))
-//!     .layer(WsProxyLayer::new("ws://127.0.0.1:3000".parse()?));
-//! # let _ = app;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! | name | type | labels | meaning |
-//! |---|---|---|---|
-//! | `ws_proxy_sessions_live` | gauge | `upstream` (member endpoint) | sessions open now |
-//! | `ws_proxy_sessions_total` | counter | `outcome`: `client`, `upstream`, `proxy` | ended sessions, by who ended them |
-//! | `ws_proxy_handshake_failures_total` | counter | `cause` (see [`ProxyError::cause`](crate::ProxyError::cause), plus `upstream_refused`) | upgrades that did not become sessions |
-//! | `ws_proxy_messages_total` | counter | `direction`: `to_upstream`, `to_client` | data messages forwarded |
-//! | `ws_proxy_bytes_total` | counter | `direction` | payload bytes forwarded |
-//! | `ws_proxy_compressed_bytes_total` | counter | `direction` | permessage-deflate payload bytes as they crossed the client's wire (`to_upstream`: what the client sent compressed; `to_client`: what it was sent compressed); the plaintext is in `ws_proxy_bytes_total` |
-//! | `ws_proxy_undeliverable_messages_total` | counter | `mode`: `frames`, `tunnel` | data messages the proxy read and could not deliver: they arrived on a leg after its close had begun, were still held for a leg that went away, or were cut mid-message; never counted as forwarded |
-//! | `ws_proxy_upstream_handshake_seconds` | histogram | | dial to the upstream's answer, failover included |
-//! | `ws_proxy_close_codes_total` | counter | `leg`: `client`, `upstream`; `code`: `1000`-`1015`, `3000-3999`, `4000-4999`, `other` | close codes per leg (1005: none; 1006: dropped); codes outside the registered range are bucketed, so peers cannot create series |
-//! | `ws_proxy_spliced_bytes_total` | counter | | tunnel payload bytes moved socket to socket with `splice(2)`, never copied into the proxy |
-//! | `ws_proxy_sessions_opened_total` | counter | `protocol`: `h1`, `h2`; `tls`: `true`, `false` | sessions opened, by how the client came (`h2`: RFC 8441) |
-//! | `ws_proxy_tls_reloads_total` | counter | `result`: `ok`, `error` | certificate reloads of [`ServerTls`](crate::ServerTls) |
+#![doc = include_str!("docs/metrics.md")]
 
 #[cfg(feature = "metrics")]
 mod imp {

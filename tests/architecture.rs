@@ -85,14 +85,16 @@ fn code(text: &str) -> String {
             continue;
         }
         let mut in_str = false;
-        let mut prev = ' ';
-        for c in line.chars() {
-            if c == '"' && prev != '\\' {
+        let chars: Vec<char> = line.chars().collect();
+        for (i, &c) in chars.iter().enumerate() {
+            let prev = i.checked_sub(1).map_or(' ', |p| chars[p]);
+            // `'"'` and `b'"'` are characters, not the start of a string.
+            let char_literal = prev == '\'' && chars.get(i + 1) == Some(&'\'');
+            if c == '"' && prev != '\\' && !char_literal {
                 in_str = !in_str;
             } else if !in_str {
                 out.push(c);
             }
-            prev = c;
         }
         out.push('\n');
     }

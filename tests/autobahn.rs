@@ -211,7 +211,7 @@ async fn run_suite(suite: &Suite, proxy: std::net::SocketAddr, agent: &str) {
 /// messages of 64 B, 8 KiB and 32 KiB (a whole window) and 8 KiB in 256-byte fragments, plus
 /// 12.1's 16 B, 64 KiB and fragmented 32 KiB messages: about a minute each in a debug build.
 /// `AUTOBAHN_DEFLATE=all` runs all 216 cases of 12 and 13 (about 22 minutes in a debug build;
-/// the README's Conformance section records the result).
+/// `docs/testing.md` records the result).
 fn deflate_cases() -> Vec<String> {
     if std::env::var_os("AUTOBAHN_DEFLATE").is_some_and(|v| v == "all") {
         return vec!["12.*".into(), "13.*".into()];

@@ -331,9 +331,9 @@ async fn an_oversized_request_head_is_refused_by_the_binary() {
     );
 }
 
-/// The README's flag table lists every flag the binary has, and no flag it lacks.
+/// The operator guide's flag table lists every flag the binary has, and no flag it lacks.
 #[test]
-fn the_readme_lists_every_flag() {
+fn the_operator_guide_lists_every_flag() {
     let help = std::process::Command::new(BIN)
         .arg("--help")
         .output()
@@ -353,9 +353,12 @@ fn the_readme_lists_every_flag() {
             .collect()
     };
     let in_help = flags(&help, "--");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let in_readme = flags(&readme, "| `--");
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ws-proxy.md")).unwrap();
+    let in_guide = flags(&guide, "| `--");
     assert!(in_help.len() > 25, "{in_help:?}");
-    assert_eq!(in_help, in_readme, "--help and README's flag table differ");
+    assert_eq!(
+        in_help, in_guide,
+        "--help and docs/ws-proxy.md's flag table differ"
+    );
 }

@@ -11,7 +11,7 @@ mod quickstart;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum_ws_proxy::{Verdict, WsProxyLayer};
+use axum_ws_proxy::{hooks::Verdict, WsProxyLayer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

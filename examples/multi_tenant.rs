@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::Router;
-use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{hooks::Refusal, upstream::UpstreamPool, WsProxyLayer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -23,7 +23,7 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 #[cfg(all(feature = "serve", feature = "tls"))]
-use axum_ws_proxy::ServerTls;
+use axum_ws_proxy::tls::ServerTls;
 use axum_ws_proxy::{Deflate, WsProxyLayer};
 use tokio::net::TcpListener;
 
@@ -95,7 +95,7 @@ pub fn tls_certificate() -> Result<(ServerTls, String), Box<dyn std::error::Erro
 /// The app: the page at `/`, and every WebSocket upgrade proxied to `upstream`. The echo
 /// upstream has no compression; `Deflate::Always` compresses toward the browser anyway (the
 /// page shows `permessage-deflate` among the WebSocket's extensions).
-pub fn app(upstream: SocketAddr) -> Result<Router, axum_ws_proxy::ParseUpstreamError> {
+pub fn app(upstream: SocketAddr) -> Result<Router, axum_ws_proxy::upstream::ParseUpstreamError> {
     Ok(Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .layer(WsProxyLayer::new(format!("ws://{upstream}").parse()?).deflate(Deflate::Always)))

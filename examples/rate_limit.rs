@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
-use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
+use axum_ws_proxy::{
+    hooks::{CloseCode, Verdict},
+    WsProxyLayer,
+};
 
 /// A token bucket kept per session in the hook's state.
 #[derive(Clone, Debug)]

@@ -277,6 +277,83 @@ impl IntoResponse for ProxyError {
     }
 }
 
+/// A TLS configuration that could not be built, for either side: `wss://` upstreams
+/// ([`UpstreamTls`](crate::tls::UpstreamTls)) or clients ([`ServerTls`](crate::tls::ServerTls)).
+/// [`kind`](Self::kind) says what was wrong; the message names the file and the detail.
+///
+/// ```
+/// use axum_ws_proxy::tls::{TlsConfigErrorKind, UpstreamTls};
+///
+/// let err = UpstreamTls::with_root_certificates_pem(b"not a certificate").unwrap_err();
+/// assert_eq!(err.kind(), TlsConfigErrorKind::NoCertificate);
+/// assert_eq!(err.to_string(), "no certificates found in the PEM data");
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfigError {
+    kind: TlsConfigErrorKind,
+    message: String,
+}
+
+/// What was wrong with a TLS configuration.
+#[cfg(feature = "tls")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsConfigErrorKind {
+    /// A file could not be read.
+    Read,
+    /// Text that is not valid PEM.
+    InvalidPem,
+    /// PEM without the certificate (or CA certificates) it should hold.
+    NoCertificate,
+    /// A certificate rustls refuses to use (as a CA, or as a client CA).
+    UnusableCertificate,
+    /// No private key in the key file.
+    NoPrivateKey,
+    /// A private key of a kind the crypto provider does not support.
+    UnsupportedKey,
+    /// The private key does not belong to the certificate.
+    KeyMismatch,
+    /// A reload of a [`ServerTls`](crate::tls::ServerTls) that was not made from files.
+    NotFromFiles,
+    /// rustls refused the configuration for another reason.
+    Rustls,
+}
+
+#[cfg(feature = "tls")]
+impl TlsConfigError {
+    pub(crate) fn new(kind: TlsConfigErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its message prefixed with the files it came from.
+    #[cfg_attr(not(all(feature = "tls", feature = "serve")), allow(dead_code))]
+    pub(crate) fn in_files(self, files: &str) -> Self {
+        Self {
+            kind: self.kind,
+            message: format!("{files}: {}", self.message),
+        }
+    }
+
+    /// What was wrong.
+    pub fn kind(&self) -> TlsConfigErrorKind {
+        self.kind
+    }
+}
+
+#[cfg(feature = "tls")]
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl std::error::Error for TlsConfigError {}
+
 #[cfg(test)]
 mod tests {
     /// The metrics reference (`src/docs/metrics.md`) names every `cause` label

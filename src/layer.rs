@@ -14,8 +14,8 @@ use crate::handshake::route::{Refusal, RouteHook, RouteRequest};
 use crate::registry::ShutdownHandle;
 use crate::service::WsProxy;
 use crate::session::hooks::{
-    AsyncMessageFn, Direction as Way, Message, MessageContext, MessageHook, SessionInfo,
-    SessionSummary, Verdict,
+    AsyncMessageFn, Direction, Message, MessageContext, MessageHook, SessionInfo, SessionSummary,
+    Verdict,
 };
 use crate::session::{self, Mode};
 use crate::upstream::UpstreamPool;
@@ -30,7 +30,7 @@ use crate::upstream::UpstreamPool;
 /// use axum::{routing::get, Router};
 /// use axum_ws_proxy::WsProxyLayer;
 ///
-/// # fn main() -> Result<(), axum_ws_proxy::ParseUpstreamError> {
+/// # fn main() -> Result<(), axum_ws_proxy::upstream::ParseUpstreamError> {
 /// let app: Router = Router::new()
 ///     .route("/api/health", get(|| async { "ok" }))
 ///     .layer(
@@ -69,9 +69,9 @@ impl WsProxyLayer {
 
     /// Sets the one message hook of a direction; a second one is a mistake that would
     /// silently replace the first, so it panics, naming both.
-    fn message_hook(self, way: Way, hook: MessageHook, setter: &str) -> Self {
+    fn message_hook(self, way: Direction, hook: MessageHook, setter: &str) -> Self {
         self.session(|s| {
-            let slot = if way == Way::ToUpstream {
+            let slot = if way == Direction::ToUpstream {
                 &mut s.hooks.on_client_message
             } else {
                 &mut s.hooks.on_upstream_message
@@ -81,7 +81,7 @@ impl WsProxyLayer {
                     "WsProxyLayer::{setter}: this direction already has a message hook \
                      (on_{}_message or its _async form); set one per direction and do both \
                      jobs in it",
-                    if way == Way::ToUpstream {
+                    if way == Direction::ToUpstream {
                         "client"
                     } else {
                         "upstream"
@@ -209,7 +209,7 @@ impl WsProxyLayer {
     /// See [`UpstreamPool::max_sessions`] for a limit per member.
     ///
     /// ```
-    /// use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, upstream::UpstreamPool};
     ///
     /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?
     ///     .max_sessions(5_000); // per member
@@ -291,7 +291,7 @@ impl WsProxyLayer {
     }
 
     /// Sends each session's id (the one in its log lines, span and
-    /// [`SessionInfo::id`](crate::SessionInfo::id)) upstream in this request header, so the
+    /// [`SessionInfo::id`](crate::hooks::SessionInfo::id)) upstream in this request header, so the
     /// upstream's logs can be joined with the proxy's (like nginx's
     /// `proxy_set_header X-Request-Id $request_id`). A client-sent header of that name is
     /// replaced. Default: not sent.
@@ -319,10 +319,10 @@ impl WsProxyLayer {
     /// How `wss://` upstreams are verified. Default: [`UpstreamTls::webpki_roots`] (public
     /// CAs, host name checked, SNI set). A failed TLS handshake is a **502** naming the reason.
     ///
-    /// [`UpstreamTls::webpki_roots`]: crate::UpstreamTls::webpki_roots
+    /// [`UpstreamTls::webpki_roots`]: crate::tls::UpstreamTls::webpki_roots
     ///
     /// ```no_run
-    /// use axum_ws_proxy::{UpstreamTls, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, tls::UpstreamTls};
     ///
     /// let ca = std::fs::read("/etc/ssl/internal-ca.pem")?;
     /// let tls = UpstreamTls::with_root_certificates_pem(&ca)?;
@@ -421,7 +421,7 @@ impl WsProxyLayer {
     /// the session's task. See [`SessionInfo`].
     ///
     /// ```
-    /// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::ClosedBy};
     ///
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
     ///     .on_open(|s| println!("session {} from {:?} to {}", s.id, s.client, s.upstream))
@@ -455,7 +455,7 @@ impl WsProxyLayer {
     /// Without a hook a message costs nothing extra.
     ///
     /// ```
-    /// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::{CloseCode, Verdict}};
     ///
     /// // At most 100 messages per session, then close with 1008 Policy Violation.
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message(|ctx, _msg| {
@@ -469,14 +469,14 @@ impl WsProxyLayer {
     ///         Verdict::Forward
     ///     }
     /// });
-    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
     /// ```
     pub fn on_client_message<F>(self, hook: F) -> Self
     where
         F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
     {
         self.message_hook(
-            Way::ToUpstream,
+            Direction::ToUpstream,
             MessageHook::Sync(Arc::new(hook)),
             "on_client_message",
         )
@@ -486,7 +486,7 @@ impl WsProxyLayer {
     /// the client.
     ///
     /// ```
-    /// use axum_ws_proxy::{Message, Verdict, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::{Message, Verdict}};
     ///
     /// // Redact a field before it reaches browsers.
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_upstream_message(|_ctx, msg| {
@@ -502,7 +502,7 @@ impl WsProxyLayer {
         F: Fn(&mut MessageContext<'_>, &Message) -> Verdict + Send + Sync + 'static,
     {
         self.message_hook(
-            Way::ToClient,
+            Direction::ToClient,
             MessageHook::Sync(Arc::new(hook)),
             "on_upstream_message",
         )
@@ -520,7 +520,7 @@ impl WsProxyLayer {
     /// silently replacing the other.
     ///
     /// ```should_panic
-    /// use axum_ws_proxy::{Verdict, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::Verdict};
     ///
     /// let _ = WsProxyLayer::new("ws://127.0.0.1:3000".parse().unwrap())
     ///     .on_client_message(|_, _| Verdict::Forward)
@@ -528,7 +528,7 @@ impl WsProxyLayer {
     /// ```
     ///
     /// ```
-    /// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::{CloseCode, Verdict}};
     ///
     /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message_async(
     ///     |session, msg| async move {
@@ -552,7 +552,7 @@ impl WsProxyLayer {
     {
         let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
         self.message_hook(
-            Way::ToUpstream,
+            Direction::ToUpstream,
             MessageHook::Async(hook),
             "on_client_message_async",
         )
@@ -567,7 +567,7 @@ impl WsProxyLayer {
     {
         let hook: Arc<AsyncMessageFn> = Arc::new(move |s, m| Box::pin(hook(s, m)));
         self.message_hook(
-            Way::ToClient,
+            Direction::ToClient,
             MessageHook::Async(hook),
             "on_upstream_message_async",
         )
@@ -579,7 +579,7 @@ impl WsProxyLayer {
     /// [`RouteRequest`].
     ///
     /// ```
-    /// use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+    /// use axum_ws_proxy::{WsProxyLayer, hooks::Refusal, upstream::UpstreamPool};
     /// use http::StatusCode;
     ///
     /// let eu: UpstreamPool = "ws://10.1.0.1:3000".parse()?;

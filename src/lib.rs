@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`serve`] (feature `serve`) is a drop-in for `axum::serve` that lets tunnels splice and
+//! [`serve()`] (feature `serve`) is a drop-in for `axum::serve` that lets tunnels splice and
 //! bounds request heads in size and time.
 //!
 //! # Where sessions go
@@ -47,6 +47,13 @@
 //! the `ws-proxy` binary is in `docs/`.
 //!
 //! [`Router`]: axum::Router
+//! [`UpstreamPool`]: upstream::UpstreamPool
+//! [`UpstreamPool::from_urls`]: upstream::UpstreamPool::from_urls
+//! [`UpstreamPool::insert`]: upstream::UpstreamPool::insert
+//! [`UpstreamPool::remove`]: upstream::UpstreamPool::remove
+//! [`UpstreamPool::watch`]: upstream::UpstreamPool::watch
+//! [`Balance`]: upstream::Balance
+//! [`UpstreamTls`]: tls::UpstreamTls
 //! [`Router::nest`]: axum::Router::nest
 #![doc = include_str!("docs/settings.md")]
 #![doc = include_str!("docs/proxied.md")]
@@ -63,16 +70,19 @@ mod config;
 mod error;
 mod future;
 mod handshake;
+pub mod hooks;
 mod layer;
 pub mod metrics;
 mod registry;
 mod reload;
 #[cfg(feature = "serve")]
-mod serve;
+pub mod serve;
 mod service;
 mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
-mod upstream;
+pub mod upstream;
 
 // The Rust examples of the README and the guides in `docs/` are compiled as doctests.
 #[cfg(doctest)]
@@ -99,7 +109,7 @@ mod __fuzz;
 ///
 /// ```
 /// use axum_ws_proxy::http::{HeaderValue, StatusCode};
-/// use axum_ws_proxy::Refusal;
+/// use axum_ws_proxy::hooks::Refusal;
 ///
 /// let refusal = Refusal::new(StatusCode::FORBIDDEN, "no ticket");
 /// let _ = HeaderValue::from_static("user-1");
@@ -110,29 +120,13 @@ pub use http;
 pub use error::ProxyError;
 pub use future::ResponseFuture;
 pub use handshake::request::{EscapedSlashes, ParseEscapedSlashesError};
-pub use handshake::route::{Refusal, RouteRequest};
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
 pub use registry::ShutdownHandle;
 pub use reload::{ReloadHandle, ReloadableLayer};
-#[cfg(all(feature = "serve", feature = "tls"))]
-pub use serve::ServerTls;
 #[cfg(feature = "serve")]
-pub use serve::{serve, AppMarker, IntoApp, MakeAppMarker, Serve};
+pub use serve::serve;
 pub use service::WsProxy;
-pub use session::close_code::{CloseCode, InvalidCloseCode};
 pub use session::deflate::{Compression, Deflate, ParseDeflateError};
-pub use session::hooks::{
-    ClosedBy, Direction, Message, MessageContext, SessionInfo, SessionSummary, Verdict,
-    VerdictFuture,
-};
 pub use session::mode::Mode;
-#[cfg(all(feature = "serve", feature = "tls"))]
-pub use transport::TlsInfo;
-#[cfg(feature = "tls")]
-pub use upstream::tls::{TlsConfigError, UpstreamTls};
-pub use upstream::{
-    Balance, EndpointStatus, HashKey, Member, ParseBalanceError, ParseUpstreamError,
-    ParseUpstreamErrorKind, Resolve, Resolving, Upstream, UpstreamPool, MAX_WEIGHT,
-};

@@ -52,7 +52,7 @@ pub struct ReloadableLayer {
 /// let generation = reload.reload(WsProxyLayer::new("ws://10.0.0.2:3000".parse()?));
 /// assert_eq!(generation, 2);
 /// # let _ = app;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct ReloadHandle {

@@ -1,5 +1,23 @@
-//! Step 0: the server a connection arrives at, for apps that want what `ws-proxy` gets:
-//! splicing tunnels, a request-head deadline and bound, and the client address. See [`serve`].
+//! The server a connection arrives at (feature `serve`), for apps that want what `ws-proxy`
+//! gets: splicing tunnels, a request-head deadline and bound, the client address, h2c and
+//! PROXY protocol. [`serve()`] is a drop-in for `axum::serve`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use axum_ws_proxy::WsProxyLayer;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new()
+//!     .route("/api/health", get(|| async { "ok" }))
+//!     .layer(WsProxyLayer::new("ws://127.0.0.1:3000".parse()?));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! axum_ws_proxy::serve(listener, app)
+//!     .header_timeout(Duration::from_secs(5))
+//!     .await?;
+//! # Ok(()) }
+//! ```
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};

@@ -170,7 +170,7 @@ impl HeldBySession {
 ///
 /// ```
 /// use axum_ws_proxy::http::StatusCode;
-/// use axum_ws_proxy::{Refusal, TlsInfo, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::Refusal, tls::TlsInfo};
 ///
 /// // Only clients that presented a certificate (see `ServerTls::client_ca_file`) get through.
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).route(|req| {
@@ -180,7 +180,7 @@ impl HeldBySession {
 ///     }
 /// });
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -10,7 +10,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "public face",
         &[
-            "lib", "layer", "service", "reload", "future", "config", "fuzz",
+            "lib", "layer", "service", "reload", "future", "config", "fuzz", "hooks", "tls",
         ],
     ),
     ("serve", &["serve"]),

@@ -108,7 +108,10 @@ async fn autobahn_through_the_binarys_frame_bridge() {
     run_suite(&suite, proxy, "ws-proxy-binary-frames").await;
 }
 
-async fn autobahn(layer: impl FnOnce(axum_ws_proxy::UpstreamPool) -> WsProxyLayer, agent: &str) {
+async fn autobahn(
+    layer: impl FnOnce(axum_ws_proxy::upstream::UpstreamPool) -> WsProxyLayer,
+    agent: &str,
+) {
     let Some(suite) = suite().await else { return };
     let up = tt_upstream(conformant_echo).await;
     let proxy = proxy(layer(upstream(up))).await;

@@ -151,7 +151,7 @@ async fn large_messages_inflate_in_pieces_and_arrive_whole() {
     let (_up, compressing) = py.echo_upstream(true).await;
     let hooked = proxy(
         WsProxyLayer::new(upstream(compressing))
-            .on_client_message(|_, _| axum_ws_proxy::Verdict::Forward),
+            .on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward),
     )
     .await;
     for at in [edge, hooked] {
@@ -195,7 +195,7 @@ async fn message_hooks_see_plaintext_on_compressed_legs() {
     let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
     let layer = WsProxyLayer::new(upstream(up)).on_upstream_message(move |_, m| {
         let _ = tx.send(m.as_text().unwrap_or("<binary>").to_owned());
-        axum_ws_proxy::Verdict::Forward
+        axum_ws_proxy::hooks::Verdict::Forward
     });
     let proxy = proxy(layer).await;
     let result = chat(&py, proxy, 30).await;

@@ -608,7 +608,11 @@ fn bad_tls_flags_are_one_line_and_exit_code_2() {
 /// `proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert`).
 #[tokio::test]
 async fn a_routing_hook_sees_and_forwards_the_client_certificate() {
-    use axum_ws_proxy::{Refusal, ServerTls, TlsInfo, WsProxyLayer};
+    use axum_ws_proxy::{
+        hooks::Refusal,
+        tls::{ServerTls, TlsInfo},
+        WsProxyLayer,
+    };
     use base64::Engine;
     let ca = Ca::new("edge test CA");
     let clients = Ca::new("client CA");

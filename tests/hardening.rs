@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{upstream::UpstreamPool, WsProxyLayer};
 use common::*;
 use futures_util::StreamExt;
 use http::StatusCode;

@@ -2,7 +2,10 @@
 
 mod common;
 
-use axum_ws_proxy::{ClosedBy, Mode, SessionInfo, SessionSummary, WsProxyLayer};
+use axum_ws_proxy::{
+    hooks::{ClosedBy, SessionInfo, SessionSummary},
+    Mode, WsProxyLayer,
+};
 use common::*;
 use futures_util::SinkExt;
 use tokio::sync::mpsc;

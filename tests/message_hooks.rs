@@ -5,7 +5,10 @@ mod common;
 use std::time::Duration;
 
 use axum::Router;
-use axum_ws_proxy::{Direction, Message as HookMessage, Verdict, WsProxyLayer};
+use axum_ws_proxy::{
+    hooks::{Direction, Message as HookMessage, Verdict},
+    WsProxyLayer,
+};
 use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,7 +77,7 @@ async fn a_close_verdict_ends_the_session_with_its_code_and_state_is_per_session
         };
         if n > 3 {
             Verdict::close(
-                axum_ws_proxy::CloseCode::POLICY_VIOLATION,
+                axum_ws_proxy::hooks::CloseCode::POLICY_VIOLATION,
                 "rate limit: 3 messages",
             )
         } else {

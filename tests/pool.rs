@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
 use axum::Router;
-use axum_ws_proxy::{Balance, Member, UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{
+    upstream::{Balance, Member, UpstreamPool},
+    WsProxyLayer,
+};
 use common::*;
 use futures_util::SinkExt;
 use http::StatusCode;
@@ -348,7 +351,7 @@ async fn watch_follows_a_discover_stream() {
 }
 
 /// A resolver the test controls: whatever addresses are in the shared list.
-fn controlled(addrs: &Arc<Mutex<Vec<SocketAddr>>>) -> impl axum_ws_proxy::Resolve {
+fn controlled(addrs: &Arc<Mutex<Vec<SocketAddr>>>) -> impl axum_ws_proxy::upstream::Resolve {
     let addrs = addrs.clone();
     move |_host: String, _port: u16| {
         let now = addrs.lock().unwrap().clone();
@@ -450,7 +453,7 @@ async fn hash_ip_behind_trusted_proxies_uses_the_forwarded_client() {
     let members = || {
         UpstreamPool::from_urls([url(a), url(b)])
             .unwrap()
-            .balance(Balance::Hash(axum_ws_proxy::HashKey::ClientIp))
+            .balance(Balance::Hash(axum_ws_proxy::upstream::HashKey::ClientIp))
     };
     let trusting =
         proxy(WsProxyLayer::new(members()).trusted_proxies(["127.0.0.0/8".parse().unwrap()])).await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{upstream::UpstreamPool, WsProxyLayer};
 use common::*;
 use futures_util::SinkExt;
 use http::StatusCode;

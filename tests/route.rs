@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::Router;
-use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{hooks::Refusal, upstream::UpstreamPool, WsProxyLayer};
 use common::*;
 use futures_util::SinkExt;
 use http::uri::PathAndQuery;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::{Serve, WsProxyLayer};
+use axum_ws_proxy::{serve::Serve, WsProxyLayer};
 use common::*;
 use futures_util::SinkExt;
 use http::HeaderMap;

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum_ws_proxy::{UpstreamPool, UpstreamTls, WsProxyLayer};
+use axum_ws_proxy::{tls::UpstreamTls, upstream::UpstreamPool, WsProxyLayer};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Mode, SessionSummary, WsProxyLayer};
+use axum_ws_proxy::{hooks::SessionSummary, Mode, WsProxyLayer};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -336,7 +336,7 @@ pub(crate) fn serve_hooked(args: &[String]) {
             std::process::exit(2);
         };
         let layer = axum_ws_proxy::WsProxyLayer::new(pool)
-            .on_client_message(|_, _| axum_ws_proxy::Verdict::Forward);
+            .on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
         let app = axum::Router::new().layer(layer);
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
         axum::serve(listener, app).await.expect("serve");

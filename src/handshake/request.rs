@@ -25,7 +25,7 @@ use crate::error::ProxyError;
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
 ///     .escaped_slashes(EscapedSlashes::Reject);
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]

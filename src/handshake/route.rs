@@ -18,7 +18,7 @@ use crate::upstream::UpstreamPool;
 /// client with it.
 ///
 /// ```
-/// use axum_ws_proxy::{Refusal, UpstreamPool, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::Refusal, upstream::UpstreamPool};
 /// use axum_ws_proxy::http::StatusCode;
 ///
 /// let eu: UpstreamPool = "ws://10.1.0.1:3000".parse()?;
@@ -35,7 +35,7 @@ use crate::upstream::UpstreamPool;
 ///     req.upstream_headers().remove("authorization");
 ///     Ok(())
 /// });
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
@@ -91,7 +91,7 @@ impl RouteRequest<'_> {
 /// dialled. It is logged and counted with the cause `route_refused`.
 ///
 /// ```
-/// use axum_ws_proxy::Refusal;
+/// use axum_ws_proxy::hooks::Refusal;
 /// use axum_ws_proxy::http::StatusCode;
 ///
 /// fn check_ticket(ticket: Option<&str>) -> Result<(), Refusal> {

@@ -388,7 +388,7 @@ fn upstream_key(
     (key, accept)
 }
 
-/// Whether [`serve`](crate::serve) accepted the connection over TLS.
+/// Whether [`serve`](crate::serve()) accepted the connection over TLS.
 fn came_over_tls(extensions: &http::Extensions) -> bool {
     #[cfg(all(feature = "serve", feature = "tls"))]
     return extensions.get::<crate::transport::TlsInfo>().is_some();

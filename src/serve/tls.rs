@@ -1,4 +1,4 @@
-//! TLS at the edge for [`serve`](crate::serve): certificates chosen by SNI, ALPN `h2` and
+//! TLS at the edge for [`serve`](crate::serve()): certificates chosen by SNI, ALPN `h2` and
 //! `http/1.1`, optional client certificates, and rotation without dropping a connection.
 
 use std::fmt;
@@ -13,10 +13,10 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClient
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 
+use crate::error::{TlsConfigError, TlsConfigErrorKind};
 use crate::transport::TlsInfo;
-use crate::upstream::tls::TlsConfigError;
 
-/// TLS for [`serve`](crate::serve) (feature `tls`): what nginx's `listen 443 ssl http2`,
+/// TLS for [`serve`](crate::serve()) (feature `tls`): what nginx's `listen 443 ssl http2`,
 /// `ssl_certificate`, `ssl_certificate_key` and `ssl_client_certificate` configure.
 ///
 /// - **Protocols**: TLS 1.3 and 1.2 only, rustls with the ring provider. ALPN offers `h2`
@@ -32,13 +32,13 @@ use crate::upstream::tls::TlsConfigError;
 ///   a file that does not load keeps the running certificates. [`watch`](Self::watch) does it
 ///   when the files change (Kubernetes swaps Secret files through a symlink).
 ///
-/// The TLS handshake counts inside [`Serve::header_timeout`](crate::Serve::header_timeout).
+/// The TLS handshake counts inside [`Serve::header_timeout`](crate::serve::Serve::header_timeout).
 /// Connections over TLS cannot splice (the bytes are encrypted in user space): tunnels over
 /// them use the buffered path.
 ///
 /// ```no_run
 /// use axum::{routing::get, Router};
-/// use axum_ws_proxy::{ServerTls, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, tls::ServerTls};
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -143,10 +143,12 @@ impl ServerTls {
     }
 
     fn files(&self) -> Result<Files, TlsConfigError> {
-        self.shared
-            .files
-            .clone()
-            .ok_or_else(|| TlsConfigError("this ServerTls was not made from files".into()))
+        self.shared.files.clone().ok_or_else(|| {
+            TlsConfigError::new(
+                TlsConfigErrorKind::NotFromFiles,
+                "this ServerTls was not made from files",
+            )
+        })
     }
 
     fn from_files(files: Files) -> Result<Self, TlsConfigError> {
@@ -250,22 +252,25 @@ fn mtimes(files: &Files) -> Vec<Option<SystemTime>> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
-    std::fs::read(path).map_err(|e| TlsConfigError(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        TlsConfigError::new(
+            TlsConfigErrorKind::Read,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })
 }
 
 fn load(files: &Files) -> Result<ServerConfig, TlsConfigError> {
     let mut keys = Vec::new();
     for (cert, key) in &files.certificates {
-        let certified = certified_key(&read(cert)?, &read(key)?).map_err(|e| {
-            TlsConfigError(format!("{} / {}: {}", cert.display(), key.display(), e.0))
-        })?;
+        let certified = certified_key(&read(cert)?, &read(key)?)
+            .map_err(|e| e.in_files(&format!("{} / {}", cert.display(), key.display())))?;
         keys.push(certified);
     }
     let client_ca = match &files.client_ca {
-        Some(path) => Some(
-            roots(&read(path)?)
-                .map_err(|e| TlsConfigError(format!("{}: {}", path.display(), e.0)))?,
-        ),
+        Some(path) => {
+            Some(roots(&read(path)?).map_err(|e| e.in_files(&path.display().to_string()))?)
+        }
         None => None,
     };
     server_config(keys, client_ca)
@@ -274,13 +279,21 @@ fn load(files: &Files) -> Result<ServerConfig, TlsConfigError> {
 fn roots(pem: &[u8]) -> Result<RootCertStore, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| TlsConfigError(format!("invalid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsConfigError(format!("unusable CA certificate: {e}")))?;
+        let cert = cert.map_err(|e| {
+            TlsConfigError::new(TlsConfigErrorKind::InvalidPem, format!("invalid PEM: {e}"))
+        })?;
+        roots.add(cert).map_err(|e| {
+            TlsConfigError::new(
+                TlsConfigErrorKind::UnusableCertificate,
+                format!("unusable CA certificate: {e}"),
+            )
+        })?;
     }
     if roots.is_empty() {
-        return Err(TlsConfigError("no certificates found".into()));
+        return Err(TlsConfigError::new(
+            TlsConfigErrorKind::NoCertificate,
+            "no certificates found",
+        ));
     }
     Ok(roots)
 }
@@ -289,20 +302,37 @@ fn roots(pem: &[u8]) -> Result<RootCertStore, TlsConfigError> {
 fn certified_key(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsConfigError> {
     let chain = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsConfigError(format!("invalid certificate PEM: {e}")))?;
+        .map_err(|e| {
+            TlsConfigError::new(
+                TlsConfigErrorKind::InvalidPem,
+                format!("invalid certificate PEM: {e}"),
+            )
+        })?;
     if chain.is_empty() {
-        return Err(TlsConfigError("no certificate found".into()));
+        return Err(TlsConfigError::new(
+            TlsConfigErrorKind::NoCertificate,
+            "no certificate found",
+        ));
     }
-    let key = PrivateKeyDer::from_pem_slice(key)
-        .map_err(|e| TlsConfigError(format!("no usable private key: {e}")))?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsConfigError(format!("unsupported private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        TlsConfigError::new(
+            TlsConfigErrorKind::NoPrivateKey,
+            format!("no usable private key: {e}"),
+        )
+    })?;
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| {
+        TlsConfigError::new(
+            TlsConfigErrorKind::UnsupportedKey,
+            format!("unsupported private key: {e}"),
+        )
+    })?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| TlsConfigError(format!("the key does not match the certificate ({e})")))?;
+    certified.keys_match().map_err(|e| {
+        TlsConfigError::new(
+            TlsConfigErrorKind::KeyMismatch,
+            format!("the key does not match the certificate ({e})"),
+        )
+    })?;
     Ok(Arc::new(certified))
 }
 
@@ -310,7 +340,7 @@ fn server_config(
     keys: Vec<Arc<CertifiedKey>>,
     client_ca: Option<RootCertStore>,
 ) -> Result<ServerConfig, TlsConfigError> {
-    let fail = |e: rustls::Error| TlsConfigError(e.to_string());
+    let fail = |e: rustls::Error| TlsConfigError::new(TlsConfigErrorKind::Rustls, e.to_string());
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(fail)?;
@@ -318,7 +348,12 @@ fn server_config(
         Some(roots) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .map_err(|e| TlsConfigError(format!("client CA: {e}")))?;
+                .map_err(|e| {
+                    TlsConfigError::new(
+                        TlsConfigErrorKind::UnusableCertificate,
+                        format!("client CA: {e}"),
+                    )
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -3,12 +3,12 @@
 use std::fmt;
 
 /// A close code the proxy may send on both legs for a hook's
-/// [`Verdict::Close`](crate::Verdict::Close): one RFC 6455 §7.4 allows in a close frame. Codes
+/// [`Verdict::Close`](crate::hooks::Verdict::Close): one RFC 6455 §7.4 allows in a close frame. Codes
 /// that only report what happened (1005 no code, 1006 dropped, 1015 TLS failure), 1004 and
 /// the unassigned ranges are refused when the value is made, so they never reach the wire.
 ///
 /// ```
-/// use axum_ws_proxy::CloseCode;
+/// use axum_ws_proxy::hooks::CloseCode;
 ///
 /// assert_eq!(CloseCode::POLICY_VIOLATION.get(), 1008);
 /// assert_eq!(CloseCode::new(4001).map(CloseCode::get), Ok(4001)); // the application's own
@@ -72,7 +72,7 @@ impl fmt::Display for CloseCode {
 /// A number that is not a close code a hook may send; see [`CloseCode::new`].
 ///
 /// ```
-/// use axum_ws_proxy::{CloseCode, InvalidCloseCode};
+/// use axum_ws_proxy::hooks::{CloseCode, InvalidCloseCode};
 ///
 /// // 1006 means "no close frame": it may never be sent.
 /// assert_eq!(CloseCode::new(1006), Err(InvalidCloseCode(1006)));

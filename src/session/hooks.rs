@@ -22,7 +22,7 @@ use crate::upstream::Upstream;
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
-/// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::ClosedBy};
 ///
 /// let open = Arc::new(AtomicU64::new(0));
 /// let counter = open.clone();
@@ -36,7 +36,7 @@ use crate::upstream::Upstream;
 ///             eprintln!("upstream failure in session {}", summary.session.id);
 ///         }
 ///     });
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 ///
 /// Hooks run on the session's task, so they should be quick (count, log, enqueue); anything
@@ -67,7 +67,7 @@ pub struct SessionInfo {
 /// Who ended a session.
 ///
 /// ```
-/// use axum_ws_proxy::{ClosedBy, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::ClosedBy};
 ///
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_close(|summary| {
 ///     if summary.closed_by == ClosedBy::Upstream && summary.upstream_close_code == 1011 {
@@ -75,7 +75,7 @@ pub struct SessionInfo {
 ///     }
 /// });
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -125,7 +125,7 @@ impl ClosedBy {
 ///     );
 /// });
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -159,7 +159,7 @@ pub struct SessionSummary {
 /// A data message crossing the proxy, as message hooks see it (frame mode only).
 ///
 /// ```
-/// use axum_ws_proxy::Message;
+/// use axum_ws_proxy::hooks::Message;
 ///
 /// let m = Message::text("hello");
 /// assert_eq!((m.as_text(), m.len(), m.is_text()), (Some("hello"), 5, true));
@@ -216,7 +216,7 @@ impl Message {
 /// What a message hook decides for a message.
 ///
 /// ```
-/// use axum_ws_proxy::{CloseCode, Message, Verdict, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::{CloseCode, Message, Verdict}};
 ///
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_upstream_message(|_, msg| {
 ///     match msg.as_text() {
@@ -227,7 +227,7 @@ impl Message {
 ///         _ => Verdict::Forward,
 ///     }
 /// });
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -239,12 +239,12 @@ pub enum Verdict {
     /// Drop the message (it is counted neither as delivered nor as lost).
     Drop,
     /// End the session: both legs get a close frame with this code and reason (e.g.
-    /// [`CloseCode::POLICY_VIOLATION`](crate::CloseCode::POLICY_VIOLATION)); the message is
+    /// [`CloseCode::POLICY_VIOLATION`](crate::hooks::CloseCode::POLICY_VIOLATION)); the message is
     /// not forwarded. The reason is cut to 123 bytes, on a character boundary. A bare number
     /// does not compile here, so a code that may not be sent never reaches the wire:
     ///
     /// ```compile_fail,E0308
-    /// use axum_ws_proxy::Verdict;
+    /// use axum_ws_proxy::hooks::Verdict;
     ///
     /// let _ = Verdict::Close(1006, "dropped".into()); // 1006 is a report, not a code to send
     /// ```
@@ -255,7 +255,7 @@ impl Verdict {
     /// [`Verdict::Close`] with any string type as the reason.
     ///
     /// ```
-    /// use axum_ws_proxy::{CloseCode, Verdict};
+    /// use axum_ws_proxy::hooks::{CloseCode, Verdict};
     ///
     /// let v = Verdict::close(CloseCode::POLICY_VIOLATION, "rate limit");
     /// assert_eq!(v, Verdict::Close(CloseCode::POLICY_VIOLATION, "rate limit".to_owned()));
@@ -268,10 +268,10 @@ impl Verdict {
 /// Which way a message is going.
 ///
 /// ```
-/// use axum_ws_proxy::{Direction, Verdict, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::{Direction, Verdict}};
 ///
 /// // One function for both directions: it reads which way the message goes.
-/// fn log(ctx: &mut axum_ws_proxy::MessageContext<'_>, msg: &axum_ws_proxy::Message) -> Verdict {
+/// fn log(ctx: &mut axum_ws_proxy::hooks::MessageContext<'_>, msg: &axum_ws_proxy::hooks::Message) -> Verdict {
 ///     let way = match ctx.direction {
 ///         Direction::ToUpstream => "->",
 ///         Direction::ToClient => "<-",
@@ -284,7 +284,7 @@ impl Verdict {
 ///     .on_client_message(log)
 ///     .on_upstream_message(log);
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -299,7 +299,7 @@ pub enum Direction {
 /// state kept for this session (any `Clone + Send + Sync` type, one value per type).
 ///
 /// ```
-/// use axum_ws_proxy::{CloseCode, Verdict, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::{CloseCode, Verdict}};
 ///
 /// // At most 1000 messages per session from the client, counted in the session's own state.
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message(|ctx, _msg| {
@@ -312,7 +312,7 @@ pub enum Direction {
 ///     }
 /// });
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Debug)]
 pub struct MessageContext<'a> {
@@ -328,7 +328,7 @@ pub struct MessageContext<'a> {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use axum_ws_proxy::{Message, SessionInfo, Verdict, VerdictFuture, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, hooks::{Message, SessionInfo, Verdict, VerdictFuture}};
 ///
 /// // A named function for an asynchronous hook can return the boxed future.
 /// fn check(_session: Arc<SessionInfo>, msg: Message) -> VerdictFuture {
@@ -343,7 +343,7 @@ pub struct MessageContext<'a> {
 /// }
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).on_client_message_async(check);
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 pub type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 

@@ -7,18 +7,18 @@ use std::str::FromStr;
 use http::header::{HeaderMap, HeaderName, COOKIE};
 use http::Uri;
 
-/// The balancing strategy of an [`UpstreamPool`](crate::UpstreamPool).
+/// The balancing strategy of an [`UpstreamPool`](crate::upstream::UpstreamPool).
 ///
 /// Parsed from the `--balance` forms: `least-conn`, `round-robin`, `hash:ip`,
 /// `hash:header:NAME`, `hash:cookie:NAME`, `hash:query:NAME`.
 ///
 /// ```
-/// use axum_ws_proxy::{Balance, HashKey};
+/// use axum_ws_proxy::upstream::{Balance, HashKey};
 ///
 /// let b: Balance = "hash:header:x-user-id".parse()?;
 /// assert_eq!(b, Balance::Hash(HashKey::Header("x-user-id".parse().unwrap())));
 /// assert_eq!(Balance::default(), Balance::LeastConn);
-/// # Ok::<(), axum_ws_proxy::ParseBalanceError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseBalanceError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -42,12 +42,12 @@ pub enum Balance {
 ///
 /// ```
 /// use axum_ws_proxy::http::HeaderName;
-/// use axum_ws_proxy::{Balance, HashKey};
+/// use axum_ws_proxy::upstream::{Balance, HashKey};
 ///
 /// let by_user: Balance = "hash:header:x-user-id".parse()?;
 /// assert_eq!(by_user, Balance::Hash(HashKey::Header(HeaderName::from_static("x-user-id"))));
 /// assert_eq!(Balance::Hash(HashKey::Cookie("sid".into())).to_string(), "hash:cookie:sid");
-/// # Ok::<(), axum_ws_proxy::ParseBalanceError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseBalanceError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -136,7 +136,7 @@ impl FromStr for Balance {
 /// A balancing strategy that could not be parsed.
 ///
 /// ```
-/// use axum_ws_proxy::Balance;
+/// use axum_ws_proxy::upstream::Balance;
 ///
 /// let err = "fastest".parse::<Balance>().unwrap_err();
 /// assert!(err.to_string().starts_with("invalid balancing strategy \"fastest\" (expected least-conn"));

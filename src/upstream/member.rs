@@ -15,13 +15,13 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// name resolves to, each with this weight.
 ///
 /// ```
-/// use axum_ws_proxy::Member;
+/// use axum_ws_proxy::upstream::Member;
 ///
 /// let m: Member = "ws://10.0.0.7:3000?weight=3".parse()?;
 /// assert_eq!(m.weight(), 3);
 /// assert_eq!(m.upstream().port(), 3000);
 /// assert_eq!(m.to_string(), "ws://10.0.0.7:3000?weight=3");
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Member {

@@ -1,4 +1,25 @@
-//! Where sessions go: upstream URLs, pool members, balancing, health and resolution.
+//! Where sessions go: upstream URLs, pool members, balancing, failover, health and
+//! resolution.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum_ws_proxy::upstream::{Balance, UpstreamPool};
+//! use axum_ws_proxy::WsProxyLayer;
+//!
+//! let pool = UpstreamPool::from_urls(["ws://10.0.0.11:3000", "ws://10.0.0.12:3000?weight=2"])?
+//!     .balance(Balance::RoundRobin)
+//!     .max_fails(3)
+//!     .fail_timeout(Duration::from_secs(30));
+//! let layer = WsProxyLayer::new(pool.clone());
+//! // Members change at run time; live sessions on a removed one carry on.
+//! pool.insert("ws://10.0.0.13:3000".parse()?);
+//! pool.remove(&"ws://10.0.0.11:3000".parse()?);
+//! # let _ = layer;
+//! # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+//! ```
+//!
+//! `"ws://host:port".parse()?` is a pool of one. Balancing, failover and health as nginx
+//! names them are in the repository's `docs/upstreams.md`.
 
 mod balance;
 mod member;

@@ -42,7 +42,7 @@ const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// (and fresh health state) and the new setting; the clones keep the old one:
 ///
 /// ```
-/// use axum_ws_proxy::{Balance, UpstreamPool};
+/// use axum_ws_proxy::upstream::{Balance, UpstreamPool};
 ///
 /// let base = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
 /// let round_robin = base.clone().balance(Balance::RoundRobin);
@@ -50,9 +50,9 @@ const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// assert!(format!("{round_robin:?}").contains("balance: RoundRobin"));
 ///
 /// // Two pools from here on: a member inserted into one is not in the other.
-/// round_robin.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::Member>()?);
+/// round_robin.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::upstream::Member>()?);
 /// assert_eq!(base.members().len(), 2);
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 ///
 /// Members are URLs; a member whose host is a name is resolved when first needed and again
@@ -61,7 +61,7 @@ const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 ///
 /// ```
 /// use std::time::Duration;
-/// use axum_ws_proxy::{Balance, UpstreamPool, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, upstream::{Balance, UpstreamPool}};
 ///
 /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000?weight=2"])?
 ///     .balance("hash:cookie:sid".parse().unwrap())
@@ -70,9 +70,9 @@ const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// let layer = WsProxyLayer::new(pool.clone());
 ///
 /// // Later, from a deploy hook or service discovery:
-/// pool.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::Member>()?);
+/// pool.insert("ws://10.0.0.3:3000".parse::<axum_ws_proxy::upstream::Member>()?);
 /// pool.remove(&"ws://10.0.0.1:3000".parse()?);
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone)]
 pub struct UpstreamPool {
@@ -172,13 +172,13 @@ impl Drop for Lease {
 /// A snapshot of one endpoint, from [`UpstreamPool::status`].
 ///
 /// ```
-/// use axum_ws_proxy::UpstreamPool;
+/// use axum_ws_proxy::upstream::UpstreamPool;
 ///
 /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
 /// for ep in pool.status() {
 ///     println!("{} {}: {} live, down: {}", ep.member, ep.addr, ep.live_sessions, ep.down);
 /// }
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -370,14 +370,14 @@ impl UpstreamPool {
     /// until they end. Every clone of this pool sees the change.
     ///
     /// ```
-    /// use axum_ws_proxy::UpstreamPool;
+    /// use axum_ws_proxy::upstream::UpstreamPool;
     ///
     /// let running = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?;
     /// let reloaded = UpstreamPool::from_urls(["ws://10.0.0.2:3000", "ws://10.0.0.3:3000"])?
     ///     .balance("round-robin".parse().unwrap());
     /// running.update_from(&reloaded);
     /// assert_eq!(running.to_string(), "ws://10.0.0.2:3000, ws://10.0.0.3:3000");
-    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
     /// ```
     pub fn update_from(&self, other: &UpstreamPool) {
         if Arc::ptr_eq(&self.shared, &other.shared) {
@@ -445,13 +445,13 @@ impl UpstreamPool {
     /// Live session counts and outcomes of every endpoint, for dashboards and tests.
     ///
     /// ```
-    /// use axum_ws_proxy::UpstreamPool;
+    /// use axum_ws_proxy::upstream::UpstreamPool;
     ///
     /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000"])?;
     /// for e in pool.status() {
     ///     println!("{} {}: {} live, {} failed dials, down: {}", e.member, e.addr, e.live_sessions, e.failures, e.down);
     /// }
-    /// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
     /// ```
     pub fn status(&self) -> Vec<EndpointStatus> {
         let now = Instant::now();
@@ -480,7 +480,7 @@ impl UpstreamPool {
     ///
     /// ```
     /// use std::convert::Infallible;
-    /// use axum_ws_proxy::{Member, UpstreamPool};
+    /// use axum_ws_proxy::upstream::{Member, UpstreamPool};
     /// use tower::discover::Change;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -528,10 +528,10 @@ impl UpstreamPool {
     ///
     /// ```
     /// use std::net::SocketAddr;
-    /// use axum_ws_proxy::UpstreamPool;
+    /// use axum_ws_proxy::upstream::UpstreamPool;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), axum_ws_proxy::ParseUpstreamError> {
+    /// # async fn main() -> Result<(), axum_ws_proxy::upstream::ParseUpstreamError> {
     /// let pool = UpstreamPool::from_urls(["ws://chat.service.internal:3000"])?
     ///     .resolver(|_host: String, port: u16| async move {
     ///         Ok(vec![SocketAddr::from(([10, 0, 0, 5], port)), SocketAddr::from(([10, 0, 0, 6], port))])

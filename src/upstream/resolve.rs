@@ -10,7 +10,7 @@ use std::pin::Pin;
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use axum_ws_proxy::{Resolve, Resolving};
+/// use axum_ws_proxy::upstream::{Resolve, Resolving};
 ///
 /// /// Every name resolves to the same two addresses (a test double, or a discovery cache).
 /// struct Fixed(Vec<SocketAddr>);
@@ -21,10 +21,10 @@ use std::pin::Pin;
 ///         Box::pin(async move { Ok(addrs) })
 ///     }
 /// }
-/// let pool: axum_ws_proxy::UpstreamPool = "ws://chat.internal:3000".parse()?;
+/// let pool: axum_ws_proxy::upstream::UpstreamPool = "ws://chat.internal:3000".parse()?;
 /// let pool = pool.resolver(Fixed(vec!["10.0.0.1:0".parse().unwrap(), "10.0.0.2:0".parse().unwrap()]));
 /// # let _ = pool;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 pub type Resolving = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 
@@ -36,13 +36,13 @@ pub type Resolving = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + 
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use axum_ws_proxy::UpstreamPool;
+/// use axum_ws_proxy::upstream::UpstreamPool;
 ///
 /// let pool: UpstreamPool = "ws://chat.internal:3000".parse()?;
 /// let pool = pool.resolver(|_host: String, port: u16| async move {
 ///     Ok(vec![SocketAddr::from(([10, 0, 0, 1], port)), SocketAddr::from(([10, 0, 0, 2], port))])
 /// });
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 pub trait Resolve: Send + Sync + 'static {
     /// The addresses of `host`, with `port` applied.

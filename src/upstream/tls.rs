@@ -19,17 +19,19 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::TlsConnector;
 
+use crate::error::{TlsConfigError, TlsConfigErrorKind};
+
 /// How the proxy verifies `wss://` upstreams: certificate chain and host name checked against
 /// trusted roots (webpki's public roots by default), SNI set to the member's host name.
 ///
 /// ```
-/// use axum_ws_proxy::{UpstreamTls, WsProxyLayer};
+/// use axum_ws_proxy::{WsProxyLayer, tls::UpstreamTls};
 ///
 /// let ca = std::fs::read("/etc/ssl/internal-ca.pem").unwrap_or_default();
 /// let tls = UpstreamTls::with_root_certificates_pem(&ca);
 /// # let _ = tls;
 /// let layer = WsProxyLayer::new("wss://chat.internal:443".parse()?).upstream_tls(UpstreamTls::webpki_roots());
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone)]
 pub struct UpstreamTls {
@@ -58,21 +60,32 @@ impl UpstreamTls {
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
         for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| TlsConfigError(format!("invalid PEM: {e}")))?;
+            let cert = cert.map_err(|e| {
+                TlsConfigError::new(TlsConfigErrorKind::InvalidPem, format!("invalid PEM: {e}"))
+            })?;
             pinned.push(cert.clone());
-            roots
-                .add(cert)
-                .map_err(|e| TlsConfigError(format!("unusable CA certificate: {e}")))?;
+            roots.add(cert).map_err(|e| {
+                TlsConfigError::new(
+                    TlsConfigErrorKind::UnusableCertificate,
+                    format!("unusable CA certificate: {e}"),
+                )
+            })?;
         }
         if roots.is_empty() {
-            return Err(TlsConfigError(
-                "no certificates found in the PEM data".into(),
+            return Err(TlsConfigError::new(
+                TlsConfigErrorKind::NoCertificate,
+                "no certificates found in the PEM data",
             ));
         }
         let provider = Arc::new(crypto::ring::default_provider());
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
-            .map_err(|e| TlsConfigError(format!("unusable CA certificates: {e}")))?;
+            .map_err(|e| {
+                TlsConfigError::new(
+                    TlsConfigErrorKind::UnusableCertificate,
+                    format!("unusable CA certificates: {e}"),
+                )
+            })?;
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map(|b| {
@@ -158,25 +171,6 @@ impl fmt::Debug for UpstreamTls {
             .finish()
     }
 }
-
-/// A TLS configuration that could not be built (e.g. a CA file without certificates).
-///
-/// ```
-/// use axum_ws_proxy::UpstreamTls;
-///
-/// let err = UpstreamTls::with_root_certificates_pem(b"not a certificate").unwrap_err();
-/// assert_eq!(err.to_string(), "no certificates found in the PEM data");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfigError(pub(crate) String);
-
-impl fmt::Display for TlsConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsConfigError {}
 
 /// webpki's verification, plus: a listed self-signed certificate presented as it is.
 #[derive(Debug)]

@@ -11,9 +11,9 @@ use http::uri::PathAndQuery;
 ///
 /// - `http://` is accepted and means `ws://`; the port defaults to 80.
 /// - `wss://` (or `https://`) reaches the upstream over TLS (with the `tls` feature, on by
-///   default); the port defaults to 443. See [`UpstreamTls`](crate::UpstreamTls).
+///   default); the port defaults to 443. See [`UpstreamTls`](crate::tls::UpstreamTls).
 /// - The host may be a name (resolved before the first dial, then again in the background
-///   every [`UpstreamPool::resolve_every`](crate::UpstreamPool::resolve_every), 30 s by default,
+///   every [`UpstreamPool::resolve_every`](crate::upstream::UpstreamPool::resolve_every), 30 s by default,
 ///   so DNS changes are picked up without a dial waiting on them), an IPv4
 ///   address, or a bracketed IPv6 address (`ws://[::1]:3000`).
 /// - The optional path prefix is prepended to the client's path and query: with
@@ -22,7 +22,7 @@ use http::uri::PathAndQuery;
 /// - User info, a query and a fragment are refused: they have no meaning for a proxy target.
 ///
 /// ```
-/// use axum_ws_proxy::Upstream;
+/// use axum_ws_proxy::upstream::Upstream;
 ///
 /// let up: Upstream = "ws://127.0.0.1:3000/rooms".parse()?;
 /// assert_eq!(up.host(), "127.0.0.1");
@@ -31,7 +31,7 @@ use http::uri::PathAndQuery;
 ///
 /// let err = "ws//x".parse::<Upstream>().unwrap_err();
 /// assert_eq!(err.to_string(), r#"invalid upstream URL "ws//x": missing "://" after the scheme (expected ws://host:port[/prefix])"#);
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Upstream {
@@ -218,7 +218,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), ParseUpstrea
 /// An upstream URL that could not be parsed; the message names the URL and the problem.
 ///
 /// ```
-/// use axum_ws_proxy::{ParseUpstreamErrorKind, UpstreamPool};
+/// use axum_ws_proxy::upstream::{ParseUpstreamErrorKind, UpstreamPool};
 ///
 /// let err = "ws://10.0.0.1:3000?token=x".parse::<UpstreamPool>().unwrap_err();
 /// assert_eq!(err.url(), "ws://10.0.0.1:3000?token=x");
@@ -260,7 +260,7 @@ impl std::error::Error for ParseUpstreamError {}
 /// The problem found in an upstream URL.
 ///
 /// ```
-/// use axum_ws_proxy::{ParseUpstreamErrorKind, Upstream};
+/// use axum_ws_proxy::upstream::{ParseUpstreamErrorKind, Upstream};
 ///
 /// let kind = |url: &str| url.parse::<Upstream>().unwrap_err().kind().clone();
 /// assert_eq!(kind("localhost:3000"), ParseUpstreamErrorKind::MissingScheme);

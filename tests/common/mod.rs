@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use axum::Router;
-use axum_ws_proxy::{UpstreamPool, WsProxyLayer};
+use axum_ws_proxy::{upstream::UpstreamPool, WsProxyLayer};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, StatusCode};

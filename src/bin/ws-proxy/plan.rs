@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum_ws_proxy::{
-    Compression, Mode, Refusal, ServerTls, UpstreamPool, UpstreamTls, WsProxyLayer,
+    hooks::Refusal,
+    tls::{ServerTls, UpstreamTls},
+    upstream::UpstreamPool,
+    Compression, Mode, WsProxyLayer,
 };
 
 use crate::settings::{ModeSetting, PoolSettings, Positive, Settings};
@@ -296,7 +299,7 @@ fn server_tls(s: &Settings) -> Result<Option<ServerTls>, String> {
         }
         return Ok(None);
     };
-    let flag = |e: axum_ws_proxy::TlsConfigError| format!("--tls-cert/--tls-key: {e}");
+    let flag = |e: axum_ws_proxy::tls::TlsConfigError| format!("--tls-cert/--tls-key: {e}");
     let mut tls = ServerTls::from_pem_files(cert, key).map_err(flag)?;
     for (cert, key) in more {
         tls = tls

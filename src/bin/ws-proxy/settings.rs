@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum_ws_proxy::{Balance, Deflate, EscapedSlashes, IpNet, Member};
+use axum_ws_proxy::{
+    upstream::{Balance, Member},
+    Deflate, EscapedSlashes, IpNet,
+};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;

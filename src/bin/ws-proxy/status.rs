@@ -10,7 +10,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
-use axum_ws_proxy::{ReloadHandle, ShutdownHandle, UpstreamPool};
+use axum_ws_proxy::{upstream::UpstreamPool, ReloadHandle, ShutdownHandle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 

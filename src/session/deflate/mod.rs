@@ -15,7 +15,7 @@ pub(crate) mod zlib;
 /// // Compress toward browsers even in front of an upstream that cannot.
 /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).deflate(Deflate::Always);
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -99,7 +99,7 @@ impl std::error::Error for ParseDeflateError {}
 ///     .deflate(Deflate::Always)
 ///     .compression(Compression::default().window_bits(15).mem_level(8));
 /// # let _ = layer;
-/// # Ok::<(), axum_ws_proxy::ParseUpstreamError>(())
+/// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
@@ -216,14 +216,14 @@ impl Params {
 }
 
 #[cfg(feature = "deflate")]
-mod direction;
+mod codec;
 #[cfg(feature = "deflate")]
-pub(crate) use direction::{Direction, InflateError};
+pub(crate) use codec::{Codec, InflateError};
 
 /// Without the `deflate` feature nothing is negotiated, so no direction ever compresses.
 #[cfg(not(feature = "deflate"))]
 #[derive(Debug)]
-pub(crate) enum Direction {}
+pub(crate) enum Codec {}
 
 #[cfg(not(feature = "deflate"))]
 #[derive(Debug)]
@@ -235,7 +235,7 @@ pub(crate) enum InflateError {
 
 #[cfg(not(feature = "deflate"))]
 #[allow(clippy::unused_self, clippy::boxed_local, missing_docs)]
-impl Direction {
+impl Codec {
     pub(crate) fn new(
         _: Option<(Params, Role)>,
         _: Option<(Params, Role)>,

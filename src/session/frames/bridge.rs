@@ -30,7 +30,7 @@ use crate::session::deflate;
 use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::{Wire, DIRECT_MIN};
 use crate::session::hooks::{
-    Direction as Way, Message as HookMessage, MessageContext, MessageHook, SessionInfo, Verdict,
+    Direction, Message as HookMessage, MessageContext, MessageHook, SessionInfo, Verdict,
     VerdictFuture,
 };
 use crate::session::keepalive::{self, Keepalive};
@@ -66,10 +66,7 @@ pub(crate) struct SessionHooks<'a> {
 pub(crate) async fn run<C, U>(
     legs: Legs<'_, C, U>,
     mut hooks: SessionHooks<'_>,
-    (c2u_deflate, u2c_deflate): (
-        Option<Box<deflate::Direction>>,
-        Option<Box<deflate::Direction>>,
-    ),
+    (c2u_deflate, u2c_deflate): (Option<Box<deflate::Codec>>, Option<Box<deflate::Codec>>),
 ) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -83,8 +80,8 @@ where
         keepalive,
         sessions,
     } = legs;
-    let mut c2u = Direction::new(Side::Client, Side::Upstream, c2u_deflate);
-    let mut u2c = Direction::new(Side::Upstream, Side::Client, u2c_deflate);
+    let mut c2u = Half::new(Side::Client, Side::Upstream, c2u_deflate);
+    let mut u2c = Half::new(Side::Upstream, Side::Client, u2c_deflate);
     let ended = drive(sessions, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive, &mut hooks)
         {
@@ -102,11 +99,11 @@ where
 
 /// One direction: a message read but not yet accepted by the destination, and whether the
 /// destination has unflushed writes.
-struct Direction {
+struct Half {
     from: Side,
     to: Side,
     /// Compressing what goes to the destination, when it agreed to permessage-deflate.
-    deflate: Option<Box<deflate::Direction>>,
+    deflate: Option<Box<deflate::Codec>>,
     pending: Option<Message>,
     unflushed: bool,
     /// An asynchronous hook's verdict being awaited, with the message it is about.
@@ -116,8 +113,8 @@ struct Direction {
     read_at: Instant,
 }
 
-impl Direction {
-    fn new(from: Side, to: Side, deflate: Option<Box<deflate::Direction>>) -> Self {
+impl Half {
+    fn new(from: Side, to: Side, deflate: Option<Box<deflate::Codec>>) -> Self {
         Self {
             from,
             to,
@@ -134,8 +131,8 @@ impl Direction {
     /// read from this side, so order is kept (and the hook's pace is backpressure).
     fn hook(&mut self, msg: Message, hooks: &mut SessionHooks<'_>) -> Option<Ended> {
         let (hook, direction) = match self.from {
-            Side::Client => (hooks.to_upstream, Way::ToUpstream),
-            Side::Upstream => (hooks.to_client, Way::ToClient),
+            Side::Client => (hooks.to_upstream, Direction::ToUpstream),
+            Side::Upstream => (hooks.to_client, Direction::ToClient),
         };
         match hook {
             None => {
@@ -390,7 +387,7 @@ impl Direction {
 /// frame (FIN, RSV1, opcode) and its payload; the message back if it is not a data message or
 /// cannot be compressed (it then goes as it is, which the extension allows).
 fn compress(
-    deflate: &mut deflate::Direction,
+    deflate: &mut deflate::Codec,
     msg: Message,
     traffic: &mut Traffic,
     to: Side,

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::stream::{invalid_utf8, Flow, Limits, Output, Walk};
 use super::wire::{Transform, Violation, Wire};
-use crate::session::deflate::{Direction, InflateError};
+use crate::session::deflate::{Codec, InflateError};
 use crate::session::frame;
 use crate::session::leg::{Side, Traffic};
 
@@ -253,7 +253,7 @@ pub(crate) struct Inflating {
 
 impl Inflating {
     /// A reader of leg `side`, whose compressed messages `deflate` inflates.
-    pub(crate) fn new(side: Side, limits: Limits, deflate: Box<Direction>) -> Self {
+    pub(crate) fn new(side: Side, limits: Limits, deflate: Box<Codec>) -> Self {
         let to = match side {
             Side::Client => Side::Upstream,
             Side::Upstream => Side::Client,

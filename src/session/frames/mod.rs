@@ -20,7 +20,7 @@ use self::drive::Legs;
 use self::wire::Wire;
 use crate::registry::Sessions;
 use crate::session::close_policy::Report;
-use crate::session::deflate::{self, Direction, Params};
+use crate::session::deflate::{self, Codec, Params};
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::Side;
 use crate::session::leg::Traffic;
@@ -73,7 +73,7 @@ pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> 
             // Hooks read whole messages through tungstenite: a compressed leg is read through
             // a reader that inflates it, and what goes to one is compressed by the bridge.
             for (leg, side) in [(client_leg, Side::Client), (upstream_leg, Side::Upstream)] {
-                if let Some(inflate) = Direction::new(leg, None, false, config) {
+                if let Some(inflate) = Codec::new(leg, None, false, config) {
                     let reader = Box::new(Inflating::new(side, limits, inflate));
                     match side {
                         Side::Client => legs.client.get_mut().set_transform(reader),
@@ -82,15 +82,15 @@ pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> 
                 }
             }
             let sends = (
-                Direction::new(None, upstream_leg, false, config),
-                Direction::new(None, client_leg, false, config),
+                Codec::new(None, upstream_leg, false, config),
+                Codec::new(None, client_leg, false, config),
             );
             bridge::run(legs, hooks, sends).await
         }
         None => {
             let directions = (
-                Direction::new(client_leg, upstream_leg, true, config),
-                Direction::new(upstream_leg, client_leg, true, config),
+                Codec::new(client_leg, upstream_leg, true, config),
+                Codec::new(upstream_leg, client_leg, true, config),
             );
             stream::run(legs, limits, directions).await
         }

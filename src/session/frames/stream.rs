@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::session::deflate::Direction;
+use crate::session::deflate::Codec;
 use crate::session::frame;
 use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::Wire;
@@ -133,7 +133,7 @@ pub(crate) struct Limits {
 pub(crate) async fn run<C, U>(
     legs: Legs<'_, C, U>,
     limits: Limits,
-    (c2u_deflate, u2c_deflate): (Option<Box<Direction>>, Option<Box<Direction>>),
+    (c2u_deflate, u2c_deflate): (Option<Box<Codec>>, Option<Box<Codec>>),
 ) -> Stopped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -227,7 +227,7 @@ pub(crate) struct Flow {
     pub(super) message: Option<MessageState>,
     /// permessage-deflate on either leg (see [`compressed`](super::compressed)); `None` when
     /// neither compresses.
-    pub(super) deflate: Option<Box<Direction>>,
+    pub(super) deflate: Option<Box<Codec>>,
     /// Something was written to `to` and not flushed yet.
     unflushed: bool,
     /// `from` owes a pong it could not take yet: it is not read until it has.
@@ -273,12 +273,7 @@ pub(crate) enum Walk {
 }
 
 impl Flow {
-    pub(crate) fn new(
-        from: Side,
-        to: Side,
-        limits: Limits,
-        deflate: Option<Box<Direction>>,
-    ) -> Self {
+    pub(crate) fn new(from: Side, to: Side, limits: Limits, deflate: Option<Box<Codec>>) -> Self {
         Self {
             from,
             to,

@@ -54,7 +54,7 @@ struct Send {
 
 /// One direction's permessage-deflate.
 #[derive(Debug)]
-pub(crate) struct Direction {
+pub(crate) struct Codec {
     receive: Option<Receive>,
     /// Both legs agreed the same: compressed messages pass as they came (and are inflated only
     /// to be checked).
@@ -71,7 +71,7 @@ pub(crate) enum InflateError {
     Refused,
 }
 
-impl Direction {
+impl Codec {
     /// The direction from a leg that agreed `source` (the proxy being `source_role` there) to
     /// one that agreed `destination`; `None` when neither compresses. Compressed messages pass
     /// as they came when both agreed the same and `pass_allowed` (no message hook reads them).
@@ -335,9 +335,8 @@ mod tests {
         let config = Config::default();
         for no_context in [false, true] {
             let p = params(no_context, 12);
-            let mut sender = Direction::new(None, Some((p, Role::Server)), true, &config).unwrap();
-            let mut receiver =
-                Direction::new(Some((p, Role::Client)), None, true, &config).unwrap();
+            let mut sender = Codec::new(None, Some((p, Role::Server)), true, &config).unwrap();
+            let mut receiver = Codec::new(Some((p, Role::Client)), None, true, &config).unwrap();
             assert!(sender.compresses() && receiver.accepts_compressed());
             assert!(!receiver.passes());
             for message in [&b"hello hello hello"[..], &[7u8; 100_000], b""] {
@@ -379,7 +378,7 @@ mod tests {
         let p = params(false, 15);
         let message = br#"{"type":"chat","room":"general","text":"the same words again"}"#;
         let second_size = |config: &Config| {
-            let mut sender = Direction::new(None, Some((p, Role::Server)), true, config).unwrap();
+            let mut sender = Codec::new(None, Some((p, Role::Server)), true, config).unwrap();
             let mut wire = Vec::new();
             sender.compress(message, true, &mut wire).unwrap();
             let first = wire.len();
@@ -408,9 +407,8 @@ mod tests {
         let config = Config::default();
         for no_context in [true, false] {
             let p = params(no_context, 15);
-            let mut sender = Direction::new(None, Some((p, Role::Server)), true, &config).unwrap();
-            let mut receiver =
-                Direction::new(Some((p, Role::Client)), None, true, &config).unwrap();
+            let mut sender = Codec::new(None, Some((p, Role::Server)), true, &config).unwrap();
+            let mut receiver = Codec::new(Some((p, Role::Client)), None, true, &config).unwrap();
             for round in 0..3u32 {
                 let message: Vec<u8> = (0..300_000u32)
                     .map(|i| ((i * 7 + round) % 251) as u8 ^ (i / 1000) as u8)
@@ -445,8 +443,8 @@ mod tests {
     fn inflating_stops_where_the_output_is_full_and_goes_on() {
         let config = Config::default();
         let p = params(false, 15);
-        let mut sender = Direction::new(None, Some((p, Role::Server)), true, &config).unwrap();
-        let mut receiver = Direction::new(Some((p, Role::Client)), None, true, &config).unwrap();
+        let mut sender = Codec::new(None, Some((p, Role::Server)), true, &config).unwrap();
+        let mut receiver = Codec::new(Some((p, Role::Client)), None, true, &config).unwrap();
         let message: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
         let mut wire = Vec::new();
         sender.compress(&message, true, &mut wire).unwrap();
@@ -469,21 +467,21 @@ mod tests {
     fn refusals_and_bad_data_are_errors() {
         let config = Config::default();
         let p = params(true, 15);
-        let mut receiver = Direction::new(Some((p, Role::Client)), None, true, &config).unwrap();
+        let mut receiver = Codec::new(Some((p, Role::Client)), None, true, &config).unwrap();
         assert_eq!(
             receiver.inflate(&[0xff, 0xff, 0xff], true, |_| Ok(true)),
             Err(InflateError::Data)
         );
-        let mut sender = Direction::new(None, Some((p, Role::Server)), true, &config).unwrap();
+        let mut sender = Codec::new(None, Some((p, Role::Server)), true, &config).unwrap();
         let mut wire = Vec::new();
         sender.compress(b"some text", true, &mut wire).unwrap();
-        let mut receiver = Direction::new(Some((p, Role::Client)), None, true, &config).unwrap();
+        let mut receiver = Codec::new(Some((p, Role::Client)), None, true, &config).unwrap();
         assert_eq!(
             receiver.inflate(&wire, true, |_| Err(())),
             Err(InflateError::Refused)
         );
         // The same parameters on both legs, and nothing reads the messages: they pass.
-        let both = Direction::new(
+        let both = Codec::new(
             Some((p, Role::Server)),
             Some((p, Role::Client)),
             true,
@@ -491,7 +489,7 @@ mod tests {
         )
         .unwrap();
         assert!(both.passes() && !both.compresses());
-        let hooked = Direction::new(
+        let hooked = Codec::new(
             Some((p, Role::Server)),
             Some((p, Role::Client)),
             false,
@@ -499,6 +497,6 @@ mod tests {
         )
         .unwrap();
         assert!(!hooked.passes() && hooked.compresses());
-        assert!(Direction::new(None, None, true, &config).is_none());
+        assert!(Codec::new(None, None, true, &config).is_none());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum_ws_proxy::upstream::{Balance, UpstreamPool};
+//! use axum_ws_proxy::upstream::{Balance, Member, UpstreamPool};
 //! use axum_ws_proxy::WsProxyLayer;
 //!
 //! let pool = UpstreamPool::from_urls(["ws://10.0.0.11:3000", "ws://10.0.0.12:3000?weight=2"])?
@@ -12,7 +12,7 @@
 //!     .fail_timeout(Duration::from_secs(30));
 //! let layer = WsProxyLayer::new(pool.clone());
 //! // Members change at run time; live sessions on a removed one carry on.
-//! pool.insert("ws://10.0.0.13:3000".parse()?);
+//! pool.insert("ws://10.0.0.13:3000".parse::<Member>()?);
 //! pool.remove(&"ws://10.0.0.11:3000".parse()?);
 //! # let _ = layer;
 //! # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())

@@ -1,6 +1,7 @@
 //! Real servers on 127.0.0.1:0 and real clients, shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod python;
 
 use std::net::SocketAddr;
@@ -342,12 +343,21 @@ pub async fn reporting_upstream() -> (SocketAddr, Reported) {
     (addr, Reported(rx))
 }
 
+/// The `ws-proxy` binary: the tests that drive it live in its package (`ws-proxy/tests/`),
+/// where Cargo builds it and names it; the library's tests never call this.
+pub fn ws_proxy_binary() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_ws-proxy") {
+        Some(path) => path,
+        None => panic!("only the ws-proxy package's tests run the binary"),
+    }
+}
+
 /// Starts the `ws-proxy` binary on 127.0.0.1:0 with `args`; returns it (killed on drop), the
 /// address it logged, and its metrics address if it logged one. Its logs keep being drained.
 pub async fn start_ws_proxy(
     args: &[&str],
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-proxy"));
+    let mut cmd = tokio::process::Command::new(ws_proxy_binary());
     cmd.args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info");
@@ -534,11 +544,9 @@ pub fn raise_fd_limit() {
     }
 }
 
-#[cfg(feature = "http2")]
 pub type H2Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Opens a WebSocket over an HTTP/2 (prior knowledge, cleartext) connection.
-#[cfg(feature = "http2")]
 pub async fn h2_connect(
     addr: SocketAddr,
     path: &str,

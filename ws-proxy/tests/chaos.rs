@@ -1,6 +1,7 @@
 //! Chaos: 1000 concurrent sessions through the `ws-proxy` binary while one of three upstream
 //! members is killed and restarted twice.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

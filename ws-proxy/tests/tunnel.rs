@@ -1,6 +1,7 @@
 //! Tunnel mode: bytes spliced after a validated 101, with the proxy's own frames (pings,
 //! close 1001/1011) placed between frames.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! WebSocket over HTTP/2 (RFC 8441): extended CONNECT from an HTTP/2 client, proxied to an
 //! HTTP/1.1 upstream, answered with 200.
-#![cfg(feature = "http2")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! Operating the `ws-proxy` binary: logs that never stall traffic, reload on SIGHUP, the
 //! shutdown delay, JSON logs. Real processes, real sockets.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

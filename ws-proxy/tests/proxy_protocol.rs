@@ -1,6 +1,7 @@
 //! `ws-proxy --proxy-protocol`: behind an L4 load balancer the PROXY header's address is the
 //! client's; a connection without a valid header is closed without being served.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use std::process::Command;
 
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/examples/kubernetes/ws-proxy-sidecar.yaml"
+    "/kubernetes/ws-proxy-sidecar.yaml"
 );
 
 /// The virtualenv's bin folder, with kubernetes-validate installed; `None` if it cannot be had.

@@ -1,6 +1,7 @@
 //! Holding under attack: what a hostile peer sends must not grow the proxy without bound.
 //! The real binary, raw sockets, the proxy's own RSS from /proc.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
@@ -483,7 +484,6 @@ async fn half_http2_prefaces_cost_no_cpu_while_they_wait() {
 /// halfway through a request head all hear at once (every session its 1001, the h2 one inside
 /// its stream), and the process exits as soon as they have closed (before: the HTTP drain
 /// went first, so one h2 session or half head held every 1001 back for the whole grace).
-#[cfg(feature = "http2")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_session_at_once() {
     use futures_util::StreamExt;
@@ -607,7 +607,6 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
 
 /// An HTTP/2 (h2c) client connection: requests go through the sender; the task ends when the
 /// proxy closes the connection.
-#[cfg(feature = "http2")]
 async fn h2c(
     addr: SocketAddr,
 ) -> (
@@ -623,7 +622,6 @@ async fn h2c(
     (send, tokio::spawn(async move { drop(conn.await) }))
 }
 
-#[cfg(feature = "http2")]
 fn h2_get(addr: SocketAddr, path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
     http::Request::get(format!("http://{addr}{path}"))
         .body(http_body_util::Empty::new())
@@ -632,7 +630,6 @@ fn h2_get(addr: SocketAddr, path: &str) -> http::Request<http_body_util::Empty<b
 
 /// An HTTP/2 connection with no stream open is closed after the keep-alive time (the header
 /// timeout, as for an idle HTTP/1.1 connection), not kept forever.
-#[cfg(feature = "http2")]
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_keepalive_time() {
     let up = echo_upstream().await;
@@ -659,7 +656,6 @@ async fn an_idle_http2_connection_is_closed_after_the_keepalive_time() {
 
 /// A hand-written HTTP/2 (h2c) client: it acknowledges the server's SETTINGS and never
 /// answers a PING, as a client that wants to hold its connection would.
-#[cfg(feature = "http2")]
 struct RawH2 {
     tcp: TcpStream,
     pending: Vec<u8>,
@@ -667,10 +663,8 @@ struct RawH2 {
 }
 
 /// A frame: type, flags, stream and payload.
-#[cfg(feature = "http2")]
 type H2Frame = (u8, u8, u32, Vec<u8>);
 
-#[cfg(feature = "http2")]
 impl RawH2 {
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
@@ -772,7 +766,6 @@ impl RawH2 {
 /// closed `--header-timeout` after the GOAWAY (before: ~46 s later, at hyper's keep-alive
 /// timeout). Under a descriptor limit, two rounds of such connections are served one after the
 /// other: lingering ones would leave the second round no descriptor.
-#[cfg(feature = "http2")]
 #[tokio::test]
 async fn idle_http2_connections_that_ignore_the_goaway_close_in_bounded_time() {
     let up = echo_upstream().await;
@@ -801,7 +794,6 @@ async fn idle_http2_connections_that_ignore_the_goaway_close_in_bounded_time() {
 
 /// A WebSocket stream opened after the idle GOAWAY (the client never answered its PING, so
 /// the proxy still takes streams) is served and not cut by the bound that closes idle ones.
-#[cfg(feature = "http2")]
 #[tokio::test]
 async fn a_websocket_opened_after_the_idle_goaway_is_not_cut() {
     let up = echo_upstream().await;
@@ -831,7 +823,6 @@ async fn a_websocket_opened_after_the_idle_goaway_is_not_cut() {
 
 /// A WebSocket stream is an open stream: its HTTP/2 connection is not idle while the session
 /// lives, so it still takes new requests past the keep-alive time.
-#[cfg(feature = "http2")]
 #[tokio::test]
 async fn an_http2_websocket_keeps_its_connection_open() {
     use futures_util::SinkExt;
@@ -976,7 +967,6 @@ async fn large_messages_stream_through_frame_mode() {
 
 /// One HTTP/2 connection may have at most 128 streams open (WebSocket sessions included): the
 /// proxy's first SETTINGS frame says so (SETTINGS_MAX_CONCURRENT_STREAMS).
-#[cfg(feature = "http2")]
 #[tokio::test]
 async fn an_http2_connection_is_told_its_stream_limit() {
     use tokio::io::AsyncReadExt;

@@ -2,19 +2,19 @@
 //! connection and, when installed, nginx, HAProxy and Caddy — all in one run.
 //!
 //! ```text
-//! cargo build --release --features cli --bin ws-proxy
-//! cargo run --release --example bench            # full run (a few minutes)
-//! cargo run --release --example bench -- --quick # smaller counts, for iterating (its RSS per
+//! cargo build --release -p ws-proxy
+//! cargo run --release -p ws-proxy-bench            # full run (a few minutes)
+//! cargo run --release -p ws-proxy-bench -- --quick # smaller counts, for iterating (its RSS per
 //!                                                  # idle session reads high: 2000 sessions
 //!                                                  # amortise handshake-time memory less)
-//! cargo run --release --example bench -- --only ws-proxy,nginx
-//! cargo run --release --example bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
-//! cargo run --release --example bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
-//! cargo run --release --example bench -- --rows storm --storm 2000  # storm size (default 10 000)
-//! cargo run --release --example bench -- --rows handshake --handshakes 1200  # (default 3000)
-//! BENCH_HOLD_IDLE_MS=5000 cargo run --release --example bench -- --rows idle  # time to profile
+//! cargo run --release -p ws-proxy-bench -- --only ws-proxy,nginx
+//! cargo run --release -p ws-proxy-bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
+//! cargo run --release -p ws-proxy-bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
+//! cargo run --release -p ws-proxy-bench -- --rows storm --storm 2000  # storm size (default 10 000)
+//! cargo run --release -p ws-proxy-bench -- --rows handshake --handshakes 1200  # (default 3000)
+//! BENCH_HOLD_IDLE_MS=5000 cargo run --release -p ws-proxy-bench -- --rows idle  # time to profile
 //! BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
-//!   cargo run --release --example bench -- --quick --only ws-proxy --rows handshake
+//!   cargo run --release -p ws-proxy-bench -- --quick --only ws-proxy --rows handshake
 //! ```
 //!
 //! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
@@ -860,18 +860,17 @@ fn caddy_conf(port: u16, up: SocketAddr) -> String {
 }
 
 fn ws_proxy_bin() -> Result<PathBuf, String> {
-    // target/release/examples/bench -> target/release/ws-proxy
+    // target/release/bench -> target/release/ws-proxy
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe
         .parent()
-        .and_then(|p| p.parent())
         .map(|p| p.join("ws-proxy"))
         .ok_or("cannot locate target/")?;
     if bin.exists() {
         Ok(bin)
     } else {
         Err(format!(
-            "{} not built: run `cargo build --release --features cli --bin ws-proxy`",
+            "{} not built: run `cargo build --release -p ws-proxy`",
             bin.display()
         ))
     }

@@ -3,6 +3,7 @@
 //! installed on first use with pip into `target/tmp/autobahn`; without a Python 2.7 these tests
 //! fail (outside CI, `AUTOBAHN_SKIP=1` skips them, saying so).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

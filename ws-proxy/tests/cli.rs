@@ -1,5 +1,6 @@
 //! The `ws-proxy` binary: flags, health check, 404, and proxying.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -354,7 +355,8 @@ fn the_operator_guide_lists_every_flag() {
     };
     let in_help = flags(&help, "--");
     let guide =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ws-proxy.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ws-proxy.md"))
+            .unwrap();
     let in_guide = flags(&guide, "| `--");
     assert!(in_help.len() > 25, "{in_help:?}");
     assert_eq!(

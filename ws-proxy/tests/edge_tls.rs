@@ -2,8 +2,8 @@
 //! WebSocket over HTTP/2 (ALPN `h2`, RFC 8441), SNI, rotation, client certificates, the TLS
 //! handshake under the header deadline, and pinned self-signed upstream certificates. A test
 //! CA made with rcgen; real sockets, the real binary.
-#![cfg(all(feature = "tls", feature = "http2"))]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! wss:// upstreams through rustls, with certificates generated at test time.
-#![cfg(feature = "tls")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

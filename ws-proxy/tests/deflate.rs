@@ -2,6 +2,7 @@
 //! `websockets`): passed as it came between legs that agree, compressed at the edge for an
 //! upstream that cannot, read in plaintext by message hooks, and bounded.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

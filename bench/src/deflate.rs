@@ -160,11 +160,11 @@ struct Python {
 
 impl Python {
     fn find() -> Result<Self, String> {
-        // target/release/examples/bench -> target/tmp/python-websockets
+        // target/release/bench -> target/tmp/python-websockets
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let home = exe
             .ancestors()
-            .nth(3)
+            .nth(2)
             .ok_or("cannot locate target/")?
             .join("tmp/python-websockets");
         let python = PathBuf::from(std::env::var_os("PYTHON3").unwrap_or("python3".into()));

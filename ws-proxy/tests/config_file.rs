@@ -1,6 +1,7 @@
 //! `ws-proxy --config FILE`: routes, named pools, flags overriding the file, `--check-config`,
 //! and errors that name the file, line and key.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -99,7 +100,7 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn check_config_validates_the_annotated_example() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws-proxy.toml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ws-proxy.toml");
     let (code, out, err) = run(&["--config", example, "--check-config"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("\nlisten = \"0.0.0.0:8080\"\n"), "{out}");
@@ -122,7 +123,7 @@ fn check_config_validates_the_annotated_example() {
 /// What `--check-config` prints, `--config` accepts, and resolves to the same configuration.
 #[test]
 fn check_config_output_reads_back_as_the_same_configuration() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws-proxy.toml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ws-proxy.toml");
     let (code, first, err) = run(&[
         "--config",
         example,

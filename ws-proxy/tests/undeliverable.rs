@@ -2,6 +2,7 @@
 //! counted as undeliverable in both modes, in the session summary and the metric, and never as
 //! forwarded.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

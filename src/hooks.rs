@@ -23,7 +23,7 @@
 //! # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
 //! ```
 //!
-//! What each hook sees and when it runs is in the crate docs' Hooks section.
+//! What each hook sees and when it runs: the crate docs' [Hooks](crate#hooks) section.
 
 pub use crate::handshake::route::{Refusal, RouteRequest};
 pub use crate::session::close_code::{CloseCode, InvalidCloseCode};

@@ -46,10 +46,10 @@ mod app;
 pub(crate) mod proxy_header;
 mod streams;
 #[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod tls;
 pub use self::app::{AppMarker, IntoApp, MakeAppMarker};
 #[cfg(feature = "tls")]
-pub use self::tls::ServerTls;
+pub(crate) use self::tls::ServerTls;
 #[cfg(feature = "tls")]
 use crate::transport::TlsInfo;
 

@@ -20,7 +20,7 @@
 
 pub use crate::error::{TlsConfigError, TlsConfigErrorKind};
 #[cfg(feature = "serve")]
-pub use crate::serve::ServerTls;
+pub use crate::serve::tls::ServerTls;
 #[cfg(feature = "serve")]
 pub use crate::transport::TlsInfo;
 pub use crate::upstream::tls::UpstreamTls;

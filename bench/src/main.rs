@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p ws-proxy
-//! cargo run --release -p ws-proxy-bench            # full run (a few minutes)
+//! cargo run --release -p ws-proxy-bench            # full run (about fifteen minutes)
 //! cargo run --release -p ws-proxy-bench -- --quick # smaller counts, for iterating (its RSS per
 //!                                                  # idle session reads high: 2000 sessions
 //!                                                  # amortise handshake-time memory less)

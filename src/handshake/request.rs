@@ -77,6 +77,13 @@ impl std::str::FromStr for EscapedSlashes {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseEscapedSlashesError(String);
 
+impl ParseEscapedSlashesError {
+    /// The text that did not parse.
+    pub fn input(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for ParseEscapedSlashesError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -139,10 +139,18 @@ impl FromStr for Balance {
 /// use axum_ws_proxy::upstream::Balance;
 ///
 /// let err = "fastest".parse::<Balance>().unwrap_err();
+/// assert_eq!(err.input(), "fastest");
 /// assert!(err.to_string().starts_with("invalid balancing strategy \"fastest\" (expected least-conn"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseBalanceError(String);
+
+impl ParseBalanceError {
+    /// The text that did not parse.
+    pub fn input(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for ParseBalanceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -8,7 +8,7 @@ frames a well-behaved library will not send). Modes:
                                     message (KIND: bomb SIZE, garbage, rsv1-without-offer) and
                                     prints the close code it gets
   load URL KIND SESSIONS COUNT [hold]
-                                    the benchmark's client (examples/bench): SESSIONS sessions
+                                    the benchmark's client (bench/): SESSIONS sessions
                                     offering deflate as browsers do echo COUNT messages between
                                     them, one at a time each (KIND: chat, about 125 bytes of
                                     JSON, or json256k, 256 KiB of JSON); prints a JSON summary

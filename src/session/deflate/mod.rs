@@ -66,6 +66,13 @@ impl std::str::FromStr for Deflate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseDeflateError(String);
 
+impl ParseDeflateError {
+    /// The text that did not parse.
+    pub fn input(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for ParseDeflateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -70,11 +70,11 @@ pub enum ProxyError {
     OriginNotAllowed(String),
     /// No `Origin` header while `allow_missing_origin(false)`: **403**.
     MissingOrigin,
-    /// The layer is shutting down: **503** with `Retry-After: 1`.
+    /// The layer is shutting down: **503** with `Retry-After`.
     ShuttingDown,
-    /// `max_sessions` sessions are open: **503** with `Retry-After: 1`.
+    /// `max_sessions` sessions are open: **503** with `Retry-After`.
     TooManySessions(usize),
-    /// Every pool member is at its `max_sessions`: **503** with `Retry-After: 1`.
+    /// Every pool member is at its `max_sessions`: **503** with `Retry-After`.
     MembersFull(usize),
     /// The routing hook refused the upgrade: its status and body.
     Refused(StatusCode, String),
@@ -98,7 +98,7 @@ pub enum ProxyError {
     /// (64 KiB): **502**.
     AnswerTooLarge(usize),
     /// The proxy itself could not open a connection (out of file descriptors, memory, or
-    /// local ports): **503** with `Retry-After: 1`. Not counted against the upstream's health.
+    /// local ports): **503** with `Retry-After`. Not counted against the upstream's health.
     LocalResources {
         /// The system's error.
         source: io::Error,
@@ -269,6 +269,7 @@ impl IntoResponse for ProxyError {
         if matches!(self, Self::UnsupportedVersion) {
             headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
+        // The layer replaces it with a spread value (`WsProxyLayer::retry_after`).
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }

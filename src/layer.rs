@@ -199,13 +199,41 @@ impl WsProxyLayer {
     }
 
     /// Ends every session with **1001** on both legs once it is this old (e.g. to rebalance
-    /// or rotate credentials). Default: off; zero turns it off.
+    /// or rotate credentials). Each session's own limit is shortened by a random part of
+    /// [`max_lifetime_jitter`](Self::max_lifetime_jitter) (10 % by default), never lengthened,
+    /// so that sessions opened together do not end together. Default: off; zero turns it off.
     pub fn max_lifetime(self, lifetime: Duration) -> Self {
         self.session(|s| s.timeouts.max_lifetime = (!lifetime.is_zero()).then_some(lifetime))
     }
 
+    /// The largest part of [`max_lifetime`](Self::max_lifetime) a session's own lifetime is
+    /// shortened by, chosen at random per session: `0.1` (the default) ends sessions between
+    /// 90 % and 100 % of it; `0.0` ends them exactly at it. Values are clamped to 0 to 1 (NaN is 0).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // Rotate credentials hourly; sessions end between 45 and 60 minutes old.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .max_lifetime(Duration::from_secs(3600))
+    ///     .max_lifetime_jitter(0.25);
+    /// # let _ = layer;
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+    /// ```
+    pub fn max_lifetime_jitter(self, jitter: f64) -> Self {
+        // NaN would make every lifetime NaN: it counts as no jitter.
+        let jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
+        self.session(|s| s.timeouts.max_lifetime_jitter = jitter)
+    }
+
     /// Most sessions at once (upgrades being dialled included); beyond it new upgrades get
-    /// **503** with `Retry-After: 1` before any upstream is dialled. Default: no limit (0).
+    /// **503** with a spread `Retry-After` (see [`retry_after`](Self::retry_after)) before any
+    /// upstream is dialled. Default: no limit (0).
     /// See [`UpstreamPool::max_sessions`] for a limit per member.
     ///
     /// ```
@@ -218,6 +246,28 @@ impl WsProxyLayer {
     /// ```
     pub fn max_sessions(self, max: usize) -> Self {
         self.handshake(|h| h.max_sessions = max)
+    }
+
+    /// The `Retry-After` of every **503** (session limits, shutting down, the proxy out of
+    /// resources): at least `least`, plus a random part of `spread`, in whole seconds, so that
+    /// clients refused in one burst come back spread out. Default: 1 s plus up to 4 s (values
+    /// 1 to 5; each at most a day). A browser's WebSocket API never shows a refused handshake's headers: browsers
+    /// need their own backoff with jitter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?)
+    ///     .max_sessions(10_000)
+    ///     .retry_after(Duration::from_secs(2), Duration::from_secs(10));
+    /// # let _ = layer;
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+    /// ```
+    pub fn retry_after(self, least: Duration, spread: Duration) -> Self {
+        // A day each at most: beyond, no client waits anyway, and the arithmetic stays finite.
+        let day = Duration::from_secs(86_400);
+        self.handshake(|h| h.retry_after = (least.min(day), spread.min(day)))
     }
 
     /// Browser origins allowed to open sessions; other `Origin`s get **403** before the

@@ -113,7 +113,7 @@ async fn max_sessions_is_503_with_retry_after_and_no_dial() {
     let _second = connect(proxy, "/").await;
     let (status, headers, body) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(headers["retry-after"], "1");
+    assert_retry_after(&headers);
     assert_eq!(&body[..], b"the proxy is at its limit of 2 sessions\n");
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -147,7 +147,7 @@ async fn a_per_member_limit_skips_full_members_then_503s() {
     );
     let (status, headers, body) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(headers["retry-after"], "1");
+    assert_retry_after(&headers);
     assert_eq!(
         &body[..],
         b"every upstream member is at its limit of 1 sessions\n"
@@ -199,7 +199,7 @@ async fn shutdown_closes_every_session_with_1001_and_refuses_new_ones() {
 
     let (status, headers, body) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(headers["retry-after"], "1");
+    assert_retry_after(&headers);
     assert_eq!(&body[..], b"the proxy is shutting down; retry elsewhere\n");
 }
 
@@ -230,5 +230,54 @@ async fn shutdown_drops_sessions_that_do_not_close_by_the_deadline() {
     match seen.next().await {
         Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
         other => panic!("expected close 1001 upstream, got {other:?}"),
+    }
+}
+
+/// A 503's `Retry-After` with the default spread: whole seconds from 1 to 5.
+fn assert_retry_after(headers: &http::HeaderMap) {
+    let value = headers["retry-after"].to_str().unwrap();
+    let secs: u64 = value
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {value:?}"));
+    assert!((1..=5).contains(&secs), "Retry-After {secs} outside 1..=5");
+}
+
+/// The clients refused in one burst are told to come back at different times; with no
+/// spread, all at the same one.
+#[tokio::test]
+async fn retry_after_is_spread_over_its_range() {
+    let up = echo_upstream().await;
+    for (layer, least, most, distinct) in [
+        (WsProxyLayer::new(upstream(up)).max_sessions(1), 1, 5, 3),
+        (
+            WsProxyLayer::new(upstream(up))
+                .max_sessions(1)
+                .retry_after(Duration::from_secs(2), Duration::ZERO),
+            2,
+            2,
+            1,
+        ),
+    ] {
+        let proxy = proxy(layer).await;
+        let _held = connect(proxy, "/").await;
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..40 {
+            let (status, headers, _) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            *seen.entry(secs).or_insert(0) += 1;
+        }
+        let (lo, hi) = (*seen.keys().next().unwrap(), *seen.keys().last().unwrap());
+        assert!(
+            lo >= least && hi <= most,
+            "{seen:?} outside {least}..={most}"
+        );
+        assert!(
+            seen.len() >= distinct,
+            "{seen:?}: fewer than {distinct} values"
+        );
+        if distinct == 1 {
+            assert_eq!(seen.len(), 1, "{seen:?}");
+        }
     }
 }

@@ -166,3 +166,88 @@ async fn max_lifetime_closes_with_1001_on_both_legs() {
         other => panic!("expected close 1001 upstream, got {other:?}"),
     }
 }
+
+/// Opens `n` sessions at once and returns, for each, how long after its handshake the first
+/// frame `pick` accepts arrived.
+async fn times_until(
+    proxy: std::net::SocketAddr,
+    n: usize,
+    pick: fn(&Message) -> bool,
+) -> Vec<Duration> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut ws = connect(proxy, "/").await;
+                let opened = Instant::now();
+                loop {
+                    // Pings too: `next_message` skips them.
+                    let m = match within("a frame", ws.next()).await {
+                        Some(Ok(m)) => m,
+                        other => panic!("expected a frame, got {other:?}"),
+                    };
+                    if pick(&m) {
+                        return (opened.elapsed(), m);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        let (elapsed, m) = task.await.unwrap();
+        if let Message::Close(frame) = &m {
+            let code = frame.as_ref().map(|f| u16::from(f.code));
+            assert_eq!(code, Some(1001), "{m:?}");
+        }
+        times.push(elapsed);
+    }
+    times.sort();
+    times
+}
+
+/// Sessions opened together end spread over `max_lifetime_jitter`, none after `max_lifetime`.
+#[tokio::test]
+async fn max_lifetime_ends_are_spread_and_never_late() {
+    let lifetime = Duration::from_millis(800);
+    let layer = WsProxyLayer::new(upstream(echo_upstream().await))
+        .ping_interval(Duration::ZERO)
+        .max_lifetime(lifetime)
+        .max_lifetime_jitter(0.5);
+    let ends = times_until(proxy(layer).await, 20, |m| matches!(m, Message::Close(_))).await;
+    let (first, last) = (ends[0], ends[ends.len() - 1]);
+    // The client's clock starts after the proxy's: a session can only look younger.
+    assert!(
+        last <= lifetime + Duration::from_millis(100),
+        "late: {ends:?}"
+    );
+    assert!(
+        first >= lifetime / 2 - Duration::from_millis(50),
+        "too early: {ends:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(150),
+        "not spread: {ends:?}"
+    );
+}
+
+/// The first pings of sessions opened together come spread over the second half of
+/// `ping_interval`, not in one burst.
+#[tokio::test]
+async fn first_pings_of_a_burst_are_spread() {
+    let every = Duration::from_millis(600);
+    let layer = WsProxyLayer::new(upstream(echo_upstream().await)).ping_interval(every);
+    let pings = times_until(proxy(layer).await, 20, |m| matches!(m, Message::Ping(_))).await;
+    let (first, last) = (pings[0], pings[pings.len() - 1]);
+    assert!(
+        first >= every / 2 - Duration::from_millis(50),
+        "too early: {pings:?}"
+    );
+    assert!(
+        last <= every + Duration::from_millis(100),
+        "late: {pings:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(100),
+        "not spread: {pings:?}"
+    );
+}

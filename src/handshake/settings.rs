@@ -19,6 +19,23 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bodies of relayed refusals (401, 403, 404...) are short; this bounds a hostile one.
 const DEFAULT_MAX_RESPONSE_BODY_SIZE: usize = 64 << 10;
 
+/// A refused client may come back after 1 s at the earliest, and the clients of one burst come
+/// back spread over the next 4 s, not all after the same second.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+const DEFAULT_RETRY_AFTER_SPREAD: Duration = Duration::from_secs(4);
+
+impl Settings {
+    /// A `Retry-After` value, in whole seconds: the least plus a random part of the spread.
+    pub(crate) fn retry_after(&self) -> u64 {
+        let (least, spread) = self.retry_after;
+        let extra = spread.mul_f64(rand::random::<f64>());
+        (least + extra)
+            .as_secs_f64()
+            .round()
+            .max(least.as_secs_f64().ceil()) as u64
+    }
+}
+
 /// The handshake stage's settings; one value per layer.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -29,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) origins: Origins,
     /// 0: no limit.
     pub(crate) max_sessions: usize,
+    /// `Retry-After` on a 503: the least, and the range above it a value is drawn from.
+    pub(crate) retry_after: (Duration, Duration),
     pub(crate) trusted_proxies: TrustedProxies,
     /// Query parameters logged as `REDACTED`.
     pub(crate) redact: Redact,
@@ -50,6 +69,7 @@ impl Settings {
             max_response_body_size: DEFAULT_MAX_RESPONSE_BODY_SIZE,
             origins: Origins::new([], true),
             max_sessions: 0,
+            retry_after: (DEFAULT_RETRY_AFTER, DEFAULT_RETRY_AFTER_SPREAD),
             trusted_proxies: TrustedProxies::default(),
             redact: Redact::default(),
             session_id_header: None,

@@ -567,5 +567,11 @@ fn refuse(
     } else {
         tracing::info!(client = client.map(tracing::field::display), upstream = %config.pool, path, status, cause = error.cause(), "upgrade refused: {error}");
     }
-    error.into_response()
+    let mut res = error.into_response();
+    if res.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+        // Spread, so that the clients refused in one burst do not come back in one.
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, config.retry_after().into());
+    }
+    res
 }

@@ -5,6 +5,11 @@
 //! socket is dropped and the other leg gets 1001 (client gone) or 1011 (upstream gone). Quiet
 //! but healthy sessions live indefinitely. Optionally, `idle_timeout` (no data messages either
 //! way) and `max_lifetime` end a session with 1001 on both legs.
+//!
+//! Sessions opened in one burst (after a deploy, a network blip) would otherwise keep their
+//! timers in step and act as a herd: each session's first ping comes at a random point between
+//! half of `ping_interval` and all of it, and its lifetime is `max_lifetime` shortened by a
+//! random part of `max_lifetime_jitter` (never lengthened: the setting is a security bound).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +30,20 @@ pub(crate) struct Timeouts {
     pub(crate) ping_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
+    /// The largest part of `max_lifetime` a session's own lifetime may be shortened by, 0 to 1.
+    pub(crate) max_lifetime_jitter: f64,
+}
+
+impl Timeouts {
+    /// One session's lifetime: `max_lifetime` less a random part of it, up to the jitter.
+    fn lifetime(&self) -> Option<Duration> {
+        let jitter = match self.max_lifetime_jitter {
+            j if j.is_nan() => 0.0,
+            j => j.clamp(0.0, 1.0),
+        };
+        self.max_lifetime
+            .map(|d| d.mul_f64(1.0 - jitter * rand::random::<f64>()))
+    }
 }
 
 #[derive(Debug)]
@@ -51,6 +70,8 @@ impl Liveness {
 pub(crate) struct Keepalive {
     timeouts: Timeouts,
     started: Instant,
+    /// This session's own lifetime (see [`Timeouts::lifetime`]).
+    lifetime: Option<Duration>,
     last_data: Instant,
     client: Liveness,
     upstream: Liveness,
@@ -63,12 +84,19 @@ pub(crate) struct Keepalive {
 impl Keepalive {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
         let now = Instant::now();
+        // The first ping of each leg at a random point of the second half of the interval:
+        // as if the leg had last been heard up to half an interval ago.
+        let heard = timeouts
+            .ping_interval
+            .and_then(|every| now.checked_sub(every.mul_f64(rand::random::<f64>() / 2.0)))
+            .unwrap_or(now);
         let mut ka = Self {
             timeouts,
             started: now,
+            lifetime: timeouts.lifetime(),
             last_data: now,
-            client: Liveness::new(now),
-            upstream: Liveness::new(now),
+            client: Liveness::new(heard),
+            upstream: Liveness::new(heard),
             sleep: None,
             armed_for: None,
         };
@@ -119,7 +147,7 @@ impl Keepalive {
             leg_deadline(&self.client),
             leg_deadline(&self.upstream),
             t.idle_timeout.map(|d| self.last_data + d),
-            t.max_lifetime.map(|d| self.started + d),
+            self.lifetime.map(|d| self.started + d),
         ]
         .into_iter()
         .flatten()
@@ -144,7 +172,7 @@ impl Keepalive {
             // The timer fired: check every deadline, then re-arm below.
             let now = Instant::now();
             let t = self.timeouts;
-            if t.max_lifetime.is_some_and(|d| now >= self.started + d) {
+            if self.lifetime.is_some_and(|d| now >= self.started + d) {
                 return Poll::Ready(Expired::Lifetime);
             }
             if t.idle_timeout.is_some_and(|d| now >= self.last_data + d) {

@@ -27,6 +27,8 @@ const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 << 10;
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A leg that has not answered a ping within this is dead.
 const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sessions end up to 10 % before `max_lifetime`, so that a burst of them does not end as one.
+const DEFAULT_MAX_LIFETIME_JITTER: f64 = 0.1;
 
 /// The session stage's settings; one value per layer, shared by its sessions.
 #[derive(Clone, Debug)]
@@ -56,6 +58,7 @@ impl Default for Settings {
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 idle_timeout: None,
                 max_lifetime: None,
+                max_lifetime_jitter: DEFAULT_MAX_LIFETIME_JITTER,
             },
             hooks: Hooks::default(),
             deflate: deflate::Config::default(),

@@ -323,7 +323,7 @@ impl UpstreamPool {
     }
 
     /// Most live sessions per endpoint (nginx's `server ... max_conns=N`); a full endpoint is
-    /// skipped, and when all are full new upgrades get **503** with `Retry-After: 1` before any
+    /// skipped, and when all are full new upgrades get **503** with a spread `Retry-After` before any
     /// is dialled. Default: no limit (0).
     #[must_use]
     pub fn max_sessions(self, max: usize) -> Self {

@@ -172,11 +172,17 @@ impl Plan {
         if let Some(d) = s.max_lifetime {
             layer = layer.max_lifetime(d.0);
         }
+        if let Some(percent) = s.max_lifetime_jitter {
+            layer = layer.max_lifetime_jitter(f64::from(percent.0) / 100.0);
+        }
         if let Some(n) = s.max_message_size {
             layer = layer.max_message_size(n.0).max_frame_size(n.0);
         }
         if let Some(n) = s.max_sessions {
             layer = layer.max_sessions(n);
+        }
+        if let (Some(least), Some(spread)) = (s.retry_after, s.retry_after_spread) {
+            layer = layer.retry_after(least.0, spread.0);
         }
         if let Some(tls) = &self.tls {
             layer = layer.upstream_tls(tls.clone());

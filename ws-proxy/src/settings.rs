@@ -123,6 +123,10 @@ pub(crate) struct Settings {
     /// Close sessions this old; 0: off [default: 0]
     #[arg(long, value_name = "DURATION", help_heading = "Sessions")]
     pub(crate) max_lifetime: Option<Dur>,
+    /// End each session up to this share of --max-lifetime earlier, at random, so that sessions
+    /// opened together do not end together; 0 to 100 [default: 10]
+    #[arg(long, value_name = "PERCENT", help_heading = "Sessions")]
+    pub(crate) max_lifetime_jitter: Option<Ranged<0, 100>>,
     /// Largest message either way [default: 16MiB]
     #[arg(long, value_name = "BYTES", help_heading = "Sessions")]
     pub(crate) max_message_size: Option<Size>,
@@ -130,6 +134,13 @@ pub(crate) struct Settings {
     /// Sessions at once; beyond, 503; 0: no limit [default: 0]
     #[arg(long, value_name = "N", help_heading = "Limits and access")]
     pub(crate) max_sessions: Option<usize>,
+    /// Retry-After of every 503: at least this [default: 1s]
+    #[arg(long, value_name = "DURATION", help_heading = "Limits and access")]
+    pub(crate) retry_after: Option<Dur>,
+    /// Retry-After of every 503: plus up to this, at random, so that clients refused together
+    /// come back spread [default: 4s]
+    #[arg(long, value_name = "DURATION", help_heading = "Limits and access")]
+    pub(crate) retry_after_spread: Option<Dur>,
     /// Sessions at once per upstream endpoint; 0: no limit [default: 0]
     #[arg(long, value_name = "N", help_heading = "Limits and access")]
     pub(crate) max_member_sessions: Option<usize>,
@@ -289,8 +300,11 @@ impl Settings {
             ping_timeout: secs(30),
             idle_timeout: Some(Dur(Duration::ZERO)),
             max_lifetime: Some(Dur(Duration::ZERO)),
+            max_lifetime_jitter: Some(Ranged(10)),
             max_message_size: Some(Size(16 << 20)),
             max_sessions: Some(0),
+            retry_after: Some(Dur(Duration::from_secs(1))),
+            retry_after_spread: Some(Dur(Duration::from_secs(4))),
             max_member_sessions: Some(0),
             require_origin: Some(false),
             escaped_slashes: Some(Text(EscapedSlashes::Keep)),

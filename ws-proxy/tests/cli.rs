@@ -35,6 +35,8 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws://h", "--require-origin", "false"], "ws-proxy: unexpected argument \"false\" (a switch takes its value with =, e.g. --require-origin=false)"),
         (&["--upstream", "ws://h", "--insecure-skip-verify=maybe"], "ws-proxy: --insecure-skip-verify: invalid value \"maybe\" (expected true or false)"),
         (&["--upstream", "ws://h", "--resolve-every", "often"], "ws-proxy: --resolve-every: invalid duration \"often\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
+        (&["--upstream", "ws://h", "--max-lifetime-jitter", "101"], "ws-proxy: --max-lifetime-jitter: \"101\" is not a whole number from 0 to 100"),
+        (&["--upstream", "ws://h", "--retry-after", "soon"], "ws-proxy: --retry-after: invalid duration \"soon\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(BIN)
@@ -111,6 +113,41 @@ async fn max_message_size_flag_is_enforced() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
         other => panic!("expected close 1009, got {other:?}"),
     }
+}
+
+/// `--retry-after` and `--retry-after-spread` set the 503's `Retry-After`; with no spread it
+/// is always the least; `--max-lifetime-jitter 0` ends a session at `--max-lifetime` exactly.
+#[tokio::test]
+async fn retry_after_and_lifetime_jitter_flags_apply() {
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--max-sessions",
+        "1",
+        "--retry-after",
+        "7s",
+        "--retry-after-spread",
+        "0",
+        "--max-lifetime",
+        "600ms",
+        "--max-lifetime-jitter",
+        "0",
+    ])
+    .await;
+    let mut ws = connect(addr, "/").await;
+    let opened = std::time::Instant::now();
+    for _ in 0..5 {
+        let (status, headers, _) = http_request(addr, "/", &UPGRADE_HEADERS).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "7");
+    }
+    match next_message(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // No jitter: not before the full lifetime (less the client's later start).
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(550));
 }
 
 #[tokio::test]

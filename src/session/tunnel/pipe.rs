@@ -469,6 +469,7 @@ mod tests {
             ping_timeout: Duration::from_secs(1),
             idle_timeout: None,
             max_lifetime: None,
+            max_lifetime_jitter: 0.0,
         });
         let mut run = |traffic: &mut Traffic| {
             let polled = poll_fn(|cx| {

@@ -76,6 +76,12 @@ pub enum ProxyError {
     TooManySessions(usize),
     /// Every pool member is at its `max_sessions`: **503** with `Retry-After`.
     MembersFull(usize),
+    /// More new upgrades than [`WsProxyLayer::max_upgrade_rate`](crate::WsProxyLayer::max_upgrade_rate)
+    /// allows: **503** with `Retry-After`.
+    Paced {
+        /// The steady rate, upgrades a second.
+        per_second: u32,
+    },
     /// The routing hook refused the upgrade: its status and body.
     Refused(StatusCode, String),
     /// The TLS handshake with a `wss://` upstream failed (untrusted or expired certificate,
@@ -146,6 +152,7 @@ impl ProxyError {
             Self::ShuttingDown
             | Self::TooManySessions(_)
             | Self::MembersFull(_)
+            | Self::Paced { .. }
             | Self::LocalResources { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
@@ -173,6 +180,7 @@ impl ProxyError {
             Self::ShuttingDown => "shutting_down",
             Self::TooManySessions(_) => "max_sessions",
             Self::MembersFull(_) => "member_max_sessions",
+            Self::Paced { .. } => "upgrade_rate",
             Self::Refused(..) => "route_refused",
             Self::Timeout { .. } => "timeout",
             Self::Handshake(_) => "handshake",
@@ -210,6 +218,10 @@ impl fmt::Display for ProxyError {
             Self::MissingOrigin => f.write_str("an Origin header is required"),
             Self::ShuttingDown => f.write_str("the proxy is shutting down; retry elsewhere"),
             Self::TooManySessions(n) => write!(f, "the proxy is at its limit of {n} sessions"),
+            Self::Paced { per_second } => write!(
+                f,
+                "the proxy takes new sessions at {per_second} a second; try again shortly"
+            ),
             Self::Refused(_, body) => f.write_str(body),
             Self::MembersFull(n) => {
                 write!(f, "every upstream member is at its limit of {n} sessions")

@@ -248,6 +248,26 @@ impl WsProxyLayer {
         self.handshake(|h| h.max_sessions = max)
     }
 
+    /// Paces new upgrades: at most `per_second` a second on average, at most `burst` at once;
+    /// the others get **503** with a spread `Retry-After` (cause `upgrade_rate`) before any
+    /// upstream is dialled. A replica that starts into a reconnect storm then passes it on at
+    /// a rate its upstreams can take. Zero `per_second` turns pacing off (the default); a zero
+    /// `burst` counts as one. Copies of a layer share one pace; a reload starts a new one.
+    ///
+    /// ```
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// // 200 new sessions a second, up to 50 at once.
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).max_upgrade_rate(200, 50);
+    /// # let _ = layer;
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+    /// ```
+    pub fn max_upgrade_rate(self, per_second: u32, burst: u32) -> Self {
+        let pacing = (per_second > 0)
+            .then(|| Arc::new(crate::handshake::pacing::Pacing::new(per_second, burst)));
+        self.handshake(|h| h.pacing = pacing)
+    }
+
     /// The `Retry-After` of every **503** (session limits, shutting down, the proxy out of
     /// resources): at least `least`, plus a random part of `spread`, in whole seconds, so that
     /// clients refused in one burst come back spread out. Default: 1 s plus up to 4 s (values

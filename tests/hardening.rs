@@ -281,3 +281,38 @@ async fn retry_after_is_spread_over_its_range() {
         }
     }
 }
+
+/// With pacing, a burst of upgrades gets the burst and then the steady rate; the rest are 503
+/// with a spread `Retry-After`, before any dial.
+#[tokio::test]
+async fn upgrades_past_the_rate_are_503_until_the_pace_allows() {
+    let (up, accepted) = counting_upstream().await;
+    let proxy = proxy(WsProxyLayer::new(upstream(up)).max_upgrade_rate(20, 5)).await;
+    let started = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let (status, headers, body) = http_request(proxy, "/", &UPGRADE_HEADERS).await;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            admitted += 1;
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_retry_after(&headers);
+            assert_eq!(
+                &body[..],
+                b"the proxy takes new sessions at 20 a second; try again shortly\n"
+            );
+        }
+    }
+    // The burst, plus what the rate refilled while the requests ran.
+    let refilled = (started.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    assert!(
+        (5..=5 + refilled).contains(&admitted),
+        "{admitted} admitted in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        admitted,
+        "refusals never dial"
+    );
+}

@@ -12,6 +12,7 @@ pub(crate) mod extensions;
 pub(crate) mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod origin;
+pub(crate) mod pacing;
 pub(crate) mod redact;
 pub(crate) mod request;
 pub(crate) mod route;

@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub(crate) max_sessions: usize,
     /// `Retry-After` on a 503: the least, and the range above it a value is drawn from.
     pub(crate) retry_after: (Duration, Duration),
+    /// New upgrades a second, shared by every copy of this configuration; `None`: no pacing.
+    pub(crate) pacing: Option<std::sync::Arc<crate::handshake::pacing::Pacing>>,
     pub(crate) trusted_proxies: TrustedProxies,
     /// Query parameters logged as `REDACTED`.
     pub(crate) redact: Redact,
@@ -70,6 +72,7 @@ impl Settings {
             origins: Origins::new([], true),
             max_sessions: 0,
             retry_after: (DEFAULT_RETRY_AFTER, DEFAULT_RETRY_AFTER_SPREAD),
+            pacing: None,
             trusted_proxies: TrustedProxies::default(),
             redact: Redact::default(),
             session_id_header: None,

@@ -100,6 +100,13 @@ async fn proceed<B>(
             NotAdmitted::ShuttingDown => ProxyError::ShuttingDown,
             NotAdmitted::Full(n) => ProxyError::TooManySessions(n),
         })?;
+    if let Some(pacing) = &config.pacing {
+        if !pacing.admit() {
+            return Err(ProxyError::Paced {
+                per_second: pacing.per_second(),
+            });
+        }
+    }
     // Every admitted upgrade gets an id: in its logs, its hooks and (if asked) upstream.
     let id = permit.sessions().next_id();
     let peer = refusal.client;

@@ -181,6 +181,10 @@ impl Plan {
         if let Some(n) = s.max_sessions {
             layer = layer.max_sessions(n);
         }
+        if let Some(rate) = s.max_upgrade_rate.filter(|r| *r > 0) {
+            let burst = s.upgrade_burst.filter(|b| *b > 0).unwrap_or(rate);
+            layer = layer.max_upgrade_rate(rate, burst);
+        }
         if let (Some(least), Some(spread)) = (s.retry_after, s.retry_after_spread) {
             layer = layer.retry_after(least.0, spread.0);
         }

@@ -134,6 +134,13 @@ pub(crate) struct Settings {
     /// Sessions at once; beyond, 503; 0: no limit [default: 0]
     #[arg(long, value_name = "N", help_heading = "Limits and access")]
     pub(crate) max_sessions: Option<usize>,
+    /// New upgrades a second at most; beyond, 503; 0: no pacing [default: 0]
+    #[arg(long, value_name = "N", help_heading = "Limits and access")]
+    pub(crate) max_upgrade_rate: Option<u32>,
+    /// New upgrades at once at most, with --max-upgrade-rate; 0: as many as the rate
+    /// [default: 0]
+    #[arg(long, value_name = "N", help_heading = "Limits and access")]
+    pub(crate) upgrade_burst: Option<u32>,
     /// Retry-After of every 503: at least this [default: 1s]
     #[arg(long, value_name = "DURATION", help_heading = "Limits and access")]
     pub(crate) retry_after: Option<Dur>,
@@ -303,6 +310,8 @@ impl Settings {
             max_lifetime_jitter: Some(Ranged(10)),
             max_message_size: Some(Size(16 << 20)),
             max_sessions: Some(0),
+            max_upgrade_rate: Some(0),
+            upgrade_burst: Some(0),
             retry_after: Some(Dur(Duration::from_secs(1))),
             retry_after_spread: Some(Dur(Duration::from_secs(4))),
             max_member_sessions: Some(0),

@@ -150,6 +150,26 @@ async fn retry_after_and_lifetime_jitter_flags_apply() {
     assert!(opened.elapsed() >= std::time::Duration::from_millis(550));
 }
 
+/// `--max-upgrade-rate` and `--upgrade-burst` pace new upgrades.
+#[tokio::test]
+async fn upgrade_rate_flags_pace_new_sessions() {
+    let up = echo_upstream().await;
+    let (_child, addr) = start(&[
+        "--upstream",
+        &format!("ws://{up}"),
+        "--max-upgrade-rate",
+        "1",
+        "--upgrade-burst",
+        "2",
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(http_request(addr, "/", &UPGRADE_HEADERS).await.0.as_u16());
+    }
+    assert_eq!(statuses, [101, 101, 503, 503]);
+}
+
 #[tokio::test]
 async fn an_unreachable_upstream_is_502_from_the_binary() {
     let dead = closed_port().await;

@@ -476,3 +476,44 @@ async fn hash_ip_behind_trusted_proxies_uses_the_forwarded_client() {
     );
     assert_eq!(ignored.len(), 1, "an untrusted header is not a hash key");
 }
+
+/// A member added to a least-conn pool under a stream of new sessions takes them along the
+/// slow-start ramp (its weight growing from 5 % to all of it), not every one at once; by the
+/// ramp's end it has caught up.
+#[tokio::test]
+async fn a_member_added_with_slow_start_takes_sessions_along_the_ramp() {
+    let (a, b) = (named("a").await, named("b").await);
+    let ramp = Duration::from_millis(1500);
+    let pool = UpstreamPool::from_urls([format!("ws://{a}")])
+        .unwrap()
+        .slow_start(ramp);
+    let proxy = proxy(WsProxyLayer::new(pool.clone())).await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut ws = connect(proxy, "/").await;
+        assert_eq!(next_message(&mut ws).await, Message::text("a"));
+        held.push(ws);
+    }
+    pool.insert(format!("ws://{b}").parse::<Member>().unwrap());
+    let started = Instant::now();
+    let (mut on_a, mut on_b) = (40usize, 0usize);
+    for k in 0..60 {
+        let mut ws = connect(proxy, "/").await;
+        // Picked before now: its share then was at most this.
+        let share = (started.elapsed().as_secs_f64() / ramp.as_secs_f64()).clamp(0.05, 1.0);
+        if next_message(&mut ws).await == Message::text("b") {
+            on_b += 1;
+        } else {
+            on_a += 1;
+        }
+        let bound = (share * on_a as f64).ceil() as usize + 2;
+        assert!(
+            on_b <= bound,
+            "session {k}: {on_b} on b, ramp allows {bound} ({on_a} on a)"
+        );
+        held.push(ws);
+        // A steady stream of new sessions, not a burst.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(on_b >= 35, "b did not catch up: {on_b} against {on_a}");
+}

@@ -89,6 +89,11 @@ struct State {
     members: Vec<Slot>,
     /// Sessions per endpoint; 0: no limit.
     max_sessions: usize,
+    /// How long an endpoint that joins or comes back takes to reach its full weight; zero: at
+    /// once.
+    slow_start: Duration,
+    /// The pool's first pick: endpoints there before it started serving do not ramp.
+    first_pick: Option<Instant>,
     /// Where least-conn's tie-break starts next.
     cursor: usize,
 }
@@ -112,6 +117,8 @@ struct EndpointSlot {
     fails: u32,
     window_start: Instant,
     down_until: Option<Instant>,
+    /// When the endpoint joined the pool (slow start counts from here, or from its return).
+    joined: Instant,
 }
 
 /// One address of one member: what a session is dialled to. Counters are atomic so sessions
@@ -241,6 +248,8 @@ impl UpstreamPool {
                 resolver: Arc::new(SystemResolver),
                 members: Vec::new(),
                 max_sessions: 0,
+                slow_start: Duration::ZERO,
+                first_pick: None,
                 cursor: 0,
             })),
         }
@@ -280,6 +289,8 @@ impl UpstreamPool {
                     .map(|s| Slot::new(s.member.clone()))
                     .collect(),
                 max_sessions: st.max_sessions,
+                slow_start: st.slow_start,
+                first_pick: None,
                 cursor: 0,
             })),
         }
@@ -328,6 +339,27 @@ impl UpstreamPool {
     #[must_use]
     pub fn max_sessions(self, max: usize) -> Self {
         self.set(|s| s.max_sessions = max)
+    }
+
+    /// Slow start (HAProxy's `slowstart`, Envoy's `slow_start_config`): an endpoint that joins
+    /// the pool, or comes back after being out of rotation, takes its share of new sessions
+    /// gradually, its weight growing from 5 % to all of it over `ramp`. Under least-conn an
+    /// empty new member would otherwise take every new session at once. Least-conn and
+    /// round-robin only: hash pools are exempt (a ramp would send the new member's keys
+    /// elsewhere first, and move them again). Default: off (zero).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::upstream::UpstreamPool;
+    ///
+    /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000", "ws://10.0.0.2:3000"])?
+    ///     .slow_start(Duration::from_secs(60));
+    /// # let _ = pool;
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+    /// ```
+    #[must_use]
+    pub fn slow_start(self, ramp: Duration) -> Self {
+        self.set(|s| s.slow_start = ramp)
     }
 
     /// The resolver for member host names. Default: the system resolver.
@@ -393,6 +425,7 @@ impl UpstreamPool {
                     o.fail_timeout,
                     o.resolve_every,
                     o.max_sessions,
+                    o.slow_start,
                     o.resolver.clone(),
                 ),
                 o.members
@@ -409,6 +442,7 @@ impl UpstreamPool {
             st.fail_timeout,
             st.resolve_every,
             st.max_sessions,
+            st.slow_start,
             st.resolver,
         ) = settings;
         st.members
@@ -631,6 +665,7 @@ impl UpstreamPool {
     ) -> Result<Lease, NoPick> {
         let now = Instant::now();
         let mut st = self.lock();
+        st.first_pick.get_or_insert(now);
         let mut open = Vec::new();
         let mut down = Vec::new();
         let max = st.max_sessions;
@@ -741,12 +776,40 @@ impl UpstreamPool {
 }
 
 impl State {
+    /// An endpoint's weight now: the member's, in thousandths, ramped by slow start.
+    fn weight(&self, m: usize, e: usize, now: Instant) -> u64 {
+        let slot = &self.members[m];
+        let full = u64::from(slot.member.weight()) * 1000;
+        if self.slow_start.is_zero() {
+            return full;
+        }
+        let ep = &slot.endpoints[e];
+        // Counted from the end of its last time out of rotation, or from joining a pool that
+        // was already serving (the endpoints it started with share evenly from the start).
+        let came_back = ep.down_until.filter(|back| *back <= now);
+        let joined = self
+            .first_pick
+            .filter(|first| ep.joined > *first)
+            .map(|_| ep.joined);
+        let since = match (came_back, joined) {
+            (Some(back), Some(joined)) => back.max(joined),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => return full,
+        };
+        let share = now.duration_since(since).as_secs_f64() / self.slow_start.as_secs_f64();
+        // From 5 % up, so that a joining endpoint is never shut out.
+        (full as f64 * share.clamp(0.05, 1.0)) as u64
+    }
+
     /// Fewest live sessions per unit of weight; ties round-robin from `cursor`.
     fn least_conn(&mut self, candidates: &[(usize, usize)]) -> usize {
+        let now = Instant::now();
         let load = |&(m, e): &(usize, usize)| {
-            let slot = &self.members[m];
-            let live = slot.endpoints[e].endpoint.live.load(Ordering::Relaxed) as u64;
-            (live, u64::from(slot.member.weight()))
+            let live = self.members[m].endpoints[e]
+                .endpoint
+                .live
+                .load(Ordering::Relaxed) as u64;
+            (live, self.weight(m, e, now))
         };
         let n = candidates.len();
         let start = self.cursor % n;
@@ -765,13 +828,13 @@ impl State {
 
     /// nginx's smooth weighted round-robin.
     fn smooth_round_robin(&mut self, candidates: &[(usize, usize)]) -> usize {
+        let now = Instant::now();
         let mut total = 0i64;
         let mut best = 0;
         let mut best_current = i64::MIN;
         for (i, &(m, e)) in candidates.iter().enumerate() {
-            let slot = &mut self.members[m];
-            let w = i64::from(slot.member.weight());
-            let ep = &mut slot.endpoints[e];
+            let w = i64::try_from(self.weight(m, e, now)).unwrap_or(i64::MAX);
+            let ep = &mut self.members[m].endpoints[e];
             ep.current += w;
             total += w;
             if ep.current > best_current {
@@ -837,6 +900,7 @@ impl EndpointSlot {
             fails: 0,
             window_start: Instant::now(),
             down_until: None,
+            joined: Instant::now(),
         }
     }
 }
@@ -908,6 +972,7 @@ impl fmt::Debug for UpstreamPool {
             .field("fail_timeout", &st.fail_timeout)
             .field("resolve_every", &st.resolve_every)
             .field("max_sessions", &st.max_sessions)
+            .field("slow_start", &st.slow_start)
             .field("resolver", &super::resolve::ResolverName)
             .finish()
     }

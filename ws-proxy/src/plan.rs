@@ -65,6 +65,7 @@ impl Plan {
             max_fails: s.max_fails,
             fail_timeout: s.fail_timeout,
             resolve_every: s.resolve_every,
+            slow_start: s.slow_start,
             max_member_sessions: s.max_member_sessions,
         })
         .map_err(|e| format!("--upstream: {e}"))?;
@@ -282,6 +283,9 @@ fn pool(p: &PoolSettings) -> Result<UpstreamPool, String> {
     }
     if let Some(n) = p.max_member_sessions {
         pool = pool.max_sessions(n);
+    }
+    if let Some(d) = p.slow_start {
+        pool = pool.slow_start(d.0);
     }
     Ok(pool)
 }

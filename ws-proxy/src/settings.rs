@@ -74,6 +74,10 @@ pub(crate) struct Settings {
     /// How often host names are resolved again [default: 30s]
     #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
     pub(crate) resolve_every: Option<Positive>,
+    /// An endpoint that joins or comes back reaches its full share of new sessions over this
+    /// (least-conn and round-robin); 0: at once [default: 0]
+    #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
+    pub(crate) slow_start: Option<Dur>,
     /// TCP connect plus upstream handshake, failover included [default: 10s]
     #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
     pub(crate) connect_timeout: Option<Positive>,
@@ -243,6 +247,7 @@ pub(crate) struct PoolSettings {
     pub(crate) max_fails: Option<u32>,
     pub(crate) fail_timeout: Option<Positive>,
     pub(crate) resolve_every: Option<Positive>,
+    pub(crate) slow_start: Option<Dur>,
     pub(crate) max_member_sessions: Option<usize>,
 }
 
@@ -294,6 +299,7 @@ impl Settings {
             balance: Some(Text(Balance::LeastConn)),
             max_fails: Some(1),
             fail_timeout: secs(10),
+            slow_start: Some(Dur(Duration::ZERO)),
             resolve_every: secs(30),
             connect_timeout: secs(10),
             insecure_skip_verify: Some(false),

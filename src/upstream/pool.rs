@@ -977,3 +977,29 @@ impl fmt::Debug for UpstreamPool {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With slow start, an endpoint back from being out of rotation ramps its weight from 5 %;
+    /// one the pool started with, and never lost, keeps all of it.
+    #[test]
+    fn an_endpoint_back_from_being_down_ramps_its_weight() {
+        let pool = UpstreamPool::from_urls(["ws://127.0.0.1:1", "ws://127.0.0.1:2"])
+            .unwrap()
+            .slow_start(Duration::from_secs(10))
+            .fail_timeout(Duration::from_millis(20));
+        let Ok(_lease) = pool.pick(None, &[]) else {
+            panic!("nothing to pick");
+        };
+        let back = pool.lock().members[1].endpoints[0].endpoint.clone();
+        pool.report(&back, false);
+        std::thread::sleep(Duration::from_millis(30));
+        let st = pool.lock();
+        let now = Instant::now();
+        assert_eq!(st.weight(0, 0, now), 1000);
+        let ramped = st.weight(1, 0, now);
+        assert!((50..=60).contains(&ramped), "{ramped}");
+    }
+}

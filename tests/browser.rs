@@ -93,27 +93,46 @@ async fn chromium_carries_the_websocket_over_http2_through_wss() {
     let trust = format!("--ignore-certificate-errors-spki-list={pin}");
     // A message there and back, then the upstream's close code 4000 and reason: the page
     // mirrors its state in its title.
-    let page = Browser::open_with(&browser, &url, std::slice::from_ref(&trust)).await;
-    let title = page.title_with("closed").await;
-    assert_eq!(
-        title,
-        "closed 4000 goodbye from the upstream | subprotocol echo.v1 | echo hello over h2"
-    );
-    drop(page);
-    // The session has closed and logged its summary. (The other tests
-    // in this binary log plaintext sessions, tls=false.)
-    let line = within("the session's log line", async {
-        loop {
-            let text = logs.text();
-            let ours = |l: &&str| l.contains("session closed") && l.contains("tls=true");
-            if let Some(line) = text.lines().find(ours) {
-                return line.to_owned();
+    // Chromium carries a WebSocket over HTTP/2 only on an h2 connection it already holds to
+    // the origin; on rare runs it opens the WebSocket on a connection of its own, over
+    // HTTP/1.1 (both are proxied; the log line says which). Up to three page loads, then, for
+    // one that takes the RFC 8441 path.
+    let mut seen = Vec::new();
+    let line = loop {
+        let before = logs
+            .text()
+            .lines()
+            .filter(|l| l.contains("tls=true"))
+            .count();
+        let page = Browser::open_with(&browser, &url, std::slice::from_ref(&trust)).await;
+        let title = page.title_with("closed").await;
+        assert_eq!(
+            title,
+            "closed 4000 goodbye from the upstream | subprotocol echo.v1 | echo hello over h2"
+        );
+        drop(page);
+        // The session has closed and logged its summary. (The other tests
+        // in this binary log plaintext sessions, tls=false.)
+        let line = within("the session's log line", async {
+            loop {
+                let text = logs.text();
+                let ours = |l: &&str| l.contains("session closed") && l.contains("tls=true");
+                if let Some(line) = text.lines().filter(ours).nth(before) {
+                    return line.to_owned();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        })
+        .await;
+        if line.contains("protocol=\"h2\"") {
+            break line;
         }
-    })
-    .await;
-    assert!(line.contains("protocol=\"h2\""), "not over HTTP/2: {line}");
+        seen.push(line);
+        assert!(
+            seen.len() < 3,
+            "not over HTTP/2 in three page loads: {seen:#?}"
+        );
+    };
     assert!(line.contains("path=/echo"), "{line}");
     // Compressed at the edge over HTTP/2 as over HTTP/1.1.
     assert!(

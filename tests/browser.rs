@@ -99,11 +99,8 @@ async fn chromium_carries_the_websocket_over_http2_through_wss() {
     // one that takes the RFC 8441 path.
     let mut seen = Vec::new();
     let line = loop {
-        let before = logs
-            .text()
-            .lines()
-            .filter(|l| l.contains("tls=true"))
-            .count();
+        let closed = |l: &&str| l.contains("session closed") && l.contains("tls=true");
+        let before = logs.text().lines().filter(closed).count();
         let page = Browser::open_with(&browser, &url, std::slice::from_ref(&trust)).await;
         let title = page.title_with("closed").await;
         assert_eq!(
@@ -116,8 +113,7 @@ async fn chromium_carries_the_websocket_over_http2_through_wss() {
         let line = within("the session's log line", async {
             loop {
                 let text = logs.text();
-                let ours = |l: &&str| l.contains("session closed") && l.contains("tls=true");
-                if let Some(line) = text.lines().filter(ours).nth(before) {
+                if let Some(line) = text.lines().filter(closed).nth(before) {
                     return line.to_owned();
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

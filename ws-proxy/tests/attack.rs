@@ -598,10 +598,11 @@ async fn memory_goes_back_after_a_burst_of_silent_connections() {
     drop(held);
     let after = within("memory to go back", async {
         loop {
-            // At least half of what the burst took comes back.
+            // At least a third of what the burst took comes back (typically two thirds; one
+            // run in CI returned 49 %; when it was kept, 18 % came back).
             let now = proc_status_kib(&child, "VmRSS:");
             eprintln!("RSS {baseline} -> {peak} -> {now} KiB");
-            if now <= baseline + (peak - baseline) / 2 {
+            if now <= peak - (peak - baseline) / 3 {
                 return now;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -30,17 +30,15 @@ pub(crate) struct Timeouts {
     pub(crate) ping_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
-    /// The largest part of `max_lifetime` a session's own lifetime may be shortened by, 0 to 1.
+    /// The largest part of `max_lifetime` a session's own lifetime may be shortened by, 0 to 1
+    /// (the layer's setter keeps it there).
     pub(crate) max_lifetime_jitter: f64,
 }
 
 impl Timeouts {
     /// One session's lifetime: `max_lifetime` less a random part of it, up to the jitter.
     fn lifetime(&self) -> Option<Duration> {
-        let jitter = match self.max_lifetime_jitter {
-            j if j.is_nan() => 0.0,
-            j => j.clamp(0.0, 1.0),
-        };
+        let jitter = self.max_lifetime_jitter;
         self.max_lifetime
             .map(|d| d.mul_f64(1.0 - jitter * rand::random::<f64>()))
     }

@@ -813,13 +813,13 @@ impl State {
         };
         let n = candidates.len();
         let start = self.cursor % n;
-        let mut best = start;
+        let (mut best, mut best_load) = (start, load(&candidates[start]));
         for step in 1..n {
             let i = (start + step) % n;
             let (live_i, w_i) = load(&candidates[i]);
-            let (live_b, w_b) = load(&candidates[best]);
+            let (live_b, w_b) = best_load;
             if live_i * w_b < live_b * w_i {
-                best = i;
+                (best, best_load) = (i, (live_i, w_i));
             }
         }
         self.cursor = best + 1;

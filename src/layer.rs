@@ -673,7 +673,7 @@ impl WsProxyLayer {
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.config.sessions.clone())
+        ShutdownHandle::new(self.config.sessions.clone())
     }
 
     /// Most bytes of a refusing upstream's body (401, 403, ...) relayed to the client; the rest

@@ -123,7 +123,7 @@ pub use handshake::request::{EscapedSlashes, ParseEscapedSlashesError};
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
-pub use registry::ShutdownHandle;
+pub use registry::{DrainProgress, ShutdownHandle};
 pub use reload::{ReloadHandle, ReloadableLayer};
 #[cfg(feature = "serve")]
 pub use serve::serve;

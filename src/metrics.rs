@@ -22,6 +22,7 @@ mod imp {
     pub(crate) const SPLICED_BYTES: &str = "ws_proxy_spliced_bytes_total";
     pub(crate) const SESSIONS_OPENED: &str = "ws_proxy_sessions_opened_total";
     pub(crate) const TLS_RELOADS: &str = "ws_proxy_tls_reloads_total";
+    pub(crate) const SESSIONS_SHED: &str = "ws_proxy_sessions_shed_total";
 
     /// Registers descriptions (the `# HELP` lines) with the installed recorder; call it once
     /// after installing one.
@@ -71,6 +72,10 @@ mod imp {
             "Sessions opened, by the client's protocol (h1, h2) and whether it came over TLS"
         );
         describe_counter!(TLS_RELOADS, "Certificate reloads, by result");
+        describe_counter!(
+            SESSIONS_SHED,
+            "Sessions the proxy asked to close with 1012, by reason (drain, rebalance)"
+        );
     }
 
     /// `upstream`: the endpoint's address as text, made once per endpoint.
@@ -111,6 +116,11 @@ mod imp {
             4000..=4999 => "4000-4999",
             _ => "other",
         }
+    }
+
+    /// The proxy asked a healthy session to close (`reason`: `drain`, `rebalance`).
+    pub(crate) fn session_shed(reason: &'static str) {
+        counter!(SESSIONS_SHED, "reason" => reason).increment(1);
     }
 
     pub(crate) fn handshake_failed(cause: &'static str) {
@@ -211,6 +221,7 @@ mod imp {
     pub(crate) fn tls_reloaded(_: bool) {}
     pub(crate) fn session_closed(_: &Arc<str>, _: &'static str, _: u16, _: u16) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
+    pub(crate) fn session_shed(_: &'static str) {}
     pub(crate) fn undeliverable(_: &'static str, _: u64) {}
     pub(crate) fn upstream_answered(_: Duration) {}
     pub(crate) fn spliced(_: usize) {}
@@ -242,7 +253,8 @@ pub use imp::describe_metrics;
 #[cfg(all(feature = "serve", feature = "tls"))]
 pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
-    handshake_failed, session_closed, session_opened, spliced, undeliverable, upstream_answered,
+    handshake_failed, session_closed, session_opened, session_shed, spliced, undeliverable,
+    upstream_answered,
     TrafficCounters,
 };
 

@@ -296,7 +296,7 @@ async fn run(server: Serve) -> io::Result<()> {
         shutdown,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
-    let (stop_tx, stop_rx) = watch::channel(());
+    let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     let mut connections = JoinSet::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -334,14 +334,49 @@ async fn run(server: Serve) -> io::Result<()> {
         connections.spawn(served);
     }
     drop(listener);
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(Phase::Stopping);
     let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     });
     if drained.await.is_err() {
-        tracing::warn!("HTTP connections still open after {grace:?}; closing them");
+        tracing::warn!(
+            "HTTP connections still open after {grace:?}; closing those without WebSocket sessions"
+        );
+        // HTTP/2 connections carrying the proxy's sessions stay until the sessions end: they
+        // are the layer's to close (its paced drain, then its own deadline).
+        let _ = stop_tx.send(Phase::PastGrace);
+        while connections.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Where the server's shutdown is, as each connection sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Stop taking requests; finish those in progress.
+    Stopping,
+    /// The grace is over: close, unless the proxy's sessions are open on the connection.
+    PastGrace,
+}
+
+type Stop = watch::Receiver<Phase>;
+
+/// Completes once the grace is over.
+async fn past_grace(stop: &mut Stop) {
+    if stop.wait_for(|p| *p >= Phase::PastGrace).await.is_err() {
+        // The server is gone: nothing will say so any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `fut`, unless the server's grace ends first (`None`).
+async fn before_grace<F: Future>(stop: &mut Stop, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = past_grace(stop) => None,
+    }
 }
 
 /// One accepted connection.
@@ -356,7 +391,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(self, mut tcp: TcpStream, stop: &mut watch::Receiver<()>) {
+    async fn serve(self, mut tcp: TcpStream, stop: &mut Stop) {
         let Conn {
             app,
             mut remote,
@@ -368,7 +403,11 @@ impl Conn {
         } = self;
         let accepted = tokio::time::Instant::now();
         if proxy_protocol {
-            match tokio::time::timeout(header_timeout, proxy_header::read(&mut tcp)).await {
+            let header = tokio::time::timeout(header_timeout, proxy_header::read(&mut tcp));
+            let Some(header) = before_grace(stop, header).await else {
+                return;
+            };
+            match header {
                 Ok(Ok(Some(client))) => remote = client,
                 Ok(Ok(None)) => {} // LOCAL / UNKNOWN: a health check; the peer stays.
                 Ok(Err(e)) => {
@@ -387,7 +426,11 @@ impl Conn {
         #[cfg(feature = "tls")]
         if let Some(tls) = &tls {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let stream = match tokio::time::timeout(left(), acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(left(), acceptor.accept(tcp));
+            let Some(handshake) = before_grace(stop, handshake).await else {
+                return;
+            };
+            let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %remote, "closed: TLS handshake failed: {e}");
@@ -420,8 +463,9 @@ impl Conn {
             first_request: Flag::default(),
             streams: Default::default(),
         };
-        let Ok(h2) = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)).await else {
-            return; // Nothing decisive within the header deadline.
+        let preface = tokio::time::timeout(left(), opens_with_h2_preface(&tcp));
+        let Some(Ok(h2)) = before_grace(stop, preface).await else {
+            return; // Nothing decisive within the header deadline (or the grace).
         };
         // hyper gets the socket itself, so an upgraded connection can be downcast back to it
         // and a tunnel can splice it.
@@ -526,7 +570,7 @@ async fn serve_http<I>(
     service: Handler,
     first: Duration,
     idle: Duration,
-    stop: &mut watch::Receiver<()>,
+    stop: &mut Stop,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -545,7 +589,7 @@ async fn serve_h2<I>(
     service: Handler,
     first: Duration,
     idle: Duration,
-    stop: &mut watch::Receiver<()>,
+    stop: &mut Stop,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -577,7 +621,16 @@ async fn serve_h2<I>(
         _ = conn.as_mut() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = past_grace(stop) => {
+                    // The proxy's sessions on it end as its drain closes them.
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = streams.sessions_ended() => {}
+                    }
+                }
+            }
         }
         goaway = deadlines => if goaway {
             conn.as_mut().graceful_shutdown();
@@ -596,7 +649,7 @@ async fn serve_h2<I>(
     }
 }
 
-async fn serve_h1<I>(io: I, service: Handler, first: Duration, stop: &mut watch::Receiver<()>)
+async fn serve_h1<I>(io: I, service: Handler, first: Duration, stop: &mut Stop)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -617,7 +670,10 @@ where
                 return;
             }
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = past_grace(stop) => {}
+            }
         }
     }
 }

@@ -155,7 +155,7 @@ async fn a_per_member_limit_skips_full_members_then_503s() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_every_session_with_1001_and_refuses_new_ones() {
+async fn shutdown_closes_every_session_with_1012_and_refuses_new_ones() {
     let (up, mut seen) = reporting_upstream().await;
     let layer = WsProxyLayer::new(upstream(up));
     let handle = layer.shutdown_handle();
@@ -175,17 +175,20 @@ async fn shutdown_closes_every_session_with_1001_and_refuses_new_ones() {
             Message::Close(Some(f)) => {
                 assert_eq!(
                     (u16::from(f.code), f.reason.as_str()),
-                    (1001, "proxy shutting down")
+                    (1012, "proxy draining, reconnect")
                 )
             }
-            other => panic!("expected close 1001, got {other:?}"),
+            other => panic!("expected close 1012, got {other:?}"),
         }
         // Reading on answers the close; the stream then ends.
         while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     }
     for _ in 0..3 {
         match seen.next().await {
-            Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+            Some(Message::Close(Some(f))) => assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1001, "proxy draining, reconnect")
+            ),
             other => panic!("expected close 1001 upstream, got {other:?}"),
         }
         assert_eq!(seen.next().await, None);

@@ -63,8 +63,8 @@ async fn the_session_registry_spans_generations() {
     let draining = tokio::spawn(async move { drain.shutdown(Duration::from_secs(5)).await });
     for ws in [&mut old, &mut new] {
         match next_message(ws).await {
-            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-            other => panic!("expected 1001, got {other:?}"),
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012),
+            other => panic!("expected 1012, got {other:?}"),
         }
         // Answer the close, as a client does.
         while let Some(Ok(_)) = futures_util::StreamExt::next(ws).await {}

@@ -331,6 +331,7 @@ impl UpstreamRequest {
             headers: self.hook_headers.take(),
             extensions: self.hook_extensions.take(),
             held: self.held.take(),
+            hash_key: self.hash_key.take().map(Vec::into_boxed_slice),
         }
     }
 

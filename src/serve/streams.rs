@@ -20,6 +20,25 @@ pub(super) struct Streams {
     /// A stream whose end the server cannot see (an app's own WebSocket over HTTP/2): the
     /// connection is never treated as idle.
     unseen: AtomicBool,
+    /// The proxy's WebSocket sessions on this connection (HTTP/2), and woken when the last
+    /// ends.
+    sessions: AtomicUsize,
+    sessions_ended: Notify,
+}
+
+/// One of the proxy's sessions on an HTTP/2 connection, held by the session.
+#[derive(Debug)]
+struct SessionStream {
+    _open: Open,
+    streams: Arc<Streams>,
+}
+
+impl Drop for SessionStream {
+    fn drop(&mut self) {
+        if self.streams.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.streams.sessions_ended.notify_waiters();
+        }
+    }
 }
 
 /// Counts as an open stream until dropped.
@@ -48,7 +67,26 @@ impl Streams {
     /// For an HTTP/2 extended CONNECT: a slot the proxy's session takes an [`Open`] from and
     /// keeps until it ends, so the WebSocket stream counts as open.
     pub(super) fn slot_for_session(self: &Arc<Self>) -> HeldBySession {
-        HeldBySession::new(Box::new(self.open()))
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        HeldBySession::new(Box::new(SessionStream {
+            _open: self.open(),
+            streams: self.clone(),
+        }))
+    }
+
+    /// Completes once none of the proxy's sessions is open on this connection. Until then the
+    /// connection outlives the server's grace: the sessions are the layer's to end (its
+    /// paced drain), and cutting the connection would end them all at once with 1006.
+    pub(super) async fn sessions_ended(&self) {
+        loop {
+            let ended = self.sessions_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.sessions.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// A CONNECT was answered 2xx but nothing kept its slot: some other handler has the

@@ -17,13 +17,14 @@
 //! | client does not answer a ping within `ping_timeout` | dropped | **1001** |
 //! | upstream does not answer a ping within `ping_timeout` | **1011** | dropped |
 //! | `idle_timeout` or `max_lifetime` reached | **1001** | **1001** |
-//! | graceful shutdown | **1001** | **1001** |
+//! | a drain (shutdown, an operator's request) or rebalancing asks it to close | **1012** | **1001** |
 //!
 //! In tunnel mode the proxy does not parse payloads, so protocol errors are left to the peers
 //! (their own close frames pass through as in the first two rows).
 
 use std::time::Duration;
 
+use crate::registry::CloseRequest;
 use crate::session::hooks::ClosedBy;
 use crate::session::leg::{Expired, Side};
 
@@ -59,6 +60,18 @@ impl Outcome {
             client_code: 1001,
             upstream_code: 1001,
             reason: why.to_owned(),
+            dead: None,
+        }
+    }
+
+    /// The proxy asked the session to close (a drain, rebalancing): the client gets the
+    /// request's code (1012), the upstream 1001, both the reason.
+    pub(crate) fn requested(request: CloseRequest) -> Self {
+        Self {
+            closed_by: ClosedBy::Proxy,
+            client_code: request.client_code,
+            upstream_code: 1001,
+            reason: request.reason.to_owned(),
             dead: None,
         }
     }

@@ -13,11 +13,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::registry::Entry;
 use crate::session::leg::{Expired, Side};
 
 /// The payload of the proxy's own keepalive pings (both modes).
@@ -77,10 +79,13 @@ pub(crate) struct Keepalive {
     /// The waker `sleep` was last polled with: until it fires, polling it again with the same
     /// waker changes nothing, and the session's task polls on every wake-up.
     armed_for: Option<Waker>,
+    /// The session's registry entry, told of each data message (a drain closes idle ones
+    /// first).
+    entry: Option<Arc<Entry>>,
 }
 
 impl Keepalive {
-    pub(crate) fn new(timeouts: Timeouts) -> Self {
+    pub(crate) fn new(timeouts: Timeouts, entry: Option<Arc<Entry>>) -> Self {
         let now = Instant::now();
         // The first ping of each leg at a random point of the second half of the interval:
         // as if the leg had last been heard up to half an interval ago.
@@ -97,6 +102,7 @@ impl Keepalive {
             upstream: Liveness::new(heard),
             sleep: None,
             armed_for: None,
+            entry,
         };
         if let Some(at) = ka.next_deadline() {
             ka.sleep = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -121,6 +127,9 @@ impl Keepalive {
     /// A data message was forwarded.
     pub(crate) fn data(&mut self, now: Instant) {
         self.last_data = now;
+        if let Some(entry) = &self.entry {
+            entry.touch(now);
+        }
     }
 
     /// Whether a ping should be written to `side` now; clears the request.

@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::metrics::TrafficCounters;
+use crate::registry::CloseRequest;
 
 /// One of the two legs of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +84,8 @@ pub(crate) enum Ended {
     WriteFailed { side: Side, error: WsError },
     /// A keepalive or session timer ran out.
     Expired(Expired),
-    /// The layer is shutting down.
-    ShuttingDown,
+    /// The proxy asked the session to close (a drain, rebalancing).
+    Requested(CloseRequest),
     /// A message hook closed the session.
     HookClosed(u16, String),
 }

@@ -13,7 +13,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::metrics;
-use crate::registry::{Permit, Sessions};
+use crate::registry::{Entry, Permit};
 use crate::session::close_policy::Report;
 use crate::session::deflate::Params;
 use crate::session::frames::{self, SessionHooks};
@@ -74,6 +74,8 @@ pub(crate) struct RequestInfo {
     /// What the server asked the session to keep while it lives (see
     /// [`HeldBySession`](crate::transport::HeldBySession)).
     pub(crate) held: Option<Held>,
+    /// The balancing key, when the pool hashes (the registry keeps it for rebalancing).
+    pub(crate) hash_key: Option<Box<[u8]>>,
 }
 
 /// Starts the session. The task owns both legs and ends on every path: close handshakes are
@@ -91,10 +93,14 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
     metrics::session_opened(&lease.endpoint().label, request.http, request.tls);
     let hooked = session_info(&settings, &request, &negotiated, &lease);
     let held = request.held;
+    let registered =
+        permit
+            .sessions()
+            .register(request.id, lease.endpoint().clone(), request.hash_key);
     tokio::spawn(
         async move {
             let _held = held;
-            let sessions = permit.sessions().clone();
+            let sessions = registered.sessions().clone();
             let started = Instant::now();
             let mut to_upstream = Traffic::new(Side::Upstream);
             let mut to_client = Traffic::new(Side::Client);
@@ -104,7 +110,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
                 report = run(
                     Ctx {
                         settings: &settings,
-                        sessions: &sessions,
+                        entry: registered.entry(),
                         to_upstream: &mut to_upstream,
                         to_client: &mut to_client,
                         hooked: hooked.as_ref(),
@@ -136,6 +142,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
                 ));
             }
             // The member's and the layer's live counts drop when the session has ended.
+            drop(registered);
             drop(lease);
             drop(permit);
         }
@@ -260,7 +267,7 @@ fn record(
 /// survive a session dropped at the shutdown deadline.
 struct Ctx<'a> {
     settings: &'a Settings,
-    sessions: &'a Sessions,
+    entry: &'a Arc<Entry>,
     to_upstream: &'a mut Traffic,
     to_client: &'a mut Traffic,
     hooked: Option<&'a Arc<SessionInfo>>,
@@ -295,14 +302,14 @@ async fn tunnel_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) ->
     match client_upgrade(&ctx, client).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
-            let mut keepalive = Keepalive::new(ctx.settings.timeouts);
+            let mut keepalive = Keepalive::new(ctx.settings.timeouts, Some(ctx.entry.clone()));
             tunnel::run(
                 Transport::new(io),
                 upstream,
                 ctx.to_upstream,
                 ctx.to_client,
                 &mut keepalive,
-                ctx.sessions,
+                ctx.entry,
                 ctx.settings.close_timeout,
             )
             .await
@@ -329,7 +336,7 @@ async fn frames_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) ->
         upstream,
         frames::Run {
             settings,
-            sessions: ctx.sessions,
+            entry: ctx.entry,
             to_upstream: ctx.to_upstream,
             to_client: ctx.to_client,
             hooks: message_hooks(settings, ctx.hooked),

@@ -32,6 +32,6 @@ mod url;
 pub use balance::{Balance, HashKey, ParseBalanceError};
 pub use member::{Member, MAX_WEIGHT};
 pub use pool::{EndpointStatus, UpstreamPool};
-pub(crate) use pool::{Lease, NoPick};
+pub(crate) use pool::{Endpoint, Lease, NoPick};
 pub use resolve::{Resolve, Resolving};
 pub use url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

@@ -11,6 +11,7 @@ use axum::Router;
 use axum_ws_proxy::{ReloadHandle, ReloadableLayer};
 use tower::Layer;
 
+mod admin;
 mod config_file;
 mod log;
 mod plan;
@@ -88,7 +89,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         tracing::warn!("--insecure-skip-verify: wss:// upstream certificates are NOT verified");
     }
     let layer = plan.layer();
-    let sessions = layer.shutdown_handle();
+    let sessions = layer.shutdown_handle().drain_window(plan.drain_window());
     trim::spawn(sessions.clone());
     let (layer, reload) = layer.reloadable();
     // Set from SIGTERM until exit: /healthz answers 503 so load balancers move away.
@@ -96,6 +97,9 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     let status = status::Status::new(&plan, reload.clone(), sessions.clone(), draining.clone());
     if let Some(addr) = plan.settings.metrics_listen {
         serve_metrics(addr, status.clone()).await?;
+    }
+    if let (Some(addr), Some(token)) = (plan.settings.admin_listen, plan.admin_token.clone()) {
+        admin::serve(addr, token, status.clone()).await?;
     }
     let app = app(layer, draining.clone(), log::AccessLog::new(reload.clone()));
     let (listener, local) = bind(&plan).await?;
@@ -110,7 +114,11 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     tracing::info!(listen = %local, scheme, upstream = %plan.default_pool, "ws-proxy listening");
 
     let backlog = plan.settings.listen_backlog.map_or(1024, |n| n.get());
-    let (delay, grace) = (plan.shutdown_delay(), plan.shutdown_grace());
+    let (delay, grace, window) = (
+        plan.shutdown_delay(),
+        plan.shutdown_grace(),
+        plan.drain_window(),
+    );
     let header_timeout = plan.header_timeout();
     let proxy_protocol = plan.settings.proxy_protocol == Some(true);
     let server_tls = plan.server_tls.clone();
@@ -120,8 +128,10 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     }
     tokio::spawn(reload_on_hangup(plan, argv, reload, hangups, status));
 
-    // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and at
-    // the same moment send 1001 to every session; (3) everything shares one grace period.
+    // SIGTERM: (1) keep serving for the delay while /healthz fails; (2) stop accepting, and
+    // start the paced drain (1012 to each session, spread over the drain window; a drain the
+    // admin API started goes on, finishing within this window at the latest); (3) everything
+    // shares one grace period.
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown_signal().await;
@@ -139,7 +149,8 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         let _ = stopped.wait_for(|s| *s).await;
         tracing::info!(
             sessions = drain.live_sessions(),
-            "shutting down: closing sessions with 1001"
+            window = ?window,
+            "shutting down: closing sessions with 1012 over the drain window"
         );
         drain.shutdown(grace).await
     };

@@ -25,6 +25,8 @@ pub(crate) struct Plan {
     tls: Option<UpstreamTls>,
     /// HTTPS at the edge, when certificates are configured.
     pub(crate) server_tls: Option<ServerTls>,
+    /// The admin listener's bearer token, read from `admin_token_file`.
+    pub(crate) admin_token: Option<crate::admin::Token>,
 }
 
 impl Plan {
@@ -58,6 +60,22 @@ impl Plan {
             None => None,
         };
         let server_tls = server_tls(s)?;
+        let admin_token = match (&s.admin_listen, &s.admin_token_file) {
+            (Some(_), Some(path)) => Some(crate::admin::Token::read(path)?),
+            (Some(_), None) => {
+                return Err("--admin-listen needs --admin-token-file".into());
+            }
+            (None, _) => None,
+        };
+        if let (Some(window), Some(grace)) = (s.drain_window, s.shutdown_grace) {
+            if window.0 > grace.get() {
+                return Err(format!(
+                    "--drain-window ({:?}) must fit within --shutdown-grace ({:?})",
+                    window.0,
+                    grace.get()
+                ));
+            }
+        }
         let default_pool = pool(&PoolSettings {
             upstream: s.upstream.clone(),
             balance: s.balance.clone(),
@@ -82,6 +100,7 @@ impl Plan {
             pools,
             tls,
             server_tls,
+            admin_token,
         })
     }
 
@@ -107,6 +126,9 @@ impl Plan {
         }
         if a.metrics_listen != b.metrics_listen {
             changed.push("metrics_listen");
+        }
+        if (&a.admin_listen, &a.admin_token_file) != (&b.admin_listen, &b.admin_token_file) {
+            changed.push("admin_listen, admin_token_file");
         }
         if a.listen_backlog != b.listen_backlog {
             changed.push("listen_backlog");
@@ -255,6 +277,15 @@ impl Plan {
         self.settings
             .shutdown_grace
             .map_or(Duration::from_secs(10), Positive::get)
+    }
+
+    /// How long a drain spreads the closing of sessions over: `drain_window`, or half the
+    /// grace.
+    pub(crate) fn drain_window(&self) -> Duration {
+        self.settings
+            .drain_window
+            .map_or(self.shutdown_grace() / 2, |d| d.0)
+            .min(self.shutdown_grace())
     }
 
     pub(crate) fn shutdown_delay(&self) -> Duration {

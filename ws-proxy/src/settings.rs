@@ -212,6 +212,18 @@ pub(crate) struct Settings {
     /// Then time sessions and requests get to finish, together [default: 10s]
     #[arg(long, value_name = "DURATION", help_heading = "Server")]
     pub(crate) shutdown_grace: Option<Positive>,
+    /// Within the grace, spread the closing of live sessions (1012, idle ones first) over
+    /// this; 0 closes all at once [default: half of --shutdown-grace]
+    #[arg(long, value_name = "DURATION", help_heading = "Server")]
+    pub(crate) drain_window: Option<Dur>,
+    /// Serve the admin API (POST /drain, GET /drain) at ADDR, with --admin-token-file
+    /// [default: off]
+    #[arg(long, value_name = "ADDR", help_heading = "Server")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (16 characters or more), read from this file
+    /// [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "Server")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) metrics_listen: Option<SocketAddr>,

@@ -81,6 +81,7 @@ impl Status {
             generation: self.reload.generation(),
             live_sessions: self.sessions.live_sessions(),
             shutting_down: self.draining.load(Ordering::Relaxed),
+            drain: self.drain(),
             default_pool: pools.default.as_ref().map(members),
             pools: pools
                 .named
@@ -91,6 +92,41 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The drain's progress, once one has begun (SIGTERM, or `POST /drain` on the admin
+    /// listener).
+    pub(crate) fn drain(&self) -> Option<Drain> {
+        self.sessions.drain_progress().map(|p| Drain {
+            elapsed_ms: p.elapsed.as_millis() as u64,
+            window_ms: p.window.as_millis() as u64,
+            sessions_at_start: p.sessions_at_start,
+            asked_to_close: p.asked_to_close,
+            live_sessions: p.live_sessions,
+            done: p.done,
+        })
+    }
+
+    /// Starts a drain without exiting (the admin listener's `POST /drain`): readiness fails
+    /// from now on, as after SIGTERM. `false` if one was running.
+    pub(crate) fn start_drain(&self) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        self.sessions.drain()
+    }
+}
+
+/// A drain's progress, as `/status` and the admin listener report it.
+#[derive(Serialize)]
+pub(crate) struct Drain {
+    elapsed_ms: u64,
+    window_ms: u64,
+    sessions_at_start: usize,
+    /// Sessions sent 1012 so far.
+    asked_to_close: usize,
+    live_sessions: usize,
+    /// Every session found at the start has been asked.
+    done: bool,
+}
+
 #[derive(Serialize)]
 struct Report {
     version: &'static str,
@@ -99,6 +135,8 @@ struct Report {
     generation: u64,
     live_sessions: usize,
     shutting_down: bool,
+    /// The drain, once one has begun.
+    drain: Option<Drain>,
     /// Endpoints of the default pool (`upstream`), if it has members.
     default_pool: Option<Vec<Member>>,
     /// Endpoints of each named pool.
@@ -171,10 +209,17 @@ fn page(r: &Report) -> String {
             ));
         }
     }
-    let state = if r.shutting_down {
-        "<span class=down>shutting down</span>"
-    } else {
-        "<span class=up>serving</span>"
+    let state = match (&r.drain, r.shutting_down) {
+        (Some(d), _) => format!(
+            "<span class=down>draining</span>: <b id=asked>{}</b> of {} sessions asked to close \
+             over {:.1} s ({:.1} s in)",
+            d.asked_to_close,
+            d.sessions_at_start,
+            d.window_ms as f64 / 1000.0,
+            d.elapsed_ms as f64 / 1000.0
+        ),
+        (None, true) => "<span class=down>shutting down</span>".to_owned(),
+        (None, false) => "<span class=up>serving</span>".to_owned(),
     };
     format!(
         r#"<!doctype html>

@@ -204,7 +204,7 @@ async fn several_upstreams_round_robin_with_failover() {
 }
 
 #[tokio::test]
-async fn sigterm_closes_sessions_with_1001_and_exits_0() {
+async fn sigterm_closes_sessions_with_1012_and_exits_0() {
     let (up, mut seen) = reporting_upstream().await;
     let (mut child, addr) = start(&[
         "--upstream",
@@ -228,10 +228,10 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
         Message::Close(Some(f)) => {
             assert_eq!(
                 (u16::from(f.code), f.reason.as_str()),
-                (1001, "proxy shutting down")
+                (1012, "proxy draining, reconnect")
             )
         }
-        other => panic!("expected close 1001, got {other:?}"),
+        other => panic!("expected close 1012, got {other:?}"),
     }
     while let Some(Ok(_)) = within(
         "the close handshake",

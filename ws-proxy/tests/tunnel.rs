@@ -162,7 +162,7 @@ async fn a_client_dropping_gives_the_upstream_1001_through_a_tunnel() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_tunnels_with_1001() {
+async fn shutdown_closes_tunnels_with_1012_to_the_client_and_1001_upstream() {
     let (up, mut seen) = reporting_upstream().await;
     let layer = WsProxyLayer::new(upstream(up)).tunnel();
     let handle = layer.shutdown_handle();
@@ -174,13 +174,13 @@ async fn shutdown_closes_tunnels_with_1001() {
     match next_message(&mut ws).await {
         Message::Close(Some(f)) => assert_eq!(
             (u16::from(f.code), f.reason.as_str()),
-            (1001, "proxy shutting down")
+            (1012, "proxy draining, reconnect")
         ),
-        other => panic!("expected close 1001, got {other:?}"),
+        other => panic!("expected close 1012, got {other:?}"),
     }
     while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     assert_eq!(seen.next().await, Some(Message::text("x")));
-    assert_eq!(seen.next().await, Some(close(1001, "proxy shutting down")));
+    assert_eq!(seen.next().await, Some(close(1001, "proxy draining, reconnect")));
     assert_eq!(within("the drain", draining).await.unwrap(), 0);
 }
 

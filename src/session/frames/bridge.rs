@@ -78,11 +78,11 @@ where
         to_upstream,
         to_client,
         keepalive,
-        sessions,
+        entry,
     } = legs;
     let mut c2u = Half::new(Side::Client, Side::Upstream, c2u_deflate);
     let mut u2c = Half::new(Side::Upstream, Side::Client, u2c_deflate);
-    let ended = drive(sessions, keepalive, |cx, keepalive| {
+    let ended = drive(entry, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive, &mut hooks)
         {
             return Poll::Ready(end);

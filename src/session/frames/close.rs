@@ -156,7 +156,7 @@ fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
         },
         Ended::WriteFailed { side, error } => dropped(side, &error),
         Ended::Expired(expired) => proxy_closes(Outcome::expired(expired)),
-        Ended::ShuttingDown => proxy_closes(Outcome::going_away("proxy shutting down")),
+        Ended::Requested(request) => proxy_closes(Outcome::requested(request)),
         Ended::HookClosed(code, reason) => proxy_closes(Outcome {
             closed_by: ClosedBy::Proxy,
             client_code: code,

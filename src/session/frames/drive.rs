@@ -1,12 +1,12 @@
 //! The loop both frame bridges run: shutdown and the session timers come first, then the two
 //! directions, each until it has nothing to do.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::task::{Context, Poll};
 
 use tokio_tungstenite::WebSocketStream;
 
-use crate::registry::Sessions;
+use crate::registry::Entry;
 use crate::session::frames::wire::Wire;
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::{Ended, Traffic};
@@ -18,21 +18,20 @@ pub(crate) struct Legs<'a, C, U> {
     pub(crate) to_upstream: &'a mut Traffic,
     pub(crate) to_client: &'a mut Traffic,
     pub(crate) keepalive: &'a mut Keepalive,
-    pub(crate) sessions: &'a Sessions,
+    pub(crate) entry: &'a Entry,
 }
 
-/// Polls `directions` (both of a bridge's, in turn) until one of them, shutdown, or a keepalive
-/// or session timer ends the session.
+/// Polls `directions` (both of a bridge's, in turn) until one of them, a close the proxy asks
+/// for (a drain, rebalancing), or a keepalive or session timer ends the session.
 pub(crate) async fn drive(
-    sessions: &Sessions,
+    entry: &Entry,
     keepalive: &mut Keepalive,
     mut directions: impl FnMut(&mut Context<'_>, &mut Keepalive) -> Poll<Ended>,
 ) -> Ended {
-    let draining = sessions.draining();
-    tokio::pin!(draining);
+    let mut closing = entry.closing();
     poll_fn(|cx| {
-        if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ended::ShuttingDown);
+        if let Poll::Ready(request) = closing.poll(cx) {
+            return Poll::Ready(Ended::Requested(request));
         }
         if let Poll::Ready(expired) = keepalive.poll(cx) {
             return Poll::Ready(Ended::Expired(expired));

@@ -18,7 +18,7 @@ pub(crate) use self::bridge::SessionHooks;
 use self::compressed::Inflating;
 use self::drive::Legs;
 use self::wire::Wire;
-use crate::registry::Sessions;
+use crate::registry::Entry;
 use crate::session::close_policy::Report;
 use crate::session::deflate::{self, Codec, Params};
 use crate::session::keepalive::Keepalive;
@@ -30,7 +30,7 @@ use crate::transport::Transport;
 /// What a frame-mode session runs with, besides its two connections.
 pub(crate) struct Run<'a> {
     pub(crate) settings: &'a Settings,
-    pub(crate) sessions: &'a Sessions,
+    pub(crate) entry: &'a std::sync::Arc<Entry>,
     pub(crate) to_upstream: &'a mut Traffic,
     pub(crate) to_client: &'a mut Traffic,
     /// Set when a message hook is: whole messages are assembled for it.
@@ -52,14 +52,14 @@ pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> 
     .await;
     let mut upstream = upstream_leg(upstream, settings).await;
     tracing::debug!("session open");
-    let mut keepalive = Keepalive::new(settings.timeouts);
+    let mut keepalive = Keepalive::new(settings.timeouts, Some(run.entry.clone()));
     let legs = Legs {
         client: &mut client,
         upstream: &mut upstream,
         to_upstream: run.to_upstream,
         to_client: run.to_client,
         keepalive: &mut keepalive,
-        sessions: run.sessions,
+        entry: run.entry,
     };
     let limits = stream::Limits {
         max_frame: Some(settings.max_frame_size),

@@ -145,11 +145,11 @@ where
         to_upstream,
         to_client,
         keepalive,
-        sessions,
+        entry,
     } = legs;
     let mut c2u = Flow::new(Side::Client, Side::Upstream, limits, c2u_deflate);
     let mut u2c = Flow::new(Side::Upstream, Side::Client, limits, u2c_deflate);
-    let ended = drive(sessions, keepalive, |cx, keepalive| {
+    let ended = drive(entry, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
         }

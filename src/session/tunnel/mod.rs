@@ -15,12 +15,12 @@ mod pipe;
 pub(crate) mod splice;
 pub(crate) mod track;
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use self::pipe::{Input, Pipe, PipeEnd};
-use crate::registry::Sessions;
+use crate::registry::Entry;
 use crate::session::close_policy::{fit_reason, Outcome, Report};
 use crate::session::frame;
 use crate::session::hooks::ClosedBy;
@@ -72,7 +72,7 @@ pub(crate) async fn run(
     to_upstream: &mut Traffic,
     to_client: &mut Traffic,
     keepalive: &mut Keepalive,
-    sessions: &Sessions,
+    entry: &Entry,
     close_timeout: Duration,
 ) -> Report {
     let mut tunnel = Tunnel {
@@ -87,7 +87,7 @@ pub(crate) async fn run(
         u_done: false,
         first_close: None,
     };
-    let close = tunnel.open(sessions).await;
+    let close = tunnel.open(entry).await;
     if close.is_none() && !(tunnel.c_done && tunnel.u_done) {
         let _ = tokio::time::timeout(close_timeout, tunnel.finish_handshake()).await;
     }
@@ -153,12 +153,11 @@ impl Tunnel<'_> {
 
     /// Open: splice until both sides finish (`None`), or something makes the proxy close the
     /// session (what it decided).
-    async fn open(&mut self, sessions: &Sessions) -> Option<Outcome> {
-        let draining = sessions.draining();
-        tokio::pin!(draining);
+    async fn open(&mut self, entry: &Entry) -> Option<Outcome> {
+        let mut closing = entry.closing();
         poll_fn(|cx| {
-            if draining.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Outcome::going_away("proxy shutting down")));
+            if let Poll::Ready(request) = closing.poll(cx) {
+                return Poll::Ready(Some(Outcome::requested(request)));
             }
             if let Poll::Ready(expired) = self.keepalive.poll(cx) {
                 return Poll::Ready(Some(Outcome::expired(expired)));

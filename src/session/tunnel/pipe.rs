@@ -464,13 +464,16 @@ mod tests {
         sender.write_all(&stream).await.unwrap();
         let mut pipe = Pipe::new(Side::Upstream, Side::Client);
         let mut traffic = Traffic::new(Side::Client);
-        let mut keepalive = Keepalive::new(crate::session::keepalive::Timeouts {
+        let mut keepalive = Keepalive::new(
+            crate::session::keepalive::Timeouts {
             ping_interval: None,
             ping_timeout: Duration::from_secs(1),
             idle_timeout: None,
             max_lifetime: None,
             max_lifetime_jitter: 0.0,
-        });
+            },
+            None,
+        );
         let mut run = |traffic: &mut Traffic| {
             let polled = poll_fn(|cx| {
                 let p = pipe.poll(cx, &mut src, &mut dst, traffic, &mut keepalive);

@@ -1,5 +1,13 @@
-//! The registry of a layer's live sessions: ids, the `max_sessions` limit and graceful
-//! shutdown.
+//! The registry of a layer's live sessions: admission (`max_sessions`), one entry per session
+//! (its id, endpoint, hash key, last activity, and a way to ask it to close), and the paced
+//! drain ([`drain`]) that shutdown and an operator's request run.
+//!
+//! Entries live in shards, each behind its own lock taken twice per session (registered,
+//! removed) and by whoever walks the sessions (a drain, rebalancing). A session learns that it
+//! was asked to close from its own entry: one atomic load per wake-up of its task.
+
+mod drain;
+mod entry;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,14 +21,28 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use drain::DrainProgress;
+pub(crate) use entry::{CloseRequest, Entry, Registered};
+
+use self::drain::Drain;
+use self::entry::Shards;
+use crate::upstream::Endpoint;
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABORTING: u8 = 2;
 
-/// Counts a layer's sessions (and dials in progress) and carries the shutdown phase.
-#[derive(Debug, Default)]
+/// Counts a layer's sessions (and dials in progress), holds their entries and carries the
+/// shutdown phase.
+#[derive(Debug)]
 pub(crate) struct Sessions {
     live: AtomicUsize,
+    /// Live sessions' entries.
+    shards: Shards,
+    /// What last-activity times count from.
+    epoch: Instant,
+    /// The drain, once one has started.
+    drain: Drain,
     /// The last session id handed out.
     ids: AtomicU64,
     phase: AtomicU8,
@@ -28,6 +50,21 @@ pub(crate) struct Sessions {
     phase_changed: Notify,
     /// Woken when a session ends.
     ended: Notify,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            live: AtomicUsize::new(0),
+            shards: Shards::default(),
+            epoch: Instant::now(),
+            drain: Drain::default(),
+            ids: AtomicU64::new(0),
+            phase: AtomicU8::new(RUNNING),
+            phase_changed: Notify::new(),
+            ended: Notify::new(),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -99,34 +136,82 @@ impl Permit {
 /// [`WsProxyLayer::shutdown_handle`](crate::WsProxyLayer::shutdown_handle).
 ///
 /// `axum::serve(..).with_graceful_shutdown(..)` stops accepting and waits for HTTP requests,
-/// but upgraded connections are no longer its business: this handle is how they end cleanly.
+/// but upgraded connections are no longer its business: this handle is how they end cleanly,
+/// without sending every client back at the same instant. A drain refuses new upgrades with
+/// **503**, then asks live sessions to close one after another at an even rate over the
+/// [drain window](Self::drain_window), the least recently active first: each client gets
+/// **1012** (Service Restart) "proxy draining, reconnect", its upstream **1001**.
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router, listener: tokio::net::TcpListener, layer: axum_ws_proxy::WsProxyLayer) {
 /// use std::time::Duration;
-/// let shutdown = layer.shutdown_handle();
+/// let shutdown = layer.shutdown_handle().drain_window(Duration::from_secs(20));
 /// let signal = async { tokio::signal::ctrl_c().await.ok(); };
 /// axum::serve(listener, app).with_graceful_shutdown(signal).await.ok();
-/// let dropped = shutdown.shutdown(Duration::from_secs(10)).await;
+/// // Sessions closed over 20 s; 10 s more for the last close handshakes.
+/// let dropped = shutdown.shutdown(Duration::from_secs(30)).await;
 /// println!("{dropped} sessions did not close in time");
 /// # }
 /// ```
 #[derive(Clone, Debug)]
-pub struct ShutdownHandle(pub(crate) Arc<Sessions>);
+#[must_use]
+pub struct ShutdownHandle {
+    sessions: Arc<Sessions>,
+    window: Option<Duration>,
+}
 
 impl ShutdownHandle {
-    /// Refuses new upgrades with **503**, sends close **1001** "proxy shutting down" to every
-    /// live client and upstream, waits up to `grace` for the close handshakes, then drops what
-    /// remains. Returns the number of sessions dropped at the deadline (0 when all closed).
+    pub(crate) fn new(sessions: Arc<Sessions>) -> Self {
+        Self {
+            sessions,
+            window: None,
+        }
+    }
+
+    /// How long a drain takes to ask every live session to close: the first at once, the
+    /// last one window later, evenly in between. Default: half the grace given to
+    /// [`shutdown`](Self::shutdown) (the other half is for the last close handshakes), and
+    /// 10 s for [`drain`](Self::drain). Zero closes them all at once.
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Drains (see above), waits up to `grace` from now for the sessions to end, then drops
+    /// what remains. The window is cut to the grace. Returns the number of sessions dropped
+    /// at the deadline (0 when all closed).
+    ///
+    /// A drain already running (from [`drain`](Self::drain)) goes on at its pace, unless
+    /// its end would come after this one's window: the sessions it has left are then spread
+    /// over what remains of this window.
     pub async fn shutdown(&self, grace: Duration) -> usize {
-        self.0.shut_down(grace).await
+        let window = self.window.unwrap_or(grace / 2).min(grace);
+        self.sessions.shut_down(window, grace).await
+    }
+
+    /// Starts a drain without ending anything else: new upgrades are refused from now on,
+    /// and live sessions are asked to close over the drain window (10 s unless set). Returns
+    /// at once; [`drain_progress`](Self::drain_progress) follows it. For an operator's
+    /// "drain this replica" before maintenance; there is no undoing it, short of a restart.
+    /// Returns `false` if a drain was already running (it goes on unchanged).
+    pub fn drain(&self) -> bool {
+        let window = self.window.unwrap_or(DEFAULT_DRAIN_WINDOW);
+        self.sessions.start_drain(window)
+    }
+
+    /// Where the drain stands, once one has started.
+    pub fn drain_progress(&self) -> Option<DrainProgress> {
+        self.sessions.drain_progress()
     }
 
     /// Sessions open now (and upgrades being dialled).
     pub fn live_sessions(&self) -> usize {
-        self.0.live()
+        self.sessions.live()
     }
 }
+
+/// [`ShutdownHandle::drain`]'s window unless one is set.
+const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -167,9 +252,40 @@ impl Sessions {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Resolves once shutdown has begun (sessions then close with 1001).
-    pub(crate) fn draining(&self) -> PhaseReached<'_> {
-        self.phase_reached(DRAINING)
+    /// Enters a session that has started; it leaves when the guard drops. A session that
+    /// starts while a drain runs (its dial began before) is asked to close at once.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        id: u64,
+        endpoint: Arc<Endpoint>,
+        hash_key: Option<Box<[u8]>>,
+    ) -> Registered {
+        let entry = Arc::new(Entry::new(id, endpoint, hash_key, self.epoch));
+        self.shards.insert(&entry);
+        // After the insert: a drain that began before it either saw the entry or set the
+        // phase this reads (the shard's lock orders the two).
+        if self.phase.load(Ordering::Acquire) != RUNNING {
+            self.request_close(&entry, CloseRequest::DRAIN);
+        }
+        Registered::new(self.clone(), entry)
+    }
+
+    /// Every live session's entry, at one moment.
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.shards.snapshot()
+    }
+
+    /// Asks a session to close; `false` if it had been asked already. Counted by reason.
+    pub(crate) fn request_close(&self, entry: &Entry, request: CloseRequest) -> bool {
+        let asked = entry.request_close(request);
+        if asked {
+            crate::metrics::session_shed(request.cause.label());
+        }
+        asked
+    }
+
+    fn remove(&self, entry: &Entry) {
+        self.shards.remove(entry);
     }
 
     /// Resolves once the shutdown deadline has passed (sessions are then dropped).
@@ -191,11 +307,13 @@ impl Sessions {
         self.phase_changed.notify_waiters();
     }
 
-    /// Refuses new sessions, closes live ones with 1001, waits up to `grace` for them to end,
-    /// then drops the rest. Returns how many had to be dropped.
-    pub(crate) async fn shut_down(&self, grace: Duration) -> usize {
+    /// Drains over `window`, waits up to `grace` for the sessions to end, then drops the
+    /// rest. Returns how many had to be dropped.
+    pub(crate) async fn shut_down(self: &Arc<Self>, window: Duration, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
-        self.set_phase(DRAINING);
+        if !self.start_drain(window) {
+            self.drain.end_by(Instant::now() + window);
+        }
         if self.wait_until_empty(Some(deadline)).await {
             return 0;
         }
@@ -204,6 +322,20 @@ impl Sessions {
         // Dropping is immediate; this only waits for the tasks to notice.
         self.wait_until_empty(None).await;
         dropped
+    }
+
+    /// Starts the paced drain, unless one runs already (`false`).
+    pub(crate) fn start_drain(self: &Arc<Self>, window: Duration) -> bool {
+        if !self.drain.begin(window) {
+            return false;
+        }
+        self.set_phase(DRAINING);
+        tokio::spawn(drain::run(self.clone()));
+        true
+    }
+
+    pub(crate) fn drain_progress(&self) -> Option<DrainProgress> {
+        self.drain.progress(self.live())
     }
 
     /// Waits for no live sessions; `false` if `deadline` came first.

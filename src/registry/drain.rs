@@ -1,0 +1,148 @@
+//! The paced drain: live sessions asked to close one after another at an even rate over a
+//! window, the least recently active first, so that their clients do not all come back at the
+//! same instant (to the replicas that remain, and their upstreams).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{CloseRequest, Sessions};
+
+/// A drain's schedule and progress (none until one begins).
+#[derive(Debug, Default)]
+pub(super) struct Drain {
+    state: Mutex<Option<State>>,
+    /// Its end was moved earlier (a shutdown with a shorter window than the running drain's).
+    hurried: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    started: Instant,
+    window: Duration,
+    /// When the last session is to be asked.
+    end: Instant,
+    at_start: usize,
+    asked: usize,
+    done: bool,
+}
+
+/// Where a drain stands, from [`ShutdownHandle::drain_progress`](crate::ShutdownHandle::drain_progress).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainProgress {
+    /// Since the drain began.
+    pub elapsed: Duration,
+    /// The window it was started with.
+    pub window: Duration,
+    /// Sessions live when it began.
+    pub sessions_at_start: usize,
+    /// Sessions asked to close so far (1012).
+    pub asked_to_close: usize,
+    /// Sessions still open (their close handshakes included).
+    pub live_sessions: usize,
+    /// Every session it found has been asked.
+    pub done: bool,
+}
+
+impl Drain {
+    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Begins a drain over `window`; `false` if one had begun.
+    pub(super) fn begin(&self, window: Duration) -> bool {
+        let mut state = self.lock();
+        if state.is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        *state = Some(State {
+            started: now,
+            window,
+            end: now + window,
+            at_start: 0,
+            asked: 0,
+            done: false,
+        });
+        true
+    }
+
+    /// Moves the drain's end to `end` if that is earlier.
+    pub(super) fn end_by(&self, end: Instant) {
+        if let Some(state) = self.lock().as_mut() {
+            if end < state.end {
+                state.end = end;
+                self.hurried.notify_one();
+            }
+        }
+    }
+
+    fn end(&self) -> Instant {
+        self.lock().as_ref().map_or_else(Instant::now, |s| s.end)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        if let Some(state) = self.lock().as_mut() {
+            f(state);
+        }
+    }
+
+    pub(super) fn progress(&self, live: usize) -> Option<DrainProgress> {
+        self.lock().as_ref().map(|s| DrainProgress {
+            elapsed: s.started.elapsed(),
+            window: s.window,
+            sessions_at_start: s.at_start,
+            asked_to_close: s.asked,
+            live_sessions: live,
+            done: s.done,
+        })
+    }
+}
+
+/// Asks every session live now to close, evenly over the window, idle ones first. Sessions
+/// that end meanwhile are skipped; one that starts later (its dial was under way) is asked
+/// as it registers.
+pub(super) async fn run(sessions: Arc<Sessions>) {
+    let drain = &sessions.drain;
+    let mut order = sessions.entries();
+    // Least recently active first; among equals, the oldest.
+    order.sort_by_key(|e| (e.last_active(), e.id()));
+    let n = order.len();
+    drain.update(|s| s.at_start = n);
+    tracing::info!(sessions = n, "drain: asking sessions to close with 1012");
+    let start = Instant::now();
+    // The i-th is due at start + i * slot: the first at once, the rate even.
+    let mut slot = drain.end().saturating_duration_since(start) / n.max(1) as u32;
+    let mut due = start;
+    let mut next = 0;
+    while next < n {
+        // A session that ended on its own holds no place in the schedule. (The registry
+        // dropped its entry, and only this list holds it now.)
+        if Arc::strong_count(&order[next]) == 1 {
+            next += 1;
+            continue;
+        }
+        tokio::select! {
+            biased;
+            () = drain.hurried.notified() => {
+                // The rest, spread over what is left until the new end.
+                let now = Instant::now();
+                let left = (n - next) as u32;
+                slot = drain.end().saturating_duration_since(now) / left;
+                due = now;
+                continue;
+            }
+            () = tokio::time::sleep_until(due) => {}
+        }
+        if sessions.request_close(&order[next], CloseRequest::DRAIN) {
+            drain.update(|s| s.asked += 1);
+        }
+        next += 1;
+        due += slot;
+    }
+    drain.update(|s| s.done = true);
+    tracing::info!(sessions = n, "drain: every session asked to close");
+}

@@ -1,0 +1,270 @@
+//! One live session as the registry holds it, and the shards that hold them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
+
+use super::Sessions;
+use crate::upstream::Endpoint;
+
+/// Why the proxy asks a healthy session to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Shutdown, or an operator's drain.
+    Drain,
+    /// Rebalancing after members were added to its pool.
+    Rebalance,
+}
+
+impl Cause {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::Rebalance => "rebalance",
+        }
+    }
+}
+
+/// A close the proxy asks of a session: the code and reason the client gets; the upstream
+/// gets 1001 "going away" with the same reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CloseRequest {
+    pub(crate) cause: Cause,
+    pub(crate) client_code: u16,
+    pub(crate) reason: &'static str,
+}
+
+impl CloseRequest {
+    /// 1012 Service Restart: the client should reconnect, after a backoff with jitter.
+    pub(crate) const DRAIN: Self = Self {
+        cause: Cause::Drain,
+        client_code: 1012,
+        reason: "proxy draining, reconnect",
+    };
+    pub(crate) const REBALANCE: Self = Self {
+        cause: Cause::Rebalance,
+        client_code: 1012,
+        reason: "rebalancing, reconnect",
+    };
+}
+
+/// One live session.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    id: u64,
+    /// The member's address the session was dialled to.
+    endpoint: Arc<Endpoint>,
+    /// The balancing key, when its pool hashes.
+    hash_key: Option<Box<[u8]>>,
+    /// Room for whom the session belongs to, once something (authentication) says.
+    #[allow(dead_code)]
+    identity: OnceLock<Arc<str>>,
+    /// Milliseconds from the registry's epoch to the last data message, either way.
+    last_active: AtomicU64,
+    epoch: Instant,
+    /// Set once, by whoever asks first.
+    close: OnceLock<CloseRequest>,
+    /// The session's task, woken when `close` is set.
+    waker: AtomicWaker,
+}
+
+impl Entry {
+    pub(super) fn new(
+        id: u64,
+        endpoint: Arc<Endpoint>,
+        hash_key: Option<Box<[u8]>>,
+        epoch: Instant,
+    ) -> Self {
+        Self {
+            id,
+            endpoint,
+            hash_key,
+            identity: OnceLock::new(),
+            last_active: AtomicU64::new(millis(epoch, Instant::now())),
+            epoch,
+            close: OnceLock::new(),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    pub(crate) fn hash_key(&self) -> Option<&[u8]> {
+        self.hash_key.as_deref()
+    }
+
+    /// A data message passed at `now`. One relaxed store: only the session's task writes.
+    pub(crate) fn touch(&self, now: Instant) {
+        self.last_active
+            .store(millis(self.epoch, now), Ordering::Relaxed);
+    }
+
+    /// When the session last carried a data message, in the registry's milliseconds.
+    pub(crate) fn last_active(&self) -> u64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    /// Asks the session to close; `false` if it had been asked already.
+    pub(super) fn request_close(&self, request: CloseRequest) -> bool {
+        let asked = self.close.set(request).is_ok();
+        if asked {
+            self.waker.wake();
+        }
+        asked
+    }
+
+    /// Whether the session has been asked to close.
+    pub(crate) fn close_requested(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// What the session polls to learn it was asked to close.
+    pub(crate) fn closing(&self) -> Closing<'_> {
+        Closing {
+            entry: self,
+            registered: None,
+        }
+    }
+}
+
+fn millis(epoch: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(epoch).as_millis() as u64
+}
+
+/// A session's view of its close request. The session's task polls it on every wake-up, so
+/// while nothing is asked it costs one atomic load and a waker comparison: the waker is
+/// registered again only when the task's changes.
+pub(crate) struct Closing<'a> {
+    entry: &'a Entry,
+    registered: Option<Waker>,
+}
+
+impl Closing<'_> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
+        if let Some(request) = self.entry.close.get() {
+            return Poll::Ready(*request);
+        }
+        // The only wake() takes the waker after setting the request, which this sees first.
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        self.entry.waker.register(cx.waker());
+        self.registered = Some(cx.waker().clone());
+        // A request set before the registration woke nothing: look again.
+        match self.entry.close.get() {
+            Some(request) => Poll::Ready(*request),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A session's place in the registry, held by its task: it leaves when this drops.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    sessions: Arc<Sessions>,
+    entry: Arc<Entry>,
+}
+
+impl Registered {
+    pub(super) fn new(sessions: Arc<Sessions>, entry: Arc<Entry>) -> Self {
+        Self { sessions, entry }
+    }
+
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.entry
+    }
+
+    pub(crate) fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.sessions.remove(&self.entry);
+    }
+}
+
+/// Session ids are unique and sequential: multiplied by an odd constant they spread over the
+/// table (a bijection), without SipHash's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Shard = HashMap<u64, Arc<Entry>, BuildHasherDefault<IdHasher>>;
+
+/// Enough that two workers rarely meet on one lock, and a walk of all of them stays cheap.
+const SHARDS: usize = 16;
+
+/// The live sessions' entries, by id, in shards chosen by id.
+#[derive(Debug)]
+pub(super) struct Shards(Box<[Mutex<Shard>]>);
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self((0..SHARDS).map(|_| Mutex::default()).collect())
+    }
+}
+
+impl std::fmt::Debug for IdHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdHasher")
+    }
+}
+
+impl Shards {
+    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
+        // Nothing under these locks can panic halfway; take them regardless.
+        self.0[(id % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn insert(&self, entry: &Arc<Entry>) {
+        self.shard(entry.id).insert(entry.id, entry.clone());
+    }
+
+    pub(super) fn remove(&self, entry: &Entry) {
+        self.shard(entry.id).remove(&entry.id);
+    }
+
+    pub(super) fn snapshot(&self) -> Vec<Arc<Entry>> {
+        let mut all = Vec::new();
+        for shard in self.0.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(shard.values().cloned());
+        }
+        all
+    }
+}

@@ -65,7 +65,8 @@ pub(crate) struct Entry {
     /// Room for whom the session belongs to, once something (authentication) says.
     #[allow(dead_code)]
     identity: OnceLock<Arc<str>>,
-    /// Milliseconds from the registry's epoch to the last data message, either way.
+    /// Microseconds from the registry's epoch to the last data message either way (or to
+    /// the session's start).
     last_active: AtomicU64,
     epoch: Instant,
     /// Set once, by whoever asks first.
@@ -86,7 +87,7 @@ impl Entry {
             endpoint,
             hash_key,
             identity: OnceLock::new(),
-            last_active: AtomicU64::new(millis(epoch, Instant::now())),
+            last_active: AtomicU64::new(micros(epoch, Instant::now())),
             epoch,
             close: OnceLock::new(),
             waker: AtomicWaker::new(),
@@ -108,10 +109,10 @@ impl Entry {
     /// A data message passed at `now`. One relaxed store: only the session's task writes.
     pub(crate) fn touch(&self, now: Instant) {
         self.last_active
-            .store(millis(self.epoch, now), Ordering::Relaxed);
+            .store(micros(self.epoch, now), Ordering::Relaxed);
     }
 
-    /// When the session last carried a data message, in the registry's milliseconds.
+    /// When the session last carried a data message, in the registry's microseconds.
     pub(crate) fn last_active(&self) -> u64 {
         self.last_active.load(Ordering::Relaxed)
     }
@@ -139,8 +140,8 @@ impl Entry {
     }
 }
 
-fn millis(epoch: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(epoch).as_millis() as u64
+fn micros(epoch: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(epoch).as_micros() as u64
 }
 
 /// A session's view of its close request. The session's task polls it on every wake-up, so

@@ -37,6 +37,9 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws://h", "--resolve-every", "often"], "ws-proxy: --resolve-every: invalid duration \"often\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
         (&["--upstream", "ws://h", "--max-lifetime-jitter", "101"], "ws-proxy: --max-lifetime-jitter: \"101\" is not a whole number from 0 to 100"),
         (&["--upstream", "ws://h", "--retry-after", "soon"], "ws-proxy: --retry-after: invalid duration \"soon\" (expected e.g. 500ms, 1.5s, 2m, 1h30m)"),
+        (&["--upstream", "ws://h", "--admin-listen", "127.0.0.1:0"], "ws-proxy: --admin-listen needs --admin-token-file"),
+        (&["--upstream", "ws://h", "--admin-listen", "127.0.0.1:0", "--admin-token-file", "/nonexistent/token"], "ws-proxy: --admin-token-file: cannot read \"/nonexistent/token\": No such file or directory (os error 2)"),
+        (&["--upstream", "ws://h", "--drain-window", "20s", "--shutdown-grace", "10s"], "ws-proxy: --drain-window (20s) must fit within --shutdown-grace (10s)"),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(BIN)

@@ -254,8 +254,7 @@ pub use imp::describe_metrics;
 pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
     handshake_failed, session_closed, session_opened, session_shed, spliced, undeliverable,
-    upstream_answered,
-    TrafficCounters,
+    upstream_answered, TrafficCounters,
 };
 
 #[cfg(all(test, feature = "metrics"))]

@@ -584,13 +584,8 @@ async fn serve_http<I>(
 }
 
 #[cfg(feature = "http2")]
-async fn serve_h2<I>(
-    io: I,
-    service: Handler,
-    first: Duration,
-    idle: Duration,
-    stop: &mut Stop,
-) where
+async fn serve_h2<I>(io: I, service: Handler, first: Duration, idle: Duration, stop: &mut Stop)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (first_request, streams) = (service.first_request.clone(), service.streams.clone());

@@ -25,7 +25,7 @@ use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
 use crate::handshake::{answer, client, detect, dial, request, Settings};
 use crate::metrics;
-use crate::registry::{NotAdmitted, Permit, Sessions};
+use crate::registry::{rebalance, NotAdmitted, Permit, Sessions};
 use crate::session::deflate::{Deflate, Params};
 use crate::session::{self, Handoff, Mode, Negotiated, RequestInfo};
 use crate::transport::{HeldBySession, Transport};
@@ -138,6 +138,14 @@ async fn proceed<B>(
             res
         }
         Answer::Switched(switched) => {
+            // The pool's first session starts its rebalancing, when that is on.
+            if let Some(serving) = upstream.pool.claim_rebalancer() {
+                tokio::spawn(rebalance::run(
+                    upstream.pool.downgrade(),
+                    Arc::downgrade(stage.sessions),
+                    serving,
+                ));
+            }
             switched.hand_over(stage.session, &upstream.extensions, client, permit, info)
         }
     })

@@ -8,6 +8,7 @@
 
 mod drain;
 mod entry;
+pub(crate) mod rebalance;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;

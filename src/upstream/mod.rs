@@ -24,6 +24,7 @@
 mod balance;
 mod member;
 mod pool;
+mod rebalance;
 mod resolve;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
@@ -31,7 +32,9 @@ mod url;
 
 pub use balance::{Balance, HashKey, ParseBalanceError};
 pub use member::{Member, MAX_WEIGHT};
+pub(crate) use pool::{Endpoint, Lease, NoPick, WeakPool};
 pub use pool::{EndpointStatus, UpstreamPool};
-pub(crate) use pool::{Endpoint, Lease, NoPick};
+pub(crate) use rebalance::View as RebalanceView;
+pub use rebalance::{Rebalance, RebalanceStatus};
 pub use resolve::{Resolve, Resolving};
 pub use url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tower::discover::{Change, Discover};
 
 use super::balance::{fnv1a, rendezvous_score, Balance, FNV_OFFSET};
+use super::rebalance::{Rebalance, RebalanceStatus, View};
 use super::resolve::{Resolve, SystemResolver};
 use super::url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};
 use super::Member;
@@ -94,6 +95,11 @@ struct State {
     slow_start: Duration,
     /// The pool's first pick: endpoints there before it started serving do not ramp.
     first_pick: Option<Instant>,
+    /// Moving sessions to members added later; off unless set.
+    rebalance: Option<Rebalance>,
+    /// A registry has taken on this pool's rebalancing.
+    rebalancer: bool,
+    rebalanced: RebalanceStatus,
     /// Where least-conn's tie-break starts next.
     cursor: usize,
 }
@@ -135,6 +141,15 @@ pub(crate) struct Endpoint {
     sessions: AtomicU64,
     failures: AtomicU64,
     refusals: AtomicU64,
+}
+
+/// A pool that may be gone.
+pub(crate) struct WeakPool(std::sync::Weak<Mutex<State>>);
+
+impl WeakPool {
+    pub(crate) fn upgrade(&self) -> Option<UpstreamPool> {
+        self.0.upgrade().map(|shared| UpstreamPool { shared })
+    }
 }
 
 /// Why no endpoint could be picked.
@@ -250,6 +265,9 @@ impl UpstreamPool {
                 max_sessions: 0,
                 slow_start: Duration::ZERO,
                 first_pick: None,
+                rebalance: None,
+                rebalancer: false,
+                rebalanced: RebalanceStatus::default(),
                 cursor: 0,
             })),
         }
@@ -291,6 +309,9 @@ impl UpstreamPool {
                 max_sessions: st.max_sessions,
                 slow_start: st.slow_start,
                 first_pick: None,
+                rebalance: st.rebalance,
+                rebalancer: false,
+                rebalanced: RebalanceStatus::default(),
                 cursor: 0,
             })),
         }
@@ -362,6 +383,88 @@ impl UpstreamPool {
         self.set(|s| s.slow_start = ramp)
     }
 
+    /// Rebalancing after scale-out (Envoy #15283, HAProxy #93): when members are **added**
+    /// while the previous ones remain, and the membership has then stayed the same for the
+    /// [delay](Rebalance::delay), live sessions move to the new members at a bounded rate:
+    /// each is asked to close with **1012** (Service Restart), its upstream gets 1001, and its
+    /// client's reconnect is balanced again. Off by default.
+    ///
+    /// - Least-conn and round-robin: members above their (weighted) fair share shed the
+    ///   excess, the least recently active sessions first, never more than
+    ///   [`max_fraction`](Rebalance::max_fraction) of one member's sessions.
+    /// - Hash pools: exactly the sessions whose key the new members now own move (a chat room
+    ///   sharded by room id comes back together on its new member); no others.
+    ///
+    /// A change that replaces members (an upstream's rolling update: new addresses, old ones
+    /// gone) moves nothing, nor does one that removes members. A change during a rebalancing
+    /// stops it. With [`slow_start`](Self::slow_start), sessions move once the ramp is over.
+    /// The pool's sessions are those of the layer that first proxies through it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_ws_proxy::upstream::{Rebalance, UpstreamPool};
+    ///
+    /// let pool = UpstreamPool::from_urls(["ws://10.0.0.1:3000"])?
+    ///     .rebalance(Rebalance::per_second(50).delay(Duration::from_secs(30)));
+    /// // Later: half of 10.0.0.1's sessions move here, 50 a second.
+    /// pool.insert("ws://10.0.0.2:3000".parse::<axum_ws_proxy::upstream::Member>()?);
+    /// # Ok::<(), axum_ws_proxy::upstream::ParseUpstreamError>(())
+    /// ```
+    #[must_use]
+    pub fn rebalance(self, rebalance: Rebalance) -> Self {
+        self.set(|s| s.rebalance = Some(rebalance))
+    }
+
+    /// What rebalancing has done so far (all zero when it is off).
+    pub fn rebalance_status(&self) -> RebalanceStatus {
+        self.lock().rebalanced
+    }
+
+    /// Whether the caller should start this pool's rebalancing (once, when it is on): the
+    /// endpoints the pool serves with now, which later additions are measured against.
+    pub(crate) fn claim_rebalancer(&self) -> Option<Vec<Arc<Endpoint>>> {
+        let mut st = self.lock();
+        if st.rebalance.is_none() || st.rebalancer {
+            return None;
+        }
+        st.rebalancer = true;
+        Some(
+            st.members
+                .iter()
+                .flat_map(|s| s.endpoints.iter().map(|e| e.endpoint.clone()))
+                .collect(),
+        )
+    }
+
+    /// The pool as rebalancing sees it, when rebalancing is on.
+    pub(crate) fn rebalance_view(&self) -> Option<View> {
+        let st = self.lock();
+        let settings = st.rebalance?;
+        Some(View {
+            settings,
+            endpoints: st
+                .members
+                .iter()
+                .flat_map(|s| {
+                    s.endpoints
+                        .iter()
+                        .map(|e| (e.endpoint.clone(), s.member.weight()))
+                })
+                .collect(),
+            hashed: matches!(st.balance, Balance::Hash(_)),
+            ramp: st.slow_start,
+        })
+    }
+
+    pub(crate) fn record_rebalance(&self, f: impl FnOnce(&mut RebalanceStatus)) {
+        f(&mut self.lock().rebalanced);
+    }
+
+    /// A handle that does not keep the pool alive (rebalancing's task holds one).
+    pub(crate) fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.shared))
+    }
+
     /// The resolver for member host names. Default: the system resolver.
     #[must_use]
     pub fn resolver(self, resolver: impl Resolve) -> Self {
@@ -426,6 +529,7 @@ impl UpstreamPool {
                     o.resolve_every,
                     o.max_sessions,
                     o.slow_start,
+                    o.rebalance,
                     o.resolver.clone(),
                 ),
                 o.members
@@ -443,6 +547,7 @@ impl UpstreamPool {
             st.resolve_every,
             st.max_sessions,
             st.slow_start,
+            st.rebalance,
             st.resolver,
         ) = settings;
         st.members
@@ -860,6 +965,11 @@ impl State {
 }
 
 impl Endpoint {
+    /// Its identity for rendezvous hashing.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
     fn new(member: Member, addr: SocketAddr) -> Self {
         let id = format!("{}|{addr}", member.upstream());
         Self {
@@ -973,6 +1083,7 @@ impl fmt::Debug for UpstreamPool {
             .field("resolve_every", &st.resolve_every)
             .field("max_sessions", &st.max_sessions)
             .field("slow_start", &st.slow_start)
+            .field("rebalance", &st.rebalance)
             .field("resolver", &super::resolve::ResolverName)
             .finish()
     }

@@ -123,8 +123,7 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
     // can only come from their activity.
     let mut sockets = Vec::new();
     for batch in 0..SESSIONS / 100 {
-        let opened =
-            futures_util::future::join_all((0..100).map(|_| connect(addr, "/"))).await;
+        let opened = futures_util::future::join_all((0..100).map(|_| connect(addr, "/"))).await;
         sockets.extend(opened.into_iter().map(|ws| (ws, batch * 100 < BUSY)));
     }
     // Every busy session has carried a message after every idle one registered.
@@ -148,7 +147,11 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
     assert!(killed.success());
 
     // Halfway: the status page and the metrics follow the drain.
-    within("half the closes", until_closed(&closed, &wake, SESSIONS / 2)).await;
+    within(
+        "half the closes",
+        until_closed(&closed, &wake, SESSIONS / 2),
+    )
+    .await;
     let (status, _, body) = http_request(metrics, "/status", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -174,7 +177,10 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
     assert_eq!(status.code(), Some(0));
 
     for c in &closes {
-        assert_eq!((c.code, c.reason.as_str()), (1012, "proxy draining, reconnect"));
+        assert_eq!(
+            (c.code, c.reason.as_str()),
+            (1012, "proxy draining, reconnect")
+        );
     }
     assert_eq!(
         *upstream_closes.lock().unwrap(),
@@ -184,19 +190,44 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
     let (first, last) = (closes[0].at, closes[SESSIONS - 1].at);
     // Spread over the window, the last within it (plus delivery).
     assert!(last - first >= WINDOW * 9 / 10, "{:?}", last - first);
-    assert!(last - sent <= WINDOW + Duration::from_millis(250), "{:?}", last - sent);
+    assert!(
+        last - sent <= WINDOW + Duration::from_millis(250),
+        "{:?}",
+        last - sent
+    );
     // No 250 ms holds more than twice its share (the mean is 25).
     let step = Duration::from_millis(250);
     let mean = SESSIONS as f64 * step.as_secs_f64() / WINDOW.as_secs_f64();
     let busiest = (0..SESSIONS)
-        .map(|i| closes[i..].iter().take_while(|c| c.at < closes[i].at + step).count())
+        .map(|i| {
+            closes[i..]
+                .iter()
+                .take_while(|c| c.at < closes[i].at + step)
+                .count()
+        })
         .max()
         .unwrap();
-    assert!(busiest as f64 <= 2.0 * mean, "{busiest} closes in one 250 ms (mean {mean})");
+    assert!(
+        busiest as f64 <= 2.0 * mean,
+        "{busiest} closes in one 250 ms (mean {mean})"
+    );
     // Idle sessions before busy ones.
-    let last_idle = closes.iter().filter(|c| !c.busy).map(|c| c.at).max().unwrap();
-    let first_busy = closes.iter().filter(|c| c.busy).map(|c| c.at).min().unwrap();
-    assert!(last_idle <= first_busy, "a busy session was closed before an idle one");
+    let last_idle = closes
+        .iter()
+        .filter(|c| !c.busy)
+        .map(|c| c.at)
+        .max()
+        .unwrap();
+    let first_busy = closes
+        .iter()
+        .filter(|c| c.busy)
+        .map(|c| c.at)
+        .min()
+        .unwrap();
+    assert!(
+        last_idle <= first_busy,
+        "a busy session was closed before an idle one"
+    );
 }
 
 /// Starts the binary with an admin listener; returns it, its address and the admin address.
@@ -213,7 +244,11 @@ async fn start_with_admin(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
     let (mut admin, mut listen) = (None, None);
     within("the admin and listening lines", async {
         while listen.is_none() {
-            let line = lines.next_line().await.unwrap().expect("ws-proxy exited early");
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("ws-proxy exited early");
             let field = |name: &str| {
                 line.split(name)
                     .nth(1)
@@ -317,7 +352,10 @@ async fn a_requested_drain_closes_sessions_without_exit_and_needs_the_token() {
     // Still running: readiness fails, new upgrades are refused, and asking again changes
     // nothing.
     let (status, _, body) = http_request(addr, "/healthz", &[]).await;
-    assert_eq!((status, &body[..]), (StatusCode::SERVICE_UNAVAILABLE, &b"shutting down\n"[..]));
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"shutting down\n"[..])
+    );
     let (status, _, _) = http_request(addr, "/", &UPGRADE_HEADERS).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _, body) = request(admin, "POST", "/drain", Some(TOKEN)).await;
@@ -326,7 +364,10 @@ async fn a_requested_drain_closes_sessions_without_exit_and_needs_the_token() {
     assert_eq!(answer["started"], false);
     assert_eq!(answer["drain"]["sessions_at_start"], 3);
     assert_eq!(answer["drain"]["asked_to_close"], 3);
-    assert!(child.try_wait().unwrap().is_none(), "a requested drain does not exit");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a requested drain does not exit"
+    );
 
     // SIGTERM afterwards: the drain is done, so it exits at once, with 0.
     let pid = child.id().unwrap().to_string();

@@ -180,7 +180,10 @@ async fn shutdown_closes_tunnels_with_1012_to_the_client_and_1001_upstream() {
     }
     while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     assert_eq!(seen.next().await, Some(Message::text("x")));
-    assert_eq!(seen.next().await, Some(close(1001, "proxy draining, reconnect")));
+    assert_eq!(
+        seen.next().await,
+        Some(close(1001, "proxy draining, reconnect"))
+    );
     assert_eq!(within("the drain", draining).await.unwrap(), 0);
 }
 

@@ -466,11 +466,11 @@ mod tests {
         let mut traffic = Traffic::new(Side::Client);
         let mut keepalive = Keepalive::new(
             crate::session::keepalive::Timeouts {
-            ping_interval: None,
-            ping_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_lifetime: None,
-            max_lifetime_jitter: 0.0,
+                ping_interval: None,
+                ping_timeout: Duration::from_secs(1),
+                idle_timeout: None,
+                max_lifetime: None,
+                max_lifetime_jitter: 0.0,
             },
             None,
         );

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum_ws_proxy::{
     hooks::Refusal,
     tls::{ServerTls, UpstreamTls},
-    upstream::UpstreamPool,
+    upstream::{Rebalance, UpstreamPool},
     Compression, Mode, WsProxyLayer,
 };
 
@@ -84,6 +84,9 @@ impl Plan {
             fail_timeout: s.fail_timeout,
             resolve_every: s.resolve_every,
             slow_start: s.slow_start,
+            rebalance_rate: s.rebalance_rate,
+            rebalance_max_fraction: s.rebalance_max_fraction,
+            rebalance_delay: s.rebalance_delay,
             max_member_sessions: s.max_member_sessions,
         })
         .map_err(|e| format!("--upstream: {e}"))?;
@@ -317,6 +320,16 @@ fn pool(p: &PoolSettings) -> Result<UpstreamPool, String> {
     }
     if let Some(d) = p.slow_start {
         pool = pool.slow_start(d.0);
+    }
+    if let Some(rate) = p.rebalance_rate.filter(|r| *r > 0) {
+        let mut rebalance = Rebalance::per_second(rate);
+        if let Some(percent) = p.rebalance_max_fraction {
+            rebalance = rebalance.max_fraction(f64::from(percent.0) / 100.0);
+        }
+        if let Some(d) = p.rebalance_delay {
+            rebalance = rebalance.delay(d.0);
+        }
+        pool = pool.rebalance(rebalance);
     }
     Ok(pool)
 }

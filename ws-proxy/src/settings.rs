@@ -78,6 +78,18 @@ pub(crate) struct Settings {
     /// (least-conn and round-robin); 0: at once [default: 0]
     #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
     pub(crate) slow_start: Option<Dur>,
+    /// After members are added (and the rest remain), move live sessions to them at this
+    /// many a second (1012, the client reconnects); 0: off [default: 0]
+    #[arg(long, value_name = "N", help_heading = "Upstreams")]
+    pub(crate) rebalance_rate: Option<u32>,
+    /// The largest share of one member's sessions a rebalancing moves (hash pools move every
+    /// moved key) [default: 50]
+    #[arg(long, value_name = "PERCENT", help_heading = "Upstreams")]
+    pub(crate) rebalance_max_fraction: Option<Ranged<0, 100>>,
+    /// How long the membership must stay unchanged before sessions move (longer than one step
+    /// of the upstream's rolling update) [default: 60s]
+    #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
+    pub(crate) rebalance_delay: Option<Dur>,
     /// TCP connect plus upstream handshake, failover included [default: 10s]
     #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
     pub(crate) connect_timeout: Option<Positive>,
@@ -260,6 +272,9 @@ pub(crate) struct PoolSettings {
     pub(crate) fail_timeout: Option<Positive>,
     pub(crate) resolve_every: Option<Positive>,
     pub(crate) slow_start: Option<Dur>,
+    pub(crate) rebalance_rate: Option<u32>,
+    pub(crate) rebalance_max_fraction: Option<Ranged<0, 100>>,
+    pub(crate) rebalance_delay: Option<Dur>,
     pub(crate) max_member_sessions: Option<usize>,
 }
 
@@ -312,6 +327,9 @@ impl Settings {
             max_fails: Some(1),
             fail_timeout: secs(10),
             slow_start: Some(Dur(Duration::ZERO)),
+            rebalance_rate: Some(0),
+            rebalance_max_fraction: Some(Ranged(50)),
+            rebalance_delay: Some(Dur(Duration::from_secs(60))),
             resolve_every: secs(30),
             connect_timeout: secs(10),
             insecure_skip_verify: Some(false),

@@ -82,6 +82,21 @@ impl Status {
             live_sessions: self.sessions.live_sessions(),
             shutting_down: self.draining.load(Ordering::Relaxed),
             drain: self.drain(),
+            rebalance: pools
+                .default
+                .iter()
+                .map(|p| ("(default)".to_owned(), p))
+                .chain(pools.named.iter().map(|(n, p)| (n.clone(), p)))
+                .map(|(name, pool)| {
+                    let r = pool.rebalance_status();
+                    let moved = Rebalanced {
+                        settled_changes: r.settled_changes,
+                        rebalances: r.rebalances,
+                        sessions_moved: r.sessions_moved,
+                    };
+                    (name, moved)
+                })
+                .collect(),
             default_pool: pools.default.as_ref().map(members),
             pools: pools
                 .named
@@ -137,10 +152,20 @@ struct Report {
     shutting_down: bool,
     /// The drain, once one has begun.
     drain: Option<Drain>,
+    /// What rebalancing has done, per pool (`(default)` for `upstream`).
+    rebalance: BTreeMap<String, Rebalanced>,
     /// Endpoints of the default pool (`upstream`), if it has members.
     default_pool: Option<Vec<Member>>,
     /// Endpoints of each named pool.
     pools: BTreeMap<String, Vec<Member>>,
+}
+
+/// A pool's rebalancing so far.
+#[derive(Serialize)]
+struct Rebalanced {
+    settled_changes: u64,
+    rebalances: u64,
+    sessions_moved: u64,
 }
 
 /// One endpoint (an address of a member).

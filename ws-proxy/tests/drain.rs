@@ -378,3 +378,72 @@ async fn a_requested_drain_closes_sessions_without_exit_and_needs_the_token() {
     let status = within("the exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_a_member_moves_half_the_sessions_with_the_rebalance_keys() {
+    let (a, b) = (named("A").await, named("B").await);
+    let config = |members: &str| {
+        format!(
+            "upstream = [{members}]\n[pools.chat]\nupstream = [\"ws://{a}\"]\n\
+             rebalance_rate = 100\nrebalance_delay = \"100ms\"\nrebalance_max_fraction = 50\n"
+        )
+    };
+    let file = write_config("rebalance.toml", &config(&format!("\"ws://{a}\"")));
+    let (child, addr, metrics) = start_ws_proxy(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--rebalance-rate",
+        "100",
+        "--rebalance-delay",
+        "100ms",
+    ])
+    .await;
+    let metrics = metrics.unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        let mut ws = connect(addr, "/").await;
+        assert_eq!(next_message(&mut ws).await, Message::text("A"));
+        sessions.push(ws);
+    }
+    write_config(
+        "rebalance.toml",
+        &config(&format!("\"ws://{a}\", \"ws://{b}\"")),
+    );
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    // Ten of A's twenty are asked to move; the others stay.
+    let mut moved = 0;
+    for ws in &mut sessions[..] {
+        let closed = tokio::time::timeout(Duration::from_secs(3), ws.next()).await;
+        if let Ok(Some(Ok(Message::Close(Some(f))))) = closed {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1012, "rebalancing, reconnect")
+            );
+            moved += 1;
+            if moved == 10 {
+                break;
+            }
+        }
+    }
+    assert_eq!(moved, 10);
+    let (_, _, body) = http_request(metrics, "/status", &[]).await;
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        report["rebalance"]["(default)"]["sessions_moved"], 10,
+        "{report}"
+    );
+    assert_eq!(report["rebalance"]["(default)"]["rebalances"], 1);
+    assert_eq!(report["rebalance"]["chat"]["sessions_moved"], 0);
+    let (_, _, body) = http_request(metrics, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("ws_proxy_sessions_shed_total{reason=\"rebalance\"} 10"),
+        "{text}"
+    );
+}

@@ -39,7 +39,8 @@
 //! Sessions are kept alive with pings and dead peers reaped ([`WsProxyLayer::ping_interval`]);
 //! optional idle and lifetime limits; [`WsProxyLayer::max_sessions`] and per-member limits
 //! answer 503; [`WsProxyLayer::allowed_origins`] answers 403 to foreign origins; a
-//! [`ShutdownHandle`] drains sessions with close 1001; `wss://` upstreams are verified
+//! [`ShutdownHandle`] drains sessions with close 1012 at an even rate over a window, and pools
+//! can move sessions to members added later ([`upstream::Rebalance`]); `wss://` upstreams are verified
 //! ([`UpstreamTls`], feature `tls`); HTTP/2 clients (RFC 8441) are proxied (feature `http2`);
 //! and [`metrics`] are recorded through the `metrics` facade (feature `metrics`).
 //!

@@ -79,7 +79,8 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///     .header_timeout(Duration::from_secs(10))
 ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
 ///     .await?;
-/// // HTTP is done; now the WebSocket sessions (close 1001, then drop at the deadline).
+/// // HTTP is done; now the WebSocket sessions (close 1012 over half the grace, then drop
+/// // what is left at the deadline).
 /// sessions.shutdown(Duration::from_secs(10)).await;
 /// # Ok(()) }
 /// ```
@@ -205,7 +206,10 @@ impl Serve {
 
     /// On shutdown, how long HTTP requests in progress get to finish before their connections
     /// are dropped (default 10 s). Upgraded connections are not HTTP any more: drain them with
-    /// the layer's [`ShutdownHandle`](crate::ShutdownHandle).
+    /// the layer's [`ShutdownHandle`](crate::ShutdownHandle). An HTTP/2 connection that
+    /// carries the proxy's WebSocket sessions (RFC 8441) is not dropped at the grace: it stays
+    /// until those sessions end, as the handle's drain closes them (cutting it would end them
+    /// all at once, with 1006).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

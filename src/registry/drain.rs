@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{CloseRequest, Sessions};
+use crate::registry::entry::Entry;
 
 /// A drain's schedule and progress (none until one begins).
 #[derive(Debug, Default)]
@@ -102,12 +102,10 @@ impl Drain {
     }
 }
 
-/// Asks every session live now to close, evenly over the window, idle ones first. Sessions
-/// that end meanwhile are skipped; one that starts later (its dial was under way) is asked
-/// as it registers.
-pub(super) async fn run(sessions: Arc<Sessions>) {
-    let drain = &sessions.drain;
-    let mut order = sessions.entries();
+/// Asks every session in `order` (those live now) to close with `ask`, evenly over the
+/// window, idle ones first. Sessions that end meanwhile are skipped; one that starts later
+/// (its dial was under way) is asked as it registers.
+pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(&Entry) -> bool) {
     // Least recently active first; among equals, the oldest.
     order.sort_by_key(|e| (e.last_active(), e.id()));
     let n = order.len();
@@ -137,7 +135,7 @@ pub(super) async fn run(sessions: Arc<Sessions>) {
             }
             () = tokio::time::sleep_until(due) => {}
         }
-        if sessions.request_close(&order[next], CloseRequest::DRAIN) {
+        if ask(&order[next]) {
             drain.update(|s| s.asked += 1);
         }
         next += 1;

@@ -9,7 +9,6 @@ use std::task::{Context, Poll, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use super::Sessions;
 use crate::upstream::Endpoint;
 
 /// Why the proxy asks a healthy session to close.
@@ -172,33 +171,6 @@ impl Closing<'_> {
             Some(request) => Poll::Ready(*request),
             None => Poll::Pending,
         }
-    }
-}
-
-/// A session's place in the registry, held by its task: it leaves when this drops.
-#[derive(Debug)]
-pub(crate) struct Registered {
-    sessions: Arc<Sessions>,
-    entry: Arc<Entry>,
-}
-
-impl Registered {
-    pub(super) fn new(sessions: Arc<Sessions>, entry: Arc<Entry>) -> Self {
-        Self { sessions, entry }
-    }
-
-    pub(crate) fn entry(&self) -> &Arc<Entry> {
-        &self.entry
-    }
-
-    pub(crate) fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.sessions.remove(&self.entry);
     }
 }
 

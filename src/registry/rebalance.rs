@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{CloseRequest, Entry, Sessions};
+use crate::registry::entry::{CloseRequest, Entry};
+use crate::registry::sessions::Sessions;
 use crate::upstream::{Endpoint, RebalanceView, UpstreamPool, WeakPool};
 
 /// How often the membership is looked at, at most and at least.

@@ -32,9 +32,8 @@ mod url;
 
 pub use balance::{Balance, HashKey, ParseBalanceError};
 pub use member::{Member, MAX_WEIGHT};
-pub(crate) use pool::{Endpoint, Lease, NoPick, WeakPool};
+pub(crate) use pool::{Endpoint, Lease, NoPick, RebalanceView, WeakPool};
 pub use pool::{EndpointStatus, UpstreamPool};
-pub(crate) use rebalance::View as RebalanceView;
 pub use rebalance::{Rebalance, RebalanceStatus};
 pub use resolve::{Resolve, Resolving};
 pub use url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};

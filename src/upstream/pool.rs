@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tower::discover::{Change, Discover};
 
 use super::balance::{fnv1a, rendezvous_score, Balance, FNV_OFFSET};
-use super::rebalance::{Rebalance, RebalanceStatus, View};
+use super::rebalance::{Rebalance, RebalanceStatus};
 use super::resolve::{Resolve, SystemResolver};
 use super::url::{ParseUpstreamError, ParseUpstreamErrorKind, Upstream};
 use super::Member;
@@ -141,6 +141,48 @@ pub(crate) struct Endpoint {
     sessions: AtomicU64,
     failures: AtomicU64,
     refusals: AtomicU64,
+}
+
+/// A pool as rebalancing sees it: its endpoints now (with their members' weights), how it
+/// balances, and its settings.
+pub(crate) struct RebalanceView {
+    pub(crate) settings: Rebalance,
+    pub(crate) endpoints: Vec<(Arc<Endpoint>, u32)>,
+    pub(crate) hashed: bool,
+    /// Slow start's ramp: sessions move once a new member has reached its full weight.
+    pub(crate) ramp: Duration,
+}
+
+impl RebalanceView {
+    /// Whether both name the same endpoints.
+    pub(crate) fn same_members(&self, endpoints: &[Arc<Endpoint>]) -> bool {
+        self.endpoints.len() == endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .all(|(e, _)| endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
+    }
+
+    pub(crate) fn members(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    /// Where a hash pool sends `key` now (the same rendezvous choice a new session gets).
+    pub(crate) fn owner(&self, key: &[u8]) -> Option<&Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .map(|(e, w)| (e, rendezvous_score(e.seed(), key, *w)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(e, _)| e)
+    }
+
+    /// The weight of `endpoint`'s member (0 if it left).
+    pub(crate) fn weight(&self, endpoint: &Arc<Endpoint>) -> u32 {
+        self.endpoints
+            .iter()
+            .find(|(e, _)| Arc::ptr_eq(e, endpoint))
+            .map_or(0, |(_, w)| *w)
+    }
 }
 
 /// A pool that may be gone.
@@ -437,10 +479,10 @@ impl UpstreamPool {
     }
 
     /// The pool as rebalancing sees it, when rebalancing is on.
-    pub(crate) fn rebalance_view(&self) -> Option<View> {
+    pub(crate) fn rebalance_view(&self) -> Option<RebalanceView> {
         let st = self.lock();
         let settings = st.rebalance?;
-        Some(View {
+        Some(RebalanceView {
             settings,
             endpoints: st
                 .members

@@ -2,11 +2,7 @@
 //! moving itself is the registry's (it knows the live sessions): see
 //! [`UpstreamPool::rebalance`](super::UpstreamPool::rebalance).
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use super::balance::rendezvous_score;
-use super::pool::Endpoint;
 
 /// Default share of a member's sessions one rebalancing may close.
 const DEFAULT_MAX_FRACTION: f64 = 0.5;
@@ -78,46 +74,4 @@ pub struct RebalanceStatus {
     pub rebalances: u64,
     /// Sessions asked to close (1012) to move.
     pub sessions_moved: u64,
-}
-
-/// A pool as rebalancing sees it: its endpoints now (with their members' weights), how it
-/// balances, and its settings.
-pub(crate) struct View {
-    pub(crate) settings: Rebalance,
-    pub(crate) endpoints: Vec<(Arc<Endpoint>, u32)>,
-    pub(crate) hashed: bool,
-    /// Slow start's ramp: sessions move once a new member has reached its full weight.
-    pub(crate) ramp: Duration,
-}
-
-impl View {
-    /// Whether both name the same endpoints.
-    pub(crate) fn same_members(&self, endpoints: &[Arc<Endpoint>]) -> bool {
-        self.endpoints.len() == endpoints.len()
-            && self
-                .endpoints
-                .iter()
-                .all(|(e, _)| endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
-    }
-
-    pub(crate) fn members(&self) -> Vec<Arc<Endpoint>> {
-        self.endpoints.iter().map(|(e, _)| e.clone()).collect()
-    }
-
-    /// Where a hash pool sends `key` now (the same rendezvous choice a new session gets).
-    pub(crate) fn owner(&self, key: &[u8]) -> Option<&Arc<Endpoint>> {
-        self.endpoints
-            .iter()
-            .map(|(e, w)| (e, rendezvous_score(e.seed(), key, *w)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(e, _)| e)
-    }
-
-    /// The weight of `endpoint`'s member (0 if it left).
-    pub(crate) fn weight(&self, endpoint: &Arc<Endpoint>) -> u32 {
-        self.endpoints
-            .iter()
-            .find(|(e, _)| Arc::ptr_eq(e, endpoint))
-            .map_or(0, |(_, w)| *w)
-    }
 }

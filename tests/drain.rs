@@ -67,3 +67,55 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
         .unwrap()
         .unwrap();
 }
+
+/// SIGTERM during an operator's drain: the same drain goes on, hurried to end within the
+/// shutdown's window; no session is asked twice.
+#[tokio::test]
+async fn a_shutdown_during_a_requested_drain_finishes_it_within_its_own_window() {
+    let up = echo_upstream().await;
+    let layer = WsProxyLayer::new(upstream(up));
+    let handle = layer
+        .shutdown_handle()
+        .drain_window(Duration::from_secs(30));
+    let proxy = proxy(layer).await;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(connect(proxy, "/").await);
+    }
+    assert!(handle.drain());
+    assert!(!handle.drain(), "a second request changes nothing");
+    // The first is asked at once; the next would be 5 s later.
+    match next_message(&mut sessions[0]).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012),
+        other => panic!("expected close 1012, got {other:?}"),
+    }
+    let progress = handle.drain_progress().unwrap();
+    assert_eq!(
+        (progress.sessions_at_start, progress.asked_to_close),
+        (6, 1)
+    );
+
+    let started = Instant::now();
+    let shutdown = handle.clone().drain_window(Duration::from_millis(400));
+    let drained = tokio::spawn(async move { shutdown.shutdown(Duration::from_secs(5)).await });
+    for ws in &mut sessions[1..] {
+        match next_message(ws).await {
+            Message::Close(Some(f)) => assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1012, "proxy draining, reconnect")
+            ),
+            other => panic!("expected close 1012, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    for ws in &mut sessions {
+        // One close frame each, then the end.
+        while let Some(Ok(m)) = within("the close handshake", ws.next()).await {
+            assert!(!m.is_close(), "asked twice: {m:?}");
+        }
+    }
+    assert_eq!(within("the shutdown", drained).await.unwrap(), 0);
+    let progress = handle.drain_progress().unwrap();
+    assert_eq!((progress.asked_to_close, progress.done), (6, true));
+}

@@ -100,7 +100,7 @@ fn suggest(message: &str) -> Option<String> {
             format!("unknown field `{unknown}` (did you mean `{known}`?)")
         }
         // A short list (a pool's keys) helps; the top level's would be a wall of text.
-        _ if rest.matches('`').count() <= 16 => format!("unknown field `{unknown}`{rest}"),
+        _ if rest.matches('`').count() <= 24 => format!("unknown field `{unknown}`{rest}"),
         _ => format!("unknown field `{unknown}`"),
     })
 }

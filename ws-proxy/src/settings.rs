@@ -87,7 +87,7 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "PERCENT", help_heading = "Upstreams")]
     pub(crate) rebalance_max_fraction: Option<Ranged<0, 100>>,
     /// How long the membership must stay unchanged before sessions move (longer than one step
-    /// of the upstream's rolling update) [default: 60s]
+    /// of the upstream's rolling update) [default: 1m]
     #[arg(long, value_name = "DURATION", help_heading = "Upstreams")]
     pub(crate) rebalance_delay: Option<Dur>,
     /// TCP connect plus upstream handshake, failover included [default: 10s]

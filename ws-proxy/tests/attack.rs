@@ -486,10 +486,11 @@ async fn half_http2_prefaces_cost_no_cpu_while_they_wait() {
     drop(held);
 }
 
-/// SIGTERM does not wait for the slowest: 500 sessions, a WebSocket over HTTP/2 and a client
-/// halfway through a request head all hear at once (every session its 1001, the h2 one inside
-/// its stream), and the process exits as soon as they have closed (before: the HTTP drain
-/// went first, so one h2 session or half head held every 1001 back for the whole grace).
+/// SIGTERM with no drain window does not wait for the slowest: 500 sessions, a WebSocket over
+/// HTTP/2 and a client halfway through a request head all hear at once (every session its
+/// 1012, the h2 one inside its stream), and the process exits as soon as they have closed
+/// (before: the HTTP drain went first, so one h2 session or half head held every close back
+/// for the whole grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_session_at_once() {
     use futures_util::StreamExt;
@@ -501,6 +502,8 @@ async fn shutdown_closes_every_session_at_once() {
         &format!("ws://{up}"),
         "--shutdown-grace",
         "5s",
+        "--drain-window",
+        "0",
     ])
     .await;
     let mut sessions = Vec::new();
@@ -527,7 +530,7 @@ async fn shutdown_closes_every_session_at_once() {
         waits.push(tokio::spawn(async move {
             let frame = match next_message(&mut ws).await {
                 Message::Close(Some(f)) => u16::from(f.code),
-                other => panic!("expected 1001, got {other:?}"),
+                other => panic!("expected 1012, got {other:?}"),
             };
             let heard = term.elapsed();
             while let Some(Ok(_)) = ws.next().await {}
@@ -535,8 +538,8 @@ async fn shutdown_closes_every_session_at_once() {
         }));
     }
     match next_message(&mut h2).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("the h2 session: expected 1001, got {other:?}"),
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012),
+        other => panic!("the h2 session: expected 1012, got {other:?}"),
     }
     let h2_heard = term.elapsed();
     while let Some(Ok(_)) = h2.next().await {}
@@ -550,12 +553,12 @@ async fn shutdown_closes_every_session_at_once() {
     let mut slowest = Duration::ZERO;
     for w in waits {
         let (code, heard) = w.await.unwrap();
-        assert_eq!(code, 1001);
+        assert_eq!(code, 1012);
         slowest = slowest.max(heard);
     }
     let status = within("ws-proxy to exit", child.wait()).await.unwrap();
     let exited = term.elapsed();
-    println!("500 sessions: slowest 1001 after {slowest:?}; h2 {h2_heard:?}; half head closed {half_closed:?}; exit {exited:?}");
+    println!("500 sessions: slowest 1012 after {slowest:?}; h2 {h2_heard:?}; half head closed {half_closed:?}; exit {exited:?}");
     assert!(slowest < Duration::from_millis(500), "{slowest:?}");
     assert!(h2_heard < Duration::from_millis(500), "{h2_heard:?}");
     assert!(half_closed < Duration::from_millis(500), "{half_closed:?}");

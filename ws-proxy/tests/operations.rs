@@ -335,7 +335,7 @@ async fn a_reload_names_settings_that_need_a_restart() {
 }
 
 /// `--shutdown-delay`: after SIGTERM the proxy keeps serving (new sessions included) while
-/// /healthz answers 503; then sessions get 1001 and the process exits 0.
+/// /healthz answers 503; then sessions get 1012 and the process exits 0.
 #[tokio::test]
 async fn the_shutdown_delay_keeps_serving_while_healthz_fails() {
     let up = echo_upstream().await;
@@ -374,13 +374,13 @@ async fn the_shutdown_delay_keeps_serving_while_healthz_fails() {
     );
     for ws in [&mut before, &mut during] {
         match next_message(ws).await {
-            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-            other => panic!("expected 1001, got {other:?}"),
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012),
+            other => panic!("expected 1012, got {other:?}"),
         }
     }
     assert!(
         term.elapsed() >= Duration::from_secs(1),
-        "1001 came before the delay ended"
+        "1012 came before the delay ended"
     );
     let status = within("ws-proxy to exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));

@@ -122,7 +122,7 @@ async fn late_messages_are_counted_as_undeliverable(mode: Mode) {
         (5, 0, 0),
         "{mode:?}: undeliverable, forwarded to the client, to the upstream"
     );
-    assert_eq!(s.client_close_code, 1001);
+    assert_eq!(s.client_close_code, 1012);
 }
 
 #[tokio::test]

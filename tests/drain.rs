@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use axum_ws_proxy::WsProxyLayer;
 
@@ -49,13 +48,10 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
     });
     let mut closed_at = Vec::new();
     for ws in &mut sessions {
-        match next_message(ws).await {
-            Message::Close(Some(f)) => assert_eq!(
-                (u16::from(f.code), f.reason.as_str()),
-                (1012, "proxy draining, reconnect")
-            ),
-            other => panic!("expected close 1012, got {other:?}"),
-        }
+        assert_eq!(
+            next_close(ws).await,
+            (1012, "proxy draining, reconnect".into())
+        );
         closed_at.push(started.elapsed());
         while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     }
@@ -85,10 +81,7 @@ async fn a_shutdown_during_a_requested_drain_finishes_it_within_its_own_window()
     assert!(handle.drain());
     assert!(!handle.drain(), "a second request changes nothing");
     // The first is asked at once; the next would be 5 s later.
-    match next_message(&mut sessions[0]).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012),
-        other => panic!("expected close 1012, got {other:?}"),
-    }
+    assert_eq!(next_close(&mut sessions[0]).await.0, 1012);
     let progress = handle.drain_progress().unwrap();
     assert_eq!(
         (progress.sessions_at_start, progress.asked_to_close),
@@ -99,13 +92,10 @@ async fn a_shutdown_during_a_requested_drain_finishes_it_within_its_own_window()
     let shutdown = handle.clone().drain_window(Duration::from_millis(400));
     let drained = tokio::spawn(async move { shutdown.shutdown(Duration::from_secs(5)).await });
     for ws in &mut sessions[1..] {
-        match next_message(ws).await {
-            Message::Close(Some(f)) => assert_eq!(
-                (u16::from(f.code), f.reason.as_str()),
-                (1012, "proxy draining, reconnect")
-            ),
-            other => panic!("expected close 1012, got {other:?}"),
-        }
+        assert_eq!(
+            next_close(ws).await,
+            (1012, "proxy draining, reconnect".into())
+        );
     }
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1500), "{took:?}");

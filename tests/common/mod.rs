@@ -385,8 +385,21 @@ pub type Logs = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStder
 /// killed on drop, and waits for the line naming its address (and its metrics address, which
 /// is logged first). The caller drains the rest of the logs.
 pub async fn spawn_proxy(
-    mut cmd: tokio::process::Command,
+    cmd: tokio::process::Command,
 ) -> (tokio::process::Child, SocketAddr, Option<SocketAddr>, Logs) {
+    let (child, addrs, lines) = spawn_logging(cmd).await;
+    (child, addrs["listen"], addrs.get("metrics").copied(), lines)
+}
+
+/// As [`spawn_proxy`], with every `NAME=ADDR` address logged up to the listening line
+/// (`listen`, `metrics`, `admin`), by name.
+pub async fn spawn_logging(
+    mut cmd: tokio::process::Command,
+) -> (
+    tokio::process::Child,
+    std::collections::HashMap<String, SocketAddr>,
+    Logs,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut child = cmd
         .stderr(std::process::Stdio::piped())
@@ -394,28 +407,46 @@ pub async fn spawn_proxy(
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut metrics = None;
-    let addr = within("the listening line", async {
-        loop {
+    let mut addrs = std::collections::HashMap::new();
+    within("the listening line", async {
+        while !addrs.contains_key("listen") {
             let line = lines
                 .next_line()
                 .await
                 .unwrap()
                 .expect("ws-proxy exited early");
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            metrics = metrics.or(field("metrics="));
-            if let Some(addr) = field("listen=") {
-                return addr;
+            for word in line.split_whitespace() {
+                if let Some((name, value)) = word.split_once('=') {
+                    if let Ok(addr) = value.parse::<SocketAddr>() {
+                        addrs.entry(name.to_owned()).or_insert(addr);
+                    }
+                }
             }
         }
     })
     .await;
-    (child, addr, metrics, lines)
+    (child, addrs, lines)
+}
+
+/// Sends `signal` (`TERM`, `HUP`) to `child`.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// The next message is a close frame: its code and reason.
+pub async fn next_close<S>(ws: &mut WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match next_message(ws).await {
+        Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
 }
 
 /// Reads the upgrade request on `tcp` and answers `101` with the right accept key, as an

@@ -221,12 +221,7 @@ async fn sigterm_closes_sessions_with_1012_and_exits_0() {
     assert_eq!(next_message(&mut ws).await, Message::text("before"));
     assert_eq!(seen.next().await, Some(Message::text("before")));
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
     match next_message(&mut ws).await {
         Message::Close(Some(f)) => {
             assert_eq!(

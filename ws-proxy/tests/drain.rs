@@ -139,12 +139,7 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
         .collect();
 
     let sent = Instant::now();
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
 
     // Halfway: the status page and the metrics follow the drain.
     within(
@@ -232,36 +227,13 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
 
 /// Starts the binary with an admin listener; returns it, its address and the admin address.
 async fn start_with_admin(args: &[&str]) -> (tokio::process::Child, SocketAddr, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
     let mut cmd = tokio::process::Command::new(ws_proxy_binary());
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(args)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut admin, mut listen) = (None, None);
-    within("the admin and listening lines", async {
-        while listen.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("ws-proxy exited early");
-            let field = |name: &str| {
-                line.split(name)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            admin = admin.or(field("admin="));
-            listen = field("listen=");
-        }
-    })
-    .await;
+        .env("RUST_LOG", "info");
+    let (child, addrs, mut lines) = spawn_logging(cmd).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, listen.unwrap(), admin.expect("the admin line"))
+    (child, addrs["listen"], addrs["admin"])
 }
 
 /// An HTTP request with a method; returns the status, headers and body.
@@ -340,13 +312,10 @@ async fn a_requested_drain_closes_sessions_without_exit_and_needs_the_token() {
     assert_eq!(answer["started"], true, "{answer}");
     assert_eq!(answer["drain"]["window_ms"], 300);
     for ws in &mut sessions {
-        match next_message(ws).await {
-            Message::Close(Some(f)) => assert_eq!(
-                (u16::from(f.code), f.reason.as_str()),
-                (1012, "proxy draining, reconnect")
-            ),
-            other => panic!("expected close 1012, got {other:?}"),
-        }
+        assert_eq!(
+            next_close(ws).await,
+            (1012, "proxy draining, reconnect".into())
+        );
         while let Some(Ok(_)) = within("the close handshake", ws.next()).await {}
     }
     // Still running: readiness fails, new upgrades are refused, and asking again changes
@@ -370,11 +339,7 @@ async fn a_requested_drain_closes_sessions_without_exit_and_needs_the_token() {
     );
 
     // SIGTERM afterwards: the drain is done, so it exits at once, with 0.
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     let status = within("the exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
@@ -411,11 +376,7 @@ async fn a_reload_that_adds_a_member_moves_half_the_sessions_with_the_rebalance_
         "rebalance.toml",
         &config(&format!("\"ws://{a}\", \"ws://{b}\"")),
     );
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
+    signal(&child, "HUP");
     // Ten of A's twenty are asked to move; the others stay.
     let mut moved = 0;
     for ws in &mut sessions[..] {

@@ -9,6 +9,7 @@
 //!                                                  # amortise handshake-time memory less)
 //! cargo run --release -p ws-proxy-bench -- --only ws-proxy,nginx
 //! cargo run --release -p ws-proxy-bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
+//! cargo run --release -p ws-proxy-bench -- --rows reconnect  # opt-in: not in the default rows
 //! cargo run --release -p ws-proxy-bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release -p ws-proxy-bench -- --rows storm --storm 2000  # storm size (default 10 000)
 //! cargo run --release -p ws-proxy-bench -- --rows handshake --handshakes 1200  # (default 3000)
@@ -31,7 +32,12 @@
 //! - RSS per idle session: 8000 sessions held, against none;
 //! - round trip p50: one session, one 64 B message at a time (direct: no proxy);
 //! - permessage-deflate (`--rows deflate`, in `deflate.rs`): bytes on the client's wire, CPU
-//!   and RSS per idle session with clients that compress as browsers do.
+//!   and RSS per idle session with clients that compress as browsers do;
+//! - reconnect peak (`--rows reconnect`, in `reconnect.rs`; opt-in, only when named): one
+//!   `ws-proxy` replica drains 1000 sessions on SIGTERM and every client reconnects at once to
+//!   a second replica; the most new sessions the second gets in any 100 ms, and over how long
+//!   they arrive, unpaced (`--drain-window 0`) against paced (`--drain-window 10s`). One
+//!   measurement per case; `--only` and `--rounds` do not apply to it.
 //!
 //! `BENCH_OFFER_DEFLATE=1` makes the handshake row's client offer permessage-deflate as
 //! browsers do (`permessage-deflate; client_max_window_bits`), for the handshake's cost with
@@ -52,6 +58,7 @@
 //! the same runtime. Its rows say what tokio costs before the proxy does any work of its own.
 
 mod deflate;
+mod reconnect;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -271,6 +278,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("--echo-server") {
         // The storm's upstream, in a process of its own: one process cannot hold 10 000
         // client sockets and their 10 000 upstream sockets under a 20 000-descriptor limit.
+        // `--echo-server BACKLOG`: with that listen backlog (default: tokio's, 128).
+        let backlog = args.get(1).and_then(|a| a.parse::<u32>().ok());
         raise_fd_limit();
         pin_self_to(1);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -278,7 +287,10 @@ fn main() {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let addr = start_echo().await;
+            let addr = match backlog {
+                Some(backlog) => start_echo_with_backlog(backlog).await,
+                None => start_echo().await,
+            };
             println!("{addr}");
             std::future::pending::<()>().await
         });
@@ -344,8 +356,17 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     let _ = Command::new("sync").status();
     wait_for_quiet_cpu(0).await;
     let compression = rows_wanted.iter().any(|r| r == "deflate");
-    if rows_wanted.iter().all(|r| r == "deflate") {
-        deflate::run(&counts, rounds, &only).await;
+    let reconnect = rows_wanted.iter().any(|r| r == "reconnect");
+    if rows_wanted
+        .iter()
+        .all(|r| r == "deflate" || r == "reconnect")
+    {
+        if compression {
+            deflate::run(&counts, rounds, &only).await;
+        }
+        if reconnect {
+            reconnect::run().await;
+        }
         return;
     }
     let upstream = start_echo().await;
@@ -437,6 +458,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     print_targets(&rows);
     if compression {
         deflate::run(&counts, rounds, &only).await;
+    }
+    if reconnect {
+        reconnect::run().await;
     }
 }
 
@@ -947,7 +971,22 @@ fn l4_forward(args: &[String]) {
 }
 
 async fn start_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    serve_echo(TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+}
+
+/// The echo upstream with a listen backlog of `backlog` (at most the kernel's somaxconn)
+/// instead of tokio's 128: more connects at once than the backlog overflow it, and each one
+/// dropped costs its client a SYN retransmitted a second later.
+async fn start_echo_with_backlog(backlog: u32) -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    serve_echo(socket.listen(backlog).expect("listen"))
+}
+
+/// Echoes every text and binary message on each WebSocket session `listener` accepts.
+fn serve_echo(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -1089,25 +1128,9 @@ async fn bulk(
 /// sends one message and waits for its echo, then closes. Against a fresh proxy whose echo
 /// upstream is a process of its own (descriptor limits).
 async fn storm(kind: Kind, cert: &BenchCert, clients: usize) -> Result<Row, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut echo = Command::new(exe)
-        .arg("--echo-server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("echo server: {e}"))?;
-    let upstream = {
-        use std::io::BufRead;
-        let out = echo.stdout.take().ok_or("echo server: no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        line.trim()
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("echo server said {line:?}: {e}"))
-    };
+    let (mut echo, upstream) = echo_process(None)?;
     let result = async {
-        let target = Target::start(kind, upstream?, cert)?;
+        let target = Target::start(kind, upstream, cert)?;
         wait_ready(&target.endpoint()).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = target.cpu_ns();
@@ -1165,6 +1188,41 @@ async fn storm(kind: Kind, cert: &BenchCert, clients: usize) -> Result<Row, Stri
     let _ = echo.kill();
     let _ = echo.wait();
     result
+}
+
+/// The echo upstream in a process of its own (`--echo-server`, on CPU 1), with a listen
+/// backlog of `backlog` (`None`: tokio's, 128), and the address it listens on. The caller
+/// kills the process.
+fn echo_process(backlog: Option<u32>) -> Result<(Child, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut echo = Command::new(exe);
+    echo.arg("--echo-server");
+    if let Some(backlog) = backlog {
+        echo.arg(backlog.to_string());
+    }
+    let mut echo = echo
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("echo server: {e}"))?;
+    let addr = (|| -> Result<SocketAddr, String> {
+        use std::io::BufRead;
+        let out = echo.stdout.take().ok_or("echo server: no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("echo server said {line:?}: {e}"))
+    })();
+    match addr {
+        Ok(addr) => Ok((echo, addr)),
+        Err(e) => {
+            let _ = echo.kill();
+            let _ = echo.wait();
+            Err(e)
+        }
+    }
 }
 
 impl Row {

@@ -111,10 +111,10 @@ pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(
     let n = order.len();
     drain.update(|s| s.at_start = n);
     tracing::info!(sessions = n, "drain: asking sessions to close with 1012");
-    let start = Instant::now();
-    // The i-th is due at start + i * slot: the first at once, the rate even.
-    let mut slot = drain.end().saturating_duration_since(start) / n.max(1) as u32;
-    let mut due = start;
+    // One at once, then each next one after (end - now) / (those left + 1): an even rate
+    // (window / n) when on time, and when this task was held up (a busy CPU), the rest spread
+    // over what remains of the window rather than sent in a burst to catch up.
+    let mut due = Instant::now();
     let mut next = 0;
     while next < n {
         // A session that ended on its own holds no place in the schedule. (The registry
@@ -125,12 +125,9 @@ pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(
         }
         tokio::select! {
             biased;
+            // The end moved earlier: the rest, spread over what is left until it.
             () = drain.hurried.notified() => {
-                // The rest, spread over what is left until the new end.
-                let now = Instant::now();
-                let left = (n - next) as u32;
-                slot = drain.end().saturating_duration_since(now) / left;
-                due = now;
+                due = Instant::now();
                 continue;
             }
             () = tokio::time::sleep_until(due) => {}
@@ -139,7 +136,9 @@ pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(
             drain.update(|s| s.asked += 1);
         }
         next += 1;
-        due += slot;
+        let now = Instant::now();
+        let left = (n - next) as u32;
+        due = now + drain.end().saturating_duration_since(now) / (left + 1);
     }
     drain.update(|s| s.done = true);
     tracing::info!(sessions = n, "drain: every session asked to close");

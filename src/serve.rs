@@ -374,15 +374,6 @@ async fn past_grace(stop: &mut Stop) {
     }
 }
 
-/// `fut`, unless the server's grace ends first (`None`).
-async fn before_grace<F: Future>(stop: &mut Stop, fut: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        out = fut => Some(out),
-        () = past_grace(stop) => None,
-    }
-}
-
 /// One accepted connection.
 struct Conn {
     app: App,
@@ -407,9 +398,11 @@ impl Conn {
         } = self;
         let accepted = tokio::time::Instant::now();
         if proxy_protocol {
-            let header = tokio::time::timeout(header_timeout, proxy_header::read(&mut tcp));
-            let Some(header) = before_grace(stop, header).await else {
-                return;
+            // Each stage before HTTP ends at its deadline, or at the end of the grace.
+            let header = tokio::select! {
+                biased;
+                read = tokio::time::timeout(header_timeout, proxy_header::read(&mut tcp)) => read,
+                () = past_grace(stop) => return,
             };
             match header {
                 Ok(Ok(Some(client))) => remote = client,
@@ -427,36 +420,18 @@ impl Conn {
         let app = app.for_connection(remote).await;
         // The head's deadline counts from the accept (PROXY header and TLS handshake included).
         let left = || header_timeout.saturating_sub(accepted.elapsed());
+        // Boxed: a TLS handshake's state is kilobytes, and inline it would enlarge every
+        // connection's future, plain ones included (each is built, then moved into its box).
         #[cfg(feature = "tls")]
         if let Some(tls) = &tls {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let handshake = tokio::time::timeout(left(), acceptor.accept(tcp));
-            let Some(handshake) = before_grace(stop, handshake).await else {
-                return;
-            };
-            let stream = match handshake {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %remote, "closed: TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %remote, "closed: TLS handshake not done in time");
-                    return;
-                }
-            };
-            let info = self::tls::info(stream.get_ref().1);
-            let h2 = info.alpn.as_deref() == Some(b"h2");
-            let service = Handler {
+            let conn = Accepted {
                 app,
                 remote,
                 max_head,
-                tls: Some(info),
-                first_request: Flag::default(),
-                streams: Default::default(),
+                header_timeout,
+                left: left(),
             };
-            serve_http(stream, h2, service, left(), header_timeout, stop).await;
-            return;
+            return Box::pin(conn.serve_tls(tcp, tls, stop)).await;
         }
         let service = Handler {
             app,
@@ -467,13 +442,71 @@ impl Conn {
             first_request: Flag::default(),
             streams: Default::default(),
         };
-        let preface = tokio::time::timeout(left(), opens_with_h2_preface(&tcp));
-        let Some(Ok(h2)) = before_grace(stop, preface).await else {
-            return; // Nothing decisive within the header deadline (or the grace).
+        let peeked = tokio::select! {
+            biased;
+            peeked = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)) => peeked,
+            () = past_grace(stop) => return,
+        };
+        let Ok(h2) = peeked else {
+            return; // Nothing decisive within the header deadline.
         };
         // hyper gets the socket itself, so an upgraded connection can be downcast back to it
         // and a tunnel can splice it.
         serve_http(tcp, h2, service, left(), header_timeout, stop).await;
+    }
+}
+
+/// A connection past its PROXY header, before its TLS handshake.
+#[cfg(feature = "tls")]
+struct Accepted {
+    app: BoxApp,
+    remote: SocketAddr,
+    max_head: usize,
+    header_timeout: Duration,
+    /// What is left of the header timeout.
+    left: Duration,
+}
+
+#[cfg(feature = "tls")]
+impl Accepted {
+    async fn serve_tls(self, tcp: TcpStream, tls: &ServerTls, stop: &mut Stop) {
+        let Accepted {
+            app,
+            remote,
+            max_head,
+            header_timeout,
+            left,
+        } = self;
+        let started = tokio::time::Instant::now();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let handshake = tokio::select! {
+            biased;
+            done = tokio::time::timeout(left, acceptor.accept(tcp)) => done,
+            () = past_grace(stop) => return,
+        };
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %remote, "closed: TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %remote, "closed: TLS handshake not done in time");
+                return;
+            }
+        };
+        let info = self::tls::info(stream.get_ref().1);
+        let h2 = info.alpn.as_deref() == Some(b"h2");
+        let service = Handler {
+            app,
+            remote,
+            max_head,
+            tls: Some(info),
+            first_request: Flag::default(),
+            streams: Default::default(),
+        };
+        let left = left.saturating_sub(started.elapsed());
+        serve_http(stream, h2, service, left, header_timeout, stop).await;
     }
 }
 

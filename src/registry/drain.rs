@@ -123,14 +123,18 @@ pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(
             next += 1;
             continue;
         }
-        tokio::select! {
-            biased;
-            // The end moved earlier: the rest, spread over what is left until it.
-            () = drain.hurried.notified() => {
-                due = Instant::now();
-                continue;
+        // Not yet due: wait (a zero window never does: the timer's millisecond would space a
+        // thousand closes over a second).
+        if due > Instant::now() {
+            tokio::select! {
+                biased;
+                // The end moved earlier: the rest, spread over what is left until it.
+                () = drain.hurried.notified() => {
+                    due = Instant::now();
+                    continue;
+                }
+                () = tokio::time::sleep_until(due) => {}
             }
-            () = tokio::time::sleep_until(due) => {}
         }
         if ask(&order[next]) {
             drain.update(|s| s.asked += 1);

@@ -216,7 +216,12 @@ impl Sessions {
 
     fn set_phase(&self, phase: u8) {
         self.phase.fetch_max(phase, Ordering::AcqRel);
-        self.phase_changed.notify_waiters();
+        // Sessions wait only for the deadline (a drain reaches each through its entry):
+        // waking every session's task when a drain begins would queue the drain's first
+        // close behind a thousand polls.
+        if phase == ABORTING {
+            self.phase_changed.notify_waiters();
+        }
     }
 
     /// Drains over `window`, waits up to `grace` for the sessions to end, then drops the

@@ -41,6 +41,7 @@ use tower::ServiceExt;
 use self::app::{App, BoxApp};
 use self::streams::Streams;
 use crate::handshake::headers;
+use crate::registry::ShutdownHandle;
 
 mod app;
 pub(crate) mod proxy_header;
@@ -77,11 +78,11 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 /// axum_ws_proxy::serve(listener, app)
 ///     .header_timeout(Duration::from_secs(10))
+///     // On shutdown, the WebSocket sessions too: closed with 1012 over half the grace, what
+///     // is left dropped at its end.
+///     .drain_sessions(sessions, Duration::from_secs(10))
 ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
 ///     .await?;
-/// // HTTP is done; now the WebSocket sessions (close 1012 over half the grace, then drop
-/// // what is left at the deadline).
-/// sessions.shutdown(Duration::from_secs(10)).await;
 /// # Ok(()) }
 /// ```
 ///
@@ -134,6 +135,7 @@ where
         #[cfg(feature = "tls")]
         tls: None,
         shutdown: None,
+        sessions: None,
     }
 }
 
@@ -170,6 +172,8 @@ pub struct Serve {
     #[cfg(feature = "tls")]
     tls: Option<ServerTls>,
     shutdown: Option<Signal>,
+    /// The layer's sessions, drained on shutdown, and their deadline.
+    sessions: Option<(ShutdownHandle, Duration)>,
 }
 
 impl std::fmt::Debug for Serve {
@@ -182,6 +186,7 @@ impl std::fmt::Debug for Serve {
             .field("listen_backlog", &self.backlog)
             .field("proxy_protocol", &self.proxy_protocol)
             .field("graceful_shutdown", &self.shutdown.is_some())
+            .field("drain_sessions", &self.sessions.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -258,6 +263,21 @@ impl Serve {
         self
     }
 
+    /// On shutdown, drains the layer's WebSocket sessions as well: `sessions` (from
+    /// [`WsProxyLayer::shutdown_handle`](crate::WsProxyLayer::shutdown_handle)) gets
+    /// [`ShutdownHandle::shutdown(grace)`](ShutdownHandle::shutdown) when the signal comes:
+    /// new upgrades 503, live sessions 1012 one after another over its
+    /// [drain window](ShutdownHandle::drain_window), what is left at `grace` dropped. HTTP/2
+    /// connections that carry sessions (RFC 8441) are kept past the HTTP requests'
+    /// [grace](Self::grace) until their sessions have closed (cutting them would end those
+    /// sessions all at once, with 1006); the server's future completes when both are done.
+    /// Without it, `serve` leaves sessions to you (call [`ShutdownHandle::shutdown`]) and
+    /// closes every connection at its grace.
+    pub fn drain_sessions(mut self, sessions: ShutdownHandle, grace: Duration) -> Self {
+        self.sessions = Some((sessions, grace));
+        self
+    }
+
     /// Stops accepting when `signal` completes, then lets requests in progress finish (up to
     /// [`Serve::grace`]); the server's future completes after that.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
@@ -298,6 +318,7 @@ async fn run(server: Serve) -> io::Result<()> {
         #[cfg(feature = "tls")]
         tls,
         shutdown,
+        sessions,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
@@ -339,17 +360,36 @@ async fn run(server: Serve) -> io::Result<()> {
     }
     drop(listener);
     let _ = stop_tx.send(Phase::Stopping);
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    });
-    if drained.await.is_err() {
+    // The sessions' drain runs beside the connections' (it ends by the same deadline).
+    let drained = async {
+        match &sessions {
+            Some((handle, grace)) => handle.shutdown(*grace).await,
+            None => 0,
+        }
+    };
+    let closed = async {
+        let in_grace = tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        });
+        if in_grace.await.is_ok() {
+            return;
+        }
+        if sessions.is_none() {
+            tracing::warn!("HTTP connections still open after {grace:?}; closing them");
+            connections.shutdown().await;
+            return;
+        }
         tracing::warn!(
             "HTTP connections still open after {grace:?}; closing those without WebSocket sessions"
         );
-        // HTTP/2 connections carrying the proxy's sessions stay until the sessions end: they
-        // are the layer's to close (its paced drain, then its own deadline).
+        // HTTP/2 connections carrying the proxy's sessions stay until those end: the drain
+        // closes them, and drops what is left at its own deadline.
         let _ = stop_tx.send(Phase::PastGrace);
         while connections.join_next().await.is_some() {}
+    };
+    let (dropped, ()) = tokio::join!(drained, closed);
+    if sessions.is_some() {
+        tracing::info!(dropped, "sessions drained");
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
     let handle = layer
         .shutdown_handle()
         .drain_window(Duration::from_millis(800));
+    let watch = handle.clone();
     let app = axum::Router::new().layer(layer);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -27,6 +28,7 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
     let server = tokio::spawn(async move {
         axum_ws_proxy::serve(listener, app)
             .grace(Duration::from_millis(100))
+            .drain_sessions(handle, Duration::from_secs(5))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
@@ -38,14 +40,12 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
         assert_eq!(res.status(), 200);
         sessions.push(ws.unwrap());
     }
-    assert_eq!(handle.live_sessions(), 4);
+    assert_eq!(watch.live_sessions(), 4);
 
+    // The documented pattern: the server drains the sessions itself, over the handle's
+    // window, and keeps their HTTP/2 connections past its 100 ms grace until they close.
     let started = Instant::now();
     stop.send(()).unwrap();
-    let drained = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.shutdown(Duration::from_secs(5)).await }
-    });
     let mut closed_at = Vec::new();
     for ws in &mut sessions {
         assert_eq!(
@@ -57,11 +57,45 @@ async fn http2_sessions_are_drained_past_the_servers_grace_not_cut() {
     }
     // Asked at 0, 200, 400 and 600 ms: the last ones well after the server's 100 ms grace.
     assert!(closed_at[3] >= Duration::from_millis(500), "{closed_at:?}");
-    assert_eq!(within("the drain", drained).await.unwrap(), 0);
     within("the server to finish", server)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(watch.live_sessions(), 0);
+}
+
+/// Without `drain_sessions`, the server does not wait for sessions it was not asked to drain:
+/// it returns at its grace even with a WebSocket open on an HTTP/2 connection.
+#[tokio::test]
+async fn without_drain_sessions_the_server_returns_at_its_grace() {
+    let up = echo_upstream().await;
+    let layer = WsProxyLayer::new(upstream(up));
+    let app = axum::Router::new().layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .grace(Duration::from_millis(200))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let (res, ws) = h2_connect(addr, "/", &[]).await;
+    assert_eq!(res.status(), 200);
+    let _ws = ws.unwrap();
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    within("the server to finish", server)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 /// SIGTERM during an operator's drain: the same drain goes on, hurried to end within the

@@ -21,7 +21,6 @@ pub(super) struct Drain {
 #[derive(Debug)]
 struct State {
     started: Instant,
-    window: Duration,
     /// When the last session is to be asked.
     end: Instant,
     at_start: usize,
@@ -35,11 +34,12 @@ struct State {
 pub struct DrainProgress {
     /// Since the drain began.
     pub elapsed: Duration,
-    /// The window it was started with.
+    /// Its window: the one it began with, or shorter if a shutdown hurried it.
     pub window: Duration,
     /// Sessions live when it began.
     pub sessions_at_start: usize,
-    /// Sessions asked to close so far (1012).
+    /// Sessions asked to close so far (1012), those that started during the drain (their
+    /// dial was under way) included.
     pub asked_to_close: usize,
     /// Sessions still open (their close handshakes included).
     pub live_sessions: usize,
@@ -61,7 +61,6 @@ impl Drain {
         let now = Instant::now();
         *state = Some(State {
             started: now,
-            window,
             end: now + window,
             at_start: 0,
             asked: 0,
@@ -84,6 +83,15 @@ impl Drain {
         self.lock().as_ref().map_or_else(Instant::now, |s| s.end)
     }
 
+    /// A session that started during the drain was asked at once.
+    pub(super) fn asked_one(&self) {
+        self.update(|s| s.asked += 1);
+    }
+
+    pub(super) fn finished(&self) {
+        self.update(|s| s.done = true);
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) {
         if let Some(state) = self.lock().as_mut() {
             f(state);
@@ -93,7 +101,8 @@ impl Drain {
     pub(super) fn progress(&self, live: usize) -> Option<DrainProgress> {
         self.lock().as_ref().map(|s| DrainProgress {
             elapsed: s.started.elapsed(),
-            window: s.window,
+            // As it stands: shortened if a shutdown hurried it.
+            window: s.end.saturating_duration_since(s.started),
             sessions_at_start: s.at_start,
             asked_to_close: s.asked,
             live_sessions: live,
@@ -117,9 +126,8 @@ pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(
     let mut due = Instant::now();
     let mut next = 0;
     while next < n {
-        // A session that ended on its own holds no place in the schedule. (The registry
-        // dropped its entry, and only this list holds it now.)
-        if Arc::strong_count(&order[next]) == 1 {
+        // A session that ended on its own holds no place in the schedule.
+        if !order[next].is_live() {
             next += 1;
             continue;
         }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -71,6 +71,8 @@ pub(crate) struct Entry {
     epoch: Instant,
     /// Set once, by whoever asks first.
     close: OnceLock<CloseRequest>,
+    /// Cleared when the session ends: a drain's or a rebalancing's list may still hold it.
+    live: AtomicBool,
     /// The session's task, woken when `close` is set.
     waker: AtomicWaker,
 }
@@ -90,6 +92,7 @@ impl Entry {
             last_active: AtomicU64::new(stamp(epoch, Instant::now())),
             epoch,
             close: OnceLock::new(),
+            live: AtomicBool::new(true),
             waker: AtomicWaker::new(),
         }
     }
@@ -118,8 +121,21 @@ impl Entry {
         self.last_active.load(Ordering::Relaxed)
     }
 
-    /// Asks the session to close; `false` if it had been asked already.
+    /// Whether the session is still running.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The session has ended.
+    pub(super) fn ended(&self) {
+        self.live.store(false, Ordering::Release);
+    }
+
+    /// Asks the session to close; `false` if it had been asked already, or has ended.
     pub(super) fn request_close(&self, request: CloseRequest) -> bool {
+        if !self.is_live() {
+            return false;
+        }
         let asked = self.close.set(request).is_ok();
         if asked {
             self.waker.wake();

@@ -16,14 +16,30 @@ use crate::registry::sessions::Sessions;
 /// [drain window](Self::drain_window), the least recently active first: each client gets
 /// **1012** (Service Restart) "proxy draining, reconnect", its upstream **1001**.
 ///
+/// With `axum::serve`, drain beside the server, not after it: a connection that carries
+/// WebSocket streams (HTTP/2) keeps it waiting until they close. (`axum_ws_proxy::serve`
+/// does this itself: [`Serve::drain_sessions`](crate::serve::Serve::drain_sessions).)
+///
 /// ```no_run
 /// # async fn run(app: axum::Router, listener: tokio::net::TcpListener, layer: axum_ws_proxy::WsProxyLayer) {
 /// use std::time::Duration;
 /// let shutdown = layer.shutdown_handle().drain_window(Duration::from_secs(20));
-/// let signal = async { tokio::signal::ctrl_c().await.ok(); };
-/// axum::serve(listener, app).with_graceful_shutdown(signal).await.ok();
-/// // Sessions closed over 20 s; 10 s more for the last close handshakes.
-/// let dropped = shutdown.shutdown(Duration::from_secs(30)).await;
+/// let (stop, stopped) = tokio::sync::watch::channel(false);
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     let _ = stop.send(true);
+/// });
+/// let mut signal = stopped.clone();
+/// let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+///     let _ = signal.wait_for(|s| *s).await;
+/// });
+/// let mut signal = stopped;
+/// let sessions = async move {
+///     let _ = signal.wait_for(|s| *s).await;
+///     // Closed over 20 s; 10 s more for the last close handshakes.
+///     shutdown.shutdown(Duration::from_secs(30)).await
+/// };
+/// let (_, dropped) = tokio::join!(server, sessions);
 /// println!("{dropped} sessions did not close in time");
 /// # }
 /// ```

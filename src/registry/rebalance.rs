@@ -93,13 +93,10 @@ async fn settle(
             tracing::info!("rebalance: membership changed again; stopped");
             return;
         }
-        // Ended meanwhile: the registry let go of it.
-        if Arc::strong_count(&entry) == 1 {
-            continue;
-        }
         if sessions.request_close(&entry, CloseRequest::REBALANCE) {
             pool.record_rebalance(|r| r.sessions_moved += 1);
-            due += every;
+            // From now if this task was held up: late, it does not catch up in a burst.
+            due = due.max(Instant::now()) + every;
         }
     }
 }

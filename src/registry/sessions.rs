@@ -127,8 +127,13 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
-        self.0.ended.notify_waiters();
+        // Nobody waits for sessions to end before a drain begins, and the `Notify` is a lock
+        // every session's end would take. (SeqCst: this load and the drain's phase store, this
+        // decrement and its count's load, are each seen in one order.)
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        if self.0.phase.load(Ordering::SeqCst) != RUNNING {
+            self.0.ended.notify_waiters();
+        }
     }
 }
 
@@ -161,7 +166,7 @@ impl Sessions {
     }
 
     pub(crate) fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Enters a session that has started; it leaves when the guard drops. A session that
@@ -176,8 +181,10 @@ impl Sessions {
         self.shards.insert(&entry);
         // After the insert: a drain that began before it either saw the entry or set the
         // phase this reads (the shard's lock orders the two).
-        if self.phase.load(Ordering::Acquire) != RUNNING {
-            self.request_close(&entry, CloseRequest::DRAIN);
+        if self.phase.load(Ordering::Acquire) != RUNNING
+            && self.request_close(&entry, CloseRequest::DRAIN)
+        {
+            self.drain.asked_one();
         }
         Registered::new(self.clone(), entry)
     }
@@ -215,7 +222,7 @@ impl Sessions {
     }
 
     fn set_phase(&self, phase: u8) {
-        self.phase.fetch_max(phase, Ordering::AcqRel);
+        self.phase.fetch_max(phase, Ordering::SeqCst);
         // Sessions wait only for the deadline (a drain reaches each through its entry):
         // waking every session's task when a drain begins would queue the drain's first
         // close behind a thousand polls.
@@ -248,11 +255,23 @@ impl Sessions {
         }
         self.set_phase(DRAINING);
         let sessions = self.clone();
-        tokio::spawn(async move {
+        let paced = async move {
             let live = sessions.entries();
             let ask = |entry: &Entry| sessions.request_close(entry, CloseRequest::DRAIN);
             drain::run(&sessions.drain, live, ask).await;
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(paced)),
+            // No runtime to pace on: every session is asked at once.
+            Err(_) => {
+                for entry in self.entries() {
+                    if self.request_close(&entry, CloseRequest::DRAIN) {
+                        self.drain.asked_one();
+                    }
+                }
+                self.drain.finished();
+            }
+        }
         true
     }
 
@@ -304,6 +323,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.entry.ended();
         self.sessions.remove(&self.entry);
     }
 }

@@ -151,6 +151,8 @@ pub(crate) struct RebalanceView {
     pub(crate) hashed: bool,
     /// Slow start's ramp: sessions move once a new member has reached its full weight.
     pub(crate) ramp: Duration,
+    /// Endpoints out of rotation now: a new session would not be sent there.
+    pub(crate) down: Vec<Arc<Endpoint>>,
 }
 
 impl RebalanceView {
@@ -171,6 +173,7 @@ impl RebalanceView {
     pub(crate) fn owner(&self, key: &[u8]) -> Option<&Arc<Endpoint>> {
         self.endpoints
             .iter()
+            .filter(|(e, _)| !self.down.iter().any(|d| Arc::ptr_eq(d, e)))
             .map(|(e, w)| (e, rendezvous_score(e.seed(), key, *w)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(e, _)| e)
@@ -480,6 +483,7 @@ impl UpstreamPool {
 
     /// The pool as rebalancing sees it, when rebalancing is on.
     pub(crate) fn rebalance_view(&self) -> Option<RebalanceView> {
+        let now = Instant::now();
         let st = self.lock();
         let settings = st.rebalance?;
         Some(RebalanceView {
@@ -495,6 +499,13 @@ impl UpstreamPool {
                 .collect(),
             hashed: matches!(st.balance, Balance::Hash(_)),
             ramp: st.slow_start,
+            down: st
+                .members
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.down_until.is_some_and(|d| d > now))
+                .map(|e| e.endpoint.clone())
+                .collect(),
         })
     }
 

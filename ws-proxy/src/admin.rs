@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -92,8 +93,16 @@ pub(crate) async fn serve(addr: SocketAddr, token: Token, status: Status) -> Res
         .route("/drain", get(progress).post(drain))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(Admin { token, status });
+    if !local.ip().is_loopback() {
+        tracing::warn!(admin = %local, "the admin API listens beyond loopback: keep its port off public networks");
+    }
+    // The proxy's own server: a deadline and a size bound for each request head, so that
+    // nobody holds connections open by sending half of one.
+    let server = axum_ws_proxy::serve(listener, app)
+        .header_timeout(Duration::from_secs(5))
+        .max_head_size(8 << 10);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = server.await {
             tracing::error!("admin server failed: {e}");
         }
     });

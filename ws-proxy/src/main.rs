@@ -133,6 +133,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     // admin API started goes on, finishing within this window at the latest); (3) everything
     // shares one grace period.
     let (stopping, stop) = tokio::sync::watch::channel(false);
+    let live = sessions.clone();
     let signal = async move {
         shutdown_signal().await;
         draining.store(true, Ordering::Relaxed);
@@ -140,38 +141,31 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
             tracing::info!(?delay, "shutdown: still serving, /healthz answers 503");
             tokio::time::sleep(delay).await;
         }
-        let _ = stopping.send(true);
-    };
-    tokio::spawn(signal);
-    let mut stopped = stop.clone();
-    let drain = sessions.clone();
-    let sessions_closed = async move {
-        let _ = stopped.wait_for(|s| *s).await;
         tracing::info!(
-            sessions = drain.live_sessions(),
+            sessions = live.live_sessions(),
             window = ?window,
             "shutting down: closing sessions with 1012 over the drain window"
         );
-        drain.shutdown(grace).await
+        let _ = stopping.send(true);
     };
+    tokio::spawn(signal);
     let mut server = axum_ws_proxy::serve(listener, app);
     if let Some(tls) = server_tls {
         server = server.tls(tls);
     }
-    let (served, dropped) = tokio::join!(
-        server
-            .header_timeout(header_timeout)
-            .proxy_protocol(proxy_protocol)
-            .listen_backlog(backlog)
-            .grace(grace)
-            .with_graceful_shutdown(async move {
-                let mut stop = stop;
-                let _ = stop.wait_for(|s| *s).await;
-            }),
-        sessions_closed
-    );
+    let served = server
+        .header_timeout(header_timeout)
+        .proxy_protocol(proxy_protocol)
+        .listen_backlog(backlog)
+        .grace(grace)
+        .drain_sessions(sessions, grace)
+        .with_graceful_shutdown(async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
     served.map_err(|e| format!("server failed: {e}"))?;
-    tracing::info!(dropped, "shutdown complete");
+    tracing::info!("shutdown complete");
     Ok(())
 }
 

@@ -67,12 +67,14 @@ impl Plan {
             }
             (None, _) => None,
         };
-        if let (Some(window), Some(grace)) = (s.drain_window, s.shutdown_grace) {
-            if window.0 > grace.get() {
+        if let Some(window) = s.drain_window {
+            let grace = s
+                .shutdown_grace
+                .map_or(Duration::from_secs(10), Positive::get);
+            if window.0 > grace {
                 return Err(format!(
-                    "--drain-window ({:?}) must fit within --shutdown-grace ({:?})",
-                    window.0,
-                    grace.get()
+                    "--drain-window ({:?}) must fit within --shutdown-grace ({grace:?})",
+                    window.0
                 ));
             }
         }

@@ -186,7 +186,7 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
     // Spread over the window, the last within it (plus delivery).
     assert!(last - first >= WINDOW * 9 / 10, "{:?}", last - first);
     assert!(
-        last - sent <= WINDOW + Duration::from_millis(250),
+        last - sent <= WINDOW + Duration::from_millis(500),
         "{:?}",
         last - sent
     );
@@ -206,7 +206,8 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
         busiest as f64 <= 2.0 * mean,
         "{busiest} closes in one 250 ms (mean {mean})"
     );
-    // Idle sessions before busy ones.
+    // Idle sessions before busy ones (as the clients saw them: 10 ms apart, so a 50 ms margin
+    // for delivery; busy ones first would come 9 s early).
     let last_idle = closes
         .iter()
         .filter(|c| !c.busy)
@@ -220,7 +221,7 @@ async fn sigterm_drains_1000_sessions_evenly_over_the_window_idle_first() {
         .min()
         .unwrap();
     assert!(
-        last_idle <= first_busy,
+        last_idle <= first_busy + Duration::from_millis(50),
         "a busy session was closed before an idle one"
     );
 }
@@ -393,6 +394,11 @@ async fn a_reload_that_adds_a_member_moves_half_the_sessions_with_the_rebalance_
         }
     }
     assert_eq!(moved, 10);
+    // The others stay (the plan was ten: A's excess over its fair share).
+    for ws in &mut sessions[10..] {
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text("still here"));
+    }
     let (_, _, body) = http_request(metrics, "/status", &[]).await;
     let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(

@@ -78,11 +78,35 @@ mod imp {
         );
     }
 
+    /// The close-code counter of leg `$leg` for label `$label` (one of [`code_label`]'s), from
+    /// a key kept in a static (one per arm).
+    macro_rules! close_code_counter {
+        ($leg:literal, $label:expr) => {
+            close_code_counter!(@arms $leg, $label, [
+                "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009",
+                "1010", "1011", "1012", "1013", "1014", "1015", "3000-3999", "4000-4999"
+            ])
+        };
+        (@arms $leg:literal, $label:expr, [$($code:literal),*]) => {
+            match $label {
+                $($code => counter!(CLOSE_CODES, "leg" => $leg, "code" => $code),)*
+                _ => counter!(CLOSE_CODES, "leg" => $leg, "code" => "other"),
+            }
+        };
+    }
+
     /// `upstream`: the endpoint's address as text, made once per endpoint.
     pub(crate) fn session_opened(upstream: &Arc<str>, protocol: &'static str, tls: bool) {
         gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).increment(1.0);
-        let tls = if tls { "true" } else { "false" };
-        counter!(SESSIONS_OPENED, "protocol" => protocol, "tls" => tls).increment(1);
+        // Every label a literal in its own arm: the macro keeps each key in a static, where a
+        // label from a variable would build (allocate) the key on every call.
+        match (protocol, tls) {
+            ("h2", true) => counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "true"),
+            ("h2", false) => counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "false"),
+            (_, true) => counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "true"),
+            (_, false) => counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "false"),
+        }
+        .increment(1);
     }
 
     pub(crate) fn tls_reloaded(ok: bool) {
@@ -97,10 +121,14 @@ mod imp {
         upstream_code: u16,
     ) {
         gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).decrement(1.0);
-        counter!(SESSIONS_TOTAL, "outcome" => closed_by).increment(1);
-        counter!(CLOSE_CODES, "leg" => "client", "code" => code_label(client_code)).increment(1);
-        counter!(CLOSE_CODES, "leg" => "upstream", "code" => code_label(upstream_code))
-            .increment(1);
+        match closed_by {
+            "client" => counter!(SESSIONS_TOTAL, "outcome" => "client"),
+            "upstream" => counter!(SESSIONS_TOTAL, "outcome" => "upstream"),
+            _ => counter!(SESSIONS_TOTAL, "outcome" => "proxy"),
+        }
+        .increment(1);
+        close_code_counter!("client", code_label(client_code)).increment(1);
+        close_code_counter!("upstream", code_label(upstream_code)).increment(1);
     }
 
     /// A close code as a label: the registered codes as themselves, the rest in ranges, so no

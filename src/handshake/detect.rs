@@ -83,7 +83,8 @@ pub(crate) fn client_handshake<B>(
             .filter(|k| is_valid_key(k.as_bytes()))
             .ok_or(ProxyError::InvalidKey)?;
         Some(
-            HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            // From the `String` itself: `from_str` would copy it into a second allocation.
+            HeaderValue::try_from(derive_accept_key(key.as_bytes()))
                 .map_err(|_| ProxyError::InvalidKey)?,
         )
     };

@@ -115,8 +115,7 @@ impl Drain {
 /// window, idle ones first. Sessions that end meanwhile are skipped; one that starts later
 /// (its dial was under way) is asked as it registers.
 pub(super) async fn run(drain: &Drain, mut order: Vec<Arc<Entry>>, ask: impl Fn(&Entry) -> bool) {
-    // Least recently active first; among equals, the oldest.
-    order.sort_by_key(|e| (e.last_active(), e.id()));
+    Entry::idle_first(&mut order);
     let n = order.len();
     drain.update(|s| s.at_start = n);
     tracing::info!(sessions = n, "drain: asking sessions to close with 1012");

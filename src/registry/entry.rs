@@ -121,6 +121,12 @@ impl Entry {
         self.last_active.load(Ordering::Relaxed)
     }
 
+    /// The order a drain and rebalancing take sessions in: least recently active first,
+    /// among equals the oldest.
+    pub(crate) fn idle_first(entries: &mut [Arc<Entry>]) {
+        entries.sort_by_key(|e| (e.last_active(), e.id()));
+    }
+
     /// Whether the session is still running.
     pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)

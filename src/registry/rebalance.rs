@@ -108,7 +108,7 @@ fn pool_sessions(sessions: &Sessions, view: &RebalanceView) -> Vec<Arc<Entry>> {
         .into_iter()
         .filter(|e| view.weight(e.endpoint()) > 0 && !e.close_requested())
         .collect();
-    entries.sort_by_key(|e| (e.last_active(), e.id()));
+    Entry::idle_first(&mut entries);
     entries
 }
 
@@ -148,6 +148,6 @@ fn over_share(sessions: &Sessions, view: &RebalanceView) -> Vec<Arc<Entry>> {
         movers.extend(on.into_iter().take(excess).cloned());
     }
     // Spread over the members: idle first across all of them.
-    movers.sort_by_key(|e| (e.last_active(), e.id()));
+    Entry::idle_first(&mut movers);
     movers
 }

@@ -83,12 +83,7 @@ struct Admin {
 
 /// Binds `addr` and serves the admin API on it in a task of its own.
 pub(crate) async fn serve(addr: SocketAddr, token: Token, status: Status) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} for the admin API: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the admin address: {e}"))?;
+    let (listener, local) = crate::listen_on(addr, " for the admin API", "admin").await?;
     let app = Router::new()
         .route("/drain", get(progress).post(drain))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })

@@ -202,12 +202,22 @@ async fn bind(plan: &Plan) -> Result<(tokio::net::TcpListener, std::net::SocketA
         .settings
         .listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let listener = tokio::net::TcpListener::bind(listen)
+    listen_on(listen, "", "listening").await
+}
+
+/// Binds `addr` (`purpose`, e.g. " for metrics", names it in the error) and returns the
+/// listener with the address it got (`name` names that one).
+pub(crate) async fn listen_on(
+    addr: std::net::SocketAddr,
+    purpose: &str,
+    name: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| format!("cannot listen on {addr}{purpose}: {e}"))?;
     let local = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        .map_err(|e| format!("cannot read the {name} address: {e}"))?;
     Ok((listener, local))
 }
 
@@ -273,12 +283,7 @@ async fn serve_metrics(addr: std::net::SocketAddr, status: status::Status) -> Re
         .map_err(|e| format!("cannot start metrics: {e}"))?;
     axum_ws_proxy::metrics::describe_metrics();
     metrics::gauge!("ws_proxy_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the metrics address: {e}"))?;
+    let (listener, local) = listen_on(addr, " for metrics", "metrics").await?;
     let app = status::router(status, handle.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -115,7 +115,7 @@ pub fn head_size(raw: &[u8]) {
         };
         req.headers_mut().append(name, value);
     }
-    let size = crate::serve::head_size(&req);
+    let size = crate::serve::direct::head_size(&req);
     let whitespace = raw[..len]
         .iter()
         .filter(|b| matches!(b, b' ' | b'\t'))
@@ -335,9 +335,171 @@ pub fn proxy_header(input: &[u8]) {
     }
 }
 
+/// The server's own upgrade entry against hyper, on the same bytes: whatever the entry takes
+/// as an upgrade, hyper parses too, into the same request (method, target, version, every
+/// field in order, an upgrade hyper would hand over), within the head limit; everything else
+/// the entry leaves to hyper with every byte it read. The entry's decision does not depend on
+/// how the bytes arrive (`cut` splits them into two reads).
+pub fn direct_entry(data: &[u8], cut: usize) {
+    use crate::serve::direct::{decide, Decided, First};
+    const BUFFER: usize = 8 << 10;
+    const MAX_HEAD: usize = 4 << 10;
+    let cut = cut.min(data.len());
+    let decided = match decide(bytes::BytesMut::from(&data[..cut]), BUFFER, MAX_HEAD) {
+        Decided::More(_) => decide(bytes::BytesMut::from(data), BUFFER, MAX_HEAD),
+        first => first,
+    };
+    let whole = decide(bytes::BytesMut::from(data), BUFFER, MAX_HEAD);
+    let first = match (decided, whole) {
+        (
+            Decided::First(First::Upgrade {
+                req, read, head, ..
+            }),
+            Decided::First(First::Upgrade { req: again, .. }),
+        ) => {
+            assert_eq!(
+                format!("{req:?}"),
+                format!("{again:?}"),
+                "decided differently in two reads"
+            );
+            assert!(head <= read.len() && read.len() <= data.len().max(cut));
+            assert!(crate::serve::direct::head_size(&req) <= MAX_HEAD);
+            Some((req, head))
+        }
+        (Decided::First(First::Upgrade { .. }), _) if cut < data.len() => {
+            // Taken from the first read alone: the rest comes after the head.
+            None
+        }
+        (Decided::First(First::Other { read, .. }), _) => {
+            assert_eq!(&read[..], &data[..read.len()], "bytes for hyper changed");
+            None
+        }
+        _ => None,
+    };
+    let Some((req, head)) = first else {
+        return;
+    };
+    let seen = hyper_reads(&data[..head]).expect("the entry took a head hyper refuses");
+    assert_eq!(seen.method, *req.method());
+    assert_eq!(seen.uri, *req.uri());
+    assert_eq!(seen.version, req.version());
+    assert!(
+        seen.upgradable,
+        "the entry took an upgrade hyper would not hand over"
+    );
+    let fields = |h: &http::HeaderMap| {
+        h.iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fields(&seen.headers), fields(req.headers()));
+}
+
+/// What hyper's HTTP/1.1 server made of a head.
+struct Seen {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    upgradable: bool,
+}
+
+/// The first request hyper's server parses from `head`, if any.
+fn hyper_reads(head: &[u8]) -> Option<Seen> {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime for the fuzz target");
+    }
+    let seen = Arc::new(Mutex::new(None));
+    let store = seen.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut slot = store.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Seen {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: req.headers().clone(),
+                upgradable: req
+                    .extensions()
+                    .get::<hyper::upgrade::OnUpgrade>()
+                    .is_some(),
+            });
+        }
+        async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        }
+    });
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64 << 10);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(8 << 10)
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .with_upgrades();
+            let talk = async move {
+                let _ = client.write_all(head).await;
+                let _ = client.shutdown().await;
+                let mut answer = Vec::new();
+                let _ = client.read_to_end(&mut answer).await;
+            };
+            let _ = tokio::join!(conn, talk);
+        });
+    });
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).take();
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The entry and hyper agree on heads at the edges of what the entry takes.
+    #[test]
+    fn the_direct_entry_takes_what_hyper_takes() {
+        let upgrade = "GET /chat?x=1 HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n\
+                       Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Custom: o\tv\r\n\r\n";
+        let mut inputs: Vec<Vec<u8>> = vec![
+            upgrade.as_bytes().to_vec(),
+            format!("\r\n{upgrade}early frame bytes").into_bytes(),
+            upgrade.replace("HTTP/1.1", "HTTP/1.0").into_bytes(),
+            upgrade
+                .replace("GET /chat", "GET http://b.example/chat")
+                .into_bytes(),
+            upgrade.replace("GET /chat", "GET *").into_bytes(),
+            upgrade.replace("Host:", "Host :").into_bytes(),
+            upgrade.replace("X-Custom", "X Custom").into_bytes(),
+            upgrade
+                .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes(),
+            upgrade
+                .replace("\r\n\r\n", "\r\n folded\r\n\r\n")
+                .into_bytes(),
+            upgrade.replace("\r\n", "\n").into_bytes(),
+            upgrade.replace("v\r\n", "v\x7f\r\n").into_bytes(),
+            upgrade
+                .replace("v\r\n", &format!("{}\r\n", "v".repeat(5000)))
+                .into_bytes(),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        ];
+        // obs-text in a value: taken by both.
+        let mut obs_text = upgrade.as_bytes().to_vec();
+        if let Some(at) = upgrade.find("o\tv") {
+            obs_text[at] = 0xff;
+        }
+        inputs.push(obs_text);
+        for input in &inputs {
+            for cut in [0, 5, 40, input.len()] {
+                direct_entry(input, cut);
+            }
+        }
+    }
 
     fn frame(first: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
         let (head, len) = frame::frame_head(first, payload.len(), key);

@@ -703,6 +703,14 @@ impl WsProxyLayer {
     }
 }
 
+/// For [`Serve::direct_upgrades`](crate::serve::Serve::direct_upgrades).
+#[cfg(feature = "serve")]
+impl From<&WsProxyLayer> for crate::serve::DirectUpgrades {
+    fn from(layer: &WsProxyLayer) -> Self {
+        crate::service::Source::Fixed(layer.config.clone()).into()
+    }
+}
+
 impl<S> Layer<S> for WsProxyLayer {
     type Service = WsProxy<S>;
 

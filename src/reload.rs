@@ -99,6 +99,15 @@ impl ReloadHandle {
     }
 }
 
+/// For [`Serve::direct_upgrades`](crate::serve::Serve::direct_upgrades): each upgrade gets
+/// the configuration of the moment, as through the layer.
+#[cfg(feature = "serve")]
+impl From<&ReloadableLayer> for crate::serve::DirectUpgrades {
+    fn from(layer: &ReloadableLayer) -> Self {
+        crate::service::Source::Live(layer.live.clone()).into()
+    }
+}
+
 impl<S> Layer<S> for ReloadableLayer {
     type Service = WsProxy<S>;
 

@@ -39,16 +39,19 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use self::app::{App, BoxApp};
-use self::streams::Streams;
-use crate::handshake::headers;
+use self::streams::{OpenBody, Streams};
 use crate::registry::ShutdownHandle;
+use crate::transport::Transport;
 
 mod app;
+pub(crate) mod direct;
 pub(crate) mod proxy_header;
 mod streams;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 pub use self::app::{AppMarker, IntoApp, MakeAppMarker};
+pub(crate) use self::direct::head_size;
+pub use self::direct::DirectUpgrades;
 #[cfg(feature = "tls")]
 pub(crate) use self::tls::ServerTls;
 #[cfg(feature = "tls")]
@@ -136,6 +139,7 @@ where
         tls: None,
         shutdown: None,
         sessions: None,
+        direct: None,
     }
 }
 
@@ -174,6 +178,7 @@ pub struct Serve {
     shutdown: Option<Signal>,
     /// The layer's sessions, drained on shutdown, and their deadline.
     sessions: Option<(ShutdownHandle, Duration)>,
+    direct: Option<DirectUpgrades>,
 }
 
 impl std::fmt::Debug for Serve {
@@ -187,6 +192,7 @@ impl std::fmt::Debug for Serve {
             .field("proxy_protocol", &self.proxy_protocol)
             .field("graceful_shutdown", &self.shutdown.is_some())
             .field("drain_sessions", &self.sessions.is_some())
+            .field("direct_upgrades", &self.direct.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -278,6 +284,40 @@ impl Serve {
         self
     }
 
+    /// Takes WebSocket upgrades for `proxy`'s handshake straight off the socket, an opt-in:
+    /// on a plain-text HTTP/1.1 connection whose first request is an upgrade, the head is
+    /// parsed here (the same parser as hyper's, the same bounds: [header
+    /// timeout](Self::header_timeout), [head size](Self::max_head_size), hyper's 100 fields)
+    /// and the request goes to `proxy`'s handshake without hyper's connection or the app, which
+    /// saves about a third of the proxy's instructions per handshake. The layer checks it as
+    /// it checks any upgrade. Everything else is served as without it: later requests on the
+    /// connection, other requests, HTTP/2, TLS connections, and heads this entry does not take
+    /// whole (announcing a body, too large, not parsable), which hyper reads from the bytes
+    /// already read. A refused upgrade is answered through hyper as well.
+    ///
+    /// **What it skips**: whatever the app puts in front of the layer (authentication,
+    /// `nest`, `route_layer`, tracing, a `ConnectInfo` of a make-service) for the upgrades it
+    /// takes. Use it where the layer is the app's outermost layer, as in `ws-proxy`.
+    ///
+    /// ```no_run
+    /// use axum::Router;
+    /// use axum_ws_proxy::WsProxyLayer;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?);
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// let app = Router::new().layer(layer.clone());
+    /// axum_ws_proxy::serve(listener, app)
+    ///     .direct_upgrades(&layer)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn direct_upgrades(mut self, proxy: impl Into<DirectUpgrades>) -> Self {
+        self.direct = Some(proxy.into());
+        self
+    }
+
     /// Stops accepting when `signal` completes, then lets requests in progress finish (up to
     /// [`Serve::grace`]); the server's future completes after that.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
@@ -319,6 +359,7 @@ async fn run(server: Serve) -> io::Result<()> {
         tls,
         shutdown,
         sessions,
+        direct,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
     let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
@@ -349,6 +390,7 @@ async fn run(server: Serve) -> io::Result<()> {
             proxy_protocol,
             #[cfg(feature = "tls")]
             tls: tls.clone(),
+            direct: direct.clone(),
         };
         let mut stop = stop_rx.clone();
         // Boxed: a task's future is moved several times as the task is made, run and
@@ -394,6 +436,62 @@ async fn run(server: Serve) -> io::Result<()> {
     Ok(())
 }
 
+/// A plain connection with the entry on: its first head read here, then answered here (an
+/// upgrade) or by hyper, until the connection ends or shutdown asks it to finish.
+async fn serve_direct(
+    entry: DirectUpgrades,
+    mut tcp: TcpStream,
+    mut service: Handler,
+    accepted: tokio::time::Instant,
+    header_timeout: Duration,
+    stop: &mut Stop,
+) {
+    let left = || header_timeout.saturating_sub(accepted.elapsed());
+    let buffer = service.max_head.max(MIN_READ_BUFFER);
+    let first = tokio::select! {
+        biased;
+        first = tokio::time::timeout(left(), direct::read_first(&mut tcp, buffer, service.max_head)) => first,
+        // As hyper does with a head still arriving when shutdown begins.
+        () = stopping(stop) => return,
+    };
+    let served = match first {
+        Ok(Ok(direct::First::Upgrade {
+            req,
+            kind,
+            read,
+            head,
+        })) => tokio::select! {
+            biased;
+            served = direct::answer(&entry, tcp, service.remote, (req, kind, read, head)) => served,
+            () = past_grace(stop) => return,
+        },
+        Ok(Ok(direct::First::Other { read, h2 })) => direct::Served::Hyper {
+            io: Transport::Tcp { tcp, pre: read },
+            h2,
+            answer: None,
+        },
+        Ok(Ok(direct::First::Nothing)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(peer = %service.remote, "closed: no request head within the header timeout");
+            return;
+        }
+    };
+    if let direct::Served::Hyper { io, h2, answer } = served {
+        let first = match answer {
+            // The refused upgrade is read again by hyper, whose head deadline restarts.
+            Some(res) => {
+                service.answer_first(res);
+                header_timeout
+            }
+            None => left(),
+        };
+        serve_http(io, h2, service, first, header_timeout, stop).await;
+    }
+}
+
+/// hyper's read buffer is never smaller than this, whatever the head limit.
+const MIN_READ_BUFFER: usize = 8 << 10;
+
 /// Where the server's shutdown is, as each connection sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -405,6 +503,13 @@ enum Phase {
 }
 
 type Stop = watch::Receiver<Phase>;
+
+/// Completes once shutdown has begun.
+async fn stopping(stop: &mut Stop) {
+    if stop.wait_for(|p| *p >= Phase::Stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
 
 /// Completes once the grace is over.
 async fn past_grace(stop: &mut Stop) {
@@ -423,6 +528,7 @@ struct Conn {
     proxy_protocol: bool,
     #[cfg(feature = "tls")]
     tls: Option<ServerTls>,
+    direct: Option<DirectUpgrades>,
 }
 
 impl Conn {
@@ -435,6 +541,7 @@ impl Conn {
             proxy_protocol,
             #[cfg(feature = "tls")]
             tls,
+            direct,
         } = self;
         let accepted = tokio::time::Instant::now();
         if proxy_protocol {
@@ -481,7 +588,20 @@ impl Conn {
             tls: None,
             first_request: Flag::default(),
             streams: Default::default(),
+            answer: None,
         };
+        if let Some(direct) = direct {
+            // Boxed, as hyper's connection is.
+            return Box::pin(serve_direct(
+                direct,
+                tcp,
+                service,
+                accepted,
+                header_timeout,
+                stop,
+            ))
+            .await;
+        }
         let peeked = tokio::select! {
             biased;
             peeked = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)) => peeked,
@@ -544,6 +664,7 @@ impl Accepted {
             tls: Some(info),
             first_request: Flag::default(),
             streams: Default::default(),
+            answer: None,
         };
         let left = left.saturating_sub(started.elapsed());
         serve_http(stream, h2, service, left, header_timeout, stop).await;
@@ -588,6 +709,15 @@ struct Handler {
     first_request: Flag,
     /// Requests being answered now (HTTP/1.1: at most one), and HTTP/2 WebSocket streams.
     streams: std::sync::Arc<Streams>,
+    /// The answer to the connection's first request, already made (an upgrade the direct
+    /// entry took and the layer refused).
+    answer: Option<std::sync::Arc<std::sync::Mutex<Option<Response<Body>>>>>,
+}
+
+impl Handler {
+    fn answer_first(&mut self, res: Response<Body>) {
+        self.answer = Some(std::sync::Arc::new(std::sync::Mutex::new(Some(res))));
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -613,22 +743,23 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
             req.extensions_mut().insert(slot.clone());
         }
         let streams = self.streams.clone();
+        // A poisoned lock still holds a valid `Option`.
+        let answered =
+            (self.answer.as_ref()).and_then(|a| a.lock().unwrap_or_else(|e| e.into_inner()).take());
         Box::pin(async move {
             if head_size(&req) > max_head {
                 return Ok(head_too_large(max_head));
             }
             // Readiness first, as tower asks (a Router is always ready).
-            let res = app.oneshot(req).await?;
+            let res = match answered {
+                Some(res) => res,
+                None => app.oneshot(req).await?,
+            };
             if let Some(slot) = slot.filter(|_| res.status().is_success()) {
                 streams.stream_not_seen(&slot);
             }
             // Open until its body has been sent, not only until its head is ready.
-            Ok(res.map(|body| {
-                Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-                    let _ = &open;
-                    frame
-                }))
-            }))
+            Ok(res.map(|body| Body::new(OpenBody::new(body, open))))
         })
     }
 }
@@ -729,7 +860,7 @@ where
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(first)
-        .max_buf_size(max_head.max(8 << 10))
+        .max_buf_size(max_head.max(MIN_READ_BUFFER))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -753,7 +884,7 @@ where
 /// Whether the client opened with the HTTP/2 connection preface (h2c with prior knowledge).
 /// Peeks, so that whichever protocol serves the connection gets the socket untouched.
 async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    use self::direct::PREFACE;
     let mut buf = [0u8; PREFACE.len()];
     loop {
         let n = match tcp.peek(&mut buf).await {
@@ -775,16 +906,6 @@ async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
             return false;
         }
     }
-}
-
-/// The request head's size as received, near enough.
-pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
-    let uri = req.uri();
-    // Without formatting the URI (this runs for every request): origin-form is path and
-    // query; absolute-form adds a scheme and an authority.
-    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
-    req.method().as_str().len() + target + 12 + headers::fields_size(req.headers())
 }
 
 fn head_too_large(max_head: usize) -> Response<Body> {

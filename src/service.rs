@@ -6,11 +6,13 @@ use axum::body::Body;
 use axum::BoxError;
 use bytes::Bytes;
 use http::{Request, Response};
+use hyper::upgrade::OnUpgrade;
 use tower::Service;
 
 use crate::config::Config;
 use crate::future::ResponseFuture;
 use crate::handshake::{detect, upgrade};
+use crate::transport::ClientLeg;
 
 /// The service made by [`WsProxyLayer`](crate::WsProxyLayer): proxies WebSocket upgrades and
 /// passes every other request to `S`.
@@ -63,10 +65,53 @@ impl Live {
 
 /// Where a service finds its configuration.
 #[derive(Clone, Debug)]
-enum Source {
+pub(crate) enum Source {
     Fixed(Arc<Config>),
     /// Read for each upgrade: a [`ReloadHandle`](crate::ReloadHandle) may replace it.
     Live(Arc<Live>),
+}
+
+impl Source {
+    /// Answers one upgrade with the configuration of the moment.
+    fn upgrade<B: Send + 'static>(
+        &self,
+        req: Request<B>,
+        kind: detect::Upgrade,
+        leg: Option<ClientLeg>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
+        let config = match self {
+            Source::Fixed(c) => c.clone(),
+            Source::Live(live) => live.get(),
+        };
+        async move {
+            let Config {
+                handshake,
+                session,
+                sessions,
+            } = &*config;
+            upgrade::upgrade(handshake, session, sessions, req, kind, leg).await
+        }
+    }
+}
+
+/// The server's own upgrade entry calls the handshake as the service does.
+#[cfg(feature = "serve")]
+impl crate::serve::direct::Entry for Source {
+    fn upgrade(
+        &self,
+        req: Request<()>,
+        kind: detect::Upgrade,
+        leg: ClientLeg,
+    ) -> crate::serve::direct::Answering {
+        Box::pin(Source::upgrade(self, req, kind, Some(leg)))
+    }
+}
+
+#[cfg(feature = "serve")]
+impl From<Source> for crate::serve::DirectUpgrades {
+    fn from(source: Source) -> Self {
+        crate::serve::DirectUpgrades(std::sync::Arc::new(source))
+    }
 }
 
 impl<S> WsProxy<S> {
@@ -115,21 +160,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let Some(kind) = detect::upgrade(&req) else {
             return ResponseFuture::inner(self.inner.call(req));
         };
-        let config = match &self.config {
-            Source::Fixed(c) => c.clone(),
-            Source::Live(live) => live.get(),
-        };
-        ResponseFuture::proxy(Box::pin(async move {
-            let Config {
-                handshake,
-                session,
-                sessions,
-            } = &*config;
-            upgrade::upgrade(handshake, session, sessions, req, kind).await
-        }))
+        let leg = req
+            .extensions_mut()
+            .remove::<OnUpgrade>()
+            .map(ClientLeg::Hyper);
+        ResponseFuture::proxy(Box::pin(self.config.upgrade(req, kind, leg)))
     }
 }

@@ -1,6 +1,7 @@
-//! What the stages share about a connection: a leg's [`Transport`], what a server asks a
-//! session to hold while it lives ([`HeldBySession`]), and what a TLS handshake at the edge
-//! established (`TlsInfo`). A leaf: every stage may import it, and it imports none of them.
+//! What the stages share about a connection: a leg's [`Transport`], how the client's leg
+//! reaches the session ([`ClientLeg`]), what a server asks a session to hold while it lives
+//! ([`HeldBySession`]), and what a TLS handshake at the edge established (`TlsInfo`). A leaf:
+//! every stage may import it, and it imports none of them.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -31,11 +32,20 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 impl Transport {
-    /// The client's leg, from hyper's upgrade: the socket itself when hyper ran on it.
+    /// The client's leg, from hyper's upgrade: the socket itself when hyper ran on it (or on
+    /// a socket with bytes the server had read first, still a socket a tunnel can splice).
     pub(crate) fn new(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let mut leg = Transport::tcp(parts.io.into_inner());
+                leg.put_back(parts.read_buf);
+                return leg;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<Transport>>() {
+            Ok(parts) => {
+                let mut leg = parts.io.into_inner();
                 leg.put_back(parts.read_buf);
                 leg
             }
@@ -57,14 +67,22 @@ impl Transport {
         }
     }
 
-    /// Bytes read past a handshake, to be read again first. Kept only if non-empty: even an
-    /// empty slice would pin the whole read buffer it came from for the life of the session.
+    /// Bytes read past a handshake, to be read again first (before any still waiting, which
+    /// come later in the stream). Kept only if non-empty: even an empty slice would pin the
+    /// whole read buffer it came from for the life of the session.
     pub(crate) fn put_back(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            match self {
-                Transport::Tcp { pre, .. } | Transport::Other { pre, .. } => *pre = bytes,
-            }
+        if bytes.is_empty() {
+            return;
         }
+        let (Transport::Tcp { pre, .. } | Transport::Other { pre, .. }) = self;
+        *pre = if pre.is_empty() {
+            bytes
+        } else {
+            let mut both = Vec::with_capacity(bytes.len() + pre.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(pre);
+            Bytes::from(both)
+        };
     }
 
     /// The socket, once no bytes read ahead are left to pass on first.
@@ -139,6 +157,29 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
             Transport::Other { io, .. } => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How the client's connection reaches its session once the client has been answered.
+pub(crate) enum ClientLeg {
+    /// Through hyper's upgrade (its connection, or an HTTP/2 stream).
+    Hyper(OnUpgrade),
+    /// From the server's own upgrade entry, which wrote the answer on the socket itself
+    /// (dropped unsent if that failed).
+    Handed(tokio::sync::oneshot::Receiver<Transport>),
+}
+
+impl ClientLeg {
+    /// The client's connection, once its answer has been sent; `Err` names why not.
+    pub(crate) async fn connected(self) -> Result<Transport, String> {
+        match self {
+            ClientLeg::Hyper(upgrade) => {
+                upgrade.await.map(Transport::new).map_err(|e| e.to_string())
+            }
+            ClientLeg::Handed(handed) => handed
+                .await
+                .map_err(|_| String::from("the answer could not be written")),
         }
     }
 }

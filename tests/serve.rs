@@ -271,3 +271,214 @@ async fn a_make_service_is_served() {
     .await;
     assert!(answer.ends_with("\r\n\r\nmade"), "{answer}");
 }
+
+/// The library's server with the direct entry on for `layer`, in front of an app that counts
+/// the requests it sees (`/http` answers "inner route").
+async fn serve_direct(layer: WsProxyLayer) -> (SocketAddr, Arc<AtomicU64>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    let app = Router::new()
+        .route("/http", get(|| async { "inner route" }))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                count.fetch_add(1, Ordering::Relaxed);
+                next.run(req)
+            },
+        ))
+        .layer(layer.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .direct_upgrades(&layer)
+            .await
+            .unwrap()
+    });
+    (addr, seen)
+}
+
+/// A raw upgrade for `/` with `host` and `extra` lines, and `after` in the same write.
+fn upgrade_then(proxy: SocketAddr, extra: &[&str], after: &[u8]) -> Vec<u8> {
+    let mut bytes = upgrade_request(proxy, "/", extra).into_bytes();
+    bytes.extend_from_slice(after);
+    bytes
+}
+
+/// Reads one response head off `tcp`: its status and the bytes read past it.
+async fn response_head(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            pending.drain(..end + 4);
+            return (head[9..12].parse().unwrap(), head);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = within("a response head", tcp.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed before a response head");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_direct_upgrade_skips_the_app_and_the_session_works() {
+    let (proxy, seen) = serve_direct(WsProxyLayer::new(upstream(echo_upstream().await))).await;
+    let mut ws = connect(proxy, "/").await;
+    ws.send(Message::text("through")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("through"));
+    assert_eq!(seen.load(Ordering::Relaxed), 0, "the app saw the upgrade");
+    close_and_wait(&mut ws, 1000, "").await;
+    // Plain HTTP still goes through the app.
+    let (status, _, body) = http_request(proxy, "/http", &[]).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"inner route"[..]));
+    assert_eq!(seen.load(Ordering::Relaxed), 1);
+}
+
+/// Frames sent in the same write as the head reach the upstream, in both modes.
+#[tokio::test]
+async fn frames_sent_with_a_direct_upgrade_head_reach_the_upstream() {
+    let echo = echo_upstream().await;
+    for layer in [
+        WsProxyLayer::new(upstream(echo)),
+        WsProxyLayer::new(upstream(echo)).tunnel(),
+    ] {
+        let (proxy, _) = serve_direct(layer).await;
+        let mut early = client_frame(0x81, b"early");
+        early.extend(client_frame(0x82, &[1, 2, 3]));
+        let mut tcp = TcpStream::connect(proxy).await.unwrap();
+        tcp.write_all(&upgrade_then(proxy, &[], &early))
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        let (status, head) = response_head(&mut tcp, &mut pending).await;
+        assert_eq!(status, 101, "{head}");
+        assert_eq!(
+            read_frame(&mut tcp, &mut pending).await,
+            (1, b"early".to_vec())
+        );
+        assert_eq!(read_frame(&mut tcp, &mut pending).await, (2, vec![1, 2, 3]));
+    }
+}
+
+/// A keep-alive connection that upgrades on its second request goes through hyper, and a
+/// tunnel still splices it (the bytes the entry read first are handed over with the socket).
+#[tokio::test]
+async fn a_keep_alive_connection_that_upgrades_later_still_splices() {
+    let echo = echo_upstream().await;
+    let (proxy, seen) = serve_direct(WsProxyLayer::new(upstream(echo)).tunnel()).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let get = format!("GET /http HTTP/1.1\r\nhost: {proxy}\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let (status, head) = response_head(&mut tcp, &mut pending).await;
+    assert_eq!(status, 200, "{head}");
+    let body = b"inner route".len();
+    while pending.len() < body {
+        let mut chunk = [0u8; 256];
+        let n = within("the body", tcp.read(&mut chunk)).await.unwrap();
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    pending.drain(..body);
+    let before = spliced();
+    tcp.write_all(&upgrade_then(proxy, &[], &[])).await.unwrap();
+    let (status, head) = response_head(&mut tcp, &mut pending).await;
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        1,
+        "only the GET reached the app"
+    );
+    assert!(pending.is_empty());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tcp,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    const MIB: usize = 1 << 20;
+    for i in 0..4 {
+        let payload: Vec<u8> = (0..MIB).map(|b| (b * 7 + i) as u8).collect();
+        within("a large send", ws.send(Message::binary(payload.clone())))
+            .await
+            .unwrap();
+        match next_message(&mut ws).await {
+            Message::Binary(got) => assert!(got[..] == payload[..], "message {i} changed"),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    close_and_wait(&mut ws, 1000, "").await;
+    let moved = spliced() - before;
+    assert!(moved >= 6 * MIB as u64, "only {moved} bytes spliced");
+}
+
+/// An upgrade the layer refuses is answered through hyper, body and all, and the connection
+/// serves its next request.
+#[tokio::test]
+async fn a_refused_direct_upgrade_is_answered_and_the_connection_goes_on() {
+    let layer =
+        WsProxyLayer::new(upstream(echo_upstream().await)).allowed_origins(["https://app.example"]);
+    let (proxy, seen) = serve_direct(layer).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&upgrade_then(proxy, &["origin: https://evil.example"], &[]))
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let (status, head) = response_head(&mut tcp, &mut pending).await;
+    assert_eq!(status, 403, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+    let get = format!("GET /http HTTP/1.1\r\nhost: {proxy}\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.unwrap();
+    loop {
+        let text = String::from_utf8_lossy(&pending).into_owned();
+        if text.contains("inner route") {
+            // The refusal's body (naming the cause), then the next request's answer.
+            assert!(text.contains("origin"), "{text}");
+            assert!(text.contains("HTTP/1.1 200 "), "{text}");
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = within("the next answer", tcp.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed after the refusal: {text}");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        1,
+        "only the GET reached the app"
+    );
+}
+
+/// Heads the entry does not take whole are hyper's, answered as without the entry: too
+/// large (431), announcing a body (400 from the layer), HTTP/2 with prior knowledge.
+#[tokio::test]
+async fn heads_the_direct_entry_leaves_are_answered_as_without_it() {
+    let (proxy, _) = serve_direct(WsProxyLayer::new(upstream(echo_upstream().await))).await;
+    let pad = format!("x-pad: {}", "a".repeat(70_000));
+    let answer = until_closed(proxy, &upgrade_then(proxy, &[&pad], &[])).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let body = upgrade_then(proxy, &["content-length: 5"], b"hello");
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    let (status, head) = response_head(&mut tcp, &mut Vec::new()).await;
+    assert_eq!(status, 400, "{head}");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(TcpStream::connect(proxy).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{proxy}/http"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = within("an HTTP/2 answer", h2.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -2,11 +2,11 @@
 
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{Method, Request, Version};
-use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::ProxyError;
 use crate::handshake::headers::has_token;
+use crate::transport::ClientLeg;
 
 /// How a WebSocket is opened: found once, by [`upgrade`], and carried through the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,13 +59,15 @@ pub(crate) struct ClientHandshake {
     /// is answered with `200` instead of `101`.
     pub(crate) accept: Option<HeaderValue>,
     /// Resolves to the client's connection (or HTTP/2 stream) once the answer has been sent.
-    pub(crate) on_upgrade: OnUpgrade,
+    pub(crate) leg: ClientLeg,
 }
 
-/// Validates the client's side of the handshake before any upstream is dialled.
+/// Validates the client's side of the handshake before any upstream is dialled. `leg` is how
+/// the client's connection will come (`None`: a request no server can upgrade).
 pub(crate) fn client_handshake<B>(
-    req: &mut Request<B>,
+    req: &Request<B>,
     kind: Upgrade,
+    leg: Option<ClientLeg>,
 ) -> Result<ClientHandshake, ProxyError> {
     let headers = req.headers();
     if headers
@@ -88,11 +90,8 @@ pub(crate) fn client_handshake<B>(
                 .map_err(|_| ProxyError::InvalidKey)?,
         )
     };
-    let on_upgrade = req
-        .extensions_mut()
-        .remove::<OnUpgrade>()
-        .ok_or(ProxyError::NotUpgradable)?;
-    Ok(ClientHandshake { accept, on_upgrade })
+    let leg = leg.ok_or(ProxyError::NotUpgradable)?;
+    Ok(ClientHandshake { accept, leg })
 }
 
 /// RFC 6455 §4.1: the key is 16 bytes, base64-encoded, which is 22 base64 characters and `==`.

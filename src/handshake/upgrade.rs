@@ -28,21 +28,23 @@ use crate::metrics;
 use crate::registry::{rebalance, NotAdmitted, Permit, Sessions};
 use crate::session::deflate::{Deflate, Params};
 use crate::session::{self, Handoff, Mode, Negotiated, RequestInfo};
-use crate::transport::{HeldBySession, Transport};
+use crate::transport::{ClientLeg, HeldBySession, Transport};
 use crate::upstream::{Lease, Member, UpstreamPool};
 
 /// Answers one upgrade request (already detected as such). The phases below each return a
 /// [`ProxyError`] for the client; this is the one place it becomes a response (and a log line
 /// and a metric).
 ///
-/// `kind` is what [`detect::upgrade`] found; `session` is handed on to the session, and
-/// `sessions` admits it.
+/// `kind` is what [`detect::upgrade`] found; `leg` how the client's connection will reach the
+/// session (hyper's upgrade, taken from the request, or the server's own entry); `session` is
+/// handed on to the session, and `sessions` admits it.
 pub(crate) async fn upgrade<B>(
     config: &Settings,
     session: &Arc<session::Settings>,
     sessions: &Arc<Sessions>,
     mut req: Request<B>,
     kind: Upgrade,
+    leg: Option<ClientLeg>,
 ) -> Response<Body> {
     let mut refusal = Refusing {
         client: req
@@ -60,7 +62,7 @@ pub(crate) async fn upgrade<B>(
         session,
         sessions,
     };
-    match proceed(&stage, req, kind, checked, &mut refusal).await {
+    match proceed(&stage, req, (kind, leg), checked, &mut refusal).await {
         Ok(res) => res,
         Err(e) => refuse(config, e, refusal.client, &refusal.log_path),
     }
@@ -84,15 +86,15 @@ struct Refusing {
 /// Every phase, in order; the first error ends the upgrade.
 async fn proceed<B>(
     stage: &Stage<'_>,
-    mut req: Request<B>,
-    kind: Upgrade,
+    req: Request<B>,
+    (kind, leg): (Upgrade, Option<ClientLeg>),
     checked: Result<(), ProxyError>,
     refusal: &mut Refusing,
 ) -> Result<Response<Body>, ProxyError> {
     let config = stage.config;
     checked?;
     check_origin(config, &req)?;
-    let client = detect::client_handshake(&mut req, kind)?;
+    let client = detect::client_handshake(&req, kind, leg)?;
     let permit = stage
         .sessions
         .admit(config.max_sessions)
@@ -558,7 +560,7 @@ impl Switched {
         session::spawn(
             session.clone(),
             Handoff {
-                client: client.on_upgrade,
+                client: client.leg,
                 upstream: conn,
                 negotiated,
                 lease,

@@ -117,3 +117,36 @@ impl Streams {
         }
     }
 }
+
+/// A response's body that keeps its request counted as open until it has been sent (or
+/// dropped), with the body's own size: hyper writes `content-length` where it is known.
+pub(super) struct OpenBody {
+    body: axum::body::Body,
+    _open: Open,
+}
+
+impl OpenBody {
+    pub(super) fn new(body: axum::body::Body, open: Open) -> Self {
+        Self { body, _open: open }
+    }
+}
+
+impl http_body::Body for OpenBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

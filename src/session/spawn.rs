@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use futures_util::future::Either;
 use http::HeaderValue;
-use hyper::upgrade::{OnUpgrade, Upgraded};
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -23,7 +22,7 @@ use crate::session::leg::{Side, Traffic};
 use crate::session::mode::Mode;
 use crate::session::settings::Settings;
 use crate::session::tunnel;
-use crate::transport::{Held, Transport};
+use crate::transport::{ClientLeg, Held, Transport};
 use crate::upstream::Lease;
 
 /// Everything a session starts from, handed over by the handshake once the upstream switched
@@ -32,7 +31,7 @@ use crate::upstream::Lease;
 /// builds its legs for its mode from it.
 pub(crate) struct Handoff {
     /// Resolves to the client's connection (or HTTP/2 stream) once its answer has been sent.
-    pub(crate) client: OnUpgrade,
+    pub(crate) client: ClientLeg,
     /// The upstream's connection, past its 101 (bytes read past it are kept in it).
     pub(crate) upstream: Transport,
     pub(crate) negotiated: Negotiated,
@@ -280,7 +279,7 @@ struct Ctx<'a> {
 /// boxed so that it takes its own size, not the larger of the two.
 fn run<'a>(
     ctx: Ctx<'a>,
-    client: OnUpgrade,
+    client: ClientLeg,
     upstream: Transport,
 ) -> impl Future<Output = Report> + 'a {
     match ctx.settings.mode {
@@ -290,21 +289,21 @@ fn run<'a>(
 }
 
 /// Waits for the client's upgrade and runs `on_open` once it has succeeded.
-async fn client_upgrade(ctx: &Ctx<'_>, client: OnUpgrade) -> hyper::Result<Upgraded> {
-    let upgraded = client.await;
+async fn client_upgrade(ctx: &Ctx<'_>, client: ClientLeg) -> Result<Transport, String> {
+    let upgraded = client.connected().await;
     if let (Ok(_), Some(hook), Some(info)) = (&upgraded, &ctx.settings.hooks.on_open, ctx.hooked) {
         hook(info);
     }
     upgraded
 }
 
-async fn tunnel_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) -> Report {
+async fn tunnel_session(ctx: Ctx<'_>, client: ClientLeg, upstream: Transport) -> Report {
     match client_upgrade(&ctx, client).await {
         Ok(io) => {
             tracing::debug!("tunnel open");
             let mut keepalive = Keepalive::new(ctx.settings.timeouts, Some(ctx.entry.clone()));
             tunnel::run(
-                Transport::new(io),
+                io,
                 upstream,
                 ctx.to_upstream,
                 ctx.to_client,
@@ -322,7 +321,7 @@ async fn tunnel_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) ->
     }
 }
 
-async fn frames_session(ctx: Ctx<'_>, client: OnUpgrade, upstream: Transport) -> Report {
+async fn frames_session(ctx: Ctx<'_>, client: ClientLeg, upstream: Transport) -> Report {
     let settings = ctx.settings;
     let io = match client_upgrade(&ctx, client).await {
         Ok(io) => io,

@@ -62,6 +62,30 @@ pub async fn proxy(layer: WsProxyLayer) -> SocketAddr {
     serve(app).await
 }
 
+/// The layer in front of the same app as [`proxy`], served by the library's server with its
+/// own upgrade entry on (`Serve::direct_upgrades`), as `ws-proxy` serves it.
+pub async fn proxy_direct(layer: WsProxyLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/http", get(|| async { "inner route" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "inner fallback") })
+        .layer(layer.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum_ws_proxy::serve(listener, app)
+            .direct_upgrades(&layer)
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// The proxy behind each entry a request can take: hyper's connection (through
+/// `axum::serve`) and the library server's own upgrade entry.
+pub async fn proxy_both(layer: WsProxyLayer) -> [SocketAddr; 2] {
+    [proxy(layer.clone()).await, proxy_direct(layer).await]
+}
+
 /// Echoes text and binary messages; answers closes (tungstenite does that itself).
 pub async fn echo(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {

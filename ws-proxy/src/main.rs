@@ -101,6 +101,8 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     if let (Some(addr), Some(token)) = (plan.settings.admin_listen, plan.admin_token.clone()) {
         admin::serve(addr, token, status.clone()).await?;
     }
+    // The proxy is the app's outermost layer: upgrades may skip hyper and the router.
+    let direct = axum_ws_proxy::serve::DirectUpgrades::from(&layer);
     let app = app(layer, draining.clone(), log::AccessLog::new(reload.clone()));
     let (listener, local) = bind(&plan).await?;
     // Before the first log line says we are up: from then on SIGHUP must never end the process.
@@ -149,7 +151,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         let _ = stopping.send(true);
     };
     tokio::spawn(signal);
-    let mut server = axum_ws_proxy::serve(listener, app);
+    let mut server = axum_ws_proxy::serve(listener, app).direct_upgrades(direct);
     if let Some(tls) = server_tls {
         server = server.tls(tls);
     }

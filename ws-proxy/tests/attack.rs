@@ -125,36 +125,36 @@ async fn an_upstream_ping_flood_does_not_grow_the_proxy_tunnel() {
 }
 
 /// Dot-segments cannot leave the upstream's prefix: `/../admin` is refused with 400 before
-/// any dial; `%2e%2e` and `..\` count as `..`; a path that stays inside is normalised.
+/// any dial; `%2e%2e` and `..\` count as `..`; a path that stays inside is normalised. Through
+/// hyper and through the server's own upgrade entry alike.
 #[tokio::test]
 async fn dot_segments_cannot_leave_the_upstream_prefix() {
     let (up, mut seen) = recording_upstream(&[]).await;
-    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(
-        format!("ws://{up}/rooms").parse().unwrap(),
-    ))
-    .await;
-    for path in [
-        "/../admin",
-        "/%2e%2e/admin",
-        "/.%2e/admin",
-        "/..\\admin",
-        "/a/../../admin",
-    ] {
-        let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, path, &[])).await;
-        assert_eq!(status, 400, "{path}: {head}");
+    let layer = axum_ws_proxy::WsProxyLayer::new(format!("ws://{up}/rooms").parse().unwrap());
+    for proxy in proxy_both(layer).await {
+        for path in [
+            "/../admin",
+            "/%2e%2e/admin",
+            "/.%2e/admin",
+            "/..\\admin",
+            "/a/../../admin",
+        ] {
+            let (status, head, ..) = raw_exchange(proxy, &upgrade_request(proxy, path, &[])).await;
+            assert_eq!(status, 400, "{path}: {head}");
+        }
+        let (status, ..) = raw_exchange(
+            proxy,
+            &upgrade_request(proxy, "/a/%2e%2e/b/./c?q=/../x", &[]),
+        )
+        .await;
+        assert_eq!(status, 101);
+        let (uri, _) = within("the upstream request", seen.recv()).await.unwrap();
+        assert_eq!(uri, "/rooms/b/c?q=/../x");
+        assert!(
+            seen.try_recv().is_err(),
+            "a refused path reached the upstream"
+        );
     }
-    let (status, ..) = raw_exchange(
-        proxy,
-        &upgrade_request(proxy, "/a/%2e%2e/b/./c?q=/../x", &[]),
-    )
-    .await;
-    assert_eq!(status, 101);
-    let (uri, _) = within("the upstream request", seen.recv()).await.unwrap();
-    assert_eq!(uri, "/rooms/b/c?q=/../x");
-    assert!(
-        seen.try_recv().is_err(),
-        "a refused path reached the upstream"
-    );
 }
 
 /// A dot-segment hidden behind an encoded slash or a double encoding is refused with 400 and
@@ -253,78 +253,82 @@ async fn routes_match_the_normalised_path() {
 }
 
 /// RFC 9112 §3.2: one valid Host, present on HTTP/1.1; the absolute-form target's authority
-/// wins and is what X-Forwarded-Host says.
+/// wins and is what X-Forwarded-Host says. Through both entries.
 #[tokio::test]
 async fn host_handling_is_strict() {
     let (up, mut seen) = recording_upstream(&[]).await;
-    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await;
-    for (lines, why) in [
-        (
-            &["host: a.example", "host: b.example"][..],
-            "more than one Host header",
-        ),
-        (&[][..], "HTTP/1.1 requires one"),
-        (&["host: evil.example/../x"][..], "not a host[:port]"),
-        (&["host: user@evil.example"][..], "not a host[:port]"),
-    ] {
-        let (status, head, mut tcp, mut rest) = raw_exchange(proxy, &raw_upgrade("/", lines)).await;
-        assert_eq!(status, 400, "{lines:?}: {head}");
-        let length: usize = head_header(&head, "content-length")
-            .unwrap()
-            .parse()
-            .unwrap();
-        while rest.len() < length {
-            let mut buf = [0u8; 256];
-            let n = within(
-                "the body",
-                tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
-            )
-            .await
-            .unwrap();
-            assert!(n > 0, "closed before the body");
-            rest.extend_from_slice(&buf[..n]);
+    for proxy in proxy_both(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await {
+        for (lines, why) in [
+            (
+                &["host: a.example", "host: b.example"][..],
+                "more than one Host header",
+            ),
+            (&[][..], "HTTP/1.1 requires one"),
+            (&["host: evil.example/../x"][..], "not a host[:port]"),
+            (&["host: user@evil.example"][..], "not a host[:port]"),
+        ] {
+            let (status, head, mut tcp, mut rest) =
+                raw_exchange(proxy, &raw_upgrade("/", lines)).await;
+            assert_eq!(status, 400, "{lines:?}: {head}");
+            let length: usize = head_header(&head, "content-length")
+                .unwrap()
+                .parse()
+                .unwrap();
+            while rest.len() < length {
+                let mut buf = [0u8; 256];
+                let n = within(
+                    "the body",
+                    tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+                )
+                .await
+                .unwrap();
+                assert!(n > 0, "closed before the body");
+                rest.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                String::from_utf8_lossy(&rest).contains(why),
+                "{lines:?}: {}",
+                String::from_utf8_lossy(&rest)
+            );
         }
+        let (status, ..) = raw_exchange(
+            proxy,
+            &raw_upgrade("http://target.example/x", &["host: other.example"]),
+        )
+        .await;
+        assert_eq!(status, 101);
+        let (_, headers) = within("the upstream request", seen.recv()).await.unwrap();
+        assert_eq!(headers["host"], "target.example");
+        assert_eq!(headers["x-forwarded-host"], "target.example");
         assert!(
-            String::from_utf8_lossy(&rest).contains(why),
-            "{lines:?}: {}",
-            String::from_utf8_lossy(&rest)
+            seen.try_recv().is_err(),
+            "a refused request reached the upstream"
         );
     }
-    let (status, ..) = raw_exchange(
-        proxy,
-        &raw_upgrade("http://target.example/x", &["host: other.example"]),
-    )
-    .await;
-    assert_eq!(status, 101);
-    let (_, headers) = within("the upstream request", seen.recv()).await.unwrap();
-    assert_eq!(headers["host"], "target.example");
-    assert_eq!(headers["x-forwarded-host"], "target.example");
-    assert!(
-        seen.try_recv().is_err(),
-        "a refused request reached the upstream"
-    );
 }
 
-/// An upgrade with a body is refused before any dial (its bytes would be taken as frames).
+/// An upgrade with a body is refused before any dial (its bytes would be taken as frames),
+/// through both entries (the server's own leaves it to hyper, whose framing the layer refuses).
 #[tokio::test]
 async fn an_upgrade_with_a_body_is_refused() {
     let (up, mut seen) = recording_upstream(&[]).await;
-    let proxy = proxy(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await;
-    let host = format!("host: {proxy}");
-    for extra in [["content-length: 5"], ["transfer-encoding: chunked"]] {
-        let mut req = raw_upgrade("/", &[host.as_str(), extra[0]]);
-        req.push_str(if extra[0].starts_with("content") {
-            "hello"
-        } else {
-            "5\r\nhello\r\n0\r\n\r\n"
-        });
-        let (status, head, ..) = raw_exchange(proxy, &req).await;
-        assert_eq!(status, 400, "{extra:?}: {head}");
+    for proxy in proxy_both(axum_ws_proxy::WsProxyLayer::new(upstream(up))).await {
+        let host = format!("host: {proxy}");
+        for extra in [["content-length: 5"], ["transfer-encoding: chunked"]] {
+            let mut req = raw_upgrade("/", &[host.as_str(), extra[0]]);
+            req.push_str(if extra[0].starts_with("content") {
+                "hello"
+            } else {
+                "5\r\nhello\r\n0\r\n\r\n"
+            });
+            let (status, head, ..) = raw_exchange(proxy, &req).await;
+            assert_eq!(status, 400, "{extra:?}: {head}");
+        }
+        assert!(
+            seen.try_recv().is_err(),
+            "a request with a body reached the upstream"
+        );
     }
-    assert!(
-        seen.try_recv().is_err(),
-        "a request with a body reached the upstream"
-    );
 }
 
 /// The binary under a small descriptor limit (`ulimit -n`), with its status listener.

@@ -9,8 +9,6 @@ pub(crate) mod drive;
 pub(crate) mod stream;
 pub(crate) mod wire;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
@@ -42,10 +40,10 @@ pub(crate) struct Run<'a> {
 
 /// The session in frame mode, from the client's upgraded connection to the end of both close
 /// handshakes.
-pub(crate) async fn run(client: Upgraded, upstream: Transport, run: Run<'_>) -> Report {
+pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
     let settings = run.settings;
     let mut client = WebSocketStream::from_raw_socket(
-        Wire::new(TokioIo::new(client)),
+        Wire::new(client),
         Role::Server,
         Some(settings.websocket()),
     )

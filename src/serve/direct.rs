@@ -1,0 +1,271 @@
+//! The server's own upgrade entry, an opt-in
+//! ([`Serve::direct_upgrades`](crate::serve::Serve::direct_upgrades)): on a plain HTTP/1.1
+//! connection whose first request is a WebSocket upgrade, the head is parsed
+//! here, on the socket, and handed to the layer's handshake; hyper's connection and the app
+//! never see it. Everything else goes to hyper with the bytes read so far, read again from
+//! them: an HTTP/2 preface, any other request, and any head this entry does not take whole
+//! (incomplete at its bound, unparsable, too many fields, a body announced, larger than the
+//! server's head limit), so that hyper answers those exactly as it does without this entry.
+//!
+//! The request this entry builds is the one hyper would build from the same bytes (the same
+//! parser, `httparse`, and the same conversions); the layer then applies the same checks to it
+//! as to any other. `fuzz::direct_entry` compares the two on any input.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::handshake::detect::{self, Upgrade};
+use crate::handshake::headers;
+use crate::transport::{ClientLeg, Transport};
+
+/// Where [`Serve::direct_upgrades`](crate::serve::Serve::direct_upgrades) sends the upgrades it takes:
+/// the handshake of a [`WsProxyLayer`](crate::WsProxyLayer) or a
+/// [`ReloadableLayer`](crate::ReloadableLayer) (made with `From` from a reference to either).
+#[derive(Clone)]
+pub struct DirectUpgrades(pub(crate) Arc<dyn Entry>);
+
+impl std::fmt::Debug for DirectUpgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectUpgrades").finish_non_exhaustive()
+    }
+}
+
+/// An upgrade's answer, on its way.
+pub(crate) type Answering = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// The layer's handshake, as the entry calls it.
+pub(crate) trait Entry: Send + Sync + 'static {
+    /// Answers `req` (already found to be an upgrade of `kind`); the session gets the client's
+    /// connection through `leg` once a `101` has been written.
+    fn upgrade(&self, req: Request<()>, kind: Upgrade, leg: ClientLeg) -> Answering;
+}
+
+/// Fields a head may have: hyper's limit, beyond which it answers 431.
+const MAX_FIELDS: usize = 100;
+
+/// The HTTP/2 connection preface (h2c with prior knowledge).
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection opened with.
+// Moved once and never kept: a box would cost an allocation per handshake.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum First {
+    /// A WebSocket upgrade, whole, with the bytes read past its head (early frames).
+    Upgrade {
+        req: Request<()>,
+        kind: Upgrade,
+        /// Everything read: the head, then what followed it.
+        read: Bytes,
+        head: usize,
+    },
+    /// For hyper, with these bytes first; `h2`: they open with the HTTP/2 preface.
+    Other { read: Bytes, h2: bool },
+    /// The peer closed (or failed) before sending anything.
+    Nothing,
+}
+
+/// Reads a connection's first bytes until they decide: a whole upgrade head, or anything
+/// else. `buffer` bounds what is read (hyper's own read buffer: heads that do not fit are
+/// hyper's to refuse); `max_head` is the server's head limit, as its handler measures it.
+pub(crate) async fn read_first(
+    tcp: &mut TcpStream,
+    buffer: usize,
+    max_head: usize,
+) -> io::Result<First> {
+    // A browser's upgrade head is under 2 KiB; early frames may follow it in the same read.
+    let mut buf = BytesMut::with_capacity(4096.min(buffer));
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(buffer - buf.len()));
+        }
+        let n = tcp.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(match buf.is_empty() {
+                true => First::Nothing,
+                false => First::Other {
+                    read: buf.freeze(),
+                    h2: false,
+                },
+            });
+        }
+        match decide(buf, buffer, max_head) {
+            Decided::First(first) => return Ok(first),
+            Decided::More(partial) => buf = partial,
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // as `First`
+pub(crate) enum Decided {
+    First(First),
+    More(BytesMut),
+}
+
+/// What the bytes read so far decide (`More`: not yet).
+pub(crate) fn decide(buf: BytesMut, buffer: usize, max_head: usize) -> Decided {
+    if buf.len() < PREFACE.len() && PREFACE.starts_with(&buf) {
+        return Decided::More(buf);
+    }
+    let h2 = buf.starts_with(PREFACE);
+    // Where each part of the head lies in `buf`, as `httparse` parses it for hyper (the same
+    // parser configuration: hyper's default).
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let whole = match parsed.parse(&buf) {
+        _ if h2 => None,
+        Ok(httparse::Status::Complete(len)) => Some(len),
+        Ok(httparse::Status::Partial) if buf.len() < buffer => return Decided::More(buf),
+        Ok(httparse::Status::Partial) | Err(_) => None,
+    };
+    let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize, s.len());
+    let mut ranges = [((0, 0), (0, 0)); MAX_FIELDS];
+    let head = match (whole, parsed.method, parsed.path, parsed.version) {
+        (Some(len), Some(method), Some(target), Some(1)) => {
+            for (slot, field) in ranges.iter_mut().zip(parsed.headers.iter()) {
+                *slot = (at(field.name.as_bytes()), at(field.value));
+            }
+            Some(Head {
+                len,
+                method: at(method.as_bytes()),
+                target: at(target.as_bytes()),
+                fields: &ranges[..parsed.headers.len()],
+            })
+        }
+        _ => None,
+    };
+    let read = buf.freeze();
+    match head.and_then(|head| Some((upgrade_request(&read, &head, max_head)?, head.len))) {
+        Some(((req, kind), head)) => Decided::First(First::Upgrade {
+            req,
+            kind,
+            read,
+            head,
+        }),
+        None => Decided::First(First::Other { read, h2 }),
+    }
+}
+
+/// Where a part of the head lies: offset and length.
+type Range = (usize, usize);
+
+/// Where each part of an HTTP/1.1 head lies in the bytes read.
+struct Head<'a> {
+    len: usize,
+    method: Range,
+    target: Range,
+    /// Each field's name and value.
+    fields: &'a [(Range, Range)],
+}
+
+/// The request hyper would build from this head, if it is a WebSocket upgrade this entry
+/// takes: no body announced, within the head limit. `None` leaves it to hyper.
+fn upgrade_request(
+    read: &Bytes,
+    head: &Head<'_>,
+    max_head: usize,
+) -> Option<(Request<()>, Upgrade)> {
+    let slice = |(at, len): Range| read.slice(at..at + len);
+    let method = Method::from_bytes(&read[head.method.0..][..head.method.1]).ok()?;
+    let uri = Uri::from_maybe_shared(slice(head.target)).ok()?;
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    for &(name, value) in head.fields {
+        let name = HeaderName::from_bytes(&read[name.0..][..name.1]).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;
+        headers.append(name, value);
+    }
+    // A body's framing is hyper's to read (and the layer's to refuse): never taken here.
+    if headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+    *req.headers_mut() = headers;
+    let kind = detect::upgrade(&req)?;
+    (head_size(&req) <= max_head).then_some((req, kind))
+}
+
+/// What became of a connection the entry read first.
+#[allow(clippy::large_enum_variant)] // as `First`
+pub(super) enum Served {
+    /// The entry answered it (a 101 handed on, or the connection is gone).
+    Done,
+    /// For hyper: the connection with the bytes read first, whether they open with the
+    /// HTTP/2 preface, and, for a refused upgrade, the answer to its first request.
+    Hyper {
+        io: Transport,
+        h2: bool,
+        answer: Option<Response<Body>>,
+    },
+}
+
+/// Answers the upgrade the connection opened with, for `remote`: a 101 is written here and
+/// the connection handed to the session (with the bytes read past the head); any other answer
+/// is hyper's to write, so that its body and the connection's keep-alive are as always.
+pub(super) async fn answer(
+    entry: &DirectUpgrades,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    first: (Request<()>, Upgrade, Bytes, usize),
+) -> Served {
+    let (mut req, kind, read, head) = first;
+    req.extensions_mut().insert(ConnectInfo(remote));
+    let (handed, leg) = tokio::sync::oneshot::channel();
+    let res = entry.0.upgrade(req, kind, ClientLeg::Handed(leg)).await;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Served::Hyper {
+            io: Transport::Tcp { tcp, pre: read },
+            h2: false,
+            answer: Some(res),
+        };
+    }
+    let mut tcp = tcp;
+    // Dropped unsent if the write fails: the session then closes the upstream's leg.
+    if tcp.write_all(&switching(res.headers())).await.is_ok() {
+        let mut leg = Transport::tcp(tcp);
+        leg.put_back(read.slice(head..));
+        let _ = handed.send(leg);
+    }
+    Served::Done
+}
+
+/// A 101's head, as hyper writes one (lower-case names), without `Date`.
+fn switching(headers: &HeaderMap) -> Vec<u8> {
+    const STATUS: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
+    let size = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>();
+    let mut head = Vec::with_capacity(STATUS.len() + size + 2);
+    head.extend_from_slice(STATUS);
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The request head's size as received, near enough.
+pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    // Without formatting the URI (this runs for every request): origin-form is path and
+    // query; absolute-form adds a scheme and an authority.
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    req.method().as_str().len() + target + 12 + headers::fields_size(req.headers())
+}

@@ -10,6 +10,7 @@
 //! cargo run --release -p ws-proxy-bench -- --only ws-proxy,nginx
 //! cargo run --release -p ws-proxy-bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
 //! cargo run --release -p ws-proxy-bench -- --rows reconnect  # opt-in: not in the default rows
+//! cargo run --release -p ws-proxy-bench -- --rows memory  # opt-in: memory given back after spikes
 //! cargo run --release -p ws-proxy-bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release -p ws-proxy-bench -- --rows storm --storm 2000  # storm size (default 10 000)
 //! cargo run --release -p ws-proxy-bench -- --rows handshake --handshakes 1200  # (default 3000)
@@ -38,6 +39,9 @@
 //!   a second replica; the most new sessions the second gets in any 100 ms, and over how long
 //!   they arrive, unpaced (`--drain-window 0`) against paced (`--drain-window 10s`). One
 //!   measurement per case; `--only` and `--rounds` do not apply to it.
+//! - memory given back (`--rows memory`, in `memory.rs`; opt-in): `ws-proxy`'s RSS before, at
+//!   the peak of and 10 s after 15 000 silent connections and 9 000 idle sessions, per mode;
+//!   run the bench from a directory holding another build to compare allocators.
 //!
 //! `BENCH_OFFER_DEFLATE=1` makes the handshake row's client offer permessage-deflate as
 //! browsers do (`permessage-deflate; client_max_window_bits`), for the handshake's cost with
@@ -58,6 +62,7 @@
 //! the same runtime. Its rows say what tokio costs before the proxy does any work of its own.
 
 mod deflate;
+mod memory;
 mod reconnect;
 
 use std::collections::BTreeMap;
@@ -357,15 +362,19 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     wait_for_quiet_cpu(0).await;
     let compression = rows_wanted.iter().any(|r| r == "deflate");
     let reconnect = rows_wanted.iter().any(|r| r == "reconnect");
+    let memory = rows_wanted.iter().any(|r| r == "memory");
     if rows_wanted
         .iter()
-        .all(|r| r == "deflate" || r == "reconnect")
+        .all(|r| r == "deflate" || r == "reconnect" || r == "memory")
     {
         if compression {
             deflate::run(&counts, rounds, &only).await;
         }
         if reconnect {
             reconnect::run().await;
+        }
+        if memory {
+            memory::run().await;
         }
         return;
     }
@@ -461,6 +470,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     }
     if reconnect {
         reconnect::run().await;
+    }
+    if memory {
+        memory::run().await;
     }
 }
 

@@ -121,8 +121,9 @@ struct Reconnect {
 async fn case(drain_window: &str) -> Result<Measured, String> {
     let (mut echo, upstream) = echo_process(Some(ECHO_BACKLOG))?;
     let result = async {
-        let a = Replica::start("A", upstream, drain_window)?;
-        let b = Replica::start("B", upstream, drain_window)?;
+        let drain = ["--shutdown-grace", GRACE, "--drain-window", drain_window];
+        let a = Replica::start("A", upstream, &drain)?;
+        let b = Replica::start("B", upstream, &drain)?;
         let (to_a, to_b) = (a.endpoint(), b.endpoint());
         let mut sessions = Vec::with_capacity(SESSIONS);
         while sessions.len() < SESSIONS {
@@ -288,18 +289,24 @@ fn print_table(rows: &[(&str, Measured)]) {
 }
 
 /// A `ws-proxy` replica on 127.0.0.1:0 (killed on drop), and the address it logged.
-struct Replica {
-    child: Child,
+/// A `ws-proxy` of the bench's own build, pinned to CPU 0.
+pub(crate) struct Replica {
+    pub(crate) child: Child,
     addr: SocketAddr,
 }
 
 impl Replica {
-    fn start(name: &'static str, upstream: SocketAddr, drain_window: &str) -> Result<Self, String> {
+    /// Started with `extra` flags; ready once it logged its address.
+    pub(crate) fn start(
+        name: &'static str,
+        upstream: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let mut cmd = pinned();
         cmd.arg(ws_proxy_bin()?)
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream", &format!("ws://{upstream}")])
-            .args(["--shutdown-grace", GRACE, "--drain-window", drain_window])
+            .args(extra)
             // The binary's own lines (listening, draining), not a line per session.
             .env("RUST_LOG", "warn,ws_proxy=info")
             .stdout(Stdio::null())
@@ -342,7 +349,7 @@ impl Replica {
         }
     }
 
-    fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         Endpoint {
             addr: self.addr,
             tls: None,

@@ -1146,6 +1146,7 @@ async fn storm(kind: Kind, cert: &BenchCert, clients: usize) -> Result<Row, Stri
         wait_ready(&target.endpoint()).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = target.cpu_ns();
+        let ticks = target.user_kernel_ticks();
         let started = Instant::now();
         let ep = target.endpoint();
         let tasks: Vec<_> = (0..clients)
@@ -1176,6 +1177,8 @@ async fn storm(kind: Kind, cert: &BenchCert, clients: usize) -> Result<Row, Stri
         }
         let took = started.elapsed().as_secs_f64();
         let cpu = target.cpu_since(before).map(|ns| ns as f64 / 1e6);
+        // Beside the handshake row's split: where a storm's extra CPU per client goes.
+        target.say_kernel_share("storm", ticks);
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             latencies

@@ -11,6 +11,7 @@
 //! cargo run --release -p ws-proxy-bench -- --rows handshake,idle   # msg, mb, handshake, idle, rtt, storm, deflate
 //! cargo run --release -p ws-proxy-bench -- --rows reconnect  # opt-in: not in the default rows
 //! cargo run --release -p ws-proxy-bench -- --rows memory  # opt-in: memory given back after spikes
+//! cargo run --release -p ws-proxy-bench -- --rows cores  # opt-in: shared pool vs a runtime per core
 //! cargo run --release -p ws-proxy-bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release -p ws-proxy-bench -- --rows storm --storm 2000  # storm size (default 10 000)
 //! cargo run --release -p ws-proxy-bench -- --rows handshake --handshakes 1200  # (default 3000)
@@ -61,6 +62,7 @@
 //! as a bare tokio TCP forwarder (accept, dial, `copy_bidirectional`; no HTTP, no frames) on
 //! the same runtime. Its rows say what tokio costs before the proxy does any work of its own.
 
+mod cores;
 mod deflate;
 mod memory;
 mod reconnect;
@@ -280,6 +282,10 @@ impl Row {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--load") {
+        cores::load(&args[1..]);
+        return;
+    }
     if args.first().map(String::as_str) == Some("--echo-server") {
         // The storm's upstream, in a process of its own: one process cannot hold 10 000
         // client sockets and their 10 000 upstream sockets under a 20 000-descriptor limit.
@@ -363,9 +369,12 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     let compression = rows_wanted.iter().any(|r| r == "deflate");
     let reconnect = rows_wanted.iter().any(|r| r == "reconnect");
     let memory = rows_wanted.iter().any(|r| r == "memory");
+    if rows_wanted.iter().any(|r| r == "cores") {
+        cores::run().await;
+    }
     if rows_wanted
         .iter()
-        .all(|r| r == "deflate" || r == "reconnect" || r == "memory")
+        .all(|r| r == "deflate" || r == "reconnect" || r == "memory" || r == "cores")
     {
         if compression {
             deflate::run(&counts, rounds, &only).await;
@@ -798,8 +807,13 @@ impl Drop for Target {
 /// `BENCH_WRAP="valgrind --tool=callgrind"`, `strace -f -c` or `perf record` runs each proxy
 /// under it; its CPU rows then mean nothing, the profile is the point).
 fn pinned() -> Command {
+    pinned_to("0")
+}
+
+/// `taskset -c CPUS`, then `BENCH_WRAP` if set; the program comes next.
+fn pinned_to(cpus: &str) -> Command {
     let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg("0");
+    cmd.arg("-c").arg(cpus);
     if let Ok(wrap) = std::env::var("BENCH_WRAP") {
         cmd.args(wrap.split_whitespace());
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{connect, echo_process, pinned, wait_for_quiet_cpu, ws_proxy_bin, Endpoint, Ws};
+use super::{connect, echo_process, pinned_to, wait_for_quiet_cpu, ws_proxy_bin, Endpoint, Ws};
 
 /// Sessions drained from A.
 const SESSIONS: usize = 1000;
@@ -302,7 +302,17 @@ impl Replica {
         upstream: SocketAddr,
         extra: &[&str],
     ) -> Result<Self, String> {
-        let mut cmd = pinned();
+        Self::start_on(name, "0", upstream, extra)
+    }
+
+    /// The same, on the CPUs `cpus` names (`taskset -c`).
+    pub(crate) fn start_on(
+        name: &'static str,
+        cpus: &str,
+        upstream: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self, String> {
+        let mut cmd = pinned_to(cpus);
         cmd.arg(ws_proxy_bin()?)
             .args(["--listen", "127.0.0.1:0"])
             .args(["--upstream", &format!("ws://{upstream}")])

@@ -104,18 +104,25 @@ fn tunnel_app(upstream_addr: SocketAddr) -> Router {
 
 /// Echoes `n` messages of `size` bytes through `proxy`, checking every byte.
 async fn echo_large(proxy: SocketAddr, n: usize, size: usize) {
-    let mut ws = connect(proxy, "/").await;
+    echo_large_on(&mut connect(proxy, "/").await, n, size).await;
+}
+
+/// Echoes `n` messages of `size` bytes over `ws`, checking every byte, and closes it.
+async fn echo_large_on<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, n: usize, size: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     for i in 0..n {
         let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
         within("a large send", ws.send(Message::binary(payload.clone())))
             .await
             .unwrap();
-        match next_message(&mut ws).await {
+        match next_message(ws).await {
             Message::Binary(got) => assert!(got[..] == payload[..], "message {i} changed"),
             other => panic!("expected the echo, got {other:?}"),
         }
     }
-    close_and_wait(&mut ws, 1000, "").await;
+    close_and_wait(ws, 1000, "").await;
 }
 
 #[tokio::test]
@@ -286,15 +293,7 @@ async fn serve_direct(layer: WsProxyLayer) -> (SocketAddr, Arc<AtomicU64>) {
             },
         ))
         .layer(layer.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum_ws_proxy::serve(listener, app)
-            .direct_upgrades(&layer)
-            .await
-            .unwrap()
-    });
-    (addr, seen)
+    (serve_direct_app(app, layer).await, seen)
 }
 
 /// A raw upgrade for `/` with `host` and `extra` lines, and `after` in the same write.
@@ -397,17 +396,7 @@ async fn a_keep_alive_connection_that_upgrades_later_still_splices() {
     )
     .await;
     const MIB: usize = 1 << 20;
-    for i in 0..4 {
-        let payload: Vec<u8> = (0..MIB).map(|b| (b * 7 + i) as u8).collect();
-        within("a large send", ws.send(Message::binary(payload.clone())))
-            .await
-            .unwrap();
-        match next_message(&mut ws).await {
-            Message::Binary(got) => assert!(got[..] == payload[..], "message {i} changed"),
-            other => panic!("expected the echo, got {other:?}"),
-        }
-    }
-    close_and_wait(&mut ws, 1000, "").await;
+    echo_large_on(&mut ws, 4, MIB).await;
     let moved = spliced() - before;
     assert!(moved >= 6 * MIB as u64, "only {moved} bytes spliced");
 }

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::reconnect::Replica;
-use super::{echo_process, handshakes, wait_for_quiet_cpu, Endpoint};
+use super::{echo_process, handshakes, process_cpu_ns, wait_for_quiet_cpu, Endpoint};
 
 /// Handshakes per load process.
 const PER_LOAD: u64 = 6000;
@@ -93,7 +93,7 @@ async fn case(per_core: bool) -> Result<(f64, f64), String> {
             vec![Replica::start_on("ws-proxy", "0,1", upstream, &[])?]
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu = |ps: &[Replica]| -> u64 { ps.iter().map(|p| cpu_ns(p.child.id())).sum() };
+        let cpu = |ps: &[Replica]| -> u64 { ps.iter().map(|p| process_cpu_ns(p.child.id())).sum() };
         let before = cpu(&proxies);
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let loads: Vec<_> = (0..2)
@@ -135,22 +135,4 @@ async fn case(per_core: bool) -> Result<(f64, f64), String> {
     let _ = echo.kill();
     let _ = echo.wait();
     result
-}
-
-/// CPU time of every thread of `pid` and its children, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    for task in tasks.flatten() {
-        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
 }

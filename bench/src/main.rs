@@ -706,22 +706,7 @@ impl Target {
     /// CPU time of every thread of every process, in nanoseconds.
     fn cpu_ns(&self) -> Option<u64> {
         self.child.as_ref()?;
-        let mut total = 0;
-        for pid in self.pids() {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                continue;
-            };
-            for task in tasks.flatten() {
-                if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-                    total += s
-                        .split_whitespace()
-                        .next()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0);
-                }
-            }
-        }
-        Some(total)
+        Some(self.pids().into_iter().map(process_cpu_ns).sum())
     }
 
     /// User and kernel CPU time of every thread, in clock ticks (`/proc/<pid>/task/*/stat`):
@@ -806,6 +791,18 @@ impl Drop for Target {
 /// A command for a target: pinned to CPU 0, and under `BENCH_WRAP` when set (for profiling:
 /// `BENCH_WRAP="valgrind --tool=callgrind"`, `strace -f -c` or `perf record` runs each proxy
 /// under it; its CPU rows then mean nothing, the profile is the point).
+/// CPU time of every thread of process `pid`, in nanoseconds (`/proc/<pid>/task/*/schedstat`).
+fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn pinned() -> Command {
     pinned_to("0")
 }

@@ -69,6 +69,12 @@ pub async fn proxy_direct(layer: WsProxyLayer) -> SocketAddr {
         .route("/http", get(|| async { "inner route" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "inner fallback") })
         .layer(layer.clone());
+    serve_direct_app(app, layer).await
+}
+
+/// `app` (with `layer` in it) served by the library's server, upgrades taken by its own entry
+/// for `layer`.
+pub async fn serve_direct_app(app: Router, layer: WsProxyLayer) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -345,11 +345,13 @@ pub fn direct_entry(data: &[u8], cut: usize) {
     const BUFFER: usize = 8 << 10;
     const MAX_HEAD: usize = 4 << 10;
     let cut = cut.min(data.len());
-    let decided = match decide(bytes::BytesMut::from(&data[..cut]), BUFFER, MAX_HEAD) {
-        Decided::More(_) => decide(bytes::BytesMut::from(data), BUFFER, MAX_HEAD),
+    // As `read_first` feeds it: a first read of `cut` bytes, then the rest, searched from
+    // where the first left off.
+    let decided = match decide(bytes::BytesMut::from(&data[..cut]), 0, BUFFER, MAX_HEAD) {
+        Decided::More(_) => decide(bytes::BytesMut::from(data), cut, BUFFER, MAX_HEAD),
         first => first,
     };
-    let whole = decide(bytes::BytesMut::from(data), BUFFER, MAX_HEAD);
+    let whole = decide(bytes::BytesMut::from(data), 0, BUFFER, MAX_HEAD);
     let first = match (decided, whole) {
         (
             Decided::First(First::Upgrade {
@@ -362,19 +364,21 @@ pub fn direct_entry(data: &[u8], cut: usize) {
                 format!("{again:?}"),
                 "decided differently in two reads"
             );
-            assert!(head <= read.len() && read.len() <= data.len().max(cut));
+            assert!(head <= read.len() && read.len() <= data.len());
             assert!(crate::serve::direct::head_size(&req) <= MAX_HEAD);
             Some((req, head))
         }
-        (Decided::First(First::Upgrade { .. }), _) if cut < data.len() => {
-            // Taken from the first read alone: the rest comes after the head.
-            None
-        }
-        (Decided::First(First::Other { read, .. }), _) => {
+        (Decided::First(First::Other { read, .. }), Decided::First(First::Other { .. })) => {
             assert_eq!(&read[..], &data[..read.len()], "bytes for hyper changed");
             None
         }
-        _ => None,
+        (Decided::More(_), Decided::More(_)) => None,
+        (Decided::First(First::Nothing), _) | (_, Decided::First(First::Nothing)) => None,
+        (two_reads, one) => panic!(
+            "the cut decided: {} in two reads, {} in one",
+            variant(&two_reads),
+            variant(&one)
+        ),
     };
     let Some((req, head)) = first else {
         return;
@@ -393,6 +397,16 @@ pub fn direct_entry(data: &[u8], cut: usize) {
             .collect::<Vec<_>>()
     };
     assert_eq!(fields(&seen.headers), fields(req.headers()));
+}
+
+fn variant(d: &crate::serve::direct::Decided) -> &'static str {
+    use crate::serve::direct::{Decided, First};
+    match d {
+        Decided::More(_) => "more",
+        Decided::First(First::Upgrade { .. }) => "upgrade",
+        Decided::First(First::Other { .. }) => "other",
+        Decided::First(First::Nothing) => "nothing",
+    }
 }
 
 /// What hyper's HTTP/1.1 server made of a head.
@@ -498,6 +512,10 @@ mod tests {
             for cut in [0, 5, 40, input.len()] {
                 direct_entry(input, cut);
             }
+        }
+        // The browser's head cut at every byte, the blank line that ends it included.
+        for cut in 0..=inputs[0].len() {
+            direct_entry(&inputs[0], cut);
         }
     }
 

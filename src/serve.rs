@@ -448,9 +448,10 @@ async fn serve_direct(
 ) {
     let left = || header_timeout.saturating_sub(accepted.elapsed());
     let buffer = service.max_head.max(MIN_READ_BUFFER);
+    let mut first_byte = accepted;
     let first = tokio::select! {
         biased;
-        first = tokio::time::timeout(left(), direct::read_first(&mut tcp, buffer, service.max_head)) => first,
+        first = tokio::time::timeout(left(), direct::read_first(&mut tcp, buffer, service.max_head, &mut first_byte)) => first,
         // As hyper does with a head still arriving when shutdown begins.
         () = stopping(stop) => return,
     };
@@ -483,7 +484,9 @@ async fn serve_direct(
                 service.answer_first(res);
                 header_timeout
             }
-            None => left(),
+            // As the peeking path does: what was left at the first byte (hyper applies it to
+            // every head of the connection).
+            None => header_timeout.saturating_sub(first_byte.duration_since(accepted)),
         };
         serve_http(io, h2, service, first, header_timeout, stop).await;
     }
@@ -824,7 +827,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = stop.changed() => {
+        () = stopping(stop) => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -868,7 +871,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = stop.changed() => {
+        () = stopping(stop) => {
             // No request being answered: an idle keep-alive connection or a head still
             // arriving. Close it now rather than wait for the head (up to the grace).
             if streams.none_open() {

@@ -471,3 +471,31 @@ async fn heads_the_direct_entry_leaves_are_answered_as_without_it() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// A client that closes while the upstream is being dialled ends the handshake at once, as
+/// through hyper: no 101 or 504 for it a dial timeout later.
+#[tokio::test]
+async fn a_client_that_leaves_during_a_direct_handshake_ends_it() {
+    // An upstream that accepts and never answers: the dial waits for its 101.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = silent.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let layer = WsProxyLayer::new(upstream(up)).connect_timeout(Duration::from_secs(60));
+    let (proxy, _) = serve_direct(layer).await;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&upgrade_then(proxy, &[], &[])).await.unwrap();
+    within("the upstream dial", accepted.recv()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    within("the proxy to close", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,22 +78,26 @@ pub(crate) enum First {
 
 /// Reads a connection's first bytes until they decide: a whole upgrade head, or anything
 /// else. `buffer` bounds what is read (hyper's own read buffer: heads that do not fit are
-/// hyper's to refuse); `max_head` is the server's head limit, as its handler measures it.
+/// hyper's to refuse); `max_head` is the server's head limit, as its handler measures it;
+/// `first_byte` is set when the first bytes arrive.
 pub(crate) async fn read_first(
     tcp: &mut TcpStream,
     buffer: usize,
     max_head: usize,
+    first_byte: &mut tokio::time::Instant,
 ) -> io::Result<First> {
     // No buffer until the first bytes: a connection that sends nothing holds none (a flood
     // of 15 000 silent connections took 170 MB with one each).
     tcp.readable().await?;
+    *first_byte = tokio::time::Instant::now();
     // A browser's upgrade head is under 2 KiB; early frames may follow it in the same read.
     let mut buf = BytesMut::with_capacity(4096.min(buffer));
     loop {
-        if buf.capacity() == buf.len() {
-            buf.reserve(buf.len().min(buffer - buf.len()));
-        }
-        let n = tcp.read_buf(&mut buf).await?;
+        let scanned = buf.len();
+        // Never more than the bound, whatever the buffer's capacity grew to.
+        let n = tcp
+            .read_buf(&mut (&mut buf).limit(buffer - scanned))
+            .await?;
         if n == 0 {
             return Ok(match buf.is_empty() {
                 true => First::Nothing,
@@ -103,22 +107,28 @@ pub(crate) async fn read_first(
                 },
             });
         }
-        match decide(buf, buffer, max_head) {
+        match decide(buf, scanned, buffer, max_head) {
             Decided::First(first) => return Ok(first),
             Decided::More(partial) => buf = partial,
         }
     }
 }
 
+/// What the bytes read so far decide: what the connection opened with, or read more.
 #[allow(clippy::large_enum_variant)] // as `First`
 pub(crate) enum Decided {
     First(First),
     More(BytesMut),
 }
 
-/// What the bytes read so far decide (`More`: not yet).
-pub(crate) fn decide(buf: BytesMut, buffer: usize, max_head: usize) -> Decided {
+/// What the bytes read so far decide (`More`: not yet). `scanned`: bytes an earlier call saw
+/// (only those after it are searched for the head's end, as hyper does: a head trickled in a
+/// byte at a time is not parsed again from its start on every read).
+pub(crate) fn decide(buf: BytesMut, scanned: usize, buffer: usize, max_head: usize) -> Decided {
     if buf.len() < PREFACE.len() && PREFACE.starts_with(&buf) {
+        return Decided::More(buf);
+    }
+    if buf.len() < buffer && !buf.starts_with(PREFACE) && !ends_a_head(&buf, scanned) {
         return Decided::More(buf);
     }
     let read = buf.freeze();
@@ -157,6 +167,13 @@ pub(crate) fn decide(buf: BytesMut, buffer: usize, max_head: usize) -> Decided {
         }),
         None => Decided::First(First::Other { read, h2: false }),
     }
+}
+
+/// Whether the bytes from `scanned` on (with the three before, where an end may have begun)
+/// hold the blank line that ends a head.
+fn ends_a_head(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    buf[from..].windows(2).any(|w| w == b"\n\n") || buf[from..].windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// The request hyper would build from this head, if it is a WebSocket upgrade this entry
@@ -216,7 +233,21 @@ pub(super) async fn answer(
     let (mut req, kind, read, head) = first;
     req.extensions_mut().insert(ConnectInfo(remote));
     let (handed, leg) = tokio::sync::oneshot::channel();
-    let res = entry.0.upgrade(req, kind, ClientLeg::Handed(leg)).await;
+    let upgrade = entry.0.upgrade(req, kind, ClientLeg::Handed(leg));
+    // A client that closes while the upstream is dialled ends the handshake, as hyper's
+    // connection does (it notices the end of the stream mid-request).
+    let res = if read.len() == head {
+        tokio::pin!(upgrade);
+        tokio::select! {
+            res = &mut upgrade => res,
+            gone = closed(&tcp) => match gone {
+                true => return Served::Done,
+                false => upgrade.await,
+            },
+        }
+    } else {
+        upgrade.await
+    };
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Served::Hyper {
             io: Transport::Tcp { tcp, pre: read },
@@ -232,6 +263,12 @@ pub(super) async fn answer(
         let _ = handed.send(leg);
     }
     Served::Done
+}
+
+/// Whether the peer closed (`true`) before sending anything more (`false`: bytes came).
+async fn closed(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(tcp.peek(&mut byte).await, Ok(n) if n > 0)
 }
 
 /// A 101's head, as hyper writes one (lower-case names), without `Date`.

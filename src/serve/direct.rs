@@ -172,8 +172,17 @@ pub(crate) fn decide(buf: BytesMut, scanned: usize, buffer: usize, max_head: usi
 /// Whether the bytes from `scanned` on (with the three before, where an end may have begun)
 /// hold the blank line that ends a head.
 fn ends_a_head(buf: &[u8], scanned: usize) -> bool {
+    // Most heads arrive whole, alone in their read: the end is the last bytes.
+    if buf.ends_with(b"\r\n\r\n") {
+        return true;
+    }
     let from = scanned.saturating_sub(3);
-    buf[from..].windows(2).any(|w| w == b"\n\n") || buf[from..].windows(4).any(|w| w == b"\r\n\r\n")
+    // Each line feed, then what precedes it: one comparison per byte otherwise.
+    buf.iter()
+        .enumerate()
+        .skip(from + 1)
+        .filter(|(_, b)| **b == b'\n')
+        .any(|(at, _)| buf[at - 1] == b'\n' || (at >= 3 && &buf[at - 3..at] == b"\r\n\r"))
 }
 
 /// The request hyper would build from this head, if it is a WebSocket upgrade this entry

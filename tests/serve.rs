@@ -311,13 +311,20 @@ async fn response_head(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, Stri
             pending.drain(..end + 4);
             return (head[9..12].parse().unwrap(), head);
         }
-        let mut chunk = [0u8; 4096];
-        let n = within("a response head", tcp.read(&mut chunk))
-            .await
-            .unwrap();
-        assert!(n > 0, "closed before a response head");
-        pending.extend_from_slice(&chunk[..n]);
+        read_more(tcp, pending, "a response head").await;
     }
+}
+
+/// One read's bytes off `tcp` onto `pending`; the peer must not have closed.
+async fn read_more(tcp: &mut TcpStream, pending: &mut Vec<u8>, what: &str) {
+    let mut chunk = [0u8; 4096];
+    let n = within(what, tcp.read(&mut chunk)).await.unwrap();
+    assert!(
+        n > 0,
+        "closed before {what}: {}",
+        String::from_utf8_lossy(pending)
+    );
+    pending.extend_from_slice(&chunk[..n]);
 }
 
 #[tokio::test]
@@ -374,9 +381,7 @@ async fn a_keep_alive_connection_that_upgrades_later_still_splices() {
     assert_eq!(status, 200, "{head}");
     let body = b"inner route".len();
     while pending.len() < body {
-        let mut chunk = [0u8; 256];
-        let n = within("the body", tcp.read(&mut chunk)).await.unwrap();
-        pending.extend_from_slice(&chunk[..n]);
+        read_more(&mut tcp, &mut pending, "the body").await;
     }
     pending.drain(..body);
     let before = spliced();
@@ -429,12 +434,7 @@ async fn a_refused_direct_upgrade_is_answered_and_the_connection_goes_on() {
             assert!(text.contains("HTTP/1.1 200 "), "{text}");
             break;
         }
-        let mut chunk = [0u8; 4096];
-        let n = within("the next answer", tcp.read(&mut chunk))
-            .await
-            .unwrap();
-        assert!(n > 0, "closed after the refusal: {text}");
-        pending.extend_from_slice(&chunk[..n]);
+        read_more(&mut tcp, &mut pending, "the next answer").await;
     }
     assert_eq!(
         seen.load(Ordering::Relaxed),

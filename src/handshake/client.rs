@@ -9,11 +9,12 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Response, StatusCode};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::error::ProxyError;
+use crate::handshake::headers::UpstreamHeaders;
 use crate::transport::Transport;
 
 /// Largest upstream answer head accepted.
@@ -27,37 +28,23 @@ const MAX_INFORMATIONAL: usize = 8;
 const MAX_CHUNK_LINE: usize = 4 << 10;
 
 /// The upgrade request's head: `GET <target> HTTP/1.1` (the target given in pieces), `host`
-/// (if given) in place of the
-/// `Host` in `headers`, then `headers` as they are. Header values cannot hold CR or LF
-/// (`HeaderValue` refuses them), and the target is a validated path, so nothing here can
-/// split the request.
+/// (if given) in place of the client's `Host`, then the fields `headers` makes. Header values
+/// cannot hold CR or LF (`HeaderValue` refuses them), and the target is a validated path, so
+/// nothing here can split the request.
 pub(crate) fn request_head(
     target: &[&str],
     host: Option<&HeaderValue>,
-    headers: &HeaderMap,
+    headers: &UpstreamHeaders,
 ) -> Vec<u8> {
-    let fields = crate::handshake::headers::fields_size(headers);
     let target_len: usize = target.iter().map(|piece| piece.len()).sum();
-    let mut head = Vec::with_capacity(target_len + fields + 64);
+    let host_len = host.map_or(0, HeaderValue::len);
+    let mut head = Vec::with_capacity(target_len + host_len + headers.size() + 32);
     head.extend_from_slice(b"GET ");
     for piece in target {
         head.extend_from_slice(piece.as_bytes());
     }
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut field = |name: &[u8], value: &[u8]| {
-        head.extend_from_slice(name);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
-    if let Some(host) = host {
-        field(b"host", host.as_bytes());
-    }
-    for (name, value) in headers {
-        if host.is_none() || name != HOST {
-            field(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
+    headers.write(host, &mut head);
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -315,6 +302,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
 
     fn answer(head: &str) -> Response<()> {
         parse_head(head.as_bytes()).unwrap().unwrap().0
@@ -327,6 +315,7 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         let host = HeaderValue::from_static("up:3000");
+        let headers = UpstreamHeaders::Edited(headers);
         let head = request_head(&["/p", "?q=1"], Some(&host), &headers);
         assert_eq!(
             String::from_utf8(head).unwrap(),

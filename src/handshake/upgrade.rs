@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::error::ProxyError;
 use crate::handshake::detect::Upgrade;
 use crate::handshake::extensions::{self, Offers, Upstream};
-use crate::handshake::headers::{self, Forwarded};
+use crate::handshake::headers::{Forwarded, UpstreamHeaders};
 use crate::handshake::origin::OriginCheck;
 use crate::handshake::route::RouteRequest;
 use crate::handshake::{answer, client, detect, dial, request, Settings};
@@ -192,7 +192,7 @@ struct UpstreamRequest {
     path: Option<PathAndQuery>,
     /// As sent, for hooks.
     hook_path: String,
-    forwarded: HeaderMap,
+    forwarded: UpstreamHeaders,
     keep_client_host: bool,
     /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with.
     accept: HeaderValue,
@@ -266,7 +266,7 @@ impl UpstreamRequest {
             Some(_) => parts.headers.clone(),
             None => std::mem::take(&mut parts.headers),
         };
-        let mut forwarded = headers::upstream_request(
+        let forwarded = UpstreamHeaders::new(
             client_headers,
             Forwarded {
                 host: client_host.clone(),
@@ -276,14 +276,10 @@ impl UpstreamRequest {
                 proto: if over_tls { "https" } else { "http" },
                 key,
                 keep_extensions: extensions.as_sent(),
+                extensions: extensions.rewritten(),
+                session_id: config.session_id_header.clone().map(|name| (name, id)),
             },
         );
-        if let Some(name) = &config.session_id_header {
-            forwarded.insert(name.clone(), HeaderValue::from(id));
-        }
-        if let Some(offer) = extensions.rewritten() {
-            forwarded.insert(SEC_WEBSOCKET_EXTENSIONS, offer);
-        }
         Self {
             parts,
             client,
@@ -312,7 +308,7 @@ impl UpstreamRequest {
         let mut request = RouteRequest {
             parts: &self.parts,
             client: self.client,
-            upstream_headers: &mut self.forwarded,
+            upstream_headers: self.forwarded.edit(),
             pool: None,
             path: None,
         };

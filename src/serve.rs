@@ -441,17 +441,17 @@ async fn run(server: Serve) -> io::Result<()> {
 async fn serve_direct(
     entry: DirectUpgrades,
     mut tcp: TcpStream,
-    mut service: Handler,
+    conn: Unserved,
     accepted: tokio::time::Instant,
     header_timeout: Duration,
     stop: &mut Stop,
 ) {
     let left = || header_timeout.saturating_sub(accepted.elapsed());
-    let buffer = service.max_head.max(MIN_READ_BUFFER);
+    let buffer = conn.max_head.max(MIN_READ_BUFFER);
     let mut first_byte = accepted;
     let first = tokio::select! {
         biased;
-        first = tokio::time::timeout(left(), direct::read_first(&mut tcp, buffer, service.max_head, &mut first_byte)) => first,
+        first = tokio::time::timeout(left(), direct::read_first(&mut tcp, buffer, conn.max_head, &mut first_byte)) => first,
         // As hyper does with a head still arriving when shutdown begins.
         () = stopping(stop) => return,
     };
@@ -463,7 +463,7 @@ async fn serve_direct(
             head,
         })) => tokio::select! {
             biased;
-            served = direct::answer(&entry, tcp, service.remote, (req, kind, read, head)) => served,
+            served = direct::answer(&entry, tcp, conn.remote, (req, kind, read, head)) => served,
             () = past_grace(stop) => return,
         },
         Ok(Ok(direct::First::Other { read, h2 })) => direct::Served::Hyper {
@@ -473,11 +473,12 @@ async fn serve_direct(
         },
         Ok(Ok(direct::First::Nothing)) | Ok(Err(_)) => return,
         Err(_) => {
-            tracing::debug!(peer = %service.remote, "closed: no request head within the header timeout");
+            tracing::debug!(peer = %conn.remote, "closed: no request head within the header timeout");
             return;
         }
     };
     if let direct::Served::Hyper { io, h2, answer } = served {
+        let mut service = Handler::new(conn.app, conn.remote, conn.max_head);
         let first = match answer {
             // The refused upgrade is read again by hyper, whose head deadline restarts.
             Some(res) => {
@@ -490,6 +491,14 @@ async fn serve_direct(
         };
         serve_http(io, h2, service, first, header_timeout, stop).await;
     }
+}
+
+/// A plain connection the server's own entry reads first: what its handler is made from, if
+/// hyper gets it.
+struct Unserved {
+    app: BoxApp,
+    remote: SocketAddr,
+    max_head: usize,
 }
 
 /// hyper's read buffer is never smaller than this, whatever the head limit.
@@ -585,28 +594,25 @@ impl Conn {
             };
             return Box::pin(conn.serve_tls(tcp, tls, stop)).await;
         }
-        let service = Handler {
-            app,
-            remote,
-            max_head,
-            #[cfg(feature = "tls")]
-            tls: None,
-            first_request: Flag::default(),
-            streams: Default::default(),
-            answer: None,
-        };
         if let Some(direct) = direct {
-            // Boxed, as hyper's connection is.
+            // Boxed, as hyper's connection is. The handler is made only if hyper takes the
+            // connection: an upgrade answered here needs none.
+            let conn = Unserved {
+                app,
+                remote,
+                max_head,
+            };
             return Box::pin(serve_direct(
                 direct,
                 tcp,
-                service,
+                conn,
                 accepted,
                 header_timeout,
                 stop,
             ))
             .await;
         }
+        let service = Handler::new(app, remote, max_head);
         let peeked = tokio::select! {
             biased;
             peeked = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)) => peeked,
@@ -663,13 +669,8 @@ impl Accepted {
         let info = self::tls::info(stream.get_ref().1);
         let h2 = info.alpn.as_deref() == Some(b"h2");
         let service = Handler {
-            app,
-            remote,
-            max_head,
             tls: Some(info),
-            first_request: Flag::default(),
-            streams: Default::default(),
-            answer: None,
+            ..Handler::new(app, remote, max_head)
         };
         let left = left.saturating_sub(started.elapsed());
         serve_http(stream, h2, service, left, header_timeout, stop).await;
@@ -686,22 +687,6 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 #[cfg(feature = "http2")]
 const H2_MAX_STREAMS: u32 = 128;
 
-/// Set once a connection's first request has arrived.
-#[derive(Clone, Default)]
-#[cfg_attr(not(feature = "http2"), allow(dead_code))]
-struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Flag {
-    fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
-    fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// Every request of a connection: connect info (and TLS info) in its extensions, the head's
 /// size checked, then the app.
 #[derive(Clone)]
@@ -711,7 +696,6 @@ struct Handler {
     max_head: usize,
     #[cfg(feature = "tls")]
     tls: Option<TlsInfo>,
-    first_request: Flag,
     /// Requests being answered now (HTTP/1.1: at most one), and HTTP/2 WebSocket streams.
     streams: std::sync::Arc<Streams>,
     /// The answer to the connection's first request, already made (an upgrade the direct
@@ -720,6 +704,18 @@ struct Handler {
 }
 
 impl Handler {
+    fn new(app: BoxApp, remote: SocketAddr, max_head: usize) -> Self {
+        Handler {
+            app,
+            remote,
+            max_head,
+            #[cfg(feature = "tls")]
+            tls: None,
+            streams: Default::default(),
+            answer: None,
+        }
+    }
+
     fn answer_first(&mut self, res: Response<Body>) {
         self.answer = Some(std::sync::Arc::new(std::sync::Mutex::new(Some(res))));
     }
@@ -731,7 +727,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.first_request.set();
+        self.streams.first_request();
         req.extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(self.remote));
         #[cfg(feature = "tls")]
@@ -801,7 +797,7 @@ async fn serve_h2<I>(io: I, service: Handler, first: Duration, idle: Duration, s
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (first_request, streams) = (service.first_request.clone(), service.streams.clone());
+    let streams = service.streams.clone();
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(TokioTimer::new())
         .enable_connect_protocol()
@@ -816,7 +812,7 @@ where
     // for as long as an HTTP/1.1 keep-alive connection may idle is closed (GOAWAY).
     let deadlines = async {
         tokio::time::sleep(first).await;
-        if !first_request.is_set() {
+        if !streams.had_a_request() {
             tracing::debug!("closed: no HTTP/2 request within the header timeout");
             return false;
         }

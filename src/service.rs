@@ -78,6 +78,7 @@ impl Source {
         req: Request<B>,
         kind: detect::Upgrade,
         leg: Option<ClientLeg>,
+        peer: Option<std::net::SocketAddr>,
     ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
         let config = match self {
             Source::Fixed(c) => c.clone(),
@@ -89,7 +90,15 @@ impl Source {
                 session,
                 sessions,
             } = &*config;
-            upgrade::upgrade(handshake, session, sessions, req, kind, leg).await
+            let mut req = req;
+            // Hooks read the request's extensions, where the client's address is as it is
+            // through the app; without hooks the handshake takes it as given (an insert into
+            // empty extensions costs three allocations).
+            if let Some(peer) = peer.filter(|_| handshake.route.is_some() || session.hooks.any()) {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            upgrade::upgrade(handshake, session, sessions, req, (kind, leg), peer).await
         }
     }
 }
@@ -102,8 +111,9 @@ impl crate::serve::direct::Entry for Source {
         req: Request<()>,
         kind: detect::Upgrade,
         leg: ClientLeg,
+        peer: std::net::SocketAddr,
     ) -> crate::serve::direct::Answering {
-        Box::pin(Source::upgrade(self, req, kind, Some(leg)))
+        Box::pin(Source::upgrade(self, req, kind, Some(leg), Some(peer)))
     }
 }
 
@@ -168,6 +178,6 @@ where
             .extensions_mut()
             .remove::<OnUpgrade>()
             .map(ClientLeg::Hyper);
-        ResponseFuture::proxy(Box::pin(self.config.upgrade(req, kind, leg)))
+        ResponseFuture::proxy(Box::pin(self.config.upgrade(req, kind, leg, None)))
     }
 }

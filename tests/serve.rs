@@ -499,3 +499,41 @@ async fn a_client_that_leaves_during_a_direct_handshake_ends_it() {
         .unwrap();
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }
+
+/// Through either entry, the upstream gets the client in `X-Forwarded-For`, and a routing hook
+/// finds it in the request's extensions as `ConnectInfo` (the direct entry puts it there only
+/// when a hook may read it).
+#[tokio::test]
+async fn both_entries_give_the_client_address_to_the_upstream_and_to_hooks() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let upstream_app = Router::new().fallback(move |headers: HeaderMap, ws: WebSocketUpgrade| {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let _ = seen_tx.send(forwarded);
+        async move { ws.on_upgrade(echo) }
+    });
+    let up = serve(upstream_app).await;
+    let (hook_tx, mut hooked) = mpsc::unbounded_channel();
+    let routed = WsProxyLayer::new(upstream(up)).route(move |req| {
+        let info = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
+        let _ = hook_tx.send((info, req.client().map(|c| c.ip())));
+        Ok(())
+    });
+    let local = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    for layer in [WsProxyLayer::new(upstream(up)), routed] {
+        for proxy in proxy_both(layer).await {
+            let mut ws = connect(proxy, "/").await;
+            let forwarded = within("the upstream's request", seen.recv()).await.unwrap();
+            assert_eq!(forwarded.as_deref(), Some("127.0.0.1"));
+            close_and_wait(&mut ws, 1000, "").await;
+        }
+    }
+    for _ in 0..2 {
+        let (info, client) = within("the hook", hooked.recv()).await.unwrap();
+        assert_eq!((info, client), (local, local));
+    }
+}

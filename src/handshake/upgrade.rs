@@ -37,20 +37,22 @@ use crate::upstream::{Lease, Member, UpstreamPool};
 ///
 /// `kind` is what [`detect::upgrade`] found; `leg` how the client's connection will reach the
 /// session (hyper's upgrade, taken from the request, or the server's own entry); `session` is
-/// handed on to the session, and `sessions` admits it.
+/// handed on to the session, and `sessions` admits it. `peer` is the client's address when the
+/// caller knows it (otherwise the request's `ConnectInfo`, if any).
 pub(crate) async fn upgrade<B>(
     config: &Settings,
     session: &Arc<session::Settings>,
     sessions: &Arc<Sessions>,
     mut req: Request<B>,
-    kind: Upgrade,
-    leg: Option<ClientLeg>,
+    (kind, leg): (Upgrade, Option<ClientLeg>),
+    peer: Option<SocketAddr>,
 ) -> Response<Body> {
     let mut refusal = Refusing {
-        client: req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0),
+        client: peer.or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ci| ci.0)
+        }),
         log_path: String::new(),
     };
     let checked = request::check(&mut req, config.escaped_slashes);

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -48,7 +47,14 @@ pub(crate) type Answering = Pin<Box<dyn Future<Output = Response<Body>> + Send>>
 pub(crate) trait Entry: Send + Sync + 'static {
     /// Answers `req` (already found to be an upgrade of `kind`); the session gets the client's
     /// connection through `leg` once a `101` has been written.
-    fn upgrade(&self, req: Request<()>, kind: Upgrade, leg: ClientLeg) -> Answering;
+    /// `peer` is the client's address (in the extensions only where hooks may read it).
+    fn upgrade(
+        &self,
+        req: Request<()>,
+        kind: Upgrade,
+        leg: ClientLeg,
+        peer: SocketAddr,
+    ) -> Answering;
 }
 
 /// Fields a head this entry takes may have (a browser's upgrade has about 15); hyper takes
@@ -239,10 +245,9 @@ pub(super) async fn answer(
     remote: SocketAddr,
     first: (Request<()>, Upgrade, Bytes, usize),
 ) -> Served {
-    let (mut req, kind, read, head) = first;
-    req.extensions_mut().insert(ConnectInfo(remote));
+    let (req, kind, read, head) = first;
     let (handed, leg) = tokio::sync::oneshot::channel();
-    let upgrade = entry.0.upgrade(req, kind, ClientLeg::Handed(leg));
+    let upgrade = entry.0.upgrade(req, kind, ClientLeg::Handed(leg), remote);
     // A client that closes while the upstream is dialled ends the handshake, as hyper's
     // connection does (it notices the end of the stream mid-request).
     let res = if read.len() == head {

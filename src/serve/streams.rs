@@ -24,6 +24,8 @@ pub(super) struct Streams {
     /// ends.
     sessions: AtomicUsize,
     sessions_ended: Notify,
+    /// Set once the connection's first request has arrived.
+    first_request: AtomicBool,
 }
 
 /// One of the proxy's sessions on an HTTP/2 connection, held by the session.
@@ -54,6 +56,15 @@ impl Drop for Open {
 }
 
 impl Streams {
+    pub(super) fn first_request(&self) {
+        self.first_request.store(true, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    pub(super) fn had_a_request(&self) -> bool {
+        self.first_request.load(Ordering::Relaxed)
+    }
+
     pub(super) fn open(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
         Open(self.clone())

@@ -20,7 +20,7 @@ use crate::handshake::headers::{self, has_token};
 /// and returns the subprotocol it chose, if any.
 pub(crate) fn verify_switch(
     upstream: &HeaderMap,
-    accept: &HeaderValue,
+    accept: Option<&HeaderValue>,
     offered: &[HeaderValue],
 ) -> Result<Option<HeaderValue>, ProxyError> {
     if !has_token(upstream, UPGRADE, "websocket") {
@@ -29,11 +29,10 @@ pub(crate) fn verify_switch(
     if !has_token(upstream, CONNECTION, "upgrade") {
         return Err(ProxyError::InvalidUpgrade("no `Connection: upgrade`"));
     }
-    if upstream
+    let answered = upstream
         .get(SEC_WEBSOCKET_ACCEPT)
-        .map(HeaderValue::as_bytes)
-        != Some(accept.as_bytes())
-    {
+        .map(HeaderValue::as_bytes);
+    if answered.is_none() || answered != accept.map(HeaderValue::as_bytes) {
         return Err(ProxyError::InvalidUpgrade(
             "Sec-WebSocket-Accept does not match the key that was sent",
         ));

@@ -34,17 +34,18 @@ pub(crate) async fn dial(
 ) -> Result<Dialed, ProxyError> {
     pool.ensure_resolved().await;
     let max_tries = pool.tries();
-    let mut tried = Vec::with_capacity(max_tries);
+    // Endpoints that failed, not to be picked again: filled only after a failure, so that a
+    // dial that succeeds at once allocates nothing for it.
+    let mut tried = Vec::new();
     let mut last = None;
-    while tried.len() < max_tries {
+    for nth in 1..=max_tries {
         let lease = match pool.pick(key, &tried) {
             Ok(lease) => lease,
             Err(NoPick::Full(max)) => return Err(ProxyError::MembersFull(max)),
             Err(NoPick::Exhausted) => break,
         };
         let endpoint = lease.endpoint().clone();
-        tried.push(endpoint.clone());
-        let tries_left = (max_tries - tried.len() + 1) as u32;
+        let tries_left = (max_tries - nth + 1) as u32;
         let budget = deadline.saturating_duration_since(Instant::now()) / tries_left;
         let attempt = async {
             let tcp = match tokio::time::timeout(budget, connect(endpoint.addr)).await {
@@ -84,6 +85,7 @@ pub(crate) async fn dial(
             }
             Err(e) => {
                 pool.report(&endpoint, false);
+                tried.push(endpoint.clone());
                 tracing::debug!(member = %endpoint.member.upstream(), addr = %endpoint.addr, "dial failed: {e}");
                 last = Some(e);
             }

@@ -119,7 +119,8 @@ async fn proceed<B>(
     upstream.route(config)?;
     let dialled = Instant::now();
     let deadline = dialled + config.connect_timeout;
-    let answer = tokio::time::timeout_at(deadline.into(), upstream.exchange(config, deadline))
+    let exchange = upstream.exchange(config, deadline, client.accept.as_ref());
+    let answer = tokio::time::timeout_at(deadline.into(), exchange)
         .await
         .map_err(|_| ProxyError::Timeout {
             after: config.connect_timeout,
@@ -196,8 +197,9 @@ struct UpstreamRequest {
     hook_path: String,
     forwarded: UpstreamHeaders,
     keep_client_host: bool,
-    /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with.
-    accept: HeaderValue,
+    /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with, when the
+    /// proxy made that key (`None`: the client's, answered as the client is).
+    accept: Option<HeaderValue>,
     offered: Vec<HeaderValue>,
     extensions: Extensions,
     pool: UpstreamPool,
@@ -346,7 +348,12 @@ impl UpstreamRequest {
     /// Dials the pool (with failover), sends the upgrade, and returns the upstream's
     /// connection past a valid 101 (what it agreed to checked against what the client
     /// offered), or its refusal to relay.
-    async fn exchange(&self, config: &Settings, deadline: Instant) -> Result<Answer, ProxyError> {
+    async fn exchange(
+        &self,
+        config: &Settings,
+        deadline: Instant,
+        client_accept: Option<&HeaderValue>,
+    ) -> Result<Answer, ProxyError> {
         // Target and (unless the client's is kept) Host depend on the member each try dials.
         let request_for = |member: &Member| {
             let upstream = member.upstream();
@@ -374,7 +381,8 @@ impl UpstreamRequest {
             let (body, cut) = client::read_body(&mut conn, &res, limit).await?;
             return Ok(Answer::Relayed(answer::relay(res, body, cut, limit), lease));
         }
-        let protocol = answer::verify_switch(res.headers(), &self.accept, &self.offered)?;
+        let expected = self.accept.as_ref().or(client_accept);
+        let protocol = answer::verify_switch(res.headers(), expected, &self.offered)?;
         let deflate = self.extensions.accepted(res.headers())?;
         Ok(Answer::Switched(Switched {
             conn,
@@ -386,22 +394,22 @@ impl UpstreamRequest {
     }
 }
 
-/// The key sent upstream and the accept value its 101 must carry. The client's key goes on,
-/// as nginx, HAProxy and Envoy forward it: the upstream must then answer with the accept value
-/// the proxy gives the client, computed once. An HTTP/2 client (RFC 8441) sends no key: the
-/// proxy makes one.
+/// The key sent upstream and, when the proxy made it, the accept value its 101 must carry.
+/// The client's key goes on, as nginx, HAProxy and Envoy forward it: the upstream must then
+/// answer with the accept value the proxy gives the client, computed once (`None` here). An
+/// HTTP/2 client (RFC 8441) sends no key: the proxy makes one.
 fn upstream_key(
     client: &HeaderMap,
     client_accept: Option<&HeaderValue>,
-) -> (HeaderValue, HeaderValue) {
-    if let (Some(key), Some(accept)) = (client.get(SEC_WEBSOCKET_KEY), client_accept) {
-        return (key.clone(), accept.clone());
+) -> (HeaderValue, Option<HeaderValue>) {
+    if let (Some(key), Some(_)) = (client.get(SEC_WEBSOCKET_KEY), client_accept) {
+        return (key.clone(), None);
     }
     // base64 of 16 random bytes, and of a SHA-1: always valid header values.
     let key = HeaderValue::try_from(generate_key()).expect("base64 is a valid header value");
     let accept = HeaderValue::try_from(derive_accept_key(key.as_bytes()))
         .expect("base64 is a valid header value");
-    (key, accept)
+    (key, Some(accept))
 }
 
 /// Whether [`serve`](crate::serve()) accepted the connection over TLS.

@@ -96,8 +96,32 @@ mod imp {
     }
 
     /// `upstream`: the endpoint's address as text, made once per endpoint.
-    pub(crate) fn session_opened(upstream: &Arc<str>, protocol: &'static str, tls: bool) {
-        gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).increment(1.0);
+    /// One upstream endpoint's live-sessions gauge: its label made once, and the handle taken
+    /// from the recorder at the endpoint's first session (a key with a label from a variable
+    /// is built, allocated and hashed on every call). The recorder must be installed before
+    /// the first session, as `ws-proxy` does at startup.
+    #[derive(Debug)]
+    pub(crate) struct LiveGauge {
+        label: Arc<str>,
+        gauge: std::sync::OnceLock<metrics::Gauge>,
+    }
+
+    impl LiveGauge {
+        pub(crate) fn new(addr: std::net::SocketAddr) -> Self {
+            Self {
+                label: addr.to_string().into(),
+                gauge: std::sync::OnceLock::new(),
+            }
+        }
+
+        fn gauge(&self) -> &metrics::Gauge {
+            self.gauge
+                .get_or_init(|| gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(&self.label)))
+        }
+    }
+
+    pub(crate) fn session_opened(upstream: &LiveGauge, protocol: &'static str, tls: bool) {
+        upstream.gauge().increment(1.0);
         // Every label a literal in its own arm: the macro keeps each key in a static, where a
         // label from a variable would build (allocate) the key on every call.
         match (protocol, tls) {
@@ -115,12 +139,12 @@ mod imp {
 
     /// A session ended: who closed it (`client`, `upstream`, `proxy`) and each leg's code.
     pub(crate) fn session_closed(
-        upstream: &Arc<str>,
+        upstream: &LiveGauge,
         closed_by: &'static str,
         client_code: u16,
         upstream_code: u16,
     ) {
-        gauge!(SESSIONS_LIVE, "upstream" => Arc::clone(upstream)).decrement(1.0);
+        upstream.gauge().decrement(1.0);
         match closed_by {
             "client" => counter!(SESSIONS_TOTAL, "outcome" => "client"),
             "upstream" => counter!(SESSIONS_TOTAL, "outcome" => "upstream"),
@@ -241,13 +265,21 @@ mod imp {
 
 #[cfg(not(feature = "metrics"))]
 mod imp {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    pub(crate) fn session_opened(_: &Arc<str>, _: &'static str, _: bool) {}
+    #[derive(Debug)]
+    pub(crate) struct LiveGauge;
+
+    impl LiveGauge {
+        pub(crate) fn new(_: std::net::SocketAddr) -> Self {
+            Self
+        }
+    }
+
+    pub(crate) fn session_opened(_: &LiveGauge, _: &'static str, _: bool) {}
     #[allow(dead_code)]
     pub(crate) fn tls_reloaded(_: bool) {}
-    pub(crate) fn session_closed(_: &Arc<str>, _: &'static str, _: u16, _: u16) {}
+    pub(crate) fn session_closed(_: &LiveGauge, _: &'static str, _: u16, _: u16) {}
     pub(crate) fn handshake_failed(_: &'static str) {}
     pub(crate) fn session_shed(_: &'static str) {}
     pub(crate) fn undeliverable(_: &'static str, _: u64) {}
@@ -282,7 +314,7 @@ pub use imp::describe_metrics;
 pub(crate) use imp::tls_reloaded;
 pub(crate) use imp::{
     handshake_failed, session_closed, session_opened, session_shed, spliced, undeliverable,
-    upstream_answered, TrafficCounters,
+    upstream_answered, LiveGauge, TrafficCounters,
 };
 
 #[cfg(all(test, feature = "metrics"))]

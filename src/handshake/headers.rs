@@ -79,7 +79,9 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     for name in named {
         headers.remove(name);
     }
-    let doomed: Vec<HeaderName> = headers
+    // On the stack: an upstream's 101 has a few to drop (`Upgrade`, `Connection`,
+    // `Sec-WebSocket-Accept`, ...).
+    let doomed: smallvec::SmallVec<[HeaderName; 8]> = headers
         .keys()
         .filter(|name| is_hop_by_hop(name) || also(name))
         .cloned()

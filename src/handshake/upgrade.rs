@@ -53,12 +53,11 @@ pub(crate) async fn upgrade<B>(
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ci| ci.0)
         }),
-        log_path: String::new(),
+        path: None,
     };
     let checked = request::check(&mut req, config.escaped_slashes);
-    // Logs never carry secrets from the query (and show the path as normalised, once it is).
-    let raw = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-    refusal.log_path = config.redact.apply(raw).into_owned();
+    // As normalised, once it is (a clone shares the request's bytes).
+    refusal.path = req.uri().path_and_query().cloned();
     let stage = Stage {
         config,
         session,
@@ -66,7 +65,11 @@ pub(crate) async fn upgrade<B>(
     };
     match proceed(&stage, req, (kind, leg), checked, &mut refusal).await {
         Ok(res) => res,
-        Err(e) => refuse(config, e, refusal.client, &refusal.log_path),
+        Err(e) => {
+            // Logs never carry secrets from the query.
+            let raw = refusal.path.as_ref().map_or("/", PathAndQuery::as_str);
+            refuse(config, e, refusal.client, &config.redact.apply(raw))
+        }
     }
 }
 
@@ -79,10 +82,10 @@ struct Stage<'a> {
 }
 
 /// What a refusal's log line names: the client (the forwarded one behind trusted proxies,
-/// once known) and the path.
+/// once known) and the path (redacted when logged).
 struct Refusing {
     client: Option<SocketAddr>,
-    log_path: String,
+    path: Option<PathAndQuery>,
 }
 
 /// Every phase, in order; the first error ends the upgrade.
@@ -127,7 +130,7 @@ async fn proceed<B>(
         })??;
     metrics::upstream_answered(dialled.elapsed());
     // Nothing is refused from here on: the session (or the relayed answer) takes the path.
-    let info = upstream.info(id, std::mem::take(&mut refusal.log_path));
+    let info = upstream.info(id, config);
     Ok(match answer {
         Answer::Relayed(res, lease) => {
             lease.refused();
@@ -136,7 +139,7 @@ async fn proceed<B>(
                 id,
                 client = info.client.map(tracing::field::display),
                 upstream = %lease.endpoint().member.upstream(),
-                path = %info.log_path,
+                path = %info.log_path(),
                 status = res.status().as_u16(),
                 "upstream refused the upgrade; relaying its answer"
             );
@@ -330,13 +333,19 @@ impl UpstreamRequest {
     }
 
     /// What the session span and hooks keep of the request.
-    fn info(&mut self, id: u64, log_path: String) -> RequestInfo {
+    fn info(&mut self, id: u64, config: &Settings) -> RequestInfo {
+        let path = std::mem::take(&mut self.hook_path);
+        // Kept apart only when redaction changed it.
+        let log_path = match config.redact.apply(&path) {
+            std::borrow::Cow::Owned(redacted) => Some(redacted),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
         RequestInfo {
             id,
             http: if self.h2 { "h2" } else { "h1" },
             tls: self.over_tls,
             client: self.client,
-            path: std::mem::take(&mut self.hook_path),
+            path,
             log_path,
             headers: self.hook_headers.take(),
             extensions: self.hook_extensions.take(),

@@ -61,8 +61,9 @@ pub(crate) struct RequestInfo {
     pub(crate) client: Option<SocketAddr>,
     /// As sent, for hooks.
     pub(crate) path: String,
-    /// With secrets redacted, for the span.
-    pub(crate) log_path: String,
+    /// With secrets redacted, for the span, where redaction changed it (see
+    /// [`log_path`](Self::log_path)).
+    pub(crate) log_path: Option<String>,
     /// How the client came: `h1` (HTTP/1.1 upgrade) or `h2` (RFC 8441 extended CONNECT).
     pub(crate) http: &'static str,
     /// Whether the client's connection is TLS.
@@ -77,6 +78,13 @@ pub(crate) struct RequestInfo {
     pub(crate) hash_key: Option<Box<[u8]>>,
 }
 
+impl RequestInfo {
+    /// The path as logs show it: with secrets redacted.
+    pub(crate) fn log_path(&self) -> &str {
+        self.log_path.as_deref().unwrap_or(&self.path)
+    }
+}
+
 /// Starts the session. The task owns both legs and ends on every path: close handshakes are
 /// bounded by `close_timeout`.
 pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
@@ -89,7 +97,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
         request,
     } = handoff;
     let span = span(&request, &negotiated, &lease);
-    metrics::session_opened(&lease.endpoint().label, request.http, request.tls);
+    metrics::session_opened(&lease.endpoint().live_gauge, request.http, request.tls);
     let hooked = session_info(&settings, &request, &negotiated, &lease);
     let held = request.held;
     let registered =
@@ -125,7 +133,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
             let duration = started.elapsed();
             record(&report, duration, &to_upstream, &to_client);
             metrics::session_closed(
-                &lease.endpoint().label,
+                &lease.endpoint().live_gauge,
                 report.closed_by.as_str(),
                 report.client_code,
                 report.upstream_code,
@@ -157,7 +165,7 @@ fn span(request: &RequestInfo, negotiated: &Negotiated, lease: &Lease) -> tracin
         client = request.client.map(tracing::field::display),
         upstream = %lease.endpoint().member.upstream(),
         upstream_addr = %lease.endpoint().addr,
-        path = %request.log_path,
+        path = %request.log_path(),
         protocol = request.http,
         tls = request.tls,
         subprotocol = negotiated.protocol.as_ref().and_then(|p| p.to_str().ok()),

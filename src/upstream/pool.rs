@@ -135,8 +135,8 @@ struct EndpointSlot {
 pub(crate) struct Endpoint {
     pub(crate) member: Member,
     pub(crate) addr: SocketAddr,
-    /// `addr` as text, made once: the sessions' metric label.
-    pub(crate) label: Arc<str>,
+    /// The sessions' gauge, labelled with `addr`.
+    pub(crate) live_gauge: crate::metrics::LiveGauge,
     /// FNV state of `member|addr`, the endpoint's identity for rendezvous hashing.
     seed: u64,
     live: AtomicUsize,
@@ -1032,7 +1032,7 @@ impl Endpoint {
             seed: fnv1a(FNV_OFFSET, id.as_bytes()),
             member,
             addr,
-            label: addr.to_string().into(),
+            live_gauge: crate::metrics::LiveGauge::new(addr),
             live: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
             failures: AtomicU64::new(0),

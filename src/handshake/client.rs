@@ -8,7 +8,7 @@
 
 use std::io;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Response, StatusCode};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -65,13 +65,13 @@ pub(crate) async fn exchange(
     let mut searched = 0;
     loop {
         let parsed = if buf[searched..].contains(&b'\n') {
-            parse_head(&buf)?
+            parse_head(&mut buf)?
         } else {
             None
         };
         searched = buf.len();
-        if let Some((answer, len)) = parsed {
-            buf.advance(len);
+        if let Some(answer) = parsed {
+            // `buf` now holds what followed the head.
             searched = 0;
             if answer.status().is_informational()
                 && answer.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -107,8 +107,10 @@ pub(crate) async fn exchange(
     }
 }
 
-/// The answer head at the start of `buf` and its length, once it is all there.
-fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ProxyError> {
+/// The answer head at the start of `buf`, once it is all there, taken off `buf`. Its values
+/// share one buffer with the head's bytes (one allocation, not one per field); the session
+/// keeps none of them (what it keeps of the subprotocol is a copy).
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ProxyError> {
     let malformed =
         |why: String| ProxyError::Handshake(io::Error::new(io::ErrorKind::InvalidData, why));
     let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
@@ -130,18 +132,26 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ProxyError> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| malformed("the answer's status is not a valid code".into()))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Names now, values once the head is its own buffer: where each lies in it.
+    let start = buf.as_ptr() as usize;
+    let mut named = smallvec::SmallVec::<[(HeaderName, usize, usize); 16]>::new();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| malformed(format!("invalid header name {:?}", field.name)))?;
-        let value = HeaderValue::from_bytes(field.value)
+        let at = field.value.as_ptr() as usize - start;
+        named.push((name, at, at + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, from, to) in named {
+        let value = HeaderValue::from_maybe_shared(head.slice(from..to))
             .map_err(|_| malformed(format!("invalid value for {name}")))?;
         headers.append(name, value);
     }
     let mut answer = Response::new(());
     *answer.status_mut() = status;
     *answer.headers_mut() = headers;
-    Ok(Some((answer, len)))
+    Ok(Some(answer))
 }
 
 /// How a refusal's body ends (RFC 9112 §6.3).
@@ -305,7 +315,7 @@ mod tests {
     use http::header::HOST;
 
     fn answer(head: &str) -> Response<()> {
-        parse_head(head.as_bytes()).unwrap().unwrap().0
+        parse_head(&mut BytesMut::from(head)).unwrap().unwrap()
     }
 
     #[test]
@@ -330,11 +340,15 @@ mod tests {
     #[test]
     fn a_partial_head_waits_and_a_complete_one_keeps_repeated_fields() {
         let head = "HTTP/1.1 403 Forbidden\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\nbody";
-        assert!(parse_head(&head.as_bytes()[..20]).unwrap().is_none());
-        let (res, len) = parse_head(head.as_bytes()).unwrap().unwrap();
+        assert!(parse_head(&mut BytesMut::from(&head[..20]))
+            .unwrap()
+            .is_none());
+        let mut buf = BytesMut::from(head);
+        let res = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
-        assert_eq!(res.headers().get_all("set-cookie").iter().count(), 2);
-        assert_eq!(&head[len..], "body");
+        let cookies: Vec<_> = res.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(&buf[..], b"body");
     }
 
     #[test]

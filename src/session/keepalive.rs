@@ -221,19 +221,21 @@ impl Keepalive {
     }
 }
 
-/// Frame mode: the proxy's own ping to leg `to`, when one is due, queued on its tungstenite
-/// stream between two of the frames going there. `Ok(true)` when a ping was queued (flush it);
-/// a ping that cannot be queued yet stays due.
+/// Frame mode: the proxy's own ping to leg `to`, when one is due, queued on its WebSocket
+/// between two of the frames going there. `Ok(true)` when a ping was queued (flush it); a ping
+/// that cannot be queued yet stays due.
 pub(crate) fn queue_ping<D>(
     cx: &mut Context<'_>,
-    dst: &mut tokio_tungstenite::WebSocketStream<D>,
+    dst: &mut D,
     keepalive: &mut Keepalive,
     to: Side,
 ) -> Result<bool, tokio_tungstenite::tungstenite::Error>
 where
-    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    D: futures_util::Sink<
+            tokio_tungstenite::tungstenite::Message,
+            Error = tokio_tungstenite::tungstenite::Error,
+        > + Unpin,
 {
-    use futures_util::Sink;
     use tokio_tungstenite::tungstenite::Message;
     if !keepalive.take_ping(to) {
         return Ok(false);

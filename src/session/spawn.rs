@@ -99,6 +99,10 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
     let span = span(&request, &negotiated, &lease);
     metrics::session_opened(&lease.endpoint().live_gauge, request.http, request.tls);
     let hooked = session_info(&settings, &request, &negotiated, &lease);
+    // Only these go into the task: the header values may share the upstream's read buffer.
+    let (client_deflate, upstream_deflate) =
+        (negotiated.client_deflate, negotiated.upstream_deflate);
+    drop(negotiated);
     let held = request.held;
     let registered =
         permit
@@ -121,8 +125,8 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
                         to_upstream: &mut to_upstream,
                         to_client: &mut to_client,
                         hooked: hooked.as_ref(),
-                        client_deflate: negotiated.client_deflate,
-                        upstream_deflate: negotiated.upstream_deflate,
+                        client_deflate,
+                        upstream_deflate,
                     },
                     client,
                     upstream,

@@ -16,11 +16,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::socket::Socket;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use std::sync::Arc;
 
@@ -173,8 +173,8 @@ impl Half {
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<Wire<S>>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        src: &mut Socket<Wire<S>>,
+        dst: &mut Socket<Wire<D>>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
         hooks: &mut SessionHooks<'_>,
@@ -204,7 +204,7 @@ impl Half {
 
     /// An asynchronous hook's verdict, if one is awaited; nothing more is read from `src`
     /// until it is in.
-    fn poll_verdict<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<D>) -> Step
+    fn poll_verdict<D>(&mut self, cx: &mut Context<'_>, dst: &mut Socket<D>) -> Step
     where
         D: AsyncRead + AsyncWrite + Unpin,
     {
@@ -228,7 +228,7 @@ impl Half {
     fn send_pending<D>(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        dst: &mut Socket<Wire<D>>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Step
@@ -287,8 +287,8 @@ impl Half {
     fn read_one<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<Wire<S>>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        src: &mut Socket<Wire<S>>,
+        dst: &mut Socket<Wire<D>>,
         keepalive: &mut Keepalive,
         hooks: &mut SessionHooks<'_>,
     ) -> Step
@@ -333,7 +333,7 @@ impl Half {
     }
 
     /// Nothing more to do now: flush what was fed and wait (unless the flush failed).
-    fn idle<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<D>) -> Step
+    fn idle<D>(&mut self, cx: &mut Context<'_>, dst: &mut Socket<D>) -> Step
     where
         D: AsyncRead + AsyncWrite + Unpin,
     {
@@ -351,11 +351,7 @@ impl Half {
     }
 
     /// Flushes `dst` if anything was fed; `Ready(Some(_))` only when the write failed.
-    fn flush<D>(
-        &mut self,
-        cx: &mut Context<'_>,
-        dst: &mut WebSocketStream<D>,
-    ) -> Poll<Option<Ended>>
+    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut Socket<D>) -> Poll<Option<Ended>>
     where
         D: AsyncRead + AsyncWrite + Unpin,
     {

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
+use super::socket::Socket;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{error::ProtocolError, Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use super::compressed::BAD_COMPRESSED;
 use super::wire::Violation;
@@ -40,8 +40,8 @@ enum LegEnd {
 /// client broke the protocol, the upstream is closed first and what it sends before answering
 /// is still delivered to the client; only then does the client get its close code.
 pub(crate) async fn finish<C, U>(
-    mut client: WebSocketStream<C>,
-    mut upstream: WebSocketStream<U>,
+    mut client: Socket<C>,
+    mut upstream: Socket<U>,
     stopped: Stopped,
     to_client: &mut Traffic,
     to_upstream: &mut Traffic,
@@ -94,12 +94,8 @@ where
 }
 
 /// Sends one data message, counting it as delivered or lost.
-async fn deliver<S>(
-    ws: &mut WebSocketStream<S>,
-    msg: Message,
-    traffic: &mut Traffic,
-    lost: &mut u64,
-) where
+async fn deliver<S>(ws: &mut Socket<S>, msg: Message, traffic: &mut Traffic, lost: &mut u64)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let len = msg.len() as u64;
@@ -110,7 +106,7 @@ async fn deliver<S>(
 }
 
 /// Closes the upstream leg when the client never got its connection (its upgrade failed).
-pub(crate) async fn client_vanished<U>(upstream: WebSocketStream<U>, timeout: Duration) -> Report
+pub(crate) async fn client_vanished<U>(upstream: Socket<U>, timeout: Duration) -> Report
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -232,7 +228,7 @@ fn frame(code: CloseCode, reason: &str) -> CloseFrame {
 /// Runs one leg's ending within `timeout`, sending `held` first where the leg can still take
 /// it; returns how many data messages could not be delivered.
 async fn end_leg<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: Socket<S>,
     end: LegEnd,
     held: Option<Message>,
     traffic: &mut Traffic,
@@ -280,7 +276,7 @@ where
 }
 
 /// Reads until the peer's close answer and the end of the stream.
-async fn drain<S>(ws: &mut WebSocketStream<S>, discarded: &mut u64)
+async fn drain<S>(ws: &mut Socket<S>, discarded: &mut u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

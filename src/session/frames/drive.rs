@@ -4,7 +4,7 @@
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use tokio_tungstenite::WebSocketStream;
+use super::socket::Socket;
 
 use crate::registry::Entry;
 use crate::session::frames::wire::Wire;
@@ -13,8 +13,8 @@ use crate::session::leg::{Ended, Traffic};
 
 /// A frame-mode session's two legs and what both directions share while bridging.
 pub(crate) struct Legs<'a, C, U> {
-    pub(crate) client: &'a mut WebSocketStream<Wire<C>>,
-    pub(crate) upstream: &'a mut WebSocketStream<Wire<U>>,
+    pub(crate) client: &'a mut Socket<Wire<C>>,
+    pub(crate) upstream: &'a mut Socket<Wire<U>>,
     pub(crate) to_upstream: &'a mut Traffic,
     pub(crate) to_client: &'a mut Traffic,
     pub(crate) keepalive: &'a mut Keepalive,

@@ -6,11 +6,12 @@ pub(crate) mod bridge;
 pub(crate) mod close;
 pub(crate) mod compressed;
 pub(crate) mod drive;
+pub(crate) mod socket;
 pub(crate) mod stream;
 pub(crate) mod wire;
 
+use self::socket::Socket;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 pub(crate) use self::bridge::SessionHooks;
 use self::compressed::Inflating;
@@ -42,13 +43,8 @@ pub(crate) struct Run<'a> {
 /// handshakes.
 pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
     let settings = run.settings;
-    let mut client = WebSocketStream::from_raw_socket(
-        Wire::new(client),
-        Role::Server,
-        Some(settings.websocket()),
-    )
-    .await;
-    let mut upstream = upstream_leg(upstream, settings).await;
+    let mut client = Socket::new(Wire::new(client), Role::Server, settings.websocket());
+    let mut upstream = upstream_leg(upstream, settings);
     tracing::debug!("session open");
     let mut keepalive = Keepalive::new(settings.timeouts, Some(run.entry.clone()));
     let legs = Legs {
@@ -107,19 +103,11 @@ pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) ->
 
 /// Closes the upstream leg when the client never got its connection (its upgrade failed).
 pub(crate) async fn client_vanished(upstream: Transport, settings: &Settings) -> Report {
-    let upstream = upstream_leg(upstream, settings).await;
+    let upstream = upstream_leg(upstream, settings);
     close::client_vanished(upstream, settings.close_timeout).await
 }
 
 /// The upstream's connection as the proxy's client leg to it.
-async fn upstream_leg(
-    upstream: Transport,
-    settings: &Settings,
-) -> WebSocketStream<Wire<Transport>> {
-    WebSocketStream::from_raw_socket(
-        Wire::new(upstream),
-        Role::Client,
-        Some(settings.websocket()),
-    )
-    .await
+fn upstream_leg(upstream: Transport, settings: &Settings) -> Socket<Wire<Transport>> {
+    Socket::new(Wire::new(upstream), Role::Client, settings.websocket())
 }

@@ -26,13 +26,13 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::socket::Socket;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::session::deflate::Codec;
 use crate::session::frame;
@@ -292,8 +292,8 @@ impl Flow {
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<Wire<S>>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        src: &mut Socket<Wire<S>>,
+        dst: &mut Socket<Wire<D>>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Poll<Ended>
@@ -336,8 +336,8 @@ impl Flow {
     fn step<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<Wire<S>>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        src: &mut Socket<Wire<S>>,
+        dst: &mut Socket<Wire<D>>,
         input: &mut [u8],
         out: &mut Output,
         traffic: &mut Traffic,
@@ -419,7 +419,7 @@ impl Flow {
     fn write_out<D>(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut WebSocketStream<Wire<D>>,
+        dst: &mut Socket<Wire<D>>,
         input: &[u8],
         out: &Output,
         keepalive: &mut Keepalive,
@@ -458,7 +458,7 @@ impl Flow {
     fn control<S>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut WebSocketStream<Wire<S>>,
+        src: &mut Socket<Wire<S>>,
         frame: Vec<u8>,
     ) -> Result<Option<Ended>, Poll<Option<Ended>>>
     where
@@ -811,7 +811,7 @@ impl Flow {
     }
 
     /// Flushes `to` if anything was written; `Ready` only when the write failed.
-    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut WebSocketStream<Wire<D>>) -> Poll<Ended>
+    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut Socket<Wire<D>>) -> Poll<Ended>
     where
         D: AsyncRead + AsyncWrite + Unpin,
     {

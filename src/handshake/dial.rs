@@ -62,7 +62,9 @@ pub(crate) async fn dial(
             };
             let upstream = endpoint.member.upstream();
             let io = if upstream.is_tls() {
-                secure(config, upstream.host(), endpoint.addr, tcp).await?
+                // Boxed: a TLS handshake's state is a kilobyte, and inline it would enlarge
+                // (and make costlier to move) every dial's future, plain ones included.
+                Box::pin(secure(config, upstream.host(), endpoint.addr, tcp)).await?
             } else {
                 Transport::tcp(tcp)
             };

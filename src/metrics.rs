@@ -10,6 +10,17 @@ mod imp {
         Unit,
     };
 
+    /// The handle `$handle` makes, made once per call site and kept (a `static` each): the
+    /// recorder's lookup of a key, hashed under a lock, cost about 250 instructions per counter
+    /// and there are a dozen per session. The recorder must be installed before the first
+    /// session, as `ws-proxy` does at startup.
+    macro_rules! cached {
+        ($ty:ty, $handle:expr) => {{
+            static HANDLE: std::sync::OnceLock<$ty> = std::sync::OnceLock::new();
+            HANDLE.get_or_init(|| $handle)
+        }};
+    }
+
     pub(crate) const SESSIONS_LIVE: &str = "ws_proxy_sessions_live";
     pub(crate) const SESSIONS_TOTAL: &str = "ws_proxy_sessions_total";
     pub(crate) const HANDSHAKE_FAILURES: &str = "ws_proxy_handshake_failures_total";
@@ -89,8 +100,8 @@ mod imp {
         };
         (@arms $leg:literal, $label:expr, [$($code:literal),*]) => {
             match $label {
-                $($code => counter!(CLOSE_CODES, "leg" => $leg, "code" => $code),)*
-                _ => counter!(CLOSE_CODES, "leg" => $leg, "code" => "other"),
+                $($code => cached!(Counter, counter!(CLOSE_CODES, "leg" => $leg, "code" => $code)),)*
+                _ => cached!(Counter, counter!(CLOSE_CODES, "leg" => $leg, "code" => "other")),
             }
         };
     }
@@ -125,10 +136,22 @@ mod imp {
         // Every label a literal in its own arm: the macro keeps each key in a static, where a
         // label from a variable would build (allocate) the key on every call.
         match (protocol, tls) {
-            ("h2", true) => counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "true"),
-            ("h2", false) => counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "false"),
-            (_, true) => counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "true"),
-            (_, false) => counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "false"),
+            ("h2", true) => cached!(
+                Counter,
+                counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "true")
+            ),
+            ("h2", false) => cached!(
+                Counter,
+                counter!(SESSIONS_OPENED, "protocol" => "h2", "tls" => "false")
+            ),
+            (_, true) => cached!(
+                Counter,
+                counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "true")
+            ),
+            (_, false) => cached!(
+                Counter,
+                counter!(SESSIONS_OPENED, "protocol" => "h1", "tls" => "false")
+            ),
         }
         .increment(1);
     }
@@ -146,9 +169,9 @@ mod imp {
     ) {
         upstream.gauge().decrement(1.0);
         match closed_by {
-            "client" => counter!(SESSIONS_TOTAL, "outcome" => "client"),
-            "upstream" => counter!(SESSIONS_TOTAL, "outcome" => "upstream"),
-            _ => counter!(SESSIONS_TOTAL, "outcome" => "proxy"),
+            "client" => cached!(Counter, counter!(SESSIONS_TOTAL, "outcome" => "client")),
+            "upstream" => cached!(Counter, counter!(SESSIONS_TOTAL, "outcome" => "upstream")),
+            _ => cached!(Counter, counter!(SESSIONS_TOTAL, "outcome" => "proxy")),
         }
         .increment(1);
         close_code_counter!("client", code_label(client_code)).increment(1);
@@ -188,7 +211,7 @@ mod imp {
     }
 
     pub(crate) fn upstream_answered(after: Duration) {
-        histogram!(HANDSHAKE_SECONDS).record(after.as_secs_f64());
+        cached!(metrics::Histogram, histogram!(HANDSHAKE_SECONDS)).record(after.as_secs_f64());
     }
 
     pub(crate) fn spliced(bytes: usize) {
@@ -212,8 +235,9 @@ mod imp {
         // list per session.
         pub(crate) fn to_upstream() -> Self {
             Self {
-                messages: counter!(MESSAGES, "direction" => "to_upstream"),
-                bytes: counter!(BYTES, "direction" => "to_upstream"),
+                messages: cached!(Counter, counter!(MESSAGES, "direction" => "to_upstream"))
+                    .clone(),
+                bytes: cached!(Counter, counter!(BYTES, "direction" => "to_upstream")).clone(),
                 compressed: None,
                 to_upstream: true,
                 none: false,
@@ -222,8 +246,8 @@ mod imp {
 
         pub(crate) fn to_client() -> Self {
             Self {
-                messages: counter!(MESSAGES, "direction" => "to_client"),
-                bytes: counter!(BYTES, "direction" => "to_client"),
+                messages: cached!(Counter, counter!(MESSAGES, "direction" => "to_client")).clone(),
+                bytes: cached!(Counter, counter!(BYTES, "direction" => "to_client")).clone(),
                 compressed: None,
                 to_upstream: false,
                 none: false,

@@ -197,7 +197,7 @@ struct UpstreamRequest {
     client: Option<SocketAddr>,
     path: Option<PathAndQuery>,
     /// As sent, for hooks.
-    hook_path: String,
+    hook_path: PathAndQuery,
     forwarded: UpstreamHeaders,
     keep_client_host: bool,
     /// The `Sec-WebSocket-Accept` the upstream must answer the key it was sent with, when the
@@ -228,7 +228,9 @@ impl UpstreamRequest {
         let config = stage.config;
         let (mut parts, _body) = req.into_parts();
         let path = parts.uri.path_and_query().cloned();
-        let hook_path = path.as_ref().map_or("/", PathAndQuery::as_str).to_owned();
+        let hook_path = path
+            .clone()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let held = parts
             .extensions
             .remove::<HeldBySession>()
@@ -334,9 +336,9 @@ impl UpstreamRequest {
 
     /// What the session span and hooks keep of the request.
     fn info(&mut self, id: u64, config: &Settings) -> RequestInfo {
-        let path = std::mem::take(&mut self.hook_path);
+        let path = self.hook_path.clone();
         // Kept apart only when redaction changed it.
-        let log_path = match config.redact.apply(&path) {
+        let log_path = match config.redact.apply(path.as_str()) {
             std::borrow::Cow::Owned(redacted) => Some(redacted),
             std::borrow::Cow::Borrowed(_) => None,
         };

@@ -59,8 +59,9 @@ pub(crate) struct Negotiated {
 pub(crate) struct RequestInfo {
     pub(crate) id: u64,
     pub(crate) client: Option<SocketAddr>,
-    /// As sent, for hooks.
-    pub(crate) path: String,
+    /// As sent, for hooks (copied for them; it shares the request head's buffer, so the
+    /// session task does not keep it).
+    pub(crate) path: http::uri::PathAndQuery,
     /// With secrets redacted, for the span, where redaction changed it (see
     /// [`log_path`](Self::log_path)).
     pub(crate) log_path: Option<String>,
@@ -81,7 +82,7 @@ pub(crate) struct RequestInfo {
 impl RequestInfo {
     /// The path as logs show it: with secrets redacted.
     pub(crate) fn log_path(&self) -> &str {
-        self.log_path.as_deref().unwrap_or(&self.path)
+        self.log_path.as_deref().unwrap_or(self.path.as_str())
     }
 }
 
@@ -198,7 +199,7 @@ fn session_info(
         Arc::new(SessionInfo {
             id: request.id,
             client: request.client,
-            path: request.path.clone(),
+            path: request.path.as_str().to_owned(),
             upstream: lease.endpoint().member.upstream().clone(),
             upstream_addr: lease.endpoint().addr,
             subprotocol: negotiated

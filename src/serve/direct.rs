@@ -285,15 +285,14 @@ async fn closed(tcp: &TcpStream) -> bool {
     !matches!(tcp.peek(&mut byte).await, Ok(n) if n > 0)
 }
 
-/// A 101's head, as hyper writes one (lower-case names), without `Date`; on the stack when it
-/// fits (a 101 is about 150 bytes, more with cookies).
-fn switching(headers: &HeaderMap) -> smallvec::SmallVec<[u8; 512]> {
+/// A 101's head, as hyper writes one (lower-case names), without `Date`.
+fn switching(headers: &HeaderMap) -> Vec<u8> {
     const STATUS: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
     let size = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>();
-    let mut head = smallvec::SmallVec::with_capacity(STATUS.len() + size + 2);
+    let mut head = Vec::with_capacity(STATUS.len() + size + 2);
     head.extend_from_slice(STATUS);
     for (name, value) in headers {
         head.extend_from_slice(name.as_str().as_bytes());

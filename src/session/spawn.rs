@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::Either;
 use http::HeaderValue;
 use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::metrics;
+use crate::registry::sessions::Registered;
 use crate::registry::{Entry, Permit};
 use crate::session::close_policy::Report;
 use crate::session::deflate::Params;
@@ -109,57 +109,100 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
         permit
             .sessions()
             .register(request.id, lease.endpoint().clone(), request.hash_key);
-    tokio::spawn(
-        async move {
-            let _held = held;
-            let sessions = registered.sessions().clone();
-            let started = Instant::now();
-            let mut to_upstream = Traffic::new(Side::Upstream);
-            let mut to_client = Traffic::new(Side::Client);
-            // Built in place: a `let` first would keep a second copy of it in this task.
-            let report = tokio::select! {
-                biased;
-                report = run(
-                    Ctx {
-                        settings: &settings,
-                        entry: registered.entry(),
-                        to_upstream: &mut to_upstream,
-                        to_client: &mut to_client,
-                        hooked: hooked.as_ref(),
-                        client_deflate,
-                        upstream_deflate,
-                    },
-                    client,
-                    upstream,
-                ) => report,
-                // Past the shutdown deadline: drop both sockets where they are.
-                () = sessions.aborting() => Report::dropped_at_shutdown(),
-            };
-            let duration = started.elapsed();
-            record(&report, duration, &to_upstream, &to_client);
-            metrics::session_closed(
-                &lease.endpoint().live_gauge,
-                report.closed_by.as_str(),
-                report.client_code,
-                report.upstream_code,
-            );
-            metrics::undeliverable(settings.mode.label(), report.undeliverable);
-            if let (Some(hook), Some(session)) = (&settings.hooks.on_close, hooked) {
-                hook(&summary(
-                    &session,
-                    &report,
-                    duration,
-                    &to_upstream,
-                    &to_client,
-                ));
-            }
-            // The member's and the layer's live counts drop when the session has ended.
-            drop(registered);
-            drop(lease);
-            drop(permit);
+    let task = Task {
+        settings,
+        held,
+        registered,
+        hooked,
+        client_deflate,
+        upstream_deflate,
+        client,
+        upstream,
+        lease,
+        permit,
+    };
+    // One task type per mode: each session's task is the size of its own mode's future.
+    match task.settings.mode {
+        Mode::Tunnel => tokio::spawn(task.run::<TunnelSession>().instrument(span)),
+        Mode::Frames => tokio::spawn(task.run::<FramesSession>().instrument(span)),
+    };
+}
+
+/// What a session's task owns.
+struct Task {
+    settings: Arc<Settings>,
+    held: Option<Held>,
+    registered: Registered,
+    hooked: Option<Arc<SessionInfo>>,
+    client_deflate: Option<Params>,
+    upstream_deflate: Option<Params>,
+    client: ClientLeg,
+    upstream: Transport,
+    lease: Lease,
+    permit: Permit,
+}
+
+impl Task {
+    async fn run<M: ModeSession>(self) {
+        let Task {
+            settings,
+            held,
+            registered,
+            hooked,
+            client_deflate,
+            upstream_deflate,
+            client,
+            upstream,
+            lease,
+            permit,
+        } = self;
+        let _held = held;
+        let sessions = registered.sessions().clone();
+        let started = Instant::now();
+        let mut to_upstream = Traffic::new(Side::Upstream);
+        let mut to_client = Traffic::new(Side::Client);
+        // Built in place: a `let` first would keep a second copy of it in this task.
+        let report = tokio::select! {
+            biased;
+            report = M::run(
+                Ctx {
+                    settings: &settings,
+                    entry: registered.entry(),
+                    to_upstream: &mut to_upstream,
+                    to_client: &mut to_client,
+                    hooked: hooked.as_ref(),
+                    client_deflate,
+                    upstream_deflate,
+                },
+                client,
+                upstream,
+            ) => report,
+            // Past the shutdown deadline: drop both sockets where they are.
+            () = sessions.aborting() => Report::dropped_at_shutdown(),
+        };
+        let duration = started.elapsed();
+        record(&report, duration, &to_upstream, &to_client);
+        metrics::session_closed(
+            &lease.endpoint().live_gauge,
+            report.closed_by.as_str(),
+            report.client_code,
+            report.upstream_code,
+        );
+        metrics::undeliverable(settings.mode.label(), report.undeliverable);
+        if let (Some(hook), Some(session)) = (&settings.hooks.on_close, hooked) {
+            hook(&summary(
+                &session,
+                &report,
+                duration,
+                &to_upstream,
+                &to_client,
+            ));
         }
-        .instrument(span),
-    );
+        // The member's and the layer's live counts drop when the session has ended.
+        drop(registered);
+        drop(lease);
+        drop(permit);
+    }
 }
 
 /// The session's span: what it is, now; how it went, filled in when it ends.
@@ -287,17 +330,36 @@ struct Ctx<'a> {
     upstream_deflate: Option<Params>,
 }
 
-/// The session for its mode. Not an `async fn`: one would keep `upstream` in its state beside
-/// the copy each arm moves out, and every idle session would carry both. Each mode's future is
-/// boxed so that it takes its own size, not the larger of the two.
-fn run<'a>(
-    ctx: Ctx<'a>,
-    client: ClientLeg,
-    upstream: Transport,
-) -> impl Future<Output = Report> + 'a {
-    match ctx.settings.mode {
-        Mode::Tunnel => Either::Left(Box::pin(tunnel_session(ctx, client, upstream))),
-        Mode::Frames => Either::Right(Box::pin(frames_session(ctx, client, upstream))),
+/// A mode's session, as a type: the task is made for one mode at a time.
+trait ModeSession {
+    fn run<'a>(
+        ctx: Ctx<'a>,
+        client: ClientLeg,
+        upstream: Transport,
+    ) -> impl Future<Output = Report> + Send + 'a;
+}
+
+struct TunnelSession;
+
+impl ModeSession for TunnelSession {
+    fn run<'a>(
+        ctx: Ctx<'a>,
+        client: ClientLeg,
+        upstream: Transport,
+    ) -> impl Future<Output = Report> + Send + 'a {
+        tunnel_session(ctx, client, upstream)
+    }
+}
+
+struct FramesSession;
+
+impl ModeSession for FramesSession {
+    fn run<'a>(
+        ctx: Ctx<'a>,
+        client: ClientLeg,
+        upstream: Transport,
+    ) -> impl Future<Output = Report> + Send + 'a {
+        frames_session(ctx, client, upstream)
     }
 }
 

@@ -121,7 +121,7 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
         lease,
         permit,
     };
-    // One task type per mode: each session's task is the size of its own mode's future.
+    // One task type per mode: each session's task is the size of its own mode's.
     match task.settings.mode {
         Mode::Tunnel => tokio::spawn(task.run::<TunnelSession>().instrument(span)),
         Mode::Frames => tokio::spawn(task.run::<FramesSession>().instrument(span)),
@@ -359,7 +359,10 @@ impl ModeSession for FramesSession {
         client: ClientLeg,
         upstream: Transport,
     ) -> impl Future<Output = Report> + Send + 'a {
-        frames_session(ctx, client, upstream)
+        // Boxed where it is made: at 2.6 KB, moved into the task it cost more copying (1.3 k
+        // instructions per session, callgrind) than the box's allocation; the tunnel's 1.4 KB
+        // future is not.
+        Box::pin(frames_session(ctx, client, upstream))
     }
 }
 

@@ -9,6 +9,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// glibc's, with over-aligned blocks (tokio's tasks and registrations) taken from `malloc`.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "mimalloc", feature = "jemalloc"))
+))]
+#[global_allocator]
+static ALLOCATOR: aligned::Aligned = aligned::Aligned;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +29,12 @@ use axum_ws_proxy::{ReloadHandle, ReloadableLayer};
 use tower::Layer;
 
 mod admin;
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "mimalloc", feature = "jemalloc"))
+))]
+mod aligned;
 mod config_file;
 mod log;
 mod plan;

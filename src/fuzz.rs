@@ -273,7 +273,7 @@ pub fn stream_walk(data: &[u8], cuts: &[u8], from_client: bool) {
                 match walked {
                     Walk::Done | Walk::Full => {}
                     Walk::Control => {
-                        controls.push(flow.take_control());
+                        controls.push(flow.take_control().to_vec());
                     }
                     Walk::Violation(e) => {
                         violated = Some(std::mem::discriminant(&e));

@@ -291,7 +291,7 @@ impl Transform for Inflating {
                 Walk::Done => {}
                 // The rest is read again once this has been.
                 Walk::Full => return Ok(at),
-                Walk::Control => plain.extend_from_slice(&self.flow.take_control()),
+                Walk::Control => plain.extend_from_slice(self.flow.take_control()),
                 Walk::Violation(error) if plain.is_empty() => {
                     return Err(io::Error::other(Violation(error)));
                 }

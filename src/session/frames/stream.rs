@@ -390,8 +390,7 @@ impl Flow {
                 (_, Walk::Violation(error)) => return Poll::Ready(Some(self.read_failed(error))),
                 (used, Walk::Control) => {
                     at += used;
-                    let control = self.take_control();
-                    match self.control(cx, src, control) {
+                    match self.control(cx, src) {
                         Ok(None) => {}
                         Ok(Some(end)) => return Poll::Ready(Some(end)),
                         Err(stop) => {
@@ -408,11 +407,11 @@ impl Flow {
         Poll::Ready(None)
     }
 
-    /// The control frame a walk stopped at ([`Walk::Control`]), taken out of `head`.
-    pub(crate) fn take_control(&mut self) -> Vec<u8> {
-        let control = self.head[..self.have].to_vec();
-        self.have = 0;
-        control
+    /// The control frame a walk stopped at ([`Walk::Control`]), taken out of `head` (read it
+    /// before the next walk).
+    pub(crate) fn take_control(&mut self) -> &[u8] {
+        let have = std::mem::take(&mut self.have);
+        &self.head[..have]
     }
 
     /// Writes the pieces a walk left in `out` to `to`, from where they were read.
@@ -459,12 +458,12 @@ impl Flow {
         &mut self,
         cx: &mut Context<'_>,
         src: &mut Socket<Wire<S>>,
-        frame: Vec<u8>,
     ) -> Result<Option<Ended>, Poll<Option<Ended>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        src.get_mut().unread(&frame);
+        // The control frame walked into `head`, handed to the leg's protocol from there.
+        src.get_mut().unread(self.take_control());
         let msg = match Pin::new(&mut *src).poll_next(cx) {
             Poll::Ready(Some(Ok(msg))) => msg,
             Poll::Ready(Some(Err(error))) => return Ok(Some(self.read_failed(error))),

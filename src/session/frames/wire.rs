@@ -148,6 +148,15 @@ impl<S> Wire<S> {
         if bytes.is_empty() {
             return;
         }
+        if self.unread_at == self.unread.len() && self.unread.capacity() <= 1024 {
+            // Nothing left unread: a small buffer is reused (a control frame at a time,
+            // usually); a large one (the rest of a big read) is let go below, not kept for the
+            // session's life.
+            self.unread.clear();
+            self.unread.extend_from_slice(bytes);
+            self.unread_at = 0;
+            return;
+        }
         let rest = &self.unread[self.unread_at..];
         let mut joined = Vec::with_capacity(bytes.len() + rest.len());
         joined.extend_from_slice(bytes);

@@ -68,6 +68,9 @@ pub fn tempdir(name: &str) -> PathBuf {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("browser-{name}-{}-{n}", std::process::id()));
+    // An earlier run whose process had the same id left its folder (and its Chromium's
+    // `DevToolsActivePort`, naming a port nobody listens on any more): start empty.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -1,5 +1,6 @@
 //! Allocations per handshake, counted: a counting global allocator records what the proxy's
-//! own runtime threads allocate while real clients open and close sessions through
+//! own threads allocate (its runtime's workers and the thread its accept loop runs on) while
+//! real clients open and close sessions through
 //! `axum_ws_proxy::serve` to a real upstream (those run on another runtime, not counted), with
 //! the server's own upgrade entry (`Serve::direct_upgrades`, as `ws-proxy` runs) and through
 //! hyper's connection and the app. The ceilings keep the counts from creeping back; issue 29's
@@ -70,6 +71,8 @@ fn counted_proxy(layer: WsProxyLayer, direct: bool) -> SocketAddr {
             .on_thread_start(|| COUNTED.with(|c| c.set(true)))
             .build()
             .unwrap();
+        // The accept loop runs here (`ws-proxy` runs it on a worker): counted too.
+        COUNTED.with(|c| c.set(true));
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
@@ -129,6 +132,7 @@ async fn allocations_per_session_stay_under_their_ceilings() {
 
 /// Today's counts, frames and tunnel, with half an allocation for a warm-up session's last
 /// steps landing in the count: one more allocation per session fails the test. Lower them as
-/// the allocation diet goes on.
-const DIRECT: [f64; 2] = [30.5, 21.5];
-const THROUGH_HYPER: [f64; 2] = [51.5, 42.5];
+/// the allocation diet goes on. (A debug build: tokio boxes a spawned future over 2 KiB, one
+/// allocation per session the release binary does not make.)
+const DIRECT: [f64; 2] = [35.5, 26.5];
+const THROUGH_HYPER: [f64; 2] = [56.5, 47.5];

@@ -145,9 +145,9 @@ async fn a_tunnel_behind_serve_splices_where_axum_serve_copies() {
     assert!(moved >= 6 * MIB as u64, "only {moved} bytes spliced");
 }
 
-#[tokio::test]
-async fn the_layer_gets_the_client_address_for_x_forwarded_for() {
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+/// An echo upstream that reports each upgrade's `X-Forwarded-For`.
+async fn forwarded_for_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>>) {
+    let (seen_tx, seen) = mpsc::unbounded_channel();
     let upstream_app = Router::new().fallback(move |headers: HeaderMap, ws: WebSocketUpgrade| {
         let forwarded = headers
             .get("x-forwarded-for")
@@ -155,7 +155,12 @@ async fn the_layer_gets_the_client_address_for_x_forwarded_for() {
         let _ = seen_tx.send(forwarded);
         async move { ws.on_upgrade(echo) }
     });
-    let up = serve(upstream_app).await;
+    (serve(upstream_app).await, seen)
+}
+
+#[tokio::test]
+async fn the_layer_gets_the_client_address_for_x_forwarded_for() {
+    let (up, mut seen) = forwarded_for_upstream().await;
     let proxy = serve_lib(Router::new().layer(WsProxyLayer::new(upstream(up)))).await;
     let mut ws = connect(proxy, "/").await;
     let forwarded = within("the upstream's request", seen.recv()).await.unwrap();
@@ -505,15 +510,7 @@ async fn a_client_that_leaves_during_a_direct_handshake_ends_it() {
 /// when a hook may read it).
 #[tokio::test]
 async fn both_entries_give_the_client_address_to_the_upstream_and_to_hooks() {
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let upstream_app = Router::new().fallback(move |headers: HeaderMap, ws: WebSocketUpgrade| {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .map(|v| v.to_str().unwrap_or("").to_owned());
-        let _ = seen_tx.send(forwarded);
-        async move { ws.on_upgrade(echo) }
-    });
-    let up = serve(upstream_app).await;
+    let (up, mut seen) = forwarded_for_upstream().await;
     let (hook_tx, mut hooked) = mpsc::unbounded_channel();
     let routed = WsProxyLayer::new(upstream(up)).route(move |req| {
         let info = req

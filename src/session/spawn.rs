@@ -144,19 +144,8 @@ struct Task {
 
 impl Task {
     async fn run<M: ModeSession>(self) {
-        let Task {
-            settings,
-            held,
-            registered,
-            hooked,
-            client_deflate,
-            upstream_deflate,
-            client,
-            upstream,
-            lease,
-            permit,
-        } = self;
-        let _held = held;
+        let _held = self.held;
+        let (settings, registered, hooked) = (self.settings, self.registered, self.hooked);
         let sessions = registered.sessions().clone();
         let started = Instant::now();
         let mut to_upstream = Traffic::new(Side::Upstream);
@@ -171,11 +160,11 @@ impl Task {
                     to_upstream: &mut to_upstream,
                     to_client: &mut to_client,
                     hooked: hooked.as_ref(),
-                    client_deflate,
-                    upstream_deflate,
+                    client_deflate: self.client_deflate,
+                    upstream_deflate: self.upstream_deflate,
                 },
-                client,
-                upstream,
+                self.client,
+                self.upstream,
             ) => report,
             // Past the shutdown deadline: drop both sockets where they are.
             () = sessions.aborting() => Report::dropped_at_shutdown(),
@@ -183,7 +172,7 @@ impl Task {
         let duration = started.elapsed();
         record(&report, duration, &to_upstream, &to_client);
         metrics::session_closed(
-            &lease.endpoint().live_gauge,
+            &self.lease.endpoint().live_gauge,
             report.closed_by.as_str(),
             report.client_code,
             report.upstream_code,
@@ -200,8 +189,8 @@ impl Task {
         }
         // The member's and the layer's live counts drop when the session has ended.
         drop(registered);
-        drop(lease);
-        drop(permit);
+        drop(self.lease);
+        drop(self.permit);
     }
 }
 

@@ -57,8 +57,9 @@ pub(crate) fn init(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
 /// The filter for `directives`: `Targets` when they name targets and levels only, else
 /// `EnvFilter` (and `info` when neither can parse them).
 fn filters(directives: &str) -> (Option<Targets>, Option<EnvFilter>) {
-    // `Targets` would read a span directive (`[span]`, `{field}`) as a target's name.
-    let by_target = (!directives.contains(['[', '{']))
+    let by_target = directives
+        .split(',')
+        .all(plain_directive)
         .then(|| directives.parse::<Targets>().ok())
         .flatten();
     match by_target {
@@ -68,6 +69,24 @@ fn filters(directives: &str) -> (Option<Targets>, Option<EnvFilter>) {
             Some(EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))),
         ),
     }
+}
+
+/// `target`, `level` or `target=level`, nothing else: `Targets` would take an empty piece, a
+/// space or a span directive (`[span]`) as part of a target's name (an empty one matches every
+/// target), where `EnvFilter` skips, trims or refuses them.
+fn plain_directive(piece: &str) -> bool {
+    let (target, level) = piece.split_once('=').unwrap_or((piece, "info"));
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':' || b == b'-')
+    };
+    let is_level = |l: &str| {
+        ["off", "error", "warn", "info", "debug", "trace"]
+            .iter()
+            .any(|name| l.eq_ignore_ascii_case(name))
+    };
+    is_target(target) && is_level(level)
 }
 
 /// Every second: dropped lines into `ws_proxy_log_lines_dropped_total`, and a line saying
@@ -146,9 +165,20 @@ mod tests {
             let (targets, dynamic) = filters(plain);
             assert!(targets.is_some() && dynamic.is_none(), "{plain}");
         }
-        for spans in ["[ws_session]=debug", "info,[ws_session{id=3}]=trace"] {
-            let (targets, dynamic) = filters(spans);
-            assert!(targets.is_none() && dynamic.is_some(), "{spans}");
+        // Span directives, and what `Targets` would read as target names (an empty one
+        // matches every target): `EnvFilter` skips, trims or refuses those, as before.
+        for other in [
+            "[ws_session]=debug",
+            "info,[ws_session{id=3}]=trace",
+            "warn,",
+            "info,,hyper=warn",
+            "info, axum_ws_proxy=debug",
+            "debug hyper=warn",
+            "axum_ws_proxy=debug;hyper=warn",
+            "axum_ws_proxy=verbose",
+        ] {
+            let (targets, dynamic) = filters(other);
+            assert!(targets.is_none() && dynamic.is_some(), "{other}");
         }
         let (targets, _) = filters("axum_ws_proxy=debug,warn");
         let targets = targets.unwrap();

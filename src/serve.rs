@@ -289,7 +289,7 @@ impl Serve {
     /// parsed here (the same parser as hyper's, the same bounds: [header
     /// timeout](Self::header_timeout), [head size](Self::max_head_size), hyper's 100 fields)
     /// and the request goes to `proxy`'s handshake without hyper's connection or the app, which
-    /// saves an eighth of the instructions per handshake and 17 of 74 allocations per session
+    /// saves an eighth of the instructions per handshake and 21 of 56 allocations per session
     /// (`BENCHMARKS.md`). The layer checks it as it checks any upgrade. Everything else is served as without it: later requests on the
     /// connection, other requests, HTTP/2, TLS connections, and heads this entry does not take
     /// whole (announcing a body, too large, not parsable), which hyper reads from the bytes

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_VERSION};
+use http::header::{
+    HeaderValue, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_VERSION, WWW_AUTHENTICATE,
+};
 use http::StatusCode;
 
 /// Why an upgrade request was answered with an error instead of a `101 Switching Protocols`.
@@ -133,6 +135,99 @@ pub enum ProxyError {
     /// `Sec-WebSocket-Accept`, missing `Upgrade`/`Connection`, a subprotocol or extension that
     /// was not offered): **502**. No session is opened on a forged or broken 101.
     InvalidUpgrade(&'static str),
+    /// The identity hook (a JWT check, say) found no valid credential: **401** with
+    /// `WWW-Authenticate: Bearer`, naming the cause. Nothing is dialled.
+    Unauthorized(AuthFailure),
+}
+
+/// Why an upgrade had no acceptable credential ([`ProxyError::Unauthorized`], **401**).
+/// Each has a stable [`label`](Self::label), the `cause` of logs and metrics.
+///
+/// ```
+/// use axum_ws_proxy::{AuthFailure, ProxyError};
+///
+/// let e = ProxyError::Unauthorized(AuthFailure::Expired);
+/// assert_eq!(e.status(), 401);
+/// assert_eq!(e.cause(), "token_expired");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// No token where tokens are looked for.
+    Missing,
+    /// Not a well-formed token, or its signature does not verify with any configured key.
+    Invalid,
+    /// Signed with an algorithm not on the allowlist (`none` never is).
+    Algorithm,
+    /// Its `exp` has passed.
+    Expired,
+    /// Its `nbf` is still ahead (beyond the leeway).
+    NotYetValid,
+    /// Its `iss` is not the one expected.
+    Issuer,
+    /// Its `aud` is not the one expected.
+    Audience,
+    /// A claim the proxy needs (the subject, `exp`) is missing or of the wrong type.
+    Claims,
+    /// Its subject or token id (`jti`) has been revoked.
+    Revoked,
+}
+
+impl AuthFailure {
+    /// The cause's name in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "token_missing",
+            Self::Invalid => "token_invalid",
+            Self::Algorithm => "token_algorithm",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::Issuer => "token_issuer",
+            Self::Audience => "token_audience",
+            Self::Claims => "token_claims",
+            Self::Revoked => "token_revoked",
+        }
+    }
+
+    /// What the client is told (the response body, and `error_description`).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Missing => "a bearer token is required",
+            Self::Invalid => "the token is malformed or its signature does not verify",
+            Self::Algorithm => "the token's algorithm is not accepted",
+            Self::Expired => "token expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::Issuer => "the token's issuer is not accepted",
+            Self::Audience => "the token's audience is not accepted",
+            Self::Claims => "the token lacks a required claim",
+            Self::Revoked => "the token has been revoked",
+        }
+    }
+}
+
+impl AuthFailure {
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3): a missing token gets the bare
+    /// challenge, any other failure `error="invalid_token"` with the description.
+    fn challenge(self) -> HeaderValue {
+        match self {
+            Self::Missing => HeaderValue::from_static("Bearer realm=\"websocket\""),
+            _ => {
+                let value = format!(
+                    "Bearer realm=\"websocket\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.description()
+                );
+                // Made of the fixed texts above: always a valid value.
+                HeaderValue::try_from(value)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"websocket\""))
+            }
+        }
+    }
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
 }
 
 impl ProxyError {
@@ -148,6 +243,7 @@ impl ProxyError {
             | Self::InvalidHost(_)
             | Self::UpgradeWithBody => StatusCode::BAD_REQUEST,
             Self::Refused(status, _) => *status,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::OriginNotAllowed(_) | Self::MissingOrigin => StatusCode::FORBIDDEN,
             Self::ShuttingDown
             | Self::TooManySessions(_)
@@ -193,6 +289,7 @@ impl ProxyError {
             Self::LocalResources { .. } => "local_resources",
             Self::InvalidHost(_) => "invalid_host",
             Self::UpgradeWithBody => "upgrade_with_body",
+            Self::Unauthorized(why) => why.label(),
         }
     }
 }
@@ -252,6 +349,7 @@ impl fmt::Display for ProxyError {
             }
             Self::InvalidHost(why) => write!(f, "invalid Host: {why}"),
             Self::UpgradeWithBody => f.write_str("an upgrade request cannot have a body"),
+            Self::Unauthorized(why) => f.write_str(why.description()),
         }
     }
 }
@@ -280,6 +378,9 @@ impl IntoResponse for ProxyError {
         );
         if matches!(self, Self::UnsupportedVersion) {
             headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        if let Self::Unauthorized(why) = &self {
+            headers.insert(WWW_AUTHENTICATE, why.challenge());
         }
         // The layer replaces it with a spread value (`WsProxyLayer::retry_after`).
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {

@@ -5,8 +5,10 @@ use std::time::Duration;
 use tower::Layer;
 
 use crate::config::Config;
+use crate::control::SessionControl;
 use crate::handshake;
 use crate::handshake::forwarded::TrustedProxies;
+use crate::handshake::identify::{Identify, IdentifyHook};
 use crate::handshake::origin::Origins;
 use crate::handshake::redact::Redact;
 use crate::handshake::request::EscapedSlashes;
@@ -356,7 +358,10 @@ impl WsProxyLayer {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let redact = Redact::new(names);
+        // The identity hook's credential parameters stay redacted whatever is set here.
+        let secrets = self.config.handshake.identify.as_ref().map(|h| h.1.clone());
+        let names = names.into_iter().map(Into::into);
+        let redact = Redact::new(names.chain(secrets.iter().flat_map(|s| s.iter().cloned())));
         self.handshake(|h| h.redact = redact)
     }
 
@@ -669,6 +674,51 @@ impl WsProxyLayer {
         F: Fn(&mut RouteRequest<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
     {
         self.handshake(|h| h.route = Some(RouteHook(Arc::new(hook))))
+    }
+
+    /// The identity phase: `hook` finds whom each upgrade belongs to before the session
+    /// limit, the routing hook and any dial, or refuses it (a [`Refusal`], **401** with
+    /// [`Refusal::unauthorized`]). The [`Identity`](crate::Identity) it returns goes with the
+    /// session: its expiry closes it (1008 "token expired", the upstream 1001), its subject,
+    /// tenant and tags select it in the [`SessionControl`], revocations refuse it, and hooks
+    /// see it ([`SessionInfo::identity`](crate::hooks::SessionInfo::identity)). See
+    /// [`Identify`] (the built-in JWT check is one: feature `jwt`).
+    ///
+    /// ```
+    /// use axum_ws_proxy::{AuthFailure, Identity, WsProxyLayer, hooks::Refusal};
+    /// use axum_ws_proxy::http::request::Parts;
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String); // what the app's auth layer inserts
+    ///
+    /// let layer = WsProxyLayer::new("ws://127.0.0.1:3000".parse()?).identify(|parts: &mut Parts| {
+    ///     let user = parts.extensions.get::<User>().cloned();
+    ///     async move {
+    ///         let user = user.ok_or(Refusal::unauthorized(AuthFailure::Missing))?;
+    ///         Ok(Some(Identity::new(user.0)))
+    ///     }
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn identify(self, hook: impl Identify) -> Self {
+        let secrets: Arc<[String]> = hook.secret_query_params().into();
+        let names = self.config.handshake.redact.names().to_vec();
+        self.handshake(|h| h.identify = Some(IdentifyHook(Arc::new(hook), secrets)))
+            .redact_query(names)
+    }
+
+    /// The session API on this layer's live sessions (and those of its clones and
+    /// reloads): list, close, extend, revoke. See [`SessionControl`].
+    pub fn session_control(&self) -> SessionControl {
+        SessionControl::new(self.config.sessions.clone())
+    }
+
+    /// Most revocations in force at once (see [`SessionControl::revoke`]); beyond it a
+    /// revocation is refused until entries lapse. Default: 100 000. It is the registry's, so
+    /// it applies to this layer's clones too and is kept across reloads.
+    pub fn max_revocations(self, max: usize) -> Self {
+        self.config.sessions.revoked.set_cap(max);
+        self
     }
 
     /// A handle that drains this layer's sessions (and those of its clones) on shutdown.

@@ -68,10 +68,14 @@
 // upgrade, `handshake` validates it, dials the upstream (from `upstream`) and hands back the
 // answer (steps 1-4), `session` bridges or tunnels and closes (steps 5-6).
 mod config;
+mod control;
 mod error;
 mod future;
 mod handshake;
 pub mod hooks;
+mod identity;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 mod layer;
 pub mod metrics;
 mod registry;
@@ -118,12 +122,19 @@ mod __fuzz;
 /// ```
 pub use http;
 
-pub use error::ProxyError;
+pub use control::{
+    CloseReasonTooLong, RevocationPage, SessionControl, SessionFilter, SessionPage, SessionView,
+    MAX_PAGE,
+};
+pub use error::{AuthFailure, ProxyError};
 pub use future::ResponseFuture;
+pub use handshake::identify::{Identify, IdentityFuture};
 pub use handshake::request::{EscapedSlashes, ParseEscapedSlashesError};
+pub use identity::Identity;
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`), for [`WsProxyLayer::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use layer::WsProxyLayer;
+pub use registry::revoked::{RevocationsFull, Revoked};
 pub use registry::{DrainProgress, ShutdownHandle};
 pub use reload::{ReloadHandle, ReloadableLayer};
 #[cfg(feature = "serve")]

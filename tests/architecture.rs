@@ -10,7 +10,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "public face",
         &[
-            "lib", "layer", "service", "reload", "future", "config", "fuzz", "hooks", "tls",
+            "lib", "layer", "service", "reload", "future", "config", "fuzz", "hooks", "tls", "jwt",
+            "control",
         ],
     ),
     ("serve", &["serve"]),
@@ -20,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "upstream, registry, metrics",
         &["upstream", "registry", "metrics"],
     ),
-    ("shared vocabulary", &["error", "transport"]),
+    ("shared vocabulary", &["error", "transport", "identity"]),
 ];
 
 fn src() -> PathBuf {

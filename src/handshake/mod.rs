@@ -11,6 +11,9 @@ pub(crate) mod dial;
 pub(crate) mod extensions;
 pub(crate) mod forwarded;
 pub(crate) mod headers;
+pub(crate) mod identify;
+#[cfg(feature = "jwt")]
+pub(crate) mod jwt;
 pub(crate) mod origin;
 pub(crate) mod pacing;
 pub(crate) mod redact;

@@ -27,6 +27,11 @@ impl Redact {
         Self(names.into_iter().map(Into::into).collect())
     }
 
+    /// The parameters' names.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.0
+    }
+
     /// `path?query` with the named parameters' values replaced by `REDACTED`.
     pub(crate) fn apply<'a>(&self, path_and_query: &'a str) -> Cow<'a, str> {
         let Some((path, query)) = path_and_query.split_once('?') else {

@@ -9,6 +9,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderMap, StatusCode, Uri};
 
+use crate::error::{AuthFailure, ProxyError};
 use crate::upstream::UpstreamPool;
 
 /// One upgrade request, as the routing hook ([`WsProxyLayer::route`](crate::WsProxyLayer::route))
@@ -107,6 +108,8 @@ impl RouteRequest<'_> {
 pub struct Refusal {
     pub(crate) status: StatusCode,
     pub(crate) body: String,
+    /// A 401 for a missing or invalid credential, answered with its challenge.
+    pub(crate) auth: Option<AuthFailure>,
 }
 
 impl Refusal {
@@ -115,6 +118,26 @@ impl Refusal {
         Self {
             status,
             body: body.into(),
+            auth: None,
+        }
+    }
+
+    /// **401** with `WWW-Authenticate: Bearer` (RFC 6750: `error="invalid_token"` unless
+    /// the token is missing) and the failure's description as the body; logged and counted
+    /// with the failure's label as cause (`token_expired`, ...).
+    pub fn unauthorized(failure: AuthFailure) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            body: failure.description().to_owned(),
+            auth: Some(failure),
+        }
+    }
+
+    /// The error the client is answered with.
+    pub(crate) fn into_error(self) -> ProxyError {
+        match self.auth {
+            Some(failure) => ProxyError::Unauthorized(failure),
+            None => ProxyError::Refused(self.status, self.body),
         }
     }
 }

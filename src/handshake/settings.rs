@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::handshake::forwarded::TrustedProxies;
+use crate::handshake::identify::IdentifyHook;
 use crate::handshake::origin::Origins;
 use crate::handshake::redact::Redact;
 use crate::handshake::request::EscapedSlashes;
@@ -57,6 +58,8 @@ pub(crate) struct Settings {
     pub(crate) session_id_header: Option<HeaderName>,
     pub(crate) escaped_slashes: EscapedSlashes,
     pub(crate) route: Option<RouteHook>,
+    /// The identity phase, first of those that decide whether a session opens.
+    pub(crate) identify: Option<IdentifyHook>,
     /// `None`: the shared default (webpki roots).
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::upstream::tls::UpstreamTls>,
@@ -78,6 +81,7 @@ impl Settings {
             session_id_header: None,
             escaped_slashes: EscapedSlashes::Keep,
             route: None,
+            identify: None,
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -17,13 +17,15 @@ use http::{Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::error::ProxyError;
+use crate::error::{AuthFailure, ProxyError};
 use crate::handshake::detect::Upgrade;
 use crate::handshake::extensions::{self, Offers, Upstream};
 use crate::handshake::headers::{Forwarded, UpstreamHeaders};
+use crate::handshake::identify::IdentifyHook;
 use crate::handshake::origin::OriginCheck;
-use crate::handshake::route::RouteRequest;
+use crate::handshake::route::{Refusal, RouteRequest};
 use crate::handshake::{answer, client, detect, dial, request, Settings};
+use crate::identity::Identity;
 use crate::metrics;
 use crate::registry::{rebalance, NotAdmitted, Permit, Sessions};
 use crate::session::deflate::{Deflate, Params};
@@ -100,6 +102,12 @@ async fn proceed<B>(
     checked?;
     check_origin(config, &req)?;
     let client = detect::client_handshake(&req, kind, leg)?;
+    // Identity first, then limits, then routing (ARCHITECTURE.md): an unauthenticated
+    // client never takes a session slot or an upgrade-rate token.
+    let (req, identity) = match &config.identify {
+        Some(hook) => identify(hook, req, stage.sessions).await?,
+        None => (req, None),
+    };
     let permit = stage
         .sessions
         .admit(config.max_sessions)
@@ -119,6 +127,10 @@ async fn proceed<B>(
     let peer = refusal.client;
     let mut upstream = UpstreamRequest::new(stage, req, id, peer, client.accept.as_ref());
     refusal.client = upstream.client;
+    let identity = identity.map(|mut identity| {
+        upstream.forward_identity(identity.take_forwarded());
+        Arc::new(identity)
+    });
     upstream.route(config)?;
     let dialled = Instant::now();
     let deadline = dialled + config.connect_timeout;
@@ -130,7 +142,7 @@ async fn proceed<B>(
         })??;
     metrics::upstream_answered(dialled.elapsed());
     // Nothing is refused from here on: the session (or the relayed answer) takes the path.
-    let info = upstream.info(id, config);
+    let info = upstream.info(id, config, identity);
     Ok(match answer {
         Answer::Relayed(res, lease) => {
             lease.refused();
@@ -157,6 +169,30 @@ async fn proceed<B>(
             switched.hand_over(stage.session, &upstream.extensions, client, permit, info)
         }
     })
+}
+
+/// The identity phase: the hook's identity, refused if it has expired or is revoked.
+async fn identify<B>(
+    hook: &IdentifyHook,
+    req: Request<B>,
+    sessions: &Sessions,
+) -> Result<(Request<B>, Option<Identity>), ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let found = hook.0.identify(&mut parts);
+    let req = Request::from_parts(parts, body);
+    let Some(identity) = found.await.map_err(Refusal::into_error)? else {
+        return Ok((req, None));
+    };
+    if identity
+        .expiry()
+        .is_some_and(|at| at <= std::time::SystemTime::now())
+    {
+        return Err(ProxyError::Unauthorized(AuthFailure::Expired));
+    }
+    if sessions.revoked.refuses(&identity) {
+        return Err(ProxyError::Unauthorized(AuthFailure::Revoked));
+    }
+    Ok((req, Some(identity)))
 }
 
 /// Whether `peer` is a trusted proxy, and the client as logs, hooks and hashing see it: behind
@@ -321,7 +357,7 @@ impl UpstreamRequest {
             pool: None,
             path: None,
         };
-        (route.0)(&mut request).map_err(|r| ProxyError::Refused(r.status, r.body))?;
+        (route.0)(&mut request).map_err(Refusal::into_error)?;
         let (chosen, rewritten) = (request.pool, request.path);
         if let Some(pool) = chosen {
             self.pool = pool;
@@ -334,8 +370,24 @@ impl UpstreamRequest {
         Ok(())
     }
 
+    /// The identity's headers, set on the upstream request in place of any the client sent.
+    fn forward_identity(&mut self, headers: HeaderMap) {
+        let upstream = self.forwarded.edit();
+        let mut last = None;
+        for (name, value) in headers {
+            // A name, then its further values without one.
+            if let Some(name) = name {
+                upstream.remove(&name);
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                upstream.append(name.clone(), value);
+            }
+        }
+    }
+
     /// What the session span and hooks keep of the request.
-    fn info(&mut self, id: u64, config: &Settings) -> RequestInfo {
+    fn info(&mut self, id: u64, config: &Settings, identity: Option<Arc<Identity>>) -> RequestInfo {
         let path = self.hook_path.clone();
         // Kept apart only when redaction changed it.
         let log_path = match config.redact.apply(path.as_str()) {
@@ -353,6 +405,7 @@ impl UpstreamRequest {
             extensions: self.hook_extensions.take(),
             held: self.held.take(),
             hash_key: self.hash_key.take().map(Vec::into_boxed_slice),
+            identity,
         }
     }
 

@@ -1,5 +1,6 @@
 //! One live session as the registry holds it, and the shards that hold them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
+use crate::identity::Identity;
 use crate::upstream::Endpoint;
 
 /// Why the proxy asks a healthy session to close.
@@ -18,6 +20,12 @@ pub(crate) enum Cause {
     Drain,
     /// Rebalancing after members were added to its pool.
     Rebalance,
+    /// Its identity's expiry came (and was not extended).
+    Expired,
+    /// Its subject or token id was revoked.
+    Revoked,
+    /// The session API (an operator, or the application) closed it.
+    Closed,
 }
 
 impl Cause {
@@ -26,17 +34,22 @@ impl Cause {
         match self {
             Self::Drain => "drain",
             Self::Rebalance => "rebalance",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Closed => "closed",
         }
     }
 }
 
 /// A close the proxy asks of a session: the code and reason the client gets; the upstream
 /// gets 1001 "going away" with the same reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CloseRequest {
     pub(crate) cause: Cause,
     pub(crate) client_code: u16,
-    pub(crate) reason: &'static str,
+    /// Fixed for the proxy's own causes; the session API's caller may choose one (at most
+    /// 123 bytes, checked there).
+    pub(crate) reason: Cow<'static, str>,
 }
 
 impl CloseRequest {
@@ -44,12 +57,25 @@ impl CloseRequest {
     pub(crate) const DRAIN: Self = Self {
         cause: Cause::Drain,
         client_code: 1012,
-        reason: "proxy draining, reconnect",
+        reason: Cow::Borrowed("proxy draining, reconnect"),
     };
     pub(crate) const REBALANCE: Self = Self {
         cause: Cause::Rebalance,
         client_code: 1012,
-        reason: "rebalancing, reconnect",
+        reason: Cow::Borrowed("rebalancing, reconnect"),
+    };
+    /// 1008 Policy Violation: the credential the session was opened with has expired; the
+    /// client reconnects with a fresh one.
+    pub(crate) const EXPIRED: Self = Self {
+        cause: Cause::Expired,
+        client_code: 1008,
+        reason: Cow::Borrowed("token expired"),
+    };
+    /// 1008: the subject or token was revoked.
+    pub(crate) const REVOKED: Self = Self {
+        cause: Cause::Revoked,
+        client_code: 1008,
+        reason: Cow::Borrowed("revoked"),
     };
 }
 
@@ -61,9 +87,10 @@ pub(crate) struct Entry {
     endpoint: Arc<Endpoint>,
     /// The balancing key, when its pool hashes.
     hash_key: Option<Box<[u8]>>,
-    /// Room for whom the session belongs to, once something (authentication) says.
-    #[allow(dead_code)]
-    identity: OnceLock<Arc<str>>,
+    /// Whom the session belongs to, when the identity phase said.
+    identity: Option<Arc<Identity>>,
+    /// When it started (listings show its age).
+    started: Instant,
     /// Time from the registry's epoch to the last data message either way (or to the
     /// session's start), as `seconds << 30 | nanoseconds`: ordered as the times are, and
     /// made with a shift instead of a division on every message.
@@ -73,6 +100,8 @@ pub(crate) struct Entry {
     close: OnceLock<CloseRequest>,
     /// Cleared when the session ends: a drain's or a rebalancing's list may still hold it.
     live: AtomicBool,
+    /// Set once the session has a deadline in the registry's expiry queue.
+    expiring: AtomicBool,
     /// The session's task, woken when `close` is set.
     waker: AtomicWaker,
 }
@@ -82,17 +111,21 @@ impl Entry {
         id: u64,
         endpoint: Arc<Endpoint>,
         hash_key: Option<Box<[u8]>>,
+        identity: Option<Arc<Identity>>,
         epoch: Instant,
     ) -> Self {
+        let now = Instant::now();
         Self {
             id,
             endpoint,
             hash_key,
-            identity: OnceLock::new(),
-            last_active: AtomicU64::new(stamp(epoch, Instant::now())),
+            identity,
+            started: now,
+            last_active: AtomicU64::new(stamp(epoch, now)),
             epoch,
             close: OnceLock::new(),
             live: AtomicBool::new(true),
+            expiring: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -107,6 +140,21 @@ impl Entry {
 
     pub(crate) fn hash_key(&self) -> Option<&[u8]> {
         self.hash_key.as_deref()
+    }
+
+    pub(crate) fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Time since the last data message (or the start).
+    pub(crate) fn idle(&self) -> std::time::Duration {
+        let last = self.last_active.load(Ordering::Relaxed);
+        let at = std::time::Duration::new(last >> 30, (last & ((1 << 30) - 1)) as u32);
+        Instant::now().saturating_duration_since(self.epoch + at)
     }
 
     /// A data message passed at `now` (the session calls this at most every 100 ms). One
@@ -125,6 +173,15 @@ impl Entry {
     /// among equals the oldest.
     pub(crate) fn idle_first(entries: &mut [Arc<Entry>]) {
         entries.sort_by_key(|e| (e.last_active(), e.id()));
+    }
+
+    /// The session has a deadline in the expiry queue (removed when it ends).
+    pub(crate) fn set_expiring(&self) {
+        self.expiring.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_expiring(&self) -> bool {
+        self.expiring.load(Ordering::Acquire)
     }
 
     /// Whether the session is still running.
@@ -180,7 +237,7 @@ pub(crate) struct Closing<'a> {
 impl Closing<'_> {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
         if let Some(request) = self.entry.close.get() {
-            return Poll::Ready(*request);
+            return Poll::Ready(request.clone());
         }
         // The only wake() takes the waker after setting the request, which this sees first.
         if self
@@ -194,7 +251,7 @@ impl Closing<'_> {
         self.registered = Some(cx.waker().clone());
         // A request set before the registration woke nothing: look again.
         match self.entry.close.get() {
-            Some(request) => Poll::Ready(*request),
+            Some(request) => Poll::Ready(request.clone()),
             None => Poll::Pending,
         }
     }
@@ -256,6 +313,20 @@ impl Shards {
 
     pub(super) fn remove(&self, entry: &Entry) {
         self.shard(entry.id).remove(&entry.id);
+    }
+
+    pub(super) fn get(&self, id: u64) -> Option<Arc<Entry>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    /// The entries `keep` selects, one shard's lock at a time (never all at once).
+    pub(super) fn select(&self, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        for shard in self.0.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.values().filter(|e| keep(e)).cloned());
+        }
+        out
     }
 
     pub(super) fn snapshot(&self) -> Vec<Arc<Entry>> {

@@ -17,8 +17,11 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::identity::Identity;
 use crate::registry::drain::{self, Drain, DrainProgress};
 use crate::registry::entry::{CloseRequest, Entry, Shards};
+use crate::registry::expiry::Expiries;
+use crate::registry::revoked::Revocations;
 use crate::upstream::Endpoint;
 
 const RUNNING: u8 = 0;
@@ -43,6 +46,10 @@ pub(crate) struct Sessions {
     phase_changed: Notify,
     /// Woken when a session ends.
     ended: Notify,
+    /// Sessions' expiries (their identities').
+    pub(crate) expiries: Arc<Expiries>,
+    /// Subjects and token ids refused until a time.
+    pub(crate) revoked: Revocations,
 }
 
 impl Default for Sessions {
@@ -56,6 +63,8 @@ impl Default for Sessions {
             phase: AtomicU8::new(RUNNING),
             phase_changed: Notify::new(),
             ended: Notify::new(),
+            expiries: Arc::default(),
+            revoked: Revocations::default(),
         }
     }
 }
@@ -170,15 +179,28 @@ impl Sessions {
     }
 
     /// Enters a session that has started; it leaves when the guard drops. A session that
-    /// starts while a drain runs (its dial began before) is asked to close at once.
+    /// starts while a drain runs (its dial began before) is asked to close at once; one whose
+    /// identity expires is closed then.
     pub(crate) fn register(
         self: &Arc<Self>,
         id: u64,
         endpoint: Arc<Endpoint>,
         hash_key: Option<Box<[u8]>>,
+        identity: Option<Arc<Identity>>,
     ) -> Registered {
-        let entry = Arc::new(Entry::new(id, endpoint, hash_key, self.epoch));
+        let expires = identity.as_ref().and_then(|i| i.expiry());
+        let entry = Arc::new(Entry::new(id, endpoint, hash_key, identity, self.epoch));
         self.shards.insert(&entry);
+        if let Some(at) = expires {
+            self.expiries.set(&entry, instant_of(at));
+        }
+        // A revocation made while this session was dialled reaches it here.
+        if entry
+            .identity()
+            .is_some_and(|identity| self.revoked.refuses(identity))
+        {
+            self.request_close(&entry, CloseRequest::REVOKED);
+        }
         // After the insert: a drain that began before it either saw the entry or set the
         // phase this reads (the shard's lock orders the two).
         if self.phase.load(Ordering::Acquire) != RUNNING
@@ -194,11 +216,22 @@ impl Sessions {
         self.shards.snapshot()
     }
 
+    /// One live session's entry.
+    pub(crate) fn entry(&self, id: u64) -> Option<Arc<Entry>> {
+        self.shards.get(id)
+    }
+
+    /// The live sessions' entries `keep` selects, a shard at a time.
+    pub(crate) fn select(&self, keep: impl FnMut(&Entry) -> bool) -> Vec<Arc<Entry>> {
+        self.shards.select(keep)
+    }
+
     /// Asks a session to close; `false` if it had been asked already. Counted by reason.
     pub(crate) fn request_close(&self, entry: &Entry, request: CloseRequest) -> bool {
+        let cause = request.cause.label();
         let asked = entry.request_close(request);
         if asked {
-            crate::metrics::session_shed(request.cause.label());
+            crate::metrics::session_shed(cause);
         }
         asked
     }
@@ -325,5 +358,20 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.entry.ended();
         self.sessions.remove(&self.entry);
+        // After `ended`: an extension racing this end sees the entry gone, or is undone here.
+        if self.entry.is_expiring() {
+            self.sessions.expiries.remove(self.entry.id());
+        }
+    }
+}
+
+/// The monotonic instant of a wall-clock time (the past is now).
+pub(crate) fn instant_of(at: std::time::SystemTime) -> Instant {
+    let now = Instant::now();
+    match at.duration_since(std::time::SystemTime::now()) {
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or(now + Duration::from_secs(30 * 365 * 86_400)),
+        Err(_) => now,
     }
 }

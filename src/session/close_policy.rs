@@ -71,7 +71,7 @@ impl Outcome {
             closed_by: ClosedBy::Proxy,
             client_code: request.client_code,
             upstream_code: 1001,
-            reason: request.reason.to_owned(),
+            reason: request.reason.into_owned(),
             dead: None,
         }
     }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap};
 use tokio_tungstenite::tungstenite;
 
+use crate::identity::Identity;
 use crate::session::close_code::CloseCode;
 use crate::session::mode::Mode;
 use crate::upstream::Upstream;
@@ -62,6 +63,9 @@ pub struct SessionInfo {
     pub request_headers: HeaderMap,
     /// The upgrade request's extensions (e.g. an identity an auth layer inserted).
     pub request_extensions: Extensions,
+    /// Whom the session belongs to, when the identity phase said
+    /// ([`WsProxyLayer::identify`](crate::WsProxyLayer::identify), or the JWT check).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Who ended a session.

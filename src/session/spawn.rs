@@ -10,6 +10,7 @@ use http::HeaderValue;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use crate::identity::Identity;
 use crate::metrics;
 use crate::registry::sessions::Registered;
 use crate::registry::{Entry, Permit};
@@ -77,6 +78,8 @@ pub(crate) struct RequestInfo {
     pub(crate) held: Option<Held>,
     /// The balancing key, when the pool hashes (the registry keeps it for rebalancing).
     pub(crate) hash_key: Option<Box<[u8]>>,
+    /// Whom the session belongs to, when the identity phase said.
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 impl RequestInfo {
@@ -105,10 +108,12 @@ pub(crate) fn spawn(settings: Arc<Settings>, handoff: Handoff) {
         (negotiated.client_deflate, negotiated.upstream_deflate);
     drop(negotiated);
     let held = request.held;
-    let registered =
-        permit
-            .sessions()
-            .register(request.id, lease.endpoint().clone(), request.hash_key);
+    let registered = permit.sessions().register(
+        request.id,
+        lease.endpoint().clone(),
+        request.hash_key,
+        request.identity,
+    );
     let task = Task {
         settings,
         held,
@@ -203,6 +208,8 @@ fn span(request: &RequestInfo, negotiated: &Negotiated, lease: &Lease) -> tracin
         upstream = %lease.endpoint().member.upstream(),
         upstream_addr = %lease.endpoint().addr,
         path = %request.log_path(),
+        subject = request.identity.as_ref().map(|i| i.subject()),
+        tenant = request.identity.as_ref().and_then(|i| i.tenant_name()),
         protocol = request.http,
         tls = request.tls,
         subprotocol = negotiated.protocol.as_ref().and_then(|p| p.to_str().ok()),
@@ -242,6 +249,7 @@ fn session_info(
             mode: settings.mode,
             request_headers: request.headers.clone().unwrap_or_default(),
             request_extensions: request.extensions.clone().unwrap_or_default(),
+            identity: request.identity.clone(),
         })
     })
 }

@@ -471,21 +471,26 @@ impl std::error::Error for TlsConfigError {}
 #[cfg(test)]
 mod tests {
     /// The metrics reference (`src/docs/metrics.md`) names every `cause` label
-    /// [`ProxyError::cause`] can give (read from this file's `cause` function, so a new variant
-    /// must be documented there).
+    /// [`ProxyError::cause`] can give (read from this file's `cause` function and
+    /// `AuthFailure::label`, so a new variant must be documented there).
     #[test]
     fn the_metrics_reference_lists_every_cause() {
         let source = include_str!("error.rs");
-        let body = source
-            .split("pub fn cause(&self)")
-            .nth(1)
-            .and_then(|rest| rest.split("\n    }\n").next())
-            .expect("the cause function");
-        let causes: Vec<&str> = body
-            .lines()
-            .filter_map(|l| l.split("=> \"").nth(1))
-            .filter_map(|l| l.split('"').next())
-            .collect();
+        let labels_of = |function: &str| -> Vec<&str> {
+            let body = source
+                .split(function)
+                .nth(1)
+                .and_then(|rest| rest.split("\n    }\n").next())
+                .expect("the function");
+            body.lines()
+                .filter_map(|l| l.split("=> \"").nth(1))
+                .filter_map(|l| l.split('"').next())
+                .collect()
+        };
+        let mut causes = labels_of("pub fn cause(&self)");
+        let auth = labels_of("pub fn label(self)");
+        assert_eq!(auth.len(), 9, "{auth:?}");
+        causes.extend(auth);
         assert!(causes.len() >= 20, "{causes:?}");
         let reference = include_str!("docs/metrics.md");
         let row = reference

@@ -60,6 +60,7 @@
 #![doc = include_str!("docs/proxied.md")]
 #![doc = include_str!("docs/failures.md")]
 #![doc = include_str!("docs/sessions.md")]
+#![doc = include_str!("docs/identity.md")]
 #![doc = include_str!("docs/hooks.md")]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -97,6 +98,7 @@ struct ReadmeDoctests;
 #[doc = include_str!("../docs/upstreams.md")]
 #[doc = include_str!("../docs/ws-proxy.md")]
 #[doc = include_str!("../docs/tls.md")]
+#[doc = include_str!("../docs/identity.md")]
 struct GuideDoctests;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

@@ -36,7 +36,9 @@ pub struct ReloadableLayer {
 /// Replaces the configuration of a [`ReloadableLayer`] (and of every service made from it).
 ///
 /// What a reload changes: everything a [`WsProxyLayer`] is built with (pool, routes, hooks,
-/// limits, timeouts, origins, mode, TLS to upstreams), for upgrades that arrive after it. A
+/// the identity hook and its keys, limits, timeouts, origins, mode, TLS to upstreams), for
+/// upgrades that arrive after it. Revocations and the expiry of live sessions are the
+/// registry's and stay as they are. A
 /// session keeps the settings it started with until it ends. The session registry is the
 /// first layer's, kept across reloads: [`WsProxyLayer::max_sessions`] counts old and new
 /// sessions together, and the first layer's [`ShutdownHandle`](crate::ShutdownHandle) drains
@@ -80,6 +82,8 @@ impl ReloadHandle {
     pub fn reload(&self, layer: WsProxyLayer) -> u64 {
         let mut slot = self.live.current.write().unwrap_or_else(|e| e.into_inner());
         let mut config = Arc::unwrap_or_clone(layer.config);
+        // The registry (its sessions and revocations) is kept; its cap is the new layer's.
+        slot.sessions.revoked.set_cap(config.sessions.revoked.cap());
         config.sessions = slot.sessions.clone();
         *slot = Arc::new(config);
         self.live.generation.fetch_add(1, Ordering::AcqRel) + 1

@@ -76,7 +76,7 @@ impl Revocations {
         self.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn cap(&self) -> usize {
+    pub(crate) fn cap(&self) -> usize {
         self.cap.load(std::sync::atomic::Ordering::Relaxed)
     }
 

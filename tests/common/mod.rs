@@ -382,6 +382,105 @@ pub fn ws_proxy_binary() -> &'static str {
     }
 }
 
+/// The binary, with every stderr line sent to the returned channel; returns once it listens.
+pub async fn start_logged(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = tokio::process::Command::new(ws_proxy_binary())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = within("the listening line", async {
+        loop {
+            let line = rx.recv().await.expect("ws-proxy exited early");
+            let rest = line
+                .split("listen=")
+                .nth(1)
+                .or_else(|| line.split("\"listen\":\"").nth(1));
+            if let Some(rest) = rest {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                return addr.parse().unwrap();
+            }
+        }
+    })
+    .await;
+    (child, addr, rx)
+}
+
+/// Waits for a log line containing `needle`, returning it.
+pub async fn line_with(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> String {
+    within(needle, async {
+        loop {
+            let line = rx.recv().await.expect("ws-proxy exited");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+/// An HTTP/1.1 request to an admin listener, with a bearer token and a JSON body if given;
+/// returns the status, headers and body.
+pub async fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    if json.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = Full::new(Bytes::from(json.unwrap_or_default().to_owned()));
+    let res = within(
+        "the admin answer",
+        send.send_request(req.body(body).unwrap()),
+    )
+    .await
+    .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, body)
+}
+
 /// Starts the `ws-proxy` binary on 127.0.0.1:0 with `args`; returns it (killed on drop), the
 /// address it logged, and its metrics address if it logged one. Its logs keep being drained.
 pub async fn start_ws_proxy(

@@ -5,6 +5,7 @@
 //! - `POST /drain`: start a paced drain without exiting (202, with its progress); readiness
 //!   (`/healthz`) fails from then on. A drain already running goes on unchanged.
 //! - `GET /drain`: its progress (`null` before one).
+//! - `/sessions`, `/sessions/close`, `/revocations`: the session API (`session_api.rs`).
 //!
 //! Without the right `Authorization: Bearer` header: **401** with `WWW-Authenticate: Bearer`.
 
@@ -13,13 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use axum_ws_proxy::SessionControl;
 use serde_json::json;
 
+use crate::session_api::{self, CloseBody, RevokeBody};
 use crate::status::Status;
 
 /// Shorter tokens are refused at start: they can be guessed.
@@ -79,15 +82,32 @@ impl Token {
 struct Admin {
     token: Token,
     status: Status,
+    control: SessionControl,
 }
 
+/// Bodies of the session API are a few selectors.
+const MAX_BODY: usize = 16 << 10;
+
 /// Binds `addr` and serves the admin API on it in a task of its own.
-pub(crate) async fn serve(addr: SocketAddr, token: Token, status: Status) -> Result<(), String> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    token: Token,
+    status: Status,
+    control: SessionControl,
+) -> Result<(), String> {
     let (listener, local) = crate::listen_on(addr, " for the admin API", "admin").await?;
     let app = Router::new()
         .route("/drain", get(progress).post(drain))
+        .route("/sessions", get(sessions))
+        .route("/sessions/close", post(close))
+        .route("/revocations", get(revocations).post(revoke).delete(lift))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(Admin { token, status });
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Admin {
+            token,
+            status,
+            control,
+        });
     if !local.ip().is_loopback() {
         tracing::warn!(admin = %local, "the admin API listens beyond loopback: keep its port off public networks");
     }
@@ -101,7 +121,7 @@ pub(crate) async fn serve(addr: SocketAddr, token: Token, status: Status) -> Res
             tracing::error!("admin server failed: {e}");
         }
     });
-    tracing::info!(admin = %local, "admin API at /drain");
+    tracing::info!(admin = %local, "admin API at /drain, /sessions, /revocations");
     Ok(())
 }
 
@@ -131,4 +151,66 @@ async fn progress(State(admin): State<Admin>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     Json(json!({ "drain": admin.status.drain() })).into_response()
+}
+
+async fn sessions(State(admin): State<Admin>, headers: HeaderMap, uri: Uri) -> Response {
+    if !admin.token.admits(&headers) {
+        return unauthorized();
+    }
+    session_api::list(&admin.control, uri.query())
+}
+
+async fn revocations(State(admin): State<Admin>, headers: HeaderMap, uri: Uri) -> Response {
+    if !admin.token.admits(&headers) {
+        return unauthorized();
+    }
+    session_api::revocations(&admin.control, uri.query())
+}
+
+// The token is checked before the body is read: `Json` comes last, and a request without the
+// token is refused whatever its body.
+async fn close(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !admin.token.admits(&headers) {
+        return unauthorized();
+    }
+    match serde_json::from_slice::<CloseBody>(&body) {
+        Ok(body) => session_api::close(&admin.control, body),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn revoke(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !admin.token.admits(&headers) {
+        return unauthorized();
+    }
+    match serde_json::from_slice::<RevokeBody>(&body) {
+        Ok(body) => session_api::revoke(&admin.control, body),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn lift(State(admin): State<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !admin.token.admits(&headers) {
+        return unauthorized();
+    }
+    match serde_json::from_slice::<RevokeBody>(&body) {
+        Ok(body) => session_api::lift(&admin.control, body),
+        Err(e) => bad_json(e),
+    }
+}
+
+fn bad_json(e: serde_json::Error) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": format!("the body is not the JSON expected: {e}") })),
+    )
+        .into_response()
 }

@@ -38,6 +38,7 @@ mod aligned;
 mod config_file;
 mod log;
 mod plan;
+mod session_api;
 mod settings;
 mod status;
 mod trim;
@@ -113,6 +114,8 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
     }
     let layer = plan.layer();
     let sessions = layer.shutdown_handle().drain_window(plan.drain_window());
+    // The registry is the first layer's for good (reloads keep it): so is this handle.
+    let control = layer.session_control();
     trim::spawn(sessions.clone());
     let (layer, reload) = layer.reloadable();
     // Set from SIGTERM until exit: /healthz answers 503 so load balancers move away.
@@ -122,7 +125,7 @@ async fn serve(plan: Plan, argv: Vec<String>) -> Result<(), String> {
         serve_metrics(addr, status.clone()).await?;
     }
     if let (Some(addr), Some(token)) = (plan.settings.admin_listen, plan.admin_token.clone()) {
-        admin::serve(addr, token, status.clone()).await?;
+        admin::serve(addr, token, status.clone(), control).await?;
     }
     // The proxy is the app's outermost layer: upgrades may skip hyper and the router.
     let direct = axum_ws_proxy::serve::DirectUpgrades::from(&layer);

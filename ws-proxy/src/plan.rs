@@ -13,6 +13,8 @@ use axum_ws_proxy::{
     Compression, Mode, WsProxyLayer,
 };
 
+use axum_ws_proxy::jwt::{JwtAuth, JwtKeys, TokenSource};
+
 use crate::settings::{ModeSetting, PoolSettings, Positive, Settings};
 
 /// A validated configuration, ready to serve.
@@ -27,6 +29,8 @@ pub(crate) struct Plan {
     pub(crate) server_tls: Option<ServerTls>,
     /// The admin listener's bearer token, read from `admin_token_file`.
     pub(crate) admin_token: Option<crate::admin::Token>,
+    /// The JWT check, with the keys read from their file (again on every reload).
+    jwt: Option<JwtAuth>,
 }
 
 impl Plan {
@@ -60,6 +64,7 @@ impl Plan {
             None => None,
         };
         let server_tls = server_tls(s)?;
+        let jwt = jwt(s)?;
         let admin_token = match (&s.admin_listen, &s.admin_token_file) {
             (Some(_), Some(path)) => Some(crate::admin::Token::read(path)?),
             (Some(_), None) => {
@@ -106,6 +111,7 @@ impl Plan {
             tls,
             server_tls,
             admin_token,
+            jwt,
         })
     }
 
@@ -235,6 +241,12 @@ impl Plan {
         }
         if !s.trusted_proxy.is_empty() {
             layer = layer.trusted_proxies(s.trusted_proxy.iter().map(|n| n.0));
+        }
+        if let Some(jwt) = &self.jwt {
+            layer = layer.identify(jwt.clone());
+        }
+        if let Some(n) = s.max_revocations {
+            layer = layer.max_revocations(n);
         }
         if s.routes.is_empty() {
             return layer;
@@ -372,4 +384,91 @@ fn server_tls(s: &Settings) -> Result<Option<ServerTls>, String> {
             .map_err(|e| format!("--tls-client-ca: {e}"))?;
     }
     Ok(Some(tls))
+}
+
+/// The JWT check the settings describe, its key file read now; `None` without a key file.
+/// Secrets never appear in an error: only the file's name and what is wrong with it.
+fn jwt(s: &Settings) -> Result<Option<JwtAuth>, String> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("--{flag}: cannot read {:?}: {e}", path.display()))
+    };
+    let named = |flag: &str, path: &Path, e: axum_ws_proxy::jwt::JwtConfigError| {
+        format!("--{flag}: {:?}: {e}", path.display())
+    };
+    let keys = match (
+        &s.jwt_hmac_secret_file,
+        &s.jwt_public_key_file,
+        &s.jwt_jwks_file,
+    ) {
+        (None, None, None) => {
+            let jwt_only = !s.jwt_algorithm.is_empty()
+                || s.jwt_issuer.is_some()
+                || s.jwt_audience.is_some()
+                || s.jwt_cookie.is_some()
+                || s.jwt_query_param.is_some()
+                || s.jwt_tenant_claim.is_some()
+                || s.jwt_tags_claim.is_some()
+                || !s.jwt_forward_claim.is_empty();
+            if jwt_only {
+                return Err("the --jwt-* settings need a key: --jwt-hmac-secret-file, --jwt-public-key-file or --jwt-jwks-file".into());
+            }
+            return Ok(None);
+        }
+        (Some(path), None, None) => {
+            let flag = "jwt-hmac-secret-file";
+            let secret = read(flag, path)?;
+            JwtKeys::hmac_secret(secret.trim_ascii()).map_err(|e| named(flag, path, e))?
+        }
+        (None, Some(path), None) => {
+            let flag = "jwt-public-key-file";
+            JwtKeys::from_pem(&read(flag, path)?).map_err(|e| named(flag, path, e))?
+        }
+        (None, None, Some(path)) => {
+            let flag = "jwt-jwks-file";
+            JwtKeys::from_jwks(&read(flag, path)?).map_err(|e| named(flag, path, e))?
+        }
+        _ => {
+            return Err("give one of --jwt-hmac-secret-file, --jwt-public-key-file and --jwt-jwks-file: HMAC secrets and public keys never mix".into());
+        }
+    };
+    let mut auth = JwtAuth::builder(keys);
+    if !s.jwt_algorithm.is_empty() {
+        auth = auth.algorithms(s.jwt_algorithm.clone());
+    }
+    if let Some(iss) = &s.jwt_issuer {
+        auth = auth.issuer(iss.clone());
+    }
+    if let Some(aud) = &s.jwt_audience {
+        auth = auth.audience(aud.clone());
+    }
+    if let Some(leeway) = s.jwt_leeway {
+        auth = auth.leeway(leeway.0);
+    }
+    let mut sources = vec![TokenSource::Bearer];
+    if let Some(name) = &s.jwt_cookie {
+        sources.push(TokenSource::Cookie(name.clone()));
+    }
+    if let Some(name) = &s.jwt_query_param {
+        sources.push(TokenSource::Query(name.clone()));
+    }
+    auth = auth.token_sources(sources);
+    if let Some(claim) = &s.jwt_subject_claim {
+        auth = auth.subject_claim(claim.clone());
+    }
+    if let Some(claim) = &s.jwt_tenant_claim {
+        auth = auth.tenant_claim(claim.clone());
+    }
+    if let Some(claim) = &s.jwt_tags_claim {
+        auth = auth.tags_claim(claim.clone());
+    }
+    for pair in &s.jwt_forward_claim {
+        let (claim, header) = pair
+            .split_once('=')
+            .filter(|(c, h)| !c.trim().is_empty() && !h.trim().is_empty())
+            .ok_or_else(|| format!("--jwt-forward-claim: {pair:?} is not CLAIM=HEADER"))?;
+        let header = http::HeaderName::try_from(header.trim())
+            .map_err(|_| format!("--jwt-forward-claim: {header:?} is not a header name"))?;
+        auth = auth.forward_claim(claim.trim(), header);
+    }
+    auth.build().map(Some).map_err(|e| format!("--jwt-*: {e}"))
 }

@@ -188,6 +188,60 @@ pub(crate) struct Settings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) trusted_proxy: Vec<Text<IpNet>>,
 
+    /// Verify a JWT on every upgrade with the HMAC secret in this file (32 bytes or more;
+    /// surrounding whitespace ignored) [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "Identity")]
+    pub(crate) jwt_hmac_secret_file: Option<PathBuf>,
+    /// Verify a JWT on every upgrade with the public keys (RSA, EC, Ed25519) in this PEM file
+    /// [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "Identity")]
+    pub(crate) jwt_public_key_file: Option<PathBuf>,
+    /// Verify a JWT on every upgrade with the keys of this JWKS file (reloaded on SIGHUP)
+    /// [default: off]
+    #[arg(long, value_name = "FILE", help_heading = "Identity")]
+    pub(crate) jwt_jwks_file: Option<PathBuf>,
+    /// Algorithms accepted (repeatable), e.g. RS256; never none [default: HS256 for a secret,
+    /// RS256/ES256/ES384/EdDSA by public key type, or each JWK's alg]
+    #[arg(long, value_name = "ALG", help_heading = "Identity")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) jwt_algorithm: Vec<String>,
+    /// The iss tokens must carry [default: not checked]
+    #[arg(long, value_name = "ISSUER", help_heading = "Identity")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// The aud tokens must carry; without it, tokens naming an audience are refused
+    /// [default: none]
+    #[arg(long, value_name = "AUDIENCE", help_heading = "Identity")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Clock skew allowed on nbf (exp is strict: sessions close at it) [default: 5s]
+    #[arg(long, value_name = "DURATION", help_heading = "Identity")]
+    pub(crate) jwt_leeway: Option<Dur>,
+    /// Also take the token from this cookie (after Authorization: Bearer) [default: off]
+    #[arg(long, value_name = "NAME", help_heading = "Identity")]
+    pub(crate) jwt_cookie: Option<String>,
+    /// Also take the token from this query parameter (after the cookie); it is removed from
+    /// the upstream request and logged as REDACTED [default: off]
+    #[arg(long, value_name = "NAME", help_heading = "Identity")]
+    pub(crate) jwt_query_param: Option<String>,
+    /// The claim naming the session's subject [default: sub]
+    #[arg(long, value_name = "CLAIM", help_heading = "Identity")]
+    pub(crate) jwt_subject_claim: Option<String>,
+    /// The claim naming the session's tenant [default: none]
+    #[arg(long, value_name = "CLAIM", help_heading = "Identity")]
+    pub(crate) jwt_tenant_claim: Option<String>,
+    /// The claim holding the session's tags (an array, or space-separated like scope)
+    /// [default: none]
+    #[arg(long, value_name = "CLAIM", help_heading = "Identity")]
+    pub(crate) jwt_tags_claim: Option<String>,
+    /// Send a verified claim upstream as a header, CLAIM=HEADER (repeatable); client-sent
+    /// copies of HEADER are removed [default: none]
+    #[arg(long, value_name = "CLAIM=HEADER", help_heading = "Identity")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) jwt_forward_claim: Vec<String>,
+    /// Revocations in force at once (admin API); beyond, a revocation is refused
+    /// [default: 100000]
+    #[arg(long, value_name = "N", help_heading = "Identity")]
+    pub(crate) max_revocations: Option<usize>,
+
     /// Serve HTTPS/wss:// with this PEM certificate chain (with --tls-key) [default: off]
     #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -228,7 +282,7 @@ pub(crate) struct Settings {
     /// this; 0 closes all at once [default: half of --shutdown-grace]
     #[arg(long, value_name = "DURATION", help_heading = "Server")]
     pub(crate) drain_window: Option<Dur>,
-    /// Serve the admin API (POST /drain, GET /drain) at ADDR, with --admin-token-file
+    /// Serve the admin API (drain, sessions, revocations) at ADDR, with --admin-token-file
     /// [default: off]
     #[arg(long, value_name = "ADDR", help_heading = "Server")]
     pub(crate) admin_listen: Option<SocketAddr>,
@@ -353,6 +407,9 @@ impl Settings {
             max_member_sessions: Some(0),
             require_origin: Some(false),
             escaped_slashes: Some(Text(EscapedSlashes::Keep)),
+            jwt_leeway: Some(Dur(Duration::from_secs(5))),
+            jwt_subject_claim: Some("sub".into()),
+            max_revocations: Some(100_000),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             proxy_protocol: Some(false),
             listen_backlog: NonZeroU32::new(1024),
@@ -417,7 +474,12 @@ fn command() -> clap::Command {
         // Lists in variables are comma-separated (flags repeat instead).
         if matches!(
             id.as_str(),
-            "upstream" | "allow_origin" | "trusted_proxy" | "redact_query"
+            "upstream"
+                | "allow_origin"
+                | "trusted_proxy"
+                | "redact_query"
+                | "jwt_algorithm"
+                | "jwt_forward_claim"
         ) {
             arg.value_delimiter(',')
         } else {

@@ -12,6 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
 
+/// A secret too short to be one (its text is never printed).
+const SHORT_SECRET: &str = "tests/data/short-secret";
+const RSA_PUBLIC: &str = "../tests/data/jwt_rsa_public.pem";
+
 #[test]
 fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
     let cases: &[(&[&str], &str)] = &[
@@ -40,6 +44,14 @@ fn bad_flags_and_urls_are_one_line_and_exit_code_2() {
         (&["--upstream", "ws://h", "--admin-listen", "127.0.0.1:0"], "ws-proxy: --admin-listen needs --admin-token-file"),
         (&["--upstream", "ws://h", "--admin-listen", "127.0.0.1:0", "--admin-token-file", "/nonexistent/token"], "ws-proxy: --admin-token-file: cannot read \"/nonexistent/token\": No such file or directory (os error 2)"),
         (&["--upstream", "ws://h", "--drain-window", "20s", "--shutdown-grace", "10s"], "ws-proxy: --drain-window (20s) must fit within --shutdown-grace (10s)"),
+        (&["--upstream", "ws://h", "--jwt-audience", "chat"], "ws-proxy: the --jwt-* settings need a key: --jwt-hmac-secret-file, --jwt-public-key-file or --jwt-jwks-file"),
+        (&["--upstream", "ws://h", "--jwt-hmac-secret-file", "/nonexistent/secret"], "ws-proxy: --jwt-hmac-secret-file: cannot read \"/nonexistent/secret\": No such file or directory (os error 2)"),
+        (&["--upstream", "ws://h", "--jwt-hmac-secret-file", SHORT_SECRET], "ws-proxy: --jwt-hmac-secret-file: \"tests/data/short-secret\": the HMAC secret is 12 bytes; at least 32 are needed"),
+        (&["--upstream", "ws://h", "--jwt-public-key-file", SHORT_SECRET], "ws-proxy: --jwt-public-key-file: \"tests/data/short-secret\": no public key in the PEM text: no PEM block"),
+        (&["--upstream", "ws://h", "--jwt-hmac-secret-file", SHORT_SECRET, "--jwt-jwks-file", SHORT_SECRET], "ws-proxy: give one of --jwt-hmac-secret-file, --jwt-public-key-file and --jwt-jwks-file: HMAC secrets and public keys never mix"),
+        (&["--upstream", "ws://h", "--jwt-public-key-file", RSA_PUBLIC, "--jwt-algorithm", "HS256"], "ws-proxy: --jwt-*: algorithm HS256 cannot be verified with the keys given (HMAC algorithms need a secret, the others public keys)"),
+        (&["--upstream", "ws://h", "--jwt-public-key-file", RSA_PUBLIC, "--jwt-algorithm", "none"], "ws-proxy: --jwt-*: unknown JWT algorithm \"none\" (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"),
+        (&["--upstream", "ws://h", "--jwt-public-key-file", RSA_PUBLIC, "--jwt-forward-claim", "sub"], "ws-proxy: --jwt-forward-claim: \"sub\" is not CLAIM=HEADER"),
     ];
     for (args, expected) in cases {
         let out = std::process::Command::new(BIN)

@@ -241,33 +241,14 @@ async fn start_with_admin(args: &[&str]) -> (tokio::process::Child, SocketAddr, 
     (child, addrs["listen"], addrs["admin"])
 }
 
-/// An HTTP request with a method; returns the status, headers and body.
+/// An admin request without a body.
 async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, Vec<u8>) {
-    use http_body_util::{BodyExt, Empty};
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let res = within(
-        "the admin answer",
-        send.send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap()),
-    )
-    .await
-    .unwrap();
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes().to_vec();
-    (parts.status, parts.headers, body)
+    admin_request(addr, method, path, token, None).await
 }
 
 const TOKEN: &str = "s3cret-admin-token-0123456789";

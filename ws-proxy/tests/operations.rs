@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ws-proxy");
@@ -24,62 +22,6 @@ fn free_port() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// The binary, with every stderr line sent to the returned channel; returns once it listens.
-async fn start_logged(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (Child, SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = within("the listening line", async {
-        loop {
-            let line = rx.recv().await.expect("ws-proxy exited early");
-            let rest = line
-                .split("listen=")
-                .nth(1)
-                .or_else(|| line.split("\"listen\":\"").nth(1));
-            if let Some(rest) = rest {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                return addr.parse().unwrap();
-            }
-        }
-    })
-    .await;
-    (child, addr, rx)
-}
-
-/// Waits for a log line containing `needle`, returning it.
-async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needle: &str) -> String {
-    within(needle, async {
-        loop {
-            let line = rx.recv().await.expect("ws-proxy exited");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    })
-    .await
 }
 
 fn signal(child: &Child, sig: &str) {

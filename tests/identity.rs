@@ -567,3 +567,43 @@ async fn an_identity_hook_reads_the_apps_extensions_and_refuses_before_the_limit
     assert_eq!(page.sessions.len(), 1);
     assert_eq!(page.sessions[0].expires_at, None);
 }
+
+#[tokio::test]
+async fn a_client_sent_identity_header_is_removed_even_when_its_claim_is_absent() {
+    let (up, mut seen) = recording().await;
+    let addr = proxy(WsProxyLayer::new(upstream(up)).identify(hmac_auth())).await;
+    let bearer = format!("Bearer {}", hs256(&claims("jill", 60, json!({}))));
+    let _ws = connect_with(
+        addr,
+        "/",
+        &[("authorization", &bearer), ("x-tenant", "forged")],
+    )
+    .await;
+    let (_, headers) = within("the upgrade upstream", seen.recv()).await.unwrap();
+    assert_eq!(headers.get("x-user").unwrap(), "jill");
+    assert!(headers.get("x-tenant").is_none(), "{headers:?}");
+}
+
+/// A session expiring before every other one queued wakes the expiry task early.
+#[tokio::test]
+async fn an_earlier_expiry_queued_after_a_later_one_closes_on_time() {
+    let (addr, _control) = jwt_proxy(Mode::Frames).await;
+    let late = format!("Bearer {}", hs256(&claims("kim", 30, json!({}))));
+    let mut later = connect_with(addr, "/", &[("authorization", &late)]).await;
+    let exp = now() + 2;
+    let soon = format!("Bearer {}", hs256(&claims("lou", 0, json!({ "exp": exp }))));
+    let mut sooner = connect_with(addr, "/", &[("authorization", &soon)]).await;
+    assert_eq!(
+        next_close(&mut sooner).await,
+        (1008, "token expired".to_owned())
+    );
+    let late_by = SystemTime::now()
+        .duration_since(UNIX_EPOCH + Duration::from_secs(exp))
+        .expect("not before exp");
+    assert!(
+        late_by < Duration::from_millis(100),
+        "closed {late_by:?} after exp"
+    );
+    later.send(Message::text("still open")).await.unwrap();
+    assert_eq!(next_message(&mut later).await, Message::text("still open"));
+}

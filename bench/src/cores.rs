@@ -38,7 +38,16 @@ pub(crate) fn load(args: &[String]) {
         .expect("runtime");
     let took = rt.block_on(async {
         let started = Instant::now();
-        handshakes(&Endpoint { addr, tls: None }, total, concurrency).await;
+        handshakes(
+            &Endpoint {
+                addr,
+                tls: None,
+                bearer: None,
+            },
+            total,
+            concurrency,
+        )
+        .await;
         started.elapsed()
     });
     println!("{}", took.as_secs_f64());

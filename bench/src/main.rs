@@ -12,6 +12,7 @@
 //! cargo run --release -p ws-proxy-bench -- --rows reconnect  # opt-in: not in the default rows
 //! cargo run --release -p ws-proxy-bench -- --rows memory  # opt-in: memory given back after spikes
 //! cargo run --release -p ws-proxy-bench -- --rows cores  # opt-in: shared pool vs a runtime per core
+//! cargo run --release -p ws-proxy-bench -- --rows handshake,jwt  # opt-in: JWT (HS256, RS256, ES256) per handshake
 //! cargo run --release -p ws-proxy-bench -- --rounds 5 # medians of 5 rounds (default 3; quick: 1)
 //! cargo run --release -p ws-proxy-bench -- --rows storm --storm 2000  # storm size (default 10 000)
 //! cargo run --release -p ws-proxy-bench -- --rows handshake --handshakes 1200  # (default 3000)
@@ -64,6 +65,7 @@
 
 mod cores;
 mod deflate;
+mod jwt;
 mod memory;
 mod reconnect;
 
@@ -88,6 +90,8 @@ type Ws = tokio_tungstenite::WebSocketStream<Stream>;
 struct Endpoint {
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Sent as `Authorization: Bearer` on every upgrade (the JWT targets).
+    bearer: Option<Arc<str>>,
 }
 
 /// A client connection, plain or TLS.
@@ -197,6 +201,8 @@ enum Kind {
     /// (accept, dial, `copy_bidirectional`), on the same runtime as `ws-proxy`. What tokio
     /// itself costs per connection and per byte before any HTTP work.
     TokioL4,
+    /// `ws-proxy` (frames) verifying a JWT on every upgrade (`--rows jwt`).
+    Jwt(jwt::Alg),
 }
 
 impl Kind {
@@ -211,7 +217,12 @@ impl Kind {
             Kind::FramesTls => "ws-proxy tls",
             Kind::NginxTls => "nginx tls",
             Kind::TokioL4 => "tokio l4",
+            Kind::Jwt(alg) => alg.name(),
         }
+    }
+
+    fn is_jwt(self) -> bool {
+        matches!(self, Kind::Jwt(_))
     }
 
     fn is_tls(self) -> bool {
@@ -416,6 +427,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
             eprintln!("{bin} not installed: skipped (Debian: apt-get install {bin})");
         }
     }
+    if rows_wanted.iter().any(|r| r == "jwt") {
+        kinds.extend(jwt::Alg::ALL.map(Kind::Jwt));
+    }
     if let Some(only) = &only {
         kinds.retain(|k| {
             *k == Kind::Direct || only.iter().any(|o| k.name().starts_with(o.as_str()))
@@ -461,6 +475,7 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     if rounds > 1 {
         println!("Medians of {rounds} rounds.\n");
     }
+    let (jwt, order): (Vec<Kind>, Vec<Kind>) = order.iter().partition(|k| k.is_jwt());
     let (tls, plain): (Vec<Kind>, Vec<Kind>) = order.iter().partition(|k| k.is_tls());
     print_table(&plain, &rows);
     let storm: Vec<Kind> = plain.iter().copied().filter(|k| k.in_storm()).collect();
@@ -472,6 +487,9 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
     }
     if !tls.is_empty() {
         print_tls_table(&tls, &rows);
+    }
+    if !jwt.is_empty() {
+        print_jwt_table(&jwt, &rows);
     }
     print_targets(&rows);
     if compression {
@@ -488,7 +506,11 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
 async fn measure(t: &Target, c: &Counts, rows: &[String]) -> Row {
     // TLS targets: the rows TLS changes (handshake, bulk crypto, memory per session).
     let tls_row = |r: &str| !t.kind.is_tls() || matches!(r, "mb" | "handshake" | "idle");
-    let want = |r: &str| rows.iter().any(|x| x == r) && tls_row(r);
+    // JWT targets: the handshake alone (what the token's check adds to).
+    let want = |r: &str| match t.kind.is_jwt() {
+        true => r == "handshake",
+        false => rows.iter().any(|x| x == r) && tls_row(r),
+    };
     let mut row = Row::default();
     // Warm up: a few sessions, so lazy allocations are not charged to the first workload.
     let ep = &t.endpoint();
@@ -545,6 +567,7 @@ struct Target {
     kind: Kind,
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
+    bearer: Option<Arc<str>>,
     child: Option<Child>,
     _dir: Option<PathBuf>,
 }
@@ -583,6 +606,13 @@ impl Target {
                     .arg(&dir)
                     .arg("-c")
                     .arg(&conf);
+            }
+            Kind::Jwt(alg) => {
+                cmd.arg(ws_proxy_bin()?)
+                    .args(["--listen", &addr.to_string()])
+                    .args(["--upstream", &format!("ws://{upstream}")])
+                    .args(alg.args(&dir)?)
+                    .env("RUST_LOG", "warn");
             }
             Kind::Frames | Kind::Tunnel => {
                 let bin = ws_proxy_bin()?;
@@ -655,10 +685,15 @@ impl Target {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
+        let bearer = match kind {
+            Kind::Jwt(alg) => Some(alg.token()?.into()),
+            _ => None,
+        };
         Ok(Self {
             kind,
             addr,
             tls,
+            bearer,
             child: Some(child),
             _dir: dir,
         })
@@ -670,6 +705,7 @@ impl Target {
             kind: Kind::Direct,
             addr,
             tls: None,
+            bearer: None,
             child: None,
             _dir: None,
         }
@@ -679,6 +715,7 @@ impl Target {
         Endpoint {
             addr: self.addr,
             tls: self.tls.clone(),
+            bearer: self.bearer.clone(),
         }
     }
 
@@ -1053,6 +1090,13 @@ async fn connect(ep: &Endpoint) -> Result<(Ws, ()), String> {
     };
     let cfg = WebSocketConfig::default().max_message_size(Some(64 << 20));
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(token) = &ep.bearer {
+        let value = format!("Bearer {token}");
+        request.headers_mut().insert(
+            "authorization",
+            http::HeaderValue::try_from(value).map_err(|e| e.to_string())?,
+        );
+    }
     if std::env::var_os("BENCH_OFFER_DEFLATE").is_some_and(|v| v == "1") {
         request.headers_mut().insert(
             "sec-websocket-extensions",
@@ -1451,6 +1495,29 @@ fn print_tls_table(order: &[Kind], rows: &BTreeMap<&'static str, Row>) {
             }
         }
         println!();
+    }
+}
+
+/// JWT at the upgrade: CPU per handshake of each algorithm, and what the check adds to plain
+/// `ws-proxy`'s in the same run.
+fn print_jwt_table(order: &[Kind], rows: &BTreeMap<&'static str, Row>) {
+    let plain = rows
+        .get(Kind::Frames.name())
+        .and_then(|r| r.us_per_handshake);
+    println!("\nJWT at the upgrade (frame mode; Authorization: Bearer, aud and exp checked):\n");
+    println!("| target | CPU per handshake | added to ws-proxy's |");
+    println!("|---|---|---|");
+    for k in order {
+        match (rows.get(k.name()).and_then(|r| r.us_per_handshake), plain) {
+            (Some(v), Some(p)) => println!(
+                "| {} | {v:.2} us | +{:.2} us ({:.2}x) |",
+                k.name(),
+                v - p,
+                v / p
+            ),
+            (Some(v), None) => println!("| {} | {v:.2} us | - |", k.name()),
+            (None, _) => println!("| {} | - | - |", k.name()),
+        }
     }
 }
 

@@ -363,6 +363,7 @@ impl Replica {
         Endpoint {
             addr: self.addr,
             tls: None,
+            bearer: None,
         }
     }
 

@@ -103,7 +103,7 @@ pub(crate) fn list(control: &SessionControl, query: Option<&str>) -> Response {
     for (key, value) in query_pairs(query) {
         let number = |v: &str| {
             v.parse::<u64>()
-                .map_err(|_| bad_request(format!("{key}: {v:?} is not a number")))
+                .map_err(|_| format!("{key}: {v:?} is not a number"))
         };
         match key.as_str() {
             "subject" => filter = filter.subject(value),
@@ -111,16 +111,16 @@ pub(crate) fn list(control: &SessionControl, query: Option<&str>) -> Response {
             "tag" => filter = filter.tag(value),
             "id" => match number(&value) {
                 Ok(id) => filter = filter.id(id),
-                Err(r) => return r,
+                Err(why) => return bad_request(why),
             },
             "after" => match number(&value) {
                 Ok(id) => after = Some(id),
-                Err(r) => return r,
+                Err(why) => return bad_request(why),
             },
             "limit" => match number(&value) {
-                Ok(n) if n >= 1 => limit = (n as usize).min(MAX_PAGE),
+                Ok(n) if n >= 1 => limit = usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
                 Ok(_) => return bad_request("limit: at least 1"),
-                Err(r) => return r,
+                Err(why) => return bad_request(why),
             },
             other => return bad_request(format!("unknown parameter {other:?}")),
         }
@@ -188,11 +188,11 @@ pub(crate) struct RevokeBody {
 }
 
 impl RevokeBody {
-    fn what(&self) -> Result<Revoked, Response> {
+    fn what(&self) -> Result<Revoked, &'static str> {
         match (&self.subject, &self.token_id) {
             (Some(s), None) if !s.is_empty() => Ok(Revoked::Subject(s.as_str().into())),
             (None, Some(t)) if !t.is_empty() => Ok(Revoked::TokenId(t.as_str().into())),
-            _ => Err(bad_request("name one subject or one token_id")),
+            _ => Err("name one subject or one token_id"),
         }
     }
 }
@@ -201,7 +201,7 @@ impl RevokeBody {
 pub(crate) fn revoke(control: &SessionControl, body: RevokeBody) -> Response {
     let what = match body.what() {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     let until = match (&body.lasting, body.until) {
         (Some(_), Some(_)) => return bad_request("give \"for\" or \"until\", not both"),
@@ -239,7 +239,7 @@ pub(crate) fn revoke(control: &SessionControl, body: RevokeBody) -> Response {
 pub(crate) fn lift(control: &SessionControl, body: RevokeBody) -> Response {
     match body.what() {
         Ok(what) => Json(json!({ "lifted": control.lift(&what) })).into_response(),
-        Err(r) => r,
+        Err(why) => bad_request(why),
     }
 }
 

@@ -94,7 +94,9 @@ impl Source {
             // Hooks read the request's extensions, where the client's address is as it is
             // through the app; without hooks the handshake takes it as given (an insert into
             // empty extensions costs three allocations).
-            if let Some(peer) = peer.filter(|_| handshake.route.is_some() || session.hooks.any()) {
+            let hooked =
+                handshake.route.is_some() || handshake.identify.is_some() || session.hooks.any();
+            if let Some(peer) = peer.filter(|_| hooked) {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
             }

@@ -324,3 +324,24 @@ async fn a_reload_of_the_key_file_applies_to_new_sessions_and_keeps_revocations(
     open.send(Message::text("still open")).await.unwrap();
     assert_eq!(next_message(&mut open).await, Message::text("still open"));
 }
+
+/// `--check-config` names the key file, never what is in it.
+#[test]
+fn check_config_never_prints_a_secret() {
+    let secret = write_config("jwt-check-secret", SECRET_A);
+    let out = std::process::Command::new(ws_proxy_binary())
+        .args(["--upstream", "ws://127.0.0.1:1", "--check-config"])
+        .args(["--jwt-hmac-secret-file", secret.to_str().unwrap()])
+        .args(["--jwt-forward-claim", "sub=x-user"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("jwt_hmac_secret_file = "), "{printed}");
+    assert!(
+        printed.contains("jwt_forward_claim = [\"sub=x-user\"]"),
+        "{printed}"
+    );
+    assert!(!printed.contains("first secret"), "{printed}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("first secret"));
+}

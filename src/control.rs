@@ -20,8 +20,9 @@ pub const MAX_PAGE: usize = 1000;
 /// [`WsProxyLayer::session_control`](crate::WsProxyLayer::session_control). Clones share the
 /// registry (kept across reloads, like the [`ShutdownHandle`](crate::ShutdownHandle)'s).
 ///
-/// Every call takes the registry's shard locks one at a time, briefly: sessions opening and
-/// closing meanwhile wait at most for one shard's walk, never for a whole listing.
+/// Every call takes the registry's shard locks one at a time: sessions opening and closing
+/// meanwhile wait at most for one shard's walk (a sixteenth of the sessions), never for a
+/// whole listing; sorting and paging happen outside the locks.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -258,10 +259,11 @@ impl SessionControl {
 
     /// Moves session `id`'s expiry to `until` (an application that received a fresh
     /// credential in-band, verified it, and extends the session to its expiry). `false` if
-    /// no such session is live. Works the same in both modes.
+    /// no such session is live, or it has already been asked to close (its expiry came
+    /// first, say): it closes anyway. Works the same in both modes.
     pub fn extend(&self, id: u64, until: SystemTime) -> bool {
         match self.sessions.entry(id) {
-            Some(entry) if entry.is_live() => {
+            Some(entry) if entry.is_live() && !entry.close_requested() => {
                 self.sessions.expiries.set(&entry, instant_of(until));
                 // Ended meanwhile: its end may have looked before the deadline was set.
                 if !entry.is_live() {

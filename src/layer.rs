@@ -682,7 +682,8 @@ impl WsProxyLayer {
     /// session: its expiry closes it (1008 "token expired", the upstream 1001), its subject,
     /// tenant and tags select it in the [`SessionControl`], revocations refuse it, and hooks
     /// see it ([`SessionInfo::identity`](crate::hooks::SessionInfo::identity)). See
-    /// [`Identify`] (the built-in JWT check is one: feature `jwt`).
+    /// [`Identify`] (the built-in JWT check is one: feature `jwt`). The hook has the
+    /// [`connect_timeout`](Self::connect_timeout) to answer; past it the client gets **504**.
     ///
     /// ```
     /// use axum_ws_proxy::{AuthFailure, Identity, WsProxyLayer, hooks::Refusal};

@@ -209,6 +209,20 @@ async fn bad_tokens_are_refused_each_with_its_cause() {
             hs256(&json!({ "sub": "bob", "iss": "https://id.test", "aud": "chat" })),
             "the token lacks a required claim",
         ),
+        // Checked claims left out are refused, not skipped.
+        (
+            hs256(&json!({ "sub": "bob", "exp": now() + 60, "iss": "https://id.test" })),
+            "the token's audience is not accepted",
+        ),
+        (
+            hs256(&json!({ "sub": "bob", "exp": now() + 60, "aud": "chat" })),
+            "the token's issuer is not accepted",
+        ),
+        // Beyond what a clock holds.
+        (
+            hs256(&claims("bob", 0, json!({ "exp": u64::MAX }))),
+            "the token lacks a required claim",
+        ),
     ];
     for (token, why) in cases {
         let bearer = format!("authorization: Bearer {token}");
@@ -360,6 +374,18 @@ async fn extended(mode: Mode) {
     let until = SystemTime::now() + Duration::from_secs(3);
     assert!(control.extend(id, until));
     assert!(!control.extend(id + 1000, until), "no such session");
+    // A session already closing stays closing.
+    let token = hs256(&claims("frank-closing", 60, json!({})));
+    let bearer2 = format!("Bearer {token}");
+    let mut closing = connect_with(addr, "/", &[("authorization", &bearer2)]).await;
+    let other = control
+        .list(&SessionFilter::default().subject("frank-closing"), None, 1)
+        .sessions[0]
+        .id;
+    let ended = SessionFilter::default().id(other);
+    assert_eq!(control.close(&ended, CloseCode::NORMAL, "done"), Ok(1));
+    assert!(!control.extend(other, until), "closing already");
+    assert_eq!(next_close(&mut closing).await, (1000, "done".to_owned()));
     tokio::time::sleep(Duration::from_millis(1500)).await; // past the token's own exp
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("still here"));

@@ -172,8 +172,10 @@ impl JwtKeys {
         Ok(Self { keys, hmac: false })
     }
 
-    /// A JSON Web Key Set (`{"keys": [...]}`), as identity providers publish it. Keys for
-    /// encryption (`"use": "enc"`) are skipped; symmetric (`oct`) keys are refused.
+    /// A JSON Web Key Set (`{"keys": [...]}`), as identity providers publish it. A token
+    /// that names a `kid` is checked with that key only; one without, with each key of its
+    /// algorithm's type. Keys for encryption (`"use": "enc"`, or an encryption `alg`) are
+    /// skipped; symmetric (`oct`) keys are refused.
     pub fn from_jwks(json: &[u8]) -> Result<Self, JwtConfigError> {
         let set: Value = serde_json::from_slice(json)
             .map_err(|e| JwtConfigError::Jwks(format!("not JSON: {e}")))?;
@@ -197,15 +199,19 @@ impl JwtKeys {
                     )))
                 }
             };
-            // A key that names its algorithm verifies only that one.
-            let fits = match jwk.common.key_algorithm.and_then(named) {
-                Some(alg) => fits
-                    .iter()
-                    .find(|a| **a == alg)
-                    .map(std::slice::from_ref)
-                    .ok_or_else(|| {
-                        JwtConfigError::Jwks(format!("key {i}: its alg does not fit its type"))
-                    })?,
+            // A key that names its algorithm verifies only that one; one that names an
+            // encryption algorithm (`RSA-OAEP`, without `use`) is for encryption: skipped.
+            let fits = match jwk.common.key_algorithm {
+                Some(named_alg) => match named(named_alg) {
+                    Some(alg) => fits
+                        .iter()
+                        .find(|a| **a == alg)
+                        .map(std::slice::from_ref)
+                        .ok_or_else(|| {
+                            JwtConfigError::Jwks(format!("key {i}: its alg does not fit its type"))
+                        })?,
+                    None => continue,
+                },
                 None => fits,
             };
             let key = DecodingKey::from_jwk(&jwk)
@@ -353,8 +359,9 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Whether `Authorization: Bearer` goes upstream with the request. Default: no (the
-    /// upstream gets the verified claims it is given as headers instead).
+    /// Whether `Authorization: Bearer` goes upstream with the request. Default: no: every
+    /// bearer `Authorization` header is removed (other schemes stay), and the upstream gets
+    /// the verified claims it is given as headers instead.
     pub fn forward_token(mut self, forward: bool) -> Self {
         self.forward_token = forward;
         self
@@ -412,14 +419,19 @@ impl JwtAuthBuilder {
             v.validate_exp = false;
             v.validate_nbf = true;
             v.leeway = self.leeway.as_secs();
-            v.required_spec_claims = HashSet::new();
+            // jsonwebtoken checks `iss` and `aud` only when the token has them: a claim the
+            // proxy checks is required, so a token that leaves it out is refused.
+            let mut required = HashSet::new();
             if let Some(iss) = &self.issuer {
                 v.set_issuer(&[iss]);
+                required.insert("iss".to_owned());
             }
             // Without an audience set, a token that names one is refused.
             if let Some(aud) = &self.audience {
                 v.set_audience(&[aud]);
+                required.insert("aud".to_owned());
             }
+            v.required_spec_claims = required;
             if !validations.iter().any(|(a, _)| *a == alg) {
                 validations.push((alg, v));
             }
@@ -504,8 +516,8 @@ impl Settings {
             let token = match source {
                 TokenSource::Bearer => {
                     let token = bearer(parts);
-                    if token.is_some() && !self.forward_token {
-                        parts.headers.remove(AUTHORIZATION);
+                    if !self.forward_token {
+                        strip_bearer(parts);
                     }
                     token
                 }
@@ -555,7 +567,10 @@ impl Settings {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthFailure::Claims)?;
-        let expires = UNIX_EPOCH + Duration::from_secs(exp);
+        // Past what a clock can hold: not a time this proxy can act on.
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .ok_or(AuthFailure::Claims)?;
         if expires <= SystemTime::now() {
             return Err(AuthFailure::Expired);
         }
@@ -638,6 +653,8 @@ fn cause(kind: &jsonwebtoken::errors::ErrorKind) -> AuthFailure {
         K::ImmatureSignature => AuthFailure::NotYetValid,
         K::InvalidIssuer => AuthFailure::Issuer,
         K::InvalidAudience => AuthFailure::Audience,
+        K::MissingRequiredClaim(claim) if claim == "iss" => AuthFailure::Issuer,
+        K::MissingRequiredClaim(claim) if claim == "aud" => AuthFailure::Audience,
         K::MissingRequiredClaim(_) | K::InvalidSubject => AuthFailure::Claims,
         _ => AuthFailure::Invalid,
     }
@@ -653,6 +670,30 @@ fn bearer(parts: &Parts) -> Option<String> {
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
         .then(|| token.trim().to_owned())
+}
+
+/// Removes every `Authorization: Bearer` header (used or not: none goes upstream); other
+/// schemes stay.
+fn strip_bearer(parts: &mut Parts) {
+    let is_bearer = |v: &HeaderValue| {
+        v.as_bytes()
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+    };
+    if !parts.headers.get_all(AUTHORIZATION).iter().any(is_bearer) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = parts
+        .headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter(|v| !is_bearer(v))
+        .cloned()
+        .collect();
+    parts.headers.remove(AUTHORIZATION);
+    for value in kept {
+        parts.headers.append(AUTHORIZATION, value);
+    }
 }
 
 /// The value of cookie `name`, from any `Cookie` header.

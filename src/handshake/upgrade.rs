@@ -105,7 +105,16 @@ async fn proceed<B>(
     // Identity first, then limits, then routing (ARCHITECTURE.md): an unauthenticated
     // client never takes a session slot or an upgrade-rate token.
     let (req, identity) = match &config.identify {
-        Some(hook) => identify(hook, req, stage.sessions).await?,
+        Some(hook) => {
+            // A hook waiting on a service that stopped answering must not hold the client
+            // forever, before any limit counts it: it has the dial's time.
+            let found = identify(hook, req, stage.sessions);
+            tokio::time::timeout(config.connect_timeout, found)
+                .await
+                .map_err(|_| ProxyError::Timeout {
+                    after: config.connect_timeout,
+                })??
+        }
         None => (req, None),
     };
     let permit = stage

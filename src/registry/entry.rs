@@ -176,22 +176,25 @@ impl Entry {
     }
 
     /// The session has a deadline in the expiry queue (removed when it ends).
+    // SeqCst here and in `ended`/`is_live`: an extension (`expiring` set, then `live` read)
+    // and the session's end (`live` cleared, then `expiring` read) must not both read the old
+    // value, or a deadline would stay queued for an ended session.
     pub(crate) fn set_expiring(&self) {
-        self.expiring.store(true, Ordering::Release);
+        self.expiring.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn is_expiring(&self) -> bool {
-        self.expiring.load(Ordering::Acquire)
+        self.expiring.load(Ordering::SeqCst)
     }
 
     /// Whether the session is still running.
     pub(crate) fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.live.load(Ordering::SeqCst)
     }
 
     /// The session has ended.
     pub(super) fn ended(&self) {
-        self.live.store(false, Ordering::Release);
+        self.live.store(false, Ordering::SeqCst);
     }
 
     /// Asks the session to close; `false` if it had been asked already, or has ended.

@@ -76,6 +76,17 @@ impl Expiries {
 
     /// Closes each session at its deadline, until the queue is empty.
     async fn sweep(self: Arc<Self>) {
+        // Dropped before its end (its runtime shut down, say), the task lets the next deadline
+        // set start another.
+        struct Sweeping<'a>(&'a Expiries, bool);
+        impl Drop for Sweeping<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().sweeping = false;
+                }
+            }
+        }
+        let mut sweeping = Sweeping(&self, true);
         loop {
             let next = {
                 let mut q = self.lock();
@@ -93,8 +104,10 @@ impl Expiries {
                 }
                 match q.by_time.first() {
                     Some(&(at, _)) => at,
+                    // Under the lock: a deadline set from now on starts a new task.
                     None => {
                         q.sweeping = false;
+                        sweeping.1 = false;
                         return;
                     }
                 }

@@ -6,10 +6,11 @@
 //!   100) in id order, and `next`, the `after` of the next page.
 //! - `POST /sessions/close` `{"subject": .., "tenant": .., "tag": .., "id": .., "code": 1008,
 //!   "reason": "revoked"}`: at least one selector, or `"all": true`.
-//! - `GET /revocations?limit=`; `POST /revocations` `{"subject": ..}` or `{"token_id": ..}`,
-//!   with `"for": "1h"` or `"until": <unix seconds>` (default: 24 h); `DELETE /revocations`
-//!   with the same selector lifts one.
+//! - `GET /revocations?limit=&after=`; `POST /revocations` `{"subject": ..}` or
+//!   `{"token_id": ..}` (at most 256 bytes), with `"for": "1h"` or `"until": <unix seconds>`
+//!   (default: 24 h; at most 10 years); `DELETE /revocations` with the same selector lifts one.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
@@ -24,6 +25,10 @@ use serde_json::{json, Value};
 const DEFAULT_PAGE: usize = 100;
 /// How long a revocation lasts unless the request says: longer than the tokens it outlives.
 const DEFAULT_REVOCATION: Duration = Duration::from_secs(24 * 3600);
+/// The longest a revocation may last (and what keeps its time within a clock's range).
+const MAX_REVOCATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest subject or token id revoked: the list's memory is its cap times this.
+const MAX_ID: usize = 256;
 
 fn bad_request(why: impl Into<String>) -> Response {
     (
@@ -189,9 +194,14 @@ pub(crate) struct RevokeBody {
 
 impl RevokeBody {
     fn what(&self) -> Result<Revoked, &'static str> {
+        let id = |v: &String| match v.len() {
+            0 => Err("an empty subject or token_id names nothing"),
+            1..=MAX_ID => Ok(Arc::<str>::from(v.as_str())),
+            _ => Err("a subject or token_id is at most 256 bytes"),
+        };
         match (&self.subject, &self.token_id) {
-            (Some(s), None) if !s.is_empty() => Ok(Revoked::Subject(s.as_str().into())),
-            (None, Some(t)) if !t.is_empty() => Ok(Revoked::TokenId(t.as_str().into())),
+            (Some(s), None) => Ok(Revoked::Subject(id(s)?)),
+            (None, Some(t)) => Ok(Revoked::TokenId(id(t)?)),
             _ => Err("name one subject or one token_id"),
         }
     }
@@ -206,15 +216,20 @@ pub(crate) fn revoke(control: &SessionControl, body: RevokeBody) -> Response {
     let until = match (&body.lasting, body.until) {
         (Some(_), Some(_)) => return bad_request("give \"for\" or \"until\", not both"),
         (Some(d), None) => match humantime::parse_duration(d) {
-            Ok(d) if !d.is_zero() => SystemTime::now() + d,
-            _ => return bad_request(format!("for: {d:?} is not a duration like 1h or 30m")),
+            Ok(d) if !d.is_zero() && d <= MAX_REVOCATION => SystemTime::now() + d,
+            _ => {
+                return bad_request(format!(
+                    "for: {d:?} is not a duration like 1h or 30m, of at most 10 years"
+                ))
+            }
         },
         (None, Some(secs)) => {
-            let at = UNIX_EPOCH + Duration::from_secs(secs);
-            if at <= SystemTime::now() {
-                return bad_request("until: that time has passed");
+            let now = SystemTime::now();
+            match UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+                Some(at) if at > now && at <= now + MAX_REVOCATION => at,
+                Some(at) if at <= now => return bad_request("until: that time has passed"),
+                _ => return bad_request("until: at most 10 years from now"),
             }
-            at
         }
         (None, None) => SystemTime::now() + DEFAULT_REVOCATION,
     };
@@ -243,22 +258,39 @@ pub(crate) fn lift(control: &SessionControl, body: RevokeBody) -> Response {
     }
 }
 
-/// `GET /revocations`.
+/// `GET /revocations?limit=&after=`: `after` is the `next` of the page before
+/// (`subject:NAME` or `token_id:ID`).
 pub(crate) fn revocations(control: &SessionControl, query: Option<&str>) -> Response {
     let mut limit = DEFAULT_PAGE;
+    let mut after = None;
     for (key, value) in query_pairs(query) {
-        match (key.as_str(), value.parse::<usize>()) {
-            ("limit", Ok(n)) if n >= 1 => limit = n.min(MAX_PAGE),
-            _ => return bad_request(format!("{key}={value:?}: only limit (1 or more) is taken")),
+        match key.as_str() {
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n >= 1 => limit = n.min(MAX_PAGE),
+                _ => return bad_request(format!("limit: {value:?} is not a number from 1")),
+            },
+            "after" => match value.split_once(':') {
+                Some(("subject", s)) => after = Some(Revoked::Subject(s.into())),
+                Some(("token_id", t)) => after = Some(Revoked::TokenId(t.into())),
+                _ => return bad_request("after: subject:NAME or token_id:ID"),
+            },
+            other => return bad_request(format!("unknown parameter {other:?}")),
         }
     }
-    let page = control.revocations(None, limit);
+    let page = control.revocations(after.as_ref(), limit);
     let list: Vec<Value> = page
         .revocations
         .iter()
         .map(|(what, until)| json!({ "revoked": shown(what), "until": unix(*until) }))
         .collect();
-    Json(json!({ "revocations": list, "total": page.total })).into_response()
+    let next = (page.revocations.len() == limit)
+        .then(|| page.revocations.last())
+        .flatten()
+        .map(|(what, _)| match what {
+            Revoked::Subject(s) => format!("subject:{s}"),
+            Revoked::TokenId(t) => format!("token_id:{t}"),
+        });
+    Json(json!({ "revocations": list, "total": page.total, "next": next })).into_response()
 }
 
 fn shown(what: &Revoked) -> Value {

@@ -227,6 +227,40 @@ async fn the_session_api_lists_closes_and_revokes_behind_its_token() {
     );
     assert_eq!(status_of(proxy, "/", &[&bearer]).await, 401);
     assert_eq!(get("/revocations").await["total"], 1);
+    for body in [
+        r#"{"subject":"x","until":18446744073709551615}"#,
+        r#"{"subject":"x","for":"500000000000y"}"#,
+        r#"{"subject":"x","until":1}"#,
+        r#"{"subject":"","for":"1h"}"#,
+        r#"{"subject":"x","token_id":"y"}"#,
+    ] {
+        let (status, _, _) =
+            admin_request(admin, "POST", "/revocations", Some(ADMIN), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let long = format!(r#"{{"subject":"{}"}}"#, "x".repeat(257));
+    let (status, _, _) =
+        admin_request(admin, "POST", "/revocations", Some(ADMIN), Some(&long)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "ids are bounded");
+    // Pages of revocations follow `next`.
+    for who in ["zed", "zoe"] {
+        let body = format!(r#"{{"subject":"{who}"}}"#);
+        admin_request(admin, "POST", "/revocations", Some(ADMIN), Some(&body)).await;
+    }
+    let first = get("/revocations?limit=2").await;
+    assert_eq!(first["total"], 3);
+    assert_eq!(first["next"], "subject:zed");
+    let (_, _, body) = admin_request(
+        admin,
+        "GET",
+        "/revocations?limit=2&after=subject:zed",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let rest: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rest["revocations"][0]["revoked"]["subject"], "zoe");
+    assert_eq!(rest["next"], Value::Null);
 
     // Close a tenant with the operator's code; an empty selector is refused.
     let (status, _, _) =

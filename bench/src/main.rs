@@ -19,6 +19,7 @@
 //! BENCH_HOLD_IDLE_MS=5000 cargo run --release -p ws-proxy-bench -- --rows idle  # time to profile
 //! BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
 //!   cargo run --release -p ws-proxy-bench -- --quick --only ws-proxy --rows handshake
+//!   (`--only ws-proxy=`: that target alone, not every name starting so)
 //! ```
 //!
 //! Method: each proxy runs pinned to CPU 0 (`taskset`), the echo upstream and this load
@@ -431,8 +432,13 @@ async fn run(counts: Counts, rounds: usize, only: Option<Vec<String>>, rows_want
         kinds.extend(jwt::Alg::ALL.map(Kind::Jwt));
     }
     if let Some(only) = &only {
+        // `name=`: that target alone; otherwise every target whose name starts so.
         kinds.retain(|k| {
-            *k == Kind::Direct || only.iter().any(|o| k.name().starts_with(o.as_str()))
+            *k == Kind::Direct
+                || only.iter().any(|o| match o.strip_suffix('=') {
+                    Some(exact) => k.name() == exact,
+                    None => k.name().starts_with(o.as_str()),
+                })
         });
     }
     // Every target once per round, rounds one after another, so that drift over the run

@@ -56,6 +56,7 @@ pub(crate) async fn upgrade<B>(
                 .map(|ci| ci.0)
         }),
         path: None,
+        identity: None,
     };
     let checked = request::check(&mut req, config.escaped_slashes);
     // As normalised, once it is (a clone shares the request's bytes).
@@ -84,10 +85,13 @@ struct Stage<'a> {
 }
 
 /// What a refusal's log line names: the client (the forwarded one behind trusted proxies,
-/// once known) and the path (redacted when logged).
+/// once known) and the path (redacted when logged); and the identity on its way to the
+/// session.
 struct Refusing {
     client: Option<SocketAddr>,
     path: Option<PathAndQuery>,
+    /// The session's identity, once found, until the session takes it.
+    identity: Option<Arc<Identity>>,
 }
 
 /// Every phase, in order; the first error ends the upgrade.
@@ -104,18 +108,21 @@ async fn proceed<B>(
     let client = detect::client_handshake(&req, kind, leg)?;
     // Identity first, then limits, then routing (ARCHITECTURE.md): an unauthenticated
     // client never takes a session slot or an upgrade-rate token.
-    let (req, identity) = match &config.identify {
+    let mut req = req;
+    let identity = match &config.identify {
         Some(hook) => {
             // A hook waiting on a service that stopped answering must not hold the client
             // forever, before any limit counts it: it has the dial's time.
             let found = identify(hook, req, stage.sessions);
-            tokio::time::timeout(config.connect_timeout, found)
+            let (same, identity) = tokio::time::timeout(config.connect_timeout, found)
                 .await
                 .map_err(|_| ProxyError::Timeout {
                     after: config.connect_timeout,
-                })??
+                })??;
+            req = same;
+            identity
         }
-        None => (req, None),
+        None => None,
     };
     let permit = stage
         .sessions
@@ -136,7 +143,8 @@ async fn proceed<B>(
     let peer = refusal.client;
     let mut upstream = UpstreamRequest::new(stage, req, id, peer, client.accept.as_ref());
     refusal.client = upstream.client;
-    let identity = identity.map(|mut identity| {
+    // Kept beside the request's log fields, out of this future's state across the dial.
+    refusal.identity = identity.map(|mut identity| {
         upstream.forward_identity(identity.take_forwarded());
         Arc::new(identity)
     });
@@ -151,7 +159,7 @@ async fn proceed<B>(
         })??;
     metrics::upstream_answered(dialled.elapsed());
     // Nothing is refused from here on: the session (or the relayed answer) takes the path.
-    let info = upstream.info(id, config, identity);
+    let info = upstream.info(id, config, refusal.identity.take());
     Ok(match answer {
         Answer::Relayed(res, lease) => {
             lease.refused();

@@ -389,6 +389,10 @@ impl UpstreamRequest {
 
     /// The identity's headers, set on the upstream request in place of any the client sent.
     fn forward_identity(&mut self, headers: HeaderMap) {
+        // `edit` writes the whole header map out: only when there is something to set.
+        if headers.is_empty() {
+            return;
+        }
         let upstream = self.forwarded.edit();
         let mut last = None;
         for (name, value) in headers {

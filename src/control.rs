@@ -269,7 +269,8 @@ impl SessionControl {
                 if !entry.is_live() {
                     self.sessions.expiries.remove(id);
                 }
-                true
+                // Asked to close meanwhile (its old deadline, a revocation): it closes.
+                !entry.close_requested()
             }
             _ => false,
         }

@@ -138,6 +138,12 @@ pub enum ProxyError {
     /// The identity hook (a JWT check, say) found no valid credential: **401** with
     /// `WWW-Authenticate: Bearer`, naming the cause. Nothing is dialled.
     Unauthorized(AuthFailure),
+    /// The identity hook did not answer within the connect timeout: **504**. Nothing is
+    /// dialled.
+    IdentityTimeout {
+        /// The timeout that ran out.
+        after: Duration,
+    },
 }
 
 /// Why an upgrade had no acceptable credential ([`ProxyError::Unauthorized`], **401**).
@@ -250,7 +256,7 @@ impl ProxyError {
             | Self::MembersFull(_)
             | Self::Paced { .. }
             | Self::LocalResources { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout { .. } | Self::IdentityTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Resolve { .. }
             | Self::Tls { .. }
             | Self::NoMembers
@@ -290,6 +296,7 @@ impl ProxyError {
             Self::InvalidHost(_) => "invalid_host",
             Self::UpgradeWithBody => "upgrade_with_body",
             Self::Unauthorized(why) => why.label(),
+            Self::IdentityTimeout { .. } => "identity_timeout",
         }
     }
 }
@@ -350,6 +357,9 @@ impl fmt::Display for ProxyError {
             Self::InvalidHost(why) => write!(f, "invalid Host: {why}"),
             Self::UpgradeWithBody => f.write_str("an upgrade request cannot have a body"),
             Self::Unauthorized(why) => f.write_str(why.description()),
+            Self::IdentityTimeout { after } => {
+                write!(f, "the identity check did not answer within {after:?}")
+            }
         }
     }
 }

@@ -683,7 +683,8 @@ impl WsProxyLayer {
     /// tenant and tags select it in the [`SessionControl`], revocations refuse it, and hooks
     /// see it ([`SessionInfo::identity`](crate::hooks::SessionInfo::identity)). See
     /// [`Identify`] (the built-in JWT check is one: feature `jwt`). The hook has the
-    /// [`connect_timeout`](Self::connect_timeout) to answer; past it the client gets **504**.
+    /// [`connect_timeout`](Self::connect_timeout) to answer; past it the client gets **504**
+    /// ([`ProxyError::IdentityTimeout`](crate::ProxyError::IdentityTimeout)).
     ///
     /// ```
     /// use axum_ws_proxy::{AuthFailure, Identity, WsProxyLayer, hooks::Refusal};

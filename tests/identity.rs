@@ -633,3 +633,43 @@ async fn an_earlier_expiry_queued_after_a_later_one_closes_on_time() {
     later.send(Message::text("still open")).await.unwrap();
     assert_eq!(next_message(&mut later).await, Message::text("still open"));
 }
+
+/// Whichever source the token came from, no bearer `Authorization` header goes upstream.
+#[tokio::test]
+async fn a_bearer_header_never_reaches_the_upstream_whatever_source_the_token_came_from() {
+    let (up, mut seen) = recording().await;
+    let auth = JwtAuth::builder(JwtKeys::hmac_secret(SECRET).unwrap())
+        .audience("chat")
+        .token_sources([TokenSource::Cookie("s".into()), TokenSource::Bearer])
+        .build()
+        .unwrap();
+    let addr = proxy(WsProxyLayer::new(upstream(up)).identify(auth)).await;
+    let cookie = format!("s={}", hs256(&claims("nat", 60, json!({}))));
+    let _ws = connect_with(
+        addr,
+        "/",
+        &[
+            ("cookie", &cookie),
+            ("authorization", "Bearer unverified"),
+            ("authorization", "Basic dXNlcjpwdw=="),
+        ],
+    )
+    .await;
+    let (_, headers) = within("the upgrade upstream", seen.recv()).await.unwrap();
+    let auth: Vec<_> = headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Basic dXNlcjpwdw=="], "other schemes stay");
+}
+
+/// An identity hook that never answers: 504 at the connect timeout, nothing dialled.
+#[tokio::test]
+async fn an_identity_hook_that_hangs_is_504_at_the_connect_timeout() {
+    let layer = WsProxyLayer::new(upstream(closed_port().await))
+        .connect_timeout(Duration::from_millis(200))
+        .identify(|_: &mut http::request::Parts| std::future::pending());
+    let addr = proxy(layer).await;
+    let (status, _, body) = refused(addr, "/", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (504, "the identity check did not answer within 200ms\n")
+    );
+}

@@ -174,8 +174,9 @@ impl JwtKeys {
 
     /// A JSON Web Key Set (`{"keys": [...]}`), as identity providers publish it. A token
     /// that names a `kid` is checked with that key only; one without, with each key of its
-    /// algorithm's type. Keys for encryption (`"use": "enc"`, or an encryption `alg`) are
-    /// skipped; symmetric (`oct`) keys are refused.
+    /// algorithm's type. Keys for encryption (`"use": "enc"`, an `alg` that is not a
+    /// signature's, `key_ops` without `verify`) are skipped; symmetric (`oct`) keys are
+    /// refused.
     pub fn from_jwks(json: &[u8]) -> Result<Self, JwtConfigError> {
         let set: Value = serde_json::from_slice(json)
             .map_err(|e| JwtConfigError::Jwks(format!("not JSON: {e}")))?;
@@ -184,6 +185,18 @@ impl JwtKeys {
         };
         let mut keys = Vec::new();
         for (i, value) in list.iter().enumerate() {
+            // Keys for encryption are skipped before they are parsed: their algorithms
+            // (`ECDH-ES+A256KW`...) are not ones `jsonwebtoken` can read.
+            let field = |name: &str| value.get(name).and_then(Value::as_str);
+            let encrypts = field("use") == Some("enc")
+                || field("alg").is_some_and(|a| Algorithm::from_str(a).is_err())
+                || value
+                    .get("key_ops")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ops| !ops.iter().any(|op| op.as_str() == Some("verify")));
+            if encrypts {
+                continue;
+            }
             let jwk: Jwk = serde_json::from_value(value.clone())
                 .map_err(|e| JwtConfigError::Jwks(format!("key {i}: {e}")))?;
             if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
@@ -493,7 +506,12 @@ impl JwtAuth {
         for (_, header) in &settings.forward {
             parts.headers.remove(header);
         }
-        let token = settings.take_token(parts).ok_or(AuthFailure::Missing)?;
+        let token = settings.take_token(parts);
+        // Whichever source the token came from (or none): no bearer header goes upstream.
+        if !settings.forward_token {
+            strip_bearer(parts);
+        }
+        let token = token.ok_or(AuthFailure::Missing)?;
         let claims = settings.verify(&token)?;
         settings.identity(&claims).map(Some)
     }
@@ -514,13 +532,7 @@ impl Settings {
         }
         for source in &self.sources {
             let token = match source {
-                TokenSource::Bearer => {
-                    let token = bearer(parts);
-                    if !self.forward_token {
-                        strip_bearer(parts);
-                    }
-                    token
-                }
+                TokenSource::Bearer => bearer(parts),
                 TokenSource::Cookie(name) => cookie(parts, name),
                 TokenSource::Query(_) => from_query.take(),
             };
@@ -794,6 +806,19 @@ mod tests {
         let mut none: Uri = "/chat?room=1".parse().unwrap();
         assert_eq!(take_query_param(&mut none, "access_token"), None);
         assert_eq!(none.to_string(), "/chat?room=1");
+    }
+
+    /// A key set with an encryption key `jsonwebtoken` cannot read loads its signature keys.
+    #[test]
+    fn encryption_keys_in_a_jwks_are_skipped_not_fatal() {
+        let jwks = br#"{"keys":[
+            {"kty":"EC","crv":"P-256","kid":"enc","alg":"ECDH-ES+A256KW","x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"},
+            {"kty":"EC","crv":"P-256","kid":"ops","key_ops":["encrypt"],"x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"},
+            {"kty":"EC","crv":"P-256","kid":"sig","alg":"ES256","x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"}
+        ]}"#;
+        let keys = JwtKeys::from_jwks(jwks).unwrap();
+        assert_eq!(keys.keys.len(), 1);
+        assert_eq!(keys.keys[0].id.as_deref(), Some("sig"));
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn proceed<B>(
             let found = identify(hook, req, stage.sessions);
             let (same, identity) = tokio::time::timeout(config.connect_timeout, found)
                 .await
-                .map_err(|_| ProxyError::Timeout {
+                .map_err(|_| ProxyError::IdentityTimeout {
                     after: config.connect_timeout,
                 })??;
             req = same;

@@ -51,10 +51,16 @@ impl Expiries {
             (first, start)
         };
         if start {
+            // Made here and moved into the task: dropped unpolled (its runtime shutting
+            // down), it still lets the next deadline start another.
+            let sweeper = Sweeper {
+                expiries: self.clone(),
+                armed: true,
+            };
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(self.clone().sweep())),
+                Ok(runtime) => drop(runtime.spawn(sweeper.run())),
                 // No runtime, no timer: the deadline is kept for listings only.
-                Err(_) => self.lock().sweeping = false,
+                Err(_) => drop(sweeper),
             }
         } else if first {
             self.earlier.notify_one();
@@ -73,23 +79,29 @@ impl Expiries {
             q.by_time.remove(&(at, id));
         }
     }
+}
 
-    /// Closes each session at its deadline, until the queue is empty.
-    async fn sweep(self: Arc<Self>) {
-        // Dropped before its end (its runtime shut down, say), the task lets the next deadline
-        // set start another.
-        struct Sweeping<'a>(&'a Expiries, bool);
-        impl Drop for Sweeping<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    self.0.lock().sweeping = false;
-                }
-            }
+/// The task that closes sessions at their deadlines; however it ends, `sweeping` is cleared.
+struct Sweeper {
+    expiries: Arc<Expiries>,
+    /// Cleared when the task clears `sweeping` itself, under the queue's lock.
+    armed: bool,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        if self.armed {
+            self.expiries.lock().sweeping = false;
         }
-        let mut sweeping = Sweeping(&self, true);
+    }
+}
+
+impl Sweeper {
+    /// Closes each session at its deadline, until the queue is empty.
+    async fn run(mut self) {
         loop {
             let next = {
-                let mut q = self.lock();
+                let mut q = self.expiries.lock();
                 let now = Instant::now();
                 while let Some(&(at, id)) = q.by_time.first() {
                     if at > now {
@@ -107,12 +119,13 @@ impl Expiries {
                     // Under the lock: a deadline set from now on starts a new task.
                     None => {
                         q.sweeping = false;
-                        sweeping.1 = false;
+                        drop(q);
+                        self.armed = false;
                         return;
                     }
                 }
             };
-            let earlier = self.earlier.notified();
+            let earlier = self.expiries.earlier.notified();
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {}
                 () = earlier => {}

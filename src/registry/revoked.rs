@@ -1,7 +1,7 @@
 //! Subjects and token ids refused until a time: the registry's revocation list, bounded.
 //!
-//! An entry stops counting when its time passes (skipped when read, dropped at the next
-//! revocation); the list holds at most its cap of entries in force, and a revocation beyond it
+//! An entry stops counting when its time passes (skipped when read, dropped when the list
+//! reaches its cap); the list holds at most its cap of entries in force, and a revocation beyond it
 //! is refused, never one in force dropped. It lives in the registry, so it survives a reload.
 
 use std::collections::HashMap;
@@ -122,12 +122,16 @@ impl Revocations {
     }
 
     /// Refuses `what` until `until` (a later time replaces an earlier one, never the reverse).
-    /// Lapsed entries leave first, so only revocations in force count against the cap.
+    /// At the cap, lapsed entries leave first: only revocations in force count against it.
     pub(crate) fn revoke(&self, what: Revoked, until: SystemTime) -> Result<(), RevocationsFull> {
         let now = SystemTime::now();
         let cap = self.cap();
         let mut list = self.write();
-        list.purge(now);
+        // Lapsed entries are dropped when they would stand in the way: a scan per revocation
+        // would hold the lock handshakes read for the whole list each time.
+        if list.len() >= cap {
+            list.purge(now);
+        }
         let full = list.len() >= cap;
         let (map, key) = list.map(&what);
         if let Some(at) = map.get_mut(&**key) {

@@ -811,12 +811,24 @@ mod tests {
     /// A key set with an encryption key `jsonwebtoken` cannot read loads its signature keys.
     #[test]
     fn encryption_keys_in_a_jwks_are_skipped_not_fatal() {
-        let jwks = br#"{"keys":[
-            {"kty":"EC","crv":"P-256","kid":"enc","alg":"ECDH-ES+A256KW","x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"},
-            {"kty":"EC","crv":"P-256","kid":"ops","key_ops":["encrypt"],"x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"},
-            {"kty":"EC","crv":"P-256","kid":"sig","alg":"ES256","x":"WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis","y":"y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"}
-        ]}"#;
-        let keys = JwtKeys::from_jwks(jwks).unwrap();
+        let key = |kid: &str, extra: (&str, Value)| {
+            let mut k = serde_json::json!({
+                "kty": "EC",
+                "crv": "P-256",
+                "kid": kid,
+                "x": "WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis",
+                "y": "y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE",
+            });
+            k[extra.0] = extra.1;
+            k
+        };
+        let set = serde_json::json!({ "keys": [
+            key("enc", ("alg", Value::from("ECDH-ES+A256KW"))),
+            key("ops", ("key_ops", serde_json::json!(["encrypt"]))),
+            key("sig", ("alg", Value::from("ES256"))),
+        ]});
+        let jwks = set.to_string().into_bytes();
+        let keys = JwtKeys::from_jwks(&jwks).unwrap();
         assert_eq!(keys.keys.len(), 1);
         assert_eq!(keys.keys[0].id.as_deref(), Some("sig"));
     }

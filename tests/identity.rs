@@ -6,7 +6,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::Router;
 use axum_ws_proxy::hooks::{CloseCode, Refusal};
 use axum_ws_proxy::jwt::{JwtAuth, JwtKeys, TokenSource};
@@ -15,10 +14,9 @@ use axum_ws_proxy::{
 };
 use common::*;
 use futures_util::SinkExt;
-use http::{HeaderMap, StatusCode, Uri};
+use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &[u8] = b"a test secret of thirty-two bytes!!";
@@ -72,19 +70,6 @@ fn hmac_auth() -> JwtAuth {
         .unwrap()
 }
 
-/// An upstream that reports each upgrade's target and headers, then echoes.
-async fn recording() -> (SocketAddr, mpsc::UnboundedReceiver<(Uri, HeaderMap)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send((uri, headers));
-            ws.on_upgrade(echo)
-        }
-    });
-    (serve(app).await, rx)
-}
-
 /// The status, `WWW-Authenticate` and body of an upgrade refused through `addr`.
 async fn refused(addr: SocketAddr, path: &str, extra: &[&str]) -> (u16, String, String) {
     let (status, head, _, body) = raw_exchange(addr, &upgrade_request(addr, path, extra)).await;
@@ -107,7 +92,7 @@ async fn jwt_proxy(mode: Mode) -> (SocketAddr, SessionControl) {
 #[tokio::test]
 async fn a_valid_token_opens_the_session_with_its_claims_forwarded_and_the_clients_copies_stripped()
 {
-    let (up, mut seen) = recording().await;
+    let (up, mut seen) = recording_upstream(&[]).await;
     let layer = WsProxyLayer::new(upstream(up)).identify(hmac_auth());
     let control = layer.session_control();
     let addr = proxy(layer).await;
@@ -294,7 +279,7 @@ async fn es256_tokens_verify_against_an_ec_public_key() {
 
 #[tokio::test]
 async fn a_query_token_never_reaches_the_upstream_and_a_cookie_token_works() {
-    let (up, mut seen) = recording().await;
+    let (up, mut seen) = recording_upstream(&[]).await;
     let layer = WsProxyLayer::new(upstream(up)).identify(hmac_auth());
     assert_eq!(
         layer.log_path("/chat?room=1&access_token=abc"),
@@ -596,7 +581,7 @@ async fn an_identity_hook_reads_the_apps_extensions_and_refuses_before_the_limit
 
 #[tokio::test]
 async fn a_client_sent_identity_header_is_removed_even_when_its_claim_is_absent() {
-    let (up, mut seen) = recording().await;
+    let (up, mut seen) = recording_upstream(&[]).await;
     let addr = proxy(WsProxyLayer::new(upstream(up)).identify(hmac_auth())).await;
     let bearer = format!("Bearer {}", hs256(&claims("jill", 60, json!({}))));
     let _ws = connect_with(
@@ -637,7 +622,7 @@ async fn an_earlier_expiry_queued_after_a_later_one_closes_on_time() {
 /// Whichever source the token came from, no bearer `Authorization` header goes upstream.
 #[tokio::test]
 async fn a_bearer_header_never_reaches_the_upstream_whatever_source_the_token_came_from() {
-    let (up, mut seen) = recording().await;
+    let (up, mut seen) = recording_upstream(&[]).await;
     let auth = JwtAuth::builder(JwtKeys::hmac_secret(SECRET).unwrap())
         .audience("chat")
         .token_sources([TokenSource::Cookie("s".into()), TokenSource::Bearer])

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ use axum::{Json, Router};
 use axum_ws_proxy::SessionControl;
 use serde_json::json;
 
-use crate::session_api::{self, CloseBody, RevokeBody};
+use crate::session_api;
 use crate::status::Status;
 
 /// Shorter tokens are refused at start: they can be guessed.
@@ -167,42 +168,30 @@ async fn revocations(State(admin): State<Admin>, headers: HeaderMap, uri: Uri) -
     session_api::revocations(&admin.control, uri.query())
 }
 
-// The token is checked before the body is read: `Json` comes last, and a request without the
-// token is refused whatever its body.
-async fn close(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if !admin.token.admits(&headers) {
-        return unauthorized();
-    }
-    match serde_json::from_slice::<CloseBody>(&body) {
-        Ok(body) => session_api::close(&admin.control, body),
-        Err(e) => bad_json(e),
-    }
+async fn close(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
+    with_json(&admin, &headers, &body, session_api::close)
 }
 
-async fn revoke(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if !admin.token.admits(&headers) {
-        return unauthorized();
-    }
-    match serde_json::from_slice::<RevokeBody>(&body) {
-        Ok(body) => session_api::revoke(&admin.control, body),
-        Err(e) => bad_json(e),
-    }
+async fn revoke(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
+    with_json(&admin, &headers, &body, session_api::revoke)
 }
 
-async fn lift(State(admin): State<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !admin.token.admits(&headers) {
+async fn lift(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
+    with_json(&admin, &headers, &body, session_api::lift)
+}
+
+/// The token first, whatever the body; then the body as the JSON `call` takes.
+fn with_json<T: serde::de::DeserializeOwned>(
+    admin: &Admin,
+    headers: &HeaderMap,
+    body: &[u8],
+    call: fn(&SessionControl, T) -> Response,
+) -> Response {
+    if !admin.token.admits(headers) {
         return unauthorized();
     }
-    match serde_json::from_slice::<RevokeBody>(&body) {
-        Ok(body) => session_api::lift(&admin.control, body),
+    match serde_json::from_slice::<T>(body) {
+        Ok(body) => call(&admin.control, body),
         Err(e) => bad_json(e),
     }
 }

@@ -7,14 +7,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::Router;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, StatusCode, Uri};
+use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET_A: &str = "first secret, thirty-two bytes or more";
@@ -38,19 +35,6 @@ fn token(secret: &str, sub: &str, extra: Value) -> String {
     .unwrap()
 }
 
-/// An upstream that reports each upgrade's target and headers, then echoes.
-async fn recording() -> (SocketAddr, mpsc::UnboundedReceiver<(Uri, HeaderMap)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send((uri, headers));
-            ws.on_upgrade(echo)
-        }
-    });
-    (serve(app).await, rx)
-}
-
 async fn status_of(addr: SocketAddr, path: &str, extra: &[&str]) -> u16 {
     raw_exchange(addr, &upgrade_request(addr, path, extra))
         .await
@@ -59,7 +43,7 @@ async fn status_of(addr: SocketAddr, path: &str, extra: &[&str]) -> u16 {
 
 #[tokio::test]
 async fn a_query_token_reaches_neither_the_upstream_nor_any_log_line() {
-    let (up, mut seen) = recording().await;
+    let (up, mut seen) = recording_upstream(&[]).await;
     let secret = write_config("jwt-query-secret", &format!("{SECRET_A}\n"));
     let (_child, proxy, mut logs) = start_logged(
         &[

@@ -658,3 +658,30 @@ async fn an_identity_hook_that_hangs_is_504_at_the_connect_timeout() {
         (504, "the identity check did not answer within 200ms\n")
     );
 }
+
+/// An HTTP/2 client (RFC 8441) goes through the same identity phase and expiry.
+#[tokio::test]
+async fn an_http2_session_is_identified_and_closed_at_its_tokens_exp() {
+    let (addr, control) = jwt_proxy(Mode::Frames).await;
+    let (res, ws) = h2_connect(addr, "/", &[]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer realm=\"websocket\""
+    );
+    assert!(ws.is_none());
+    let exp = now() + 2;
+    let bearer = format!(
+        "Bearer {}",
+        hs256(&claims("h2user", 0, json!({ "exp": exp })))
+    );
+    let (res, ws) = h2_connect(addr, "/", &[("authorization", &bearer)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut ws = ws.unwrap();
+    let page = control.list(&SessionFilter::default().subject("h2user"), None, 1);
+    assert_eq!(page.sessions.len(), 1);
+    assert_eq!(
+        next_close(&mut ws).await,
+        (1008, "token expired".to_owned())
+    );
+}

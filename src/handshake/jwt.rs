@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Uri};
@@ -17,8 +17,10 @@ use serde_json::{Map, Value};
 
 use crate::error::AuthFailure;
 use crate::handshake::identify::{Identify, IdentityFuture};
+use crate::handshake::request::percent_decode;
 use crate::handshake::route::Refusal;
 use crate::identity::Identity;
+use crate::upstream::balance::cookie_value;
 
 /// Where the token is looked for, in the order given
 /// ([`JwtAuthBuilder::token_sources`]). Browsers cannot set headers on a WebSocket: their
@@ -708,17 +710,10 @@ fn strip_bearer(parts: &mut Parts) {
     }
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
+/// The value of cookie `name` (quotes removed), from any `Cookie` header.
 fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
+    cookie_value(&parts.headers, name)
+        .map(|v| v.trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
 }
 
@@ -736,7 +731,9 @@ fn take_query_param(uri: &mut Uri, name: &str) -> Option<String> {
             if found.is_none() {
                 found = pair
                     .split_once('=')
-                    .map(|(_, v)| percent_decode(v))
+                    .map(|(_, v)| {
+                        String::from_utf8_lossy(&percent_decode(v.as_bytes())).into_owned()
+                    })
                     .filter(|v| !v.is_empty());
             }
         } else {
@@ -760,27 +757,6 @@ fn take_query_param(uri: &mut Uri, name: &str) -> Option<String> {
         }
     }
     found
-}
-
-/// `%XX` sequences decoded (tokens are base64url and dots; a client may still encode).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

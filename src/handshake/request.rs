@@ -272,7 +272,7 @@ fn with_query(path: &str, query: Option<&str>) -> String {
 }
 
 /// `bytes` with each `%XX` escape decoded (an invalid one is kept as it is).
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

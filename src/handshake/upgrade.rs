@@ -393,18 +393,8 @@ impl UpstreamRequest {
         if headers.is_empty() {
             return;
         }
-        let upstream = self.forwarded.edit();
-        let mut last = None;
-        for (name, value) in headers {
-            // A name, then its further values without one.
-            if let Some(name) = name {
-                upstream.remove(&name);
-                last = Some(name);
-            }
-            if let Some(name) = &last {
-                upstream.append(name.clone(), value);
-            }
-        }
+        // `extend` replaces each name's values with the identity's.
+        self.forwarded.edit().extend(headers);
     }
 
     /// What the session span and hooks keep of the request.

@@ -73,14 +73,7 @@ impl HashKey {
         match self {
             HashKey::ClientIp => client.map(|a| a.ip().to_string().into_bytes()),
             HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
-            HashKey::Cookie(name) => headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_bytes().to_vec()),
+            HashKey::Cookie(name) => cookie_value(headers, name).map(|v| v.as_bytes().to_vec()),
             HashKey::Query(name) => uri
                 .query()?
                 .split('&')
@@ -89,6 +82,18 @@ impl HashKey {
                 .map(|(_, v)| v.as_bytes().to_vec()),
         }
     }
+}
+
+/// The raw value of cookie `name`, from any `Cookie` header (the first, if several).
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 impl fmt::Display for Balance {

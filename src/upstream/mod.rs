@@ -21,7 +21,7 @@
 //! `"ws://host:port".parse()?` is a pool of one. Balancing, failover and health as nginx
 //! names them are in the repository's `docs/upstreams.md`.
 
-mod balance;
+pub(crate) mod balance;
 mod member;
 mod pool;
 mod rebalance;

@@ -24,6 +24,7 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -362,6 +363,9 @@ async fn run(server: Serve) -> io::Result<()> {
         direct,
     } = server;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
+    // Shared: each connection clones the app only when hyper serves it (an upgrade the
+    // server's own entry answers needs none), one allocation fewer per handshake.
+    let app: app::Shared = Arc::new(std::sync::Mutex::new(app));
     let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     let mut connections = JoinSet::new();
     loop {
@@ -383,7 +387,7 @@ async fn run(server: Serve) -> io::Result<()> {
         // Small messages must not wait for Nagle's algorithm; the bridge batches writes.
         let _ = tcp.set_nodelay(true);
         let conn = Conn {
-            app: app.clone(),
+            app: Arc::clone(&app),
             remote,
             header_timeout,
             max_head,
@@ -478,7 +482,8 @@ async fn serve_direct(
         }
     };
     if let direct::Served::Hyper { io, h2, answer } = served {
-        let mut service = Handler::new(conn.app, conn.remote, conn.max_head);
+        let app = App::for_connection(&conn.app, conn.remote).await;
+        let mut service = Handler::new(app, conn.remote, conn.max_head);
         let first = match answer {
             // The refused upgrade is read again by hyper, whose head deadline restarts.
             Some(res) => {
@@ -496,7 +501,7 @@ async fn serve_direct(
 /// A plain connection the server's own entry reads first: what its handler is made from, if
 /// hyper gets it.
 struct Unserved {
-    app: BoxApp,
+    app: app::Shared,
     remote: SocketAddr,
     max_head: usize,
 }
@@ -533,7 +538,7 @@ async fn past_grace(stop: &mut Stop) {
 
 /// One accepted connection.
 struct Conn {
-    app: App,
+    app: app::Shared,
     remote: SocketAddr,
     header_timeout: Duration,
     max_head: usize,
@@ -578,7 +583,6 @@ impl Conn {
                 }
             }
         }
-        let app = app.for_connection(remote).await;
         // The head's deadline counts from the accept (PROXY header and TLS handshake included).
         let left = || header_timeout.saturating_sub(accepted.elapsed());
         // Boxed: a TLS handshake's state is kilobytes, and inline it would enlarge every
@@ -586,7 +590,7 @@ impl Conn {
         #[cfg(feature = "tls")]
         if let Some(tls) = &tls {
             let conn = Accepted {
-                app,
+                app: App::for_connection(&app, remote).await,
                 remote,
                 max_head,
                 header_timeout,
@@ -612,7 +616,7 @@ impl Conn {
             ))
             .await;
         }
-        let service = Handler::new(app, remote, max_head);
+        let service = Handler::new(App::for_connection(&app, remote).await, remote, max_head);
         let peeked = tokio::select! {
             biased;
             peeked = tokio::time::timeout(left(), opens_with_h2_preface(&tcp)) => peeked,

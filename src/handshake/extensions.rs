@@ -24,7 +24,8 @@ pub(crate) struct Offer {
 /// go upstream.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Offers {
-    list: Vec<Offer>,
+    /// Inline for what clients send (a browser offers one): no allocation per handshake.
+    list: smallvec::SmallVec<[Offer; 2]>,
     upstream: Upstream,
 }
 
@@ -203,7 +204,7 @@ fn scan<'a>(headers: &'a HeaderMap, mut each: impl FnMut(Offer, &'a str)) -> Opt
 /// asks; other extensions are not for frame mode and are dropped; a header that is not a
 /// well-formed list offers nothing.
 pub(crate) fn offers(headers: &HeaderMap) -> Offers {
-    let mut list = Vec::new();
+    let mut list = smallvec::SmallVec::new();
     let Some(every) = scan(headers, |offer, _| list.push(offer)) else {
         return Offers::default();
     };

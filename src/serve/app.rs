@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::PoisonError;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -26,14 +27,28 @@ pub(super) enum App {
     PerConnection(BoxCloneService<SocketAddr, BoxApp, Infallible>),
 }
 
+/// The app as every connection of a server shares it, cloned only for a connection hyper
+/// serves. A mutex: an app need not be `Sync`; it is locked once per such connection.
+pub(super) type Shared = std::sync::Arc<std::sync::Mutex<App>>;
+
 impl App {
-    pub(super) async fn for_connection(self, remote: SocketAddr) -> BoxApp {
-        match self {
-            App::Ready(app) => app,
-            App::PerConnection(make) => match make.oneshot(remote).await {
-                Ok(app) => app,
-                Err(never) => match never {},
-            },
+    /// The app for one connection (a clone, or the make-service's answer for `remote`).
+    pub(super) fn for_connection(
+        shared: &Shared,
+        remote: SocketAddr,
+    ) -> impl std::future::Future<Output = BoxApp> + Send + 'static {
+        let app = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        async move {
+            match app {
+                App::Ready(app) => app,
+                App::PerConnection(make) => match make.oneshot(remote).await {
+                    Ok(app) => app,
+                    Err(never) => match never {},
+                },
+            }
         }
     }
 }

@@ -26,6 +26,47 @@ pub(crate) fn frame_head(first: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 
     (head, used)
 }
 
+/// Largest control frame the proxy writes: a short header, a mask key, 125 bytes of payload.
+pub(crate) const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
+
+/// A whole control frame (`opcode` 0x8 close, 0x9 ping, 0xA pong) carrying `payload` (at most
+/// 125 bytes; longer is cut), masked with a fresh key when `mask` (toward the upstream, where
+/// the proxy is the client). Returns the bytes and how many of them are used.
+pub(crate) fn control_frame(
+    opcode: u8,
+    payload: &[u8],
+    mask: bool,
+) -> ([u8; MAX_CONTROL_FRAME], usize) {
+    let payload = &payload[..payload.len().min(125)];
+    let key = mask.then(rand::random::<[u8; 4]>);
+    let (head, head_len) = frame_head(0x80 | opcode, payload.len(), key);
+    let mut frame = [0u8; MAX_CONTROL_FRAME];
+    frame[..head_len].copy_from_slice(&head[..head_len]);
+    let end = head_len + payload.len();
+    frame[head_len..end].copy_from_slice(payload);
+    if let Some(key) = key {
+        apply_mask(&mut frame[head_len..end], key);
+    }
+    (frame, end)
+}
+
+/// A close frame's payload: the code, big-endian, then the reason (at most 123 bytes: the
+/// caller cuts it on a character boundary); empty for a close without a code.
+pub(crate) fn close_payload(code_and_reason: Option<(u16, &str)>) -> ([u8; 125], usize) {
+    let mut payload = [0u8; 125];
+    let Some((code, reason)) = code_and_reason else {
+        return (payload, 0);
+    };
+    debug_assert!(
+        reason.len() <= 123,
+        "a close reason longer than a control frame"
+    );
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + reason.len()].copy_from_slice(reason);
+    (payload, 2 + reason.len())
+}
+
 /// A frame header's length from its second byte (length form and mask bit).
 pub(crate) fn head_len(second: u8) -> usize {
     let ext = match second & 0x7f {
@@ -78,6 +119,20 @@ pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_frames_are_framed_and_masked() {
+        let (frame, len) = control_frame(0x9, b"hi", false);
+        assert_eq!(&frame[..len], &[0x89, 2, b'h', b'i']);
+        let (mut frame, len) = control_frame(0xA, b"hi", true);
+        assert_eq!((frame[0], frame[1], len), (0x8A, 0x82, 8));
+        let key = [frame[2], frame[3], frame[4], frame[5]];
+        apply_mask(&mut frame[6..8], key);
+        assert_eq!(&frame[6..8], b"hi");
+        let (payload, len) = close_payload(Some((1001, "bye")));
+        assert_eq!(&payload[..len], b"\x03\xe9bye");
+        assert_eq!(close_payload(None).1, 0);
+    }
 
     #[test]
     fn mask_matches_the_bytewise_definition() {

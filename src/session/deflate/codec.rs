@@ -117,13 +117,6 @@ impl Codec {
         }))
     }
 
-    /// Only the inflating half: what is read from the source is handed on as plaintext.
-    pub(crate) fn receive_only(mut self: Box<Self>) -> Box<Self> {
-        self.pass = false;
-        self.send = None;
-        self
-    }
-
     /// Whether the source may send compressed messages (RSV1 on a first frame).
     pub(crate) fn accepts_compressed(&self) -> bool {
         self.receive.is_some()

@@ -64,7 +64,7 @@ pub(crate) struct SessionHooks<'a> {
 
 /// Forwards messages both ways until a close frame or an error ends the session.
 pub(crate) async fn run<C, U>(
-    legs: Legs<'_, C, U>,
+    legs: Legs<'_, Socket<Wire<C>>, Socket<Wire<U>>>,
     mut hooks: SessionHooks<'_>,
     (c2u_deflate, u2c_deflate): (Option<Box<deflate::Codec>>, Option<Box<deflate::Codec>>),
 ) -> Stopped

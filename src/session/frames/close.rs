@@ -22,8 +22,9 @@ use crate::session::hooks::ClosedBy;
 use crate::session::leg::{Ended, Side, Stopped, Traffic};
 
 /// What happens to one leg at the end of the session.
-enum LegEnd {
-    /// The peer sent a close frame: send tungstenite's queued echo, then wait for the end.
+pub(super) enum LegEnd {
+    /// The peer sent a close frame: send the echo (tungstenite has queued it, for the
+    /// message bridge), then wait for the end.
     Answer,
     /// Send this close frame and wait for the peer's answer.
     Initiate(Option<CloseFrame>),
@@ -131,7 +132,7 @@ where
 
 /// Decides each leg's ending from how bridging stopped; the codes come from the
 /// [`close_policy`](crate::session::close_policy) table.
-fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
+pub(super) fn plan(ended: Ended) -> (LegEnd, LegEnd, Report) {
     let (client, upstream, outcome) = match ended {
         Ended::Closed { by, frame } => {
             let (code, reason) = frame.as_ref().map_or((1005, String::new()), |f| {
@@ -289,7 +290,7 @@ where
 
 /// Half-closes and reads to EOF, so the close frame is not lost to a reset caused by data the
 /// peer sent meanwhile (closing a socket with unread input sends RST).
-async fn linger<S>(io: &mut S)
+pub(super) async fn linger<S>(io: &mut S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -17,7 +17,7 @@ use std::io;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::stream::{invalid_utf8, Flow, Limits, Output, Walk};
-use super::wire::{Transform, Violation, Wire};
+use super::wire::{Transform, Violation};
 use crate::session::deflate::{Codec, InflateError};
 use crate::session::frame;
 use crate::session::leg::{Side, Traffic};
@@ -205,23 +205,6 @@ impl Flow {
         out.copy_masked(bytes, key);
     }
 
-    /// Hands `from`'s stream to tungstenite: where the leg may send compressed messages,
-    /// through a reader that inflates them, going on where this walk stopped (a message in
-    /// progress is read as a binary one from here on); else put back at a frame and message
-    /// boundary.
-    pub(super) fn hand_over<S>(mut self, wire: &mut Wire<S>) {
-        let Some(deflate) = self.deflate.take().filter(|d| d.accepts_compressed()) else {
-            return self.resync(wire);
-        };
-        self.deflate = Some(deflate.receive_only());
-        if let Some(message) = self.message.as_mut() {
-            message.started = false;
-            message.text = false;
-            message.rsv1 = false;
-        }
-        wire.set_transform(Box::new(Inflating::continuing(self)));
-    }
-
     /// Compressed payload read from the source that crossed the client's wire: what the
     /// client sent, or what passes to it as it came.
     fn count_compressed(&self, bytes: usize, traffic: &mut Traffic) {
@@ -242,7 +225,7 @@ impl Flow {
 /// What tungstenite reads of a leg that sends compressed messages (tungstenite has no
 /// permessage-deflate): the leg's frames walked by a [`Flow`] that inflates them, handing on
 /// plaintext frames (masked as the leg's own are) and control frames as they came, in order.
-/// The hook bridge reads such a leg through it, and so does the close phase.
+/// The hook bridge reads such a leg through it, and so does its close phase.
 pub(crate) struct Inflating {
     flow: Flow,
     traffic: Traffic,
@@ -258,13 +241,8 @@ impl Inflating {
             Side::Client => Side::Upstream,
             Side::Upstream => Side::Client,
         };
-        Self::continuing(Flow::new(side, to, limits, Some(deflate)))
-    }
-
-    /// Goes on where `flow` stopped (the streaming bridge's, at its end).
-    pub(crate) fn continuing(flow: Flow) -> Self {
         Self {
-            flow,
+            flow: Flow::new(side, to, limits, Some(deflate)),
             traffic: Traffic::uncounted(),
             out: Output::default(),
             failed: None,

@@ -4,17 +4,15 @@
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use super::socket::Socket;
-
 use crate::registry::Entry;
-use crate::session::frames::wire::Wire;
 use crate::session::keepalive::Keepalive;
 use crate::session::leg::{Ended, Traffic};
 
-/// A frame-mode session's two legs and what both directions share while bridging.
+/// A frame-mode session's two legs (each a `Wire` for the streaming bridge, a tungstenite
+/// `Socket` around one for the message bridge) and what both directions share while bridging.
 pub(crate) struct Legs<'a, C, U> {
-    pub(crate) client: &'a mut Socket<Wire<C>>,
-    pub(crate) upstream: &'a mut Socket<Wire<U>>,
+    pub(crate) client: &'a mut C,
+    pub(crate) upstream: &'a mut U,
     pub(crate) to_upstream: &'a mut Traffic,
     pub(crate) to_client: &'a mut Traffic,
     pub(crate) keepalive: &'a mut Keepalive,

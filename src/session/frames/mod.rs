@@ -1,6 +1,8 @@
 //! Frame mode: each leg a WebSocket of its own. Without message hooks frames are [`stream`]ed
-//! piece by piece; with them whole messages are [`bridge`]d; both run the same [`drive`] loop
-//! and read and write through [`wire`]; [`close`] completes the close handshakes on both legs.
+//! piece by piece, on the raw legs; with them whole messages are [`bridge`]d, through
+//! tungstenite's protocol ([`socket`]); both run the same [`drive`] loop and read and write
+//! through [`wire`]. [`close`] decides each leg's ending and completes the message bridge's
+//! close handshakes; [`stream_close`] completes the streaming bridge's.
 
 pub(crate) mod bridge;
 pub(crate) mod close;
@@ -8,6 +10,7 @@ pub(crate) mod compressed;
 pub(crate) mod drive;
 pub(crate) mod socket;
 pub(crate) mod stream;
+pub(crate) mod stream_close;
 pub(crate) mod wire;
 
 use self::socket::Socket;
@@ -43,10 +46,36 @@ pub(crate) struct Run<'a> {
 /// handshakes.
 pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
     let settings = run.settings;
-    let mut client = Socket::new(Wire::new(client), Role::Server, settings.websocket());
-    let mut upstream = upstream_leg(upstream, settings);
     tracing::debug!("session open");
     let mut keepalive = Keepalive::new(settings.timeouts, Some(run.entry.clone()));
+    let limits = stream::Limits {
+        max_frame: Some(settings.max_frame_size),
+        max_message: Some(settings.max_message_size),
+    };
+    let client_leg = run.client_deflate.map(|p| (p, deflate::Role::Server));
+    let upstream_leg = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
+    let config = &settings.deflate;
+    let Some(hooks) = run.hooks else {
+        let (mut client, mut upstream) = (Wire::new(client), Wire::new(upstream));
+        let legs = Legs {
+            client: &mut client,
+            upstream: &mut upstream,
+            to_upstream: run.to_upstream,
+            to_client: run.to_client,
+            keepalive: &mut keepalive,
+            entry: run.entry,
+        };
+        let directions = (
+            Codec::new(client_leg, upstream_leg, true, config),
+            Codec::new(upstream_leg, client_leg, true, config),
+        );
+        let stopped = stream::run(legs, limits, directions).await;
+        let timeout = settings.close_timeout;
+        return stream_close::finish(&mut client, &mut upstream, stopped, run.to_client, timeout)
+            .await;
+    };
+    let mut client = Socket::new(Wire::new(client), Role::Server, settings.websocket());
+    let mut upstream = upstream_leg_socket(upstream, settings);
     let legs = Legs {
         client: &mut client,
         upstream: &mut upstream,
@@ -55,40 +84,22 @@ pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) ->
         keepalive: &mut keepalive,
         entry: run.entry,
     };
-    let limits = stream::Limits {
-        max_frame: Some(settings.max_frame_size),
-        max_message: Some(settings.max_message_size),
-    };
-    let client_leg = run.client_deflate.map(|p| (p, deflate::Role::Server));
-    let upstream_leg = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
-    let config = &settings.deflate;
-    let stopped = match run.hooks {
-        Some(hooks) => {
-            // Hooks read whole messages through tungstenite: a compressed leg is read through
-            // a reader that inflates it, and what goes to one is compressed by the bridge.
-            for (leg, side) in [(client_leg, Side::Client), (upstream_leg, Side::Upstream)] {
-                if let Some(inflate) = Codec::new(leg, None, false, config) {
-                    let reader = Box::new(Inflating::new(side, limits, inflate));
-                    match side {
-                        Side::Client => legs.client.get_mut().set_transform(reader),
-                        Side::Upstream => legs.upstream.get_mut().set_transform(reader),
-                    }
-                }
+    // Hooks read whole messages through tungstenite: a compressed leg is read through a
+    // reader that inflates it, and what goes to one is compressed by the bridge.
+    for (leg, side) in [(client_leg, Side::Client), (upstream_leg, Side::Upstream)] {
+        if let Some(inflate) = Codec::new(leg, None, false, config) {
+            let reader = Box::new(Inflating::new(side, limits, inflate));
+            match side {
+                Side::Client => legs.client.get_mut().set_transform(reader),
+                Side::Upstream => legs.upstream.get_mut().set_transform(reader),
             }
-            let sends = (
-                Codec::new(None, upstream_leg, false, config),
-                Codec::new(None, client_leg, false, config),
-            );
-            bridge::run(legs, hooks, sends).await
         }
-        None => {
-            let directions = (
-                Codec::new(client_leg, upstream_leg, true, config),
-                Codec::new(upstream_leg, client_leg, true, config),
-            );
-            stream::run(legs, limits, directions).await
-        }
-    };
+    }
+    let sends = (
+        Codec::new(None, upstream_leg, false, config),
+        Codec::new(None, client_leg, false, config),
+    );
+    let stopped = bridge::run(legs, hooks, sends).await;
     // Boxed: the close phase is short, and inline it would enlarge every idle session.
     Box::pin(close::finish(
         client,
@@ -103,11 +114,11 @@ pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) ->
 
 /// Closes the upstream leg when the client never got its connection (its upgrade failed).
 pub(crate) async fn client_vanished(upstream: Transport, settings: &Settings) -> Report {
-    let upstream = upstream_leg(upstream, settings);
+    let upstream = upstream_leg_socket(upstream, settings);
     close::client_vanished(upstream, settings.close_timeout).await
 }
 
 /// The upstream's connection as the proxy's client leg to it.
-fn upstream_leg(upstream: Transport, settings: &Settings) -> Socket<Wire<Transport>> {
+fn upstream_leg_socket(upstream: Transport, settings: &Settings) -> Socket<Wire<Transport>> {
     Socket::new(Wire::new(upstream), Role::Client, settings.websocket())
 }

@@ -12,34 +12,35 @@
 //! What frame mode promises is kept, checked from the frame headers and the bytes as they
 //! pass: masking per direction, no reserved bits or opcodes, fragments in order, frames and
 //! messages within `max_frame_size` / `max_message_size` (1009), text valid UTF-8 across
-//! chunks and frames (1007, as soon as the bad byte is seen). Control frames are per hop:
-//! each one is handed, alone, to tungstenite, which checks it, answers pings and reports
-//! closes, exactly as with whole messages; pings are never forwarded.
+//! chunks and frames (1007, as soon as the bad byte is seen). Control frames are per hop and
+//! answered here, as tungstenite answers them for the message bridge: a ping gets its pong
+//! (pings are never forwarded), a close ends bridging with its code and reason checked
+//! (1002 for a forbidden code, 1007 for a reason that is not UTF-8).
 //!
-//! When bridging stops, each leg's stream is put back at a frame and message boundary for
-//! tungstenite, which runs the close handshakes ([`close`](crate::session::frames::close)): the rest of a frame
-//! in progress is skipped, and a message in progress is presented as an empty binary first
-//! fragment, so its remaining fragments are read (and counted as undeliverable) rather than
-//! taken for a protocol error.
+//! When bridging stops, the same walkers carry on into the close handshakes
+//! ([`stream_close`](crate::session::frames::stream_close)): a frame or message in progress is
+//! read to its end, and counted as undeliverable, rather than taken for a protocol error.
+//! Neither leg is ever handed to tungstenite, so a streamed session holds no WebSocket buffers
+//! of its own.
 
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::socket::Socket;
-use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::session::deflate::Codec;
 use crate::session::frame;
 use crate::session::frames::drive::{drive, Legs};
 use crate::session::frames::wire::Wire;
 use crate::session::keepalive::{self, Keepalive};
-use crate::session::leg::{Ended, Side, Stopped, Traffic};
+use crate::session::leg::{Ended, Side, Traffic};
 
 /// Bytes read from a leg at a time.
 pub(crate) const CHUNK: usize = 256 << 10;
@@ -129,12 +130,13 @@ pub(crate) struct Limits {
 }
 
 /// Forwards data frames both ways until a close frame or an error ends the session. Same
-/// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is ever held whole.
+/// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is
+/// ever held whole. Returns both directions as they stopped, for the close phase.
 pub(crate) async fn run<C, U>(
-    legs: Legs<'_, C, U>,
+    legs: Legs<'_, Wire<C>, Wire<U>>,
     limits: Limits,
     (c2u_deflate, u2c_deflate): (Option<Box<Codec>>, Option<Box<Codec>>),
-) -> Stopped
+) -> (Ended, Flows)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -156,14 +158,14 @@ where
         u2c.poll(cx, upstream, client, to_client, keepalive)
     })
     .await;
-    // Both legs handed to tungstenite for the close handshakes.
-    c2u.hand_over(client.get_mut());
-    u2c.hand_over(upstream.get_mut());
-    Stopped {
-        ended,
-        held_for_client: None,
-        held_for_upstream: None,
-    }
+    (ended, Flows { c2u, u2c })
+}
+
+/// Both directions of a streamed session: client to upstream, upstream to client.
+#[derive(Debug)]
+pub(crate) struct Flows {
+    pub(crate) c2u: Flow,
+    pub(crate) u2c: Flow,
 }
 
 /// Incremental UTF-8 validation of a text message that arrives in pieces.
@@ -232,6 +234,8 @@ pub(crate) struct Flow {
     unflushed: bool,
     /// `from` owes a pong it could not take yet: it is not read until it has.
     pong_waiting: bool,
+    /// The ping in `head` is still to be answered (`from` had other bytes to take first).
+    ping_held: bool,
     /// When `from` was last read: a delivered piece counts as activity for `idle_timeout`.
     read_at: Instant,
 }
@@ -257,6 +261,17 @@ pub(super) struct MessageState {
     pub(super) compressed: bool,
     /// It goes out compressed: RSV1 on the first frame written.
     pub(super) rsv1: bool,
+}
+
+/// Where the close phase's reading of a leg stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// The leg's close frame came.
+    Closed,
+    /// The stream ended, failed or broke the protocol first.
+    Ended,
+    /// What it sent could not be handed on: the other leg's connection is gone.
+    WriteFailed,
 }
 
 /// What walking a read's bytes stopped at.
@@ -285,6 +300,7 @@ impl Flow {
             deflate,
             unflushed: false,
             pong_waiting: false,
+            ping_held: false,
             read_at: Instant::now(),
         }
     }
@@ -292,8 +308,8 @@ impl Flow {
     fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Socket<Wire<S>>,
-        dst: &mut Socket<Wire<D>>,
+        src: &mut Wire<S>,
+        dst: &mut Wire<D>,
         traffic: &mut Traffic,
         keepalive: &mut Keepalive,
     ) -> Poll<Ended>
@@ -302,15 +318,14 @@ impl Flow {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         // The proxy's own ping to the destination leg, between two of its frames.
-        match keepalive::queue_ping(cx, dst, keepalive, self.to) {
-            Ok(queued) => self.unflushed |= queued,
-            Err(error) => return self.write_failed(error),
+        if let Err(error) = self.queue_ping(cx, dst, keepalive) {
+            return self.write_failed(WsError::Io(error));
         }
         for _ in 0..BUDGET {
             // Whatever `to` has not taken goes first; until it has, `from` is not read.
             match Pin::new(&mut *dst).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Ready(Err(error)) => return self.write_failed(WsError::Io(error)),
                 Poll::Pending => return Poll::Pending,
             }
             let step = BUFS.with(|bufs| {
@@ -331,13 +346,43 @@ impl Flow {
         Poll::Pending
     }
 
+    /// The keepalive's ping to `to`, when one is due and `to` has taken what it was sent
+    /// (else it waits for the next turn).
+    fn queue_ping<D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut Wire<D>,
+        keepalive: &mut Keepalive,
+    ) -> std::io::Result<()>
+    where
+        D: AsyncWrite + Unpin,
+    {
+        if !keepalive.take_ping(self.to) {
+            return Ok(());
+        }
+        match Pin::new(&mut *dst).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                let mask = self.to == Side::Upstream;
+                let (ping, len) = frame::control_frame(0x9, keepalive::PING, mask);
+                dst.write_now(cx, &[&ping[..len]])?;
+                self.unflushed = true;
+                Ok(())
+            }
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Pending => {
+                keepalive.keep_ping(self.to);
+                Ok(())
+            }
+        }
+    }
+
     /// One read from `from`, walked and written on to `to`. `Ready(None)`: read more.
     #[allow(clippy::too_many_arguments)]
     fn step<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Socket<Wire<S>>,
-        dst: &mut Socket<Wire<D>>,
+        src: &mut Wire<S>,
+        dst: &mut Wire<D>,
         input: &mut [u8],
         out: &mut Output,
         traffic: &mut Traffic,
@@ -347,15 +392,28 @@ impl Flow {
         S: AsyncRead + AsyncWrite + Unpin,
         D: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.pong_waiting {
-            match Pin::new(&mut *src).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.pong_waiting = false,
+        if self.ping_held {
+            let (held, len) = (self.head, self.have);
+            match self.answer_ping(cx, src, &held[..len]) {
+                Poll::Ready(Ok(())) => {
+                    self.ping_held = false;
+                    self.have = 0;
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Some(self.pong_failed(error))),
                 Poll::Pending => return Poll::Pending,
             }
         }
+        if self.pong_waiting {
+            match Pin::new(&mut *src).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.pong_waiting = false,
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Some(self.pong_failed(WsError::Io(error))))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         let mut buf = ReadBuf::new(input);
-        match Pin::new(src.get_mut()).poll_read(cx, &mut buf) {
+        match Pin::new(&mut *src).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Some(self.read_failed(WsError::Io(e)))),
             Poll::Pending => return Poll::Pending,
@@ -380,10 +438,10 @@ impl Flow {
                 (_, Walk::Done) => return Poll::Ready(None),
                 (used, Walk::Full) => {
                     at += used;
-                    if dst.get_mut().has_pending() {
+                    if dst.has_pending() {
                         // `to` is behind: the rest of this read waits in `from`'s stream,
                         // still compressed, until `to` has taken what was inflated.
-                        src.get_mut().unread(&input[at..n]);
+                        src.unread(&input[at..n]);
                         return Poll::Ready(None);
                     }
                 }
@@ -396,7 +454,7 @@ impl Flow {
                         Err(stop) => {
                             // `from` cannot take its pong now: read nothing more from it
                             // until it can; the rest of this read waits in its stream.
-                            src.get_mut().unread(&input[at..n]);
+                            src.unread(&input[at..n]);
                             self.pong_waiting = true;
                             return stop;
                         }
@@ -418,7 +476,7 @@ impl Flow {
     fn write_out<D>(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut Socket<Wire<D>>,
+        dst: &mut Wire<D>,
         input: &[u8],
         out: &Output,
         keepalive: &mut Keepalive,
@@ -429,14 +487,7 @@ impl Flow {
         if out.is_empty() {
             return Ok(());
         }
-        let written = match out.parts.as_slice() {
-            [Part::Own(start, end)] => dst.get_mut().write_now(cx, &[&out.own[*start..*end]]),
-            _ => {
-                let slices: Vec<&[u8]> = out.slices(input).collect();
-                dst.get_mut().write_now(cx, &slices)
-            }
-        };
-        if let Err(error) = written {
+        if let Err(error) = write_parts(cx, dst, input, out) {
             return Err(self.write_failed_end(WsError::Io(error)));
         }
         self.unflushed = true;
@@ -452,48 +503,73 @@ impl Flow {
         }
     }
 
-    /// Hands one complete control frame to tungstenite: it checks it, queues the answer to a
-    /// ping or close on `from`, and reports what it was. `Err` when reading must pause.
+    /// Answers the control frame a walk stopped at ([`Walk::Control`]): a close ends
+    /// bridging, a ping gets its pong on `from`, a pong only showed `from` is alive (its
+    /// read already said so). `Err` when reading must pause: the pong is not written yet.
     fn control<S>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Socket<Wire<S>>,
+        src: &mut Wire<S>,
     ) -> Result<Option<Ended>, Poll<Option<Ended>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // The control frame walked into `head`, handed to the leg's protocol from there.
-        src.get_mut().unread(self.take_control());
-        let msg = match Pin::new(&mut *src).poll_next(cx) {
-            Poll::Ready(Some(Ok(msg))) => msg,
-            Poll::Ready(Some(Err(error))) => return Ok(Some(self.read_failed(error))),
-            Poll::Ready(None) => {
-                return Ok(Some(self.read_failed(WsError::ConnectionClosed)));
-            }
-            // Cannot be: the whole frame is there. Treat it as a broken leg, not a hang.
-            Poll::Pending => {
-                return Ok(Some(self.read_failed(WsError::Protocol(
-                    ProtocolError::ResetWithoutClosingHandshake,
-                ))))
-            }
-        };
-        match msg {
-            Message::Close(frame) => Ok(Some(Ended::Closed {
-                by: self.from,
-                frame,
+        let len = self.have;
+        let mut frame = [0u8; MAX_CONTROL];
+        frame[..len].copy_from_slice(self.take_control());
+        match frame[0] & 0x0f {
+            0x8 => Ok(Some(match close_frame(&frame[..len]) {
+                Ok(close) => Ended::Closed {
+                    by: self.from,
+                    frame: close,
+                },
+                Err(error) => self.read_failed(error),
             })),
             // Per hop, as in the message bridge: at most one pong waits per leg; while it
             // cannot be written, `from` is not read (the flood stays in TCP's buffers).
-            Message::Ping(_) => match Pin::new(&mut *src).poll_flush(cx) {
+            0x9 => match self.answer_ping(cx, src, &frame[..len]) {
+                Poll::Ready(Ok(())) if self.pong_waiting => Err(Poll::Pending),
                 Poll::Ready(Ok(())) => Ok(None),
-                Poll::Ready(Err(error)) => Ok(Some(Ended::WriteFailed {
-                    side: self.from,
-                    error,
-                })),
-                Poll::Pending => Err(Poll::Pending),
+                Poll::Ready(Err(error)) => Ok(Some(self.pong_failed(error))),
+                Poll::Pending => {
+                    // Kept until `from`'s connection has taken what it was sent before.
+                    self.head[..len].copy_from_slice(&frame[..len]);
+                    self.have = len;
+                    self.ping_held = true;
+                    Err(Poll::Pending)
+                }
             },
             _ => Ok(None),
         }
+    }
+
+    /// Writes the pong for `ping` (a whole frame as `from` sent it) once `from`'s connection
+    /// has taken what it was sent before; `pong_waiting` while the pong is not flushed yet.
+    fn answer_ping<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Wire<S>,
+        ping: &[u8],
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        if let Err(error) = std::task::ready!(Pin::new(&mut *src).poll_flush(cx)) {
+            return Poll::Ready(Err(WsError::Io(error)));
+        }
+        let (payload, payload_len) = control_payload(ping);
+        // Toward the upstream the proxy is the client: its pong is masked.
+        let mask = self.from == Side::Upstream;
+        let (pong, len) = frame::control_frame(0xA, &payload[..payload_len], mask);
+        if let Err(error) = src.write_now(cx, &[&pong[..len]]) {
+            return Poll::Ready(Err(WsError::Io(error)));
+        }
+        match Pin::new(&mut *src).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(WsError::Io(error))),
+            Poll::Pending => self.pong_waiting = true,
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Walks `input[from..to]` (unmasking and masking payloads in place), adding to `out`
@@ -793,24 +869,8 @@ impl Flow {
         }
     }
 
-    /// Puts `from`'s stream back at a frame and message boundary for tungstenite.
-    pub(super) fn resync<S>(&mut self, wire: &mut Wire<S>) {
-        let skip = self.frame.take().map_or(0, |f| f.remaining);
-        let mut prefix = Vec::new();
-        if self.message.take().is_some() {
-            // An empty first fragment: tungstenite reads the message's remaining fragments
-            // as one binary message instead of failing on a continuation frame.
-            let key = (self.from == Side::Client).then_some([0; 4]);
-            let (head, len) = frame::frame_head(0x2, 0, key);
-            prefix.extend_from_slice(&head[..len]);
-        }
-        prefix.extend_from_slice(&self.head[..self.have]);
-        self.have = 0;
-        wire.resync(skip, &prefix);
-    }
-
     /// Flushes `to` if anything was written; `Ready` only when the write failed.
-    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut Socket<Wire<D>>) -> Poll<Ended>
+    fn flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut Wire<D>) -> Poll<Ended>
     where
         D: AsyncRead + AsyncWrite + Unpin,
     {
@@ -822,8 +882,81 @@ impl Flow {
                 self.unflushed = false;
                 Poll::Pending
             }
-            Poll::Ready(Err(error)) => self.write_failed(error),
+            Poll::Ready(Err(error)) => self.write_failed(WsError::Io(error)),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The close phase's reading of `from` (see
+    /// [`stream_close`](crate::session::frames::stream_close)): its frames walked on as while
+    /// bridging, data handed to `to` when it is given (and counted in `traffic`; without `to`
+    /// only counted), until `from`'s close frame. Pings are no longer answered: a close has
+    /// been sent (RFC 6455 section 5.5.1).
+    pub(crate) fn poll_until_close<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Wire<S>,
+        mut dst: Option<&mut Wire<D>>,
+        traffic: &mut Traffic,
+    ) -> Poll<Until>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        loop {
+            if let Some(dst) = dst.as_deref_mut() {
+                if std::task::ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
+                    return Poll::Ready(Until::WriteFailed);
+                }
+            }
+            let polled = BUFS.with(|bufs| {
+                let (input, out) = &mut *bufs.borrow_mut();
+                let mut buf = ReadBuf::new(input);
+                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                    Poll::Ready(_) => return Poll::Ready(Some(Until::Ended)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                let n = buf.filled().len();
+                let mut at = 0;
+                while at < n {
+                    out.clear();
+                    let (used, walked) = self.walk(input, at, n, out, traffic);
+                    at += used;
+                    if let Some(dst) = dst.as_deref_mut() {
+                        if !out.is_empty() && write_parts(cx, dst, input, out).is_err() {
+                            return Poll::Ready(Some(Until::WriteFailed));
+                        }
+                    }
+                    match walked {
+                        Walk::Done => {}
+                        Walk::Full => {
+                            if dst.as_deref().is_some_and(Wire::has_pending) {
+                                src.unread(&input[at..n]);
+                                return Poll::Ready(None);
+                            }
+                        }
+                        Walk::Violation(_) => return Poll::Ready(Some(Until::Ended)),
+                        Walk::Control => {
+                            let len = self.have;
+                            let mut frame = [0u8; MAX_CONTROL];
+                            frame[..len].copy_from_slice(self.take_control());
+                            if frame[0] & 0x0f == 0x8 {
+                                return Poll::Ready(Some(match close_frame(&frame[..len]) {
+                                    Ok(_) => Until::Closed,
+                                    Err(_) => Until::Ended,
+                                }));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(None)
+            });
+            match polled {
+                Poll::Ready(Some(until)) => return Poll::Ready(until),
+                Poll::Ready(None) => {}
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 
@@ -859,6 +992,68 @@ impl MessageState {
         self.started = true;
         let fin = if fin { 0x80 } else { 0 };
         fin | rsv1 | opcode
+    }
+}
+
+/// A whole control frame's payload (checked: at most 125 bytes), unmasked, in a copy.
+fn control_payload(frame: &[u8]) -> ([u8; 125], usize) {
+    let head_len = frame::head_len(frame[1]);
+    let mut payload = [0u8; 125];
+    let len = (frame.len() - head_len).min(125);
+    payload[..len].copy_from_slice(&frame[head_len..head_len + len]);
+    if frame[1] & 0x80 != 0 {
+        let k = &frame[head_len - 4..head_len];
+        frame::apply_mask(&mut payload[..len], [k[0], k[1], k[2], k[3]]);
+    }
+    (payload, len)
+}
+
+/// A close frame's code and reason, checked as tungstenite checks them for the message
+/// bridge: one byte of payload is a protocol error, a reason must be UTF-8 (else 1007), and a
+/// code no endpoint may send (1005, 1006, 1015, reserved or out of range) becomes 1002
+/// "Protocol violation", which the leg is answered with and the other leg is told.
+pub(crate) fn close_frame(frame: &[u8]) -> Result<Option<CloseFrame>, WsError> {
+    let (payload, len) = control_payload(frame);
+    let payload = &payload[..len];
+    let (code, reason) = match payload {
+        [] => return Ok(None),
+        [_] => return Err(WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+        [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), reason),
+    };
+    let Ok(reason) = std::str::from_utf8(reason) else {
+        return Err(invalid_utf8());
+    };
+    let code = CloseCode::from(code);
+    Ok(Some(if code.is_allowed() {
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    } else {
+        CloseFrame {
+            code: CloseCode::Protocol,
+            reason: Utf8Bytes::from_static("Protocol violation"),
+        }
+    }))
+}
+
+/// Writes `out`'s parts (slices of itself and of `input`) to `dst` now, as far as it takes
+/// them (the rest waits in `dst`).
+fn write_parts<D>(
+    cx: &mut Context<'_>,
+    dst: &mut Wire<D>,
+    input: &[u8],
+    out: &Output,
+) -> std::io::Result<()>
+where
+    D: AsyncWrite + Unpin,
+{
+    match out.parts.as_slice() {
+        [Part::Own(start, end)] => dst.write_now(cx, &[&out.own[*start..*end]]),
+        _ => {
+            let slices: Vec<&[u8]> = out.slices(input).collect();
+            dst.write_now(cx, &slices)
+        }
     }
 }
 

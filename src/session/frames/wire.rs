@@ -72,8 +72,6 @@ pub(crate) struct Wire<S> {
     /// Bytes put back into the stream (see [`Wire::unread`]): read before anything else.
     unread: Vec<u8>,
     unread_at: usize,
-    /// Stream bytes to drop before the next read is served (see [`Wire::resync`]).
-    skip: u64,
     /// What tungstenite reads instead of the raw stream, when set; and its output not yet
     /// read.
     transform: Option<Box<dyn Transform>>,
@@ -118,7 +116,6 @@ impl<S> Wire<S> {
             frame: None,
             unread: Vec::new(),
             unread_at: 0,
-            skip: 0,
             transform: None,
             plain: Vec::new(),
             plain_at: 0,
@@ -142,16 +139,15 @@ impl<S> Wire<S> {
     }
 
     /// Puts `bytes` back in front of the stream: the next reads return them first. The
-    /// streaming bridge hands tungstenite a control frame this way, and keeps what it read
-    /// past a pause.
+    /// streaming bridge keeps what it read past a pause this way, and so does a transform
+    /// with what it did not take.
     pub(crate) fn unread(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         if self.unread_at == self.unread.len() && self.unread.capacity() <= 1024 {
-            // Nothing left unread: a small buffer is reused (a control frame at a time,
-            // usually); a large one (the rest of a big read) is let go below, not kept for the
-            // session's life.
+            // Nothing left unread: a small buffer is refilled in place; a large one (the rest
+            // of a big read) is let go below, not kept for the session's life.
             self.unread.clear();
             self.unread.extend_from_slice(bytes);
             self.unread_at = 0;
@@ -163,18 +159,6 @@ impl<S> Wire<S> {
         joined.extend_from_slice(rest);
         self.unread = joined;
         self.unread_at = 0;
-    }
-
-    /// Drops the next `skip` bytes of the stream (the rest of a frame nobody will read),
-    /// then serves `prefix`, then the stream again.
-    pub(crate) fn resync(&mut self, skip: u64, prefix: &[u8]) {
-        if skip > 0 {
-            debug_assert_eq!(self.unread_at, self.unread.len(), "skip after unread bytes");
-            self.unread.clear();
-            self.unread_at = 0;
-        }
-        self.skip = skip;
-        self.unread(prefix);
     }
 
     /// Queues `msg` as one frame written from its own bytes; masked when `mask` (toward the
@@ -313,21 +297,6 @@ impl<S: AsyncRead + Unpin> Wire<S> {
     /// Reads what the leg sent, as it sent it.
     fn poll_raw(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self;
-        while this.skip > 0 {
-            let before = buf.filled().len();
-            ready!(this.poll_stream(cx, buf))?;
-            let got = buf.filled().len() - before;
-            if got == 0 {
-                return Poll::Ready(Ok(())); // The end of the stream.
-            }
-            let dropped = got.min(usize::try_from(this.skip).unwrap_or(usize::MAX));
-            this.skip -= dropped as u64;
-            buf.filled_mut().copy_within(before + dropped.., before);
-            buf.set_filled(before + got - dropped);
-            if got > dropped {
-                return Poll::Ready(Ok(()));
-            }
-        }
         if this.unread_at < this.unread.len() {
             let n = buf.remaining().min(this.unread.len() - this.unread_at);
             buf.put_slice(&this.unread[this.unread_at..this.unread_at + n]);

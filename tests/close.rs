@@ -235,3 +235,62 @@ async fn a_client_protocol_error_still_delivers_what_the_upstream_sent_first() {
         (0x8, 1002)
     );
 }
+
+/// A client's close frame is checked the same way by both frame bridges: the streaming one
+/// (no message hooks) reads it itself, the message bridge through tungstenite. Each case: the
+/// close payload the client sends, the close the client is answered with, the upstream's.
+#[tokio::test]
+async fn both_frame_bridges_check_a_client_close_alike() {
+    let cases: [(&[u8], u16, &str, u16, &str); 5] = [
+        (b"\x0f\xa0fine", 4000, "fine", 4000, "fine"),
+        (b"", 0, "", 0, ""),
+        // 1005 may not be sent: answered and passed on as 1002, as tungstenite does.
+        (
+            b"\x03\xed",
+            1002,
+            "Protocol violation",
+            1002,
+            "Protocol violation",
+        ),
+        // One byte is no code: the client broke the protocol.
+        (b"\x03", 1002, "", 1001, "client failed"),
+        // A reason that is not UTF-8.
+        (
+            b"\x03\xe8\xff",
+            1007,
+            "",
+            1001,
+            "client failed: invalid UTF-8",
+        ),
+    ];
+    for hooked in [false, true] {
+        for (payload, client_code, client_reason, upstream_code, upstream_reason) in cases {
+            let case = format!("hooks {hooked}, payload {payload:?}");
+            let (up, mut seen) = reporting_upstream().await;
+            let mut layer = WsProxyLayer::new(upstream(up));
+            if hooked {
+                layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
+            }
+            let proxy = proxy(layer).await;
+            let (status, _, mut tcp, mut pending) =
+                raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+            assert_eq!(status, 101, "{case}");
+            tcp.write_all(&client_frame(0x88, payload)).await.unwrap();
+            let (opcode, answer) = read_frame(&mut tcp, &mut pending).await;
+            assert_eq!(opcode, 0x8, "{case}");
+            let code = match answer.as_slice() {
+                [] => 0,
+                [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                [_] => panic!("{case}: a one-byte close payload"),
+            };
+            let reason = String::from_utf8_lossy(answer.get(2..).unwrap_or_default());
+            assert_eq!(code, client_code, "{case}: {reason}");
+            assert!(reason.starts_with(client_reason), "{case}: {reason}");
+            let told = upstream_close(&mut seen)
+                .await
+                .unwrap_or((0, String::new()));
+            assert_eq!(told.0, upstream_code, "{case}: {told:?}");
+            assert!(told.1.starts_with(upstream_reason), "{case}: {told:?}");
+        }
+    }
+}

@@ -290,7 +290,7 @@ where
 
 /// Half-closes and reads to EOF, so the close frame is not lost to a reset caused by data the
 /// peer sent meanwhile (closing a socket with unread input sends RST).
-pub(super) async fn linger<S>(io: &mut S)
+async fn linger<S>(io: &mut S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

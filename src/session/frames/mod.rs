@@ -13,6 +13,10 @@ pub(crate) mod stream;
 pub(crate) mod stream_close;
 pub(crate) mod wire;
 
+use std::future::Future;
+
+use futures_util::future::Either;
+
 use self::socket::Socket;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -44,38 +48,47 @@ pub(crate) struct Run<'a> {
 
 /// The session in frame mode, from the client's upgraded connection to the end of both close
 /// handshakes.
-pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
-    let settings = run.settings;
+pub(crate) fn run<'a>(
+    client: Transport,
+    upstream: Transport,
+    mut run: Run<'a>,
+) -> impl Future<Output = Report> + Send + 'a {
     tracing::debug!("session open");
-    let mut keepalive = Keepalive::new(settings.timeouts, Some(run.entry.clone()));
+    // Each bridge is a future of its own, and this is not one more around them: the session
+    // is the size of the larger bridge.
+    match run.hooks.take() {
+        None => Either::Left(streamed(client, upstream, run)),
+        Some(hooks) => Either::Right(bridged(client, upstream, run, hooks)),
+    }
+}
+
+/// What both bridges start from: the keepalive, the limits, and each leg's
+/// permessage-deflate with its role.
+fn start(run: &Run<'_>) -> (Keepalive, stream::Limits, Leg, Leg) {
+    let settings = run.settings;
+    let keepalive = Keepalive::new(settings.timeouts, Some(run.entry.clone()));
     let limits = stream::Limits {
         max_frame: Some(settings.max_frame_size),
         max_message: Some(settings.max_message_size),
     };
     let client_leg = run.client_deflate.map(|p| (p, deflate::Role::Server));
     let upstream_leg = run.upstream_deflate.map(|p| (p, deflate::Role::Client));
-    let config = &settings.deflate;
-    let Some(hooks) = run.hooks else {
-        let (mut client, mut upstream) = (Wire::new(client), Wire::new(upstream));
-        let legs = Legs {
-            client: &mut client,
-            upstream: &mut upstream,
-            to_upstream: run.to_upstream,
-            to_client: run.to_client,
-            keepalive: &mut keepalive,
-            entry: run.entry,
-        };
-        let directions = (
-            Codec::new(client_leg, upstream_leg, true, config),
-            Codec::new(upstream_leg, client_leg, true, config),
-        );
-        let stopped = stream::run(legs, limits, directions).await;
-        let timeout = settings.close_timeout;
-        return stream_close::finish(&mut client, &mut upstream, stopped, run.to_client, timeout)
-            .await;
-    };
-    let mut client = Socket::new(Wire::new(client), Role::Server, settings.websocket());
-    let mut upstream = upstream_leg_socket(upstream, settings);
+    (keepalive, limits, client_leg, upstream_leg)
+}
+
+/// A leg's permessage-deflate, as it agreed it, and the proxy's role on it.
+type Leg = Option<(Params, deflate::Role)>;
+
+/// Without message hooks: frames streamed on the raw legs, closed by the same walkers.
+async fn streamed(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
+    let (mut keepalive, limits, client_leg, upstream_leg) = start(&run);
+    let config = &run.settings.deflate;
+    let (mut client, mut upstream) = (Wire::new(client), Wire::new(upstream));
+    let mut flows = stream::Flows::new(
+        limits,
+        Codec::new(client_leg, upstream_leg, true, config),
+        Codec::new(upstream_leg, client_leg, true, config),
+    );
     let legs = Legs {
         client: &mut client,
         upstream: &mut upstream,
@@ -84,17 +97,43 @@ pub(crate) async fn run(client: Transport, upstream: Transport, run: Run<'_>) ->
         keepalive: &mut keepalive,
         entry: run.entry,
     };
+    let plan = stream_close::Plan::of(stream::run(legs, &mut flows).await);
+    let (to_client, timeout) = (run.to_client, run.settings.close_timeout);
+    let (client, upstream) = (&mut client, &mut upstream);
+    stream_close::finish(client, upstream, plan, &mut flows, to_client, timeout).await
+}
+
+/// With message hooks: whole messages bridged through tungstenite.
+async fn bridged(
+    client: Transport,
+    upstream: Transport,
+    run: Run<'_>,
+    hooks: SessionHooks<'_>,
+) -> Report {
+    let (mut keepalive, limits, client_leg, upstream_leg) = start(&run);
+    let settings = run.settings;
+    let config = &settings.deflate;
+    let mut client = Socket::new(Wire::new(client), Role::Server, settings.websocket());
+    let mut upstream = upstream_leg_socket(upstream, settings);
     // Hooks read whole messages through tungstenite: a compressed leg is read through a
     // reader that inflates it, and what goes to one is compressed by the bridge.
     for (leg, side) in [(client_leg, Side::Client), (upstream_leg, Side::Upstream)] {
         if let Some(inflate) = Codec::new(leg, None, false, config) {
             let reader = Box::new(Inflating::new(side, limits, inflate));
             match side {
-                Side::Client => legs.client.get_mut().set_transform(reader),
-                Side::Upstream => legs.upstream.get_mut().set_transform(reader),
+                Side::Client => client.get_mut().set_transform(reader),
+                Side::Upstream => upstream.get_mut().set_transform(reader),
             }
         }
     }
+    let legs = Legs {
+        client: &mut client,
+        upstream: &mut upstream,
+        to_upstream: run.to_upstream,
+        to_client: run.to_client,
+        keepalive: &mut keepalive,
+        entry: run.entry,
+    };
     let sends = (
         Codec::new(None, upstream_leg, false, config),
         Codec::new(None, client_leg, false, config),

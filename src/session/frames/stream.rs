@@ -131,12 +131,8 @@ pub(crate) struct Limits {
 
 /// Forwards data frames both ways until a close frame or an error ends the session. Same
 /// contract as [`bridge::run`](crate::session::frames::bridge::run), without hooks; nothing is
-/// ever held whole. Returns both directions as they stopped, for the close phase.
-pub(crate) async fn run<C, U>(
-    legs: Legs<'_, Wire<C>, Wire<U>>,
-    limits: Limits,
-    (c2u_deflate, u2c_deflate): (Option<Box<Codec>>, Option<Box<Codec>>),
-) -> (Ended, Flows)
+/// ever held whole. `flows` are left as they stopped, for the close phase.
+pub(crate) async fn run<C, U>(legs: Legs<'_, Wire<C>, Wire<U>>, flows: &mut Flows) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -149,16 +145,14 @@ where
         keepalive,
         entry,
     } = legs;
-    let mut c2u = Flow::new(Side::Client, Side::Upstream, limits, c2u_deflate);
-    let mut u2c = Flow::new(Side::Upstream, Side::Client, limits, u2c_deflate);
-    let ended = drive(entry, keepalive, |cx, keepalive| {
+    let Flows { c2u, u2c } = flows;
+    drive(entry, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
         }
         u2c.poll(cx, upstream, client, to_client, keepalive)
     })
-    .await;
-    (ended, Flows { c2u, u2c })
+    .await
 }
 
 /// Both directions of a streamed session: client to upstream, upstream to client.
@@ -166,6 +160,17 @@ where
 pub(crate) struct Flows {
     pub(crate) c2u: Flow,
     pub(crate) u2c: Flow,
+}
+
+impl Flows {
+    /// Both directions within `limits`, with permessage-deflate as each direction's legs
+    /// agreed it.
+    pub(crate) fn new(limits: Limits, c2u: Option<Box<Codec>>, u2c: Option<Box<Codec>>) -> Self {
+        Self {
+            c2u: Flow::new(Side::Client, Side::Upstream, limits, c2u),
+            u2c: Flow::new(Side::Upstream, Side::Client, limits, u2c),
+        }
+    }
 }
 
 /// Incremental UTF-8 validation of a text message that arrives in pieces.
@@ -889,14 +894,35 @@ impl Flow {
 
     /// The close phase's reading of `from` (see
     /// [`stream_close`](crate::session::frames::stream_close)): its frames walked on as while
-    /// bridging, data handed to `to` when it is given (and counted in `traffic`; without `to`
-    /// only counted), until `from`'s close frame. Pings are no longer answered: a close has
-    /// been sent (RFC 6455 section 5.5.1).
+    /// bridging, data handed to `to` when it is given (and counted in its traffic), until
+    /// `from`'s close frame; without `to`, data messages are only counted, in `lost`. Pings are
+    /// no longer answered: a close has been sent (RFC 6455 section 5.5.1).
     pub(crate) fn poll_until_close<S, D>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut Wire<S>,
-        mut dst: Option<&mut Wire<D>>,
+        to: Option<(&mut Wire<D>, &mut Traffic)>,
+        lost: &mut u64,
+    ) -> Poll<Until>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        let mut discarded = Traffic::uncounted();
+        let (mut dst, traffic) = match to {
+            Some((dst, traffic)) => (Some(dst), traffic),
+            None => (None, &mut discarded),
+        };
+        let polled = self.poll_until_close_into(cx, src, &mut dst, traffic);
+        *lost += discarded.messages;
+        polled
+    }
+
+    fn poll_until_close_into<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Wire<S>,
+        dst: &mut Option<&mut Wire<D>>,
         traffic: &mut Traffic,
     ) -> Poll<Until>
     where
@@ -993,6 +1019,25 @@ impl MessageState {
         let fin = if fin { 0x80 } else { 0 };
         fin | rsv1 | opcode
     }
+}
+
+/// Reads and drops what `src` sends until its stream ends or fails, or, `once`, until its next
+/// read. Through the thread's read buffer: nothing is held across a wait.
+pub(crate) fn poll_discard<S>(cx: &mut Context<'_>, src: &mut Wire<S>, once: bool) -> Poll<()>
+where
+    S: AsyncRead + Unpin,
+{
+    BUFS.with(|bufs| {
+        let (input, _) = &mut *bufs.borrow_mut();
+        loop {
+            let mut buf = ReadBuf::new(input);
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !once && !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
 }
 
 /// A whole control frame's payload (checked: at most 125 bytes), unmasked, in a copy.

@@ -22,21 +22,56 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use super::close::{linger, plan, LegEnd};
-use super::stream::{Flow, Flows, Until};
+use super::close::{plan, LegEnd};
+use super::stream::{poll_discard, Flow, Flows, Until};
 use super::wire::Wire;
 use crate::session::close_policy::{fit_reason, Report};
 use crate::session::frame;
 use crate::session::leg::{Ended, Side, Traffic};
 
-/// Completes the close on both legs of a streamed session and reports how it ended.
+/// How a streamed session's legs end, decided before the close phase starts (so that the
+/// phase keeps only this across its waits).
+pub(crate) struct Plan {
+    client: Ending,
+    upstream: Ending,
+    /// The client broke the protocol while the upstream is to be closed: the upstream goes
+    /// first, and what it sends before it answers still reaches the client.
+    relayed: bool,
+    report: Report,
+}
+
+impl Plan {
+    /// Each leg's ending and the report, from how bridging stopped.
+    pub(crate) fn of(ended: Ended) -> Self {
+        // What a leg that closed is answered with: its own close frame, as checked.
+        let echo = match &ended {
+            Ended::Closed { frame, .. } => frame.clone(),
+            _ => None,
+        };
+        let (client, upstream, report) = plan(ended);
+        let relayed = matches!((&client, &upstream), (LegEnd::Fail(_), LegEnd::Initiate(_)));
+        Self {
+            client: Ending::of(client, echo.clone()),
+            upstream: Ending::of(upstream, echo),
+            relayed,
+            report,
+        }
+    }
+}
+
+/// Completes the close on both legs of a streamed session as `plan` says, and reports how it
+/// ended.
+///
+/// Everything is borrowed and no buffer is held across a wait: this runs inside the session's
+/// future, which must not grow for it (the session's size is what an idle session costs).
 pub(crate) async fn finish<C, U>(
     client: &mut Wire<C>,
     upstream: &mut Wire<U>,
-    (ended, flows): (Ended, Flows),
+    plan: Plan,
+    flows: &mut Flows,
     to_client: &mut Traffic,
     timeout: Duration,
 ) -> Report
@@ -44,120 +79,143 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let Flows { mut c2u, mut u2c } = flows;
-    // What a leg that closed is answered with: its own close frame, as checked.
-    let echo = match &ended {
-        Ended::Closed { frame, .. } => frame.clone(),
-        _ => None,
-    };
-    let (client_end, upstream_end, mut report) = plan(ended);
-    report.undeliverable = match (client_end, upstream_end) {
-        (LegEnd::Fail(client_frame), LegEnd::Initiate(upstream_frame)) => {
-            let mut lost = 0;
-            let relay = async {
-                if send_close(upstream, Side::Upstream, upstream_frame.as_ref())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let until =
-                    poll_fn(|cx| u2c.poll_until_close(cx, upstream, Some(&mut *client), to_client))
-                        .await;
-                if until == Until::WriteFailed {
-                    // The client is gone after all: the rest is read and counted.
-                    lost += read_until_close(upstream, &mut u2c).await.1;
-                }
-            };
-            let _ = tokio::time::timeout(timeout, relay).await;
-            let client_end = LegEnd::Fail(client_frame);
-            lost + end_leg(client, &mut c2u, Side::Client, client_end, None, timeout).await
-        }
-        (client_end, upstream_end) => {
-            let (a, b) = tokio::join!(
-                end_leg(
-                    client,
-                    &mut c2u,
-                    Side::Client,
-                    client_end,
-                    echo.clone(),
-                    timeout
-                ),
+    let Flows { c2u, u2c } = flows;
+    let Plan {
+        client: client_end,
+        upstream: upstream_end,
+        relayed,
+        mut report,
+    } = plan;
+    // Data messages read on a closing leg, which no one can take any more.
+    let (mut client_lost, mut upstream_lost) = (0, 0);
+    if relayed {
+        // The client broke the protocol: the upstream is closed first, and what it sends
+        // before it answers still reaches the client.
+        let relay = async {
+            if send_close(upstream, Side::Upstream, upstream_end.close.as_ref())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let until = poll_fn(|cx| {
+                let to = Some((&mut *client, &mut *to_client));
+                u2c.poll_until_close(cx, upstream, to, &mut upstream_lost)
+            })
+            .await;
+            if until == Until::WriteFailed {
+                // The client is gone after all: the rest is read and counted.
+                read_until_close(upstream, u2c, &mut upstream_lost).await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, relay).await;
+        let ending = end_leg(client, c2u, Side::Client, &client_end, &mut client_lost);
+        let _ = tokio::time::timeout(timeout, ending).await;
+    } else {
+        // Both legs end at once, so one deadline serves both.
+        let both = async {
+            tokio::join!(
+                end_leg(client, c2u, Side::Client, &client_end, &mut client_lost),
                 end_leg(
                     upstream,
-                    &mut u2c,
+                    u2c,
                     Side::Upstream,
-                    upstream_end,
-                    echo,
-                    timeout
+                    &upstream_end,
+                    &mut upstream_lost
                 ),
-            );
-            a + b
-        }
-    };
+            )
+        };
+        let _ = tokio::time::timeout(timeout, both).await;
+    }
+    report.undeliverable = client_lost + upstream_lost;
+    if report.undeliverable > 0 {
+        tracing::debug!(
+            lost = report.undeliverable,
+            "data messages arrived on a closing leg and could not be delivered"
+        );
+    }
     report
 }
 
-/// Runs one leg's ending within `timeout` (`flow`: the direction that reads it; `echo`: the
-/// answer to its close frame); returns how many data messages it sent that could not be
-/// delivered.
+/// One leg's ending: the close frame it is sent (`None`: without a code), and what follows.
+struct Ending {
+    close: Option<CloseFrame>,
+    then: Then,
+}
+
+/// What follows a leg's close frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Nothing is sent: the leg's connection is gone.
+    Nothing,
+    /// It answered the leg's own close frame.
+    Answered,
+    /// The leg is to answer it.
+    AwaitAnswer,
+    /// The leg broke the protocol: its connection is shut down.
+    ShutDown,
+}
+
+impl Ending {
+    /// `end` as carried out here (`echo`: the answer to the leg's own close frame).
+    fn of(end: LegEnd, echo: Option<CloseFrame>) -> Self {
+        let (close, then) = match end {
+            LegEnd::Drop => (None, Then::Nothing),
+            LegEnd::Answer => (echo, Then::Answered),
+            LegEnd::Initiate(frame) => (frame, Then::AwaitAnswer),
+            LegEnd::Fail(frame) => (Some(frame), Then::ShutDown),
+        };
+        Self { close, then }
+    }
+}
+
+/// Carries out one leg's ending (`flow`: the direction that reads the leg), counting in `lost`
+/// the data messages it sends meanwhile. The caller bounds it with `close_timeout`.
 async fn end_leg<S>(
     wire: &mut Wire<S>,
     flow: &mut Flow,
     side: Side,
-    end: LegEnd,
-    echo: Option<CloseFrame>,
-    timeout: Duration,
-) -> u64
-where
+    ending: &Ending,
+    lost: &mut u64,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut lost = 0;
-    let ending = async {
-        match end {
-            LegEnd::Drop => {}
-            LegEnd::Answer => {
-                if send_close(wire, side, echo.as_ref()).await.is_ok() && side == Side::Upstream {
-                    closed_by_peer(wire).await;
-                }
-            }
-            LegEnd::Initiate(frame) => {
-                if send_close(wire, side, frame.as_ref()).await.is_err() {
-                    return;
-                }
-                let (until, discarded) = read_until_close(wire, flow).await;
-                lost = discarded;
-                if until == Until::Closed && side == Side::Upstream {
-                    closed_by_peer(wire).await;
-                }
-            }
-            LegEnd::Fail(frame) => {
-                if send_close(wire, side, Some(&frame)).await.is_ok() {
-                    linger(wire).await;
-                }
+    let then = ending.then;
+    if then == Then::Nothing || send_close(wire, side, ending.close.as_ref()).await.is_err() {
+        return;
+    }
+    match then {
+        Then::Nothing => {}
+        Then::Answered => {
+            if side == Side::Upstream {
+                closed_by_peer(wire).await;
             }
         }
-    };
-    // Out of time: the leg's socket is dropped by the caller.
-    let _ = tokio::time::timeout(timeout, ending).await;
-    if lost > 0 {
-        tracing::debug!(
-            lost,
-            "data messages arrived on a closing leg and could not be delivered"
-        );
+        Then::AwaitAnswer => {
+            let until = read_until_close(wire, flow, lost).await;
+            if until == Until::Closed && side == Side::Upstream {
+                closed_by_peer(wire).await;
+            }
+        }
+        Then::ShutDown => {
+            // Shut down, then read to the end: closing a socket with unread input sends a
+            // reset, which could overtake the close frame.
+            if poll_fn(|cx| Pin::new(&mut *wire).poll_shutdown(cx))
+                .await
+                .is_ok()
+            {
+                poll_fn(|cx| poll_discard(cx, wire, false)).await;
+            }
+        }
     }
-    lost
 }
 
-/// Reads the leg until its close frame, counting the data messages it sent meanwhile.
-async fn read_until_close<S>(wire: &mut Wire<S>, flow: &mut Flow) -> (Until, u64)
+/// Reads the leg until its close frame, counting in `lost` the data messages it sent meanwhile.
+async fn read_until_close<S>(wire: &mut Wire<S>, flow: &mut Flow, lost: &mut u64) -> Until
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut discarded = Traffic::uncounted();
-    let until =
-        poll_fn(|cx| flow.poll_until_close(cx, wire, None::<&mut Wire<S>>, &mut discarded)).await;
-    (until, discarded.messages)
+    poll_fn(|cx| flow.poll_until_close(cx, wire, None::<(&mut Wire<S>, _)>, lost)).await
 }
 
 /// Writes a close frame (`None`: without a code) once the leg has taken what it was sent
@@ -170,11 +228,15 @@ async fn send_close<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let (payload, len) =
-        frame::close_payload(close.map(|f| (u16::from(f.code), fit_reason(f.reason.as_str()))));
-    let (bytes, n) = frame::control_frame(0x8, &payload[..len], side == Side::Upstream);
     poll_fn(|cx| Pin::new(&mut *wire).poll_flush(cx)).await?;
-    poll_fn(|cx| Poll::Ready(wire.write_now(cx, &[&bytes[..n]]))).await?;
+    // Built where it is written, so that no frame is held across a wait.
+    poll_fn(|cx| {
+        let code_and_reason = close.map(|f| (u16::from(f.code), fit_reason(f.reason.as_str())));
+        let (payload, len) = frame::close_payload(code_and_reason);
+        let (bytes, n) = frame::control_frame(0x8, &payload[..len], side == Side::Upstream);
+        Poll::Ready(wire.write_now(cx, &[&bytes[..n]]))
+    })
+    .await?;
     poll_fn(|cx| Pin::new(&mut *wire).poll_flush(cx)).await
 }
 
@@ -184,6 +246,5 @@ async fn closed_by_peer<S>(wire: &mut Wire<S>)
 where
     S: AsyncRead + Unpin,
 {
-    let mut sink = [0u8; 64];
-    let _ = wire.read(&mut sink).await;
+    poll_fn(|cx| poll_discard(cx, wire, true)).await;
 }

@@ -396,13 +396,10 @@ async fn run(server: Serve) -> io::Result<()> {
             tls: tls.clone(),
             direct: direct.clone(),
         };
-        let mut stop = stop_rx.clone();
-        // Boxed: a task's future is moved several times as the task is made, run and
-        // finished, and this one is kilobytes (hyper's connection, TLS, HTTP/2 states); the
-        // copies were a third of the proxy's instructions per handshake (callgrind).
-        let served: Pin<Box<dyn Future<Output = ()> + Send>> =
-            Box::pin(async move { conn.serve(tcp, &mut stop).await });
-        connections.spawn(served);
+        // Boxed (in `serve`): a task's future is moved several times as the task is made, run
+        // and finished, and this one is kilobytes (hyper's connection, TLS, HTTP/2 states);
+        // the copies were a third of the proxy's instructions per handshake (callgrind).
+        connections.spawn(conn.serve(tcp, stop_rx.clone()));
     }
     drop(listener);
     let _ = stop_tx.send(Phase::Stopping);
@@ -549,40 +546,80 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(self, mut tcp: TcpStream, stop: &mut Stop) {
-        let Conn {
-            app,
-            mut remote,
-            header_timeout,
-            max_head,
-            proxy_protocol,
-            #[cfg(feature = "tls")]
-            tls,
-            direct,
-        } = self;
-        let accepted = tokio::time::Instant::now();
-        if proxy_protocol {
-            // Each stage before HTTP ends at its deadline, or at the end of the grace.
-            let header = tokio::select! {
-                biased;
-                // Boxed: its buffer is 4 KiB, which inline would enlarge every connection's
-                // future, with the protocol off too (5.2 KB against 0.9 KB).
-                read = tokio::time::timeout(header_timeout, Box::pin(proxy_header::read(&mut tcp))) => read,
-                () = past_grace(stop) => return,
-            };
-            match header {
-                Ok(Ok(Some(client))) => remote = client,
-                Ok(Ok(None)) => {} // LOCAL / UNKNOWN: a health check; the peer stays.
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %remote, "closed: PROXY protocol header: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %remote, "closed: no PROXY protocol header in time");
-                    return;
-                }
+    /// Serves the connection. Its future is boxed by the accept loop, so that each kind of
+    /// connection costs its own size: one the server's own upgrade entry reads first, or one
+    /// hyper (or TLS) takes from the start.
+    fn serve(mut self, tcp: TcpStream, mut stop: Stop) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        match self.direct.take() {
+            Some(direct) if !tls => {
+                Box::pin(async move { self.serve_direct(direct, tcp, &mut stop).await })
+            }
+            _ => Box::pin(async move { self.serve_hyper(tcp, &mut stop).await }),
+        }
+    }
+
+    /// The PROXY protocol header, where it is on: the client's address from it, or `None` when
+    /// the connection is to be closed (no valid header in time, or the grace ran out).
+    async fn proxied(&self, tcp: &mut TcpStream, stop: &mut Stop) -> Option<SocketAddr> {
+        if !self.proxy_protocol {
+            return Some(self.remote);
+        }
+        // Each stage before HTTP ends at its deadline, or at the end of the grace.
+        let header = tokio::select! {
+            biased;
+            // Boxed: its buffer is 4 KiB, which inline would enlarge every connection's
+            // future, with the protocol off too (5.2 KB against 0.9 KB).
+            read = tokio::time::timeout(self.header_timeout, Box::pin(proxy_header::read(tcp))) => read,
+            () = past_grace(stop) => return None,
+        };
+        let remote = self.remote;
+        match header {
+            Ok(Ok(Some(client))) => Some(client),
+            Ok(Ok(None)) => Some(remote), // LOCAL / UNKNOWN: a health check; the peer stays.
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %remote, "closed: PROXY protocol header: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %remote, "closed: no PROXY protocol header in time");
+                None
             }
         }
+    }
+
+    /// A plain connection with the server's own upgrade entry on. The handler is made only
+    /// if hyper takes the connection: an upgrade answered here needs none.
+    async fn serve_direct(self, direct: DirectUpgrades, mut tcp: TcpStream, stop: &mut Stop) {
+        let accepted = tokio::time::Instant::now();
+        let Some(remote) = self.proxied(&mut tcp, stop).await else {
+            return;
+        };
+        let conn = Unserved {
+            app: self.app,
+            remote,
+            max_head: self.max_head,
+        };
+        serve_direct(direct, tcp, conn, accepted, self.header_timeout, stop).await;
+    }
+
+    /// A connection hyper serves from its first byte (over TLS where that is on).
+    async fn serve_hyper(self, mut tcp: TcpStream, stop: &mut Stop) {
+        let accepted = tokio::time::Instant::now();
+        let Some(remote) = self.proxied(&mut tcp, stop).await else {
+            return;
+        };
+        let Conn {
+            app,
+            header_timeout,
+            max_head,
+            #[cfg(feature = "tls")]
+            tls,
+            ..
+        } = self;
         // The head's deadline counts from the accept (PROXY header and TLS handshake included).
         let left = || header_timeout.saturating_sub(accepted.elapsed());
         // Boxed: a TLS handshake's state is kilobytes, and inline it would enlarge every
@@ -597,24 +634,6 @@ impl Conn {
                 left: left(),
             };
             return Box::pin(conn.serve_tls(tcp, tls, stop)).await;
-        }
-        if let Some(direct) = direct {
-            // Boxed, as hyper's connection is. The handler is made only if hyper takes the
-            // connection: an upgrade answered here needs none.
-            let conn = Unserved {
-                app,
-                remote,
-                max_head,
-            };
-            return Box::pin(serve_direct(
-                direct,
-                tcp,
-                conn,
-                accepted,
-                header_timeout,
-                stop,
-            ))
-            .await;
         }
         let service = Handler::new(App::for_connection(&app, remote).await, remote, max_head);
         let peeked = tokio::select! {

@@ -154,17 +154,18 @@ impl WsProxyLayer {
         self.session(|s| s.max_frame_size = bytes)
     }
 
-    /// tungstenite's read buffer per leg, held for the whole session: small keeps idle sessions
-    /// cheap. Data frames do not pass through it (they stream, read up to 256 KiB at a time into
-    /// a per-thread buffer); control frames and, with message hooks, messages do, and once a read
-    /// fills it the proxy reads up to 64 KiB at a time into a buffer that exists only while the
-    /// burst lasts. Default: 1 KiB.
+    /// With message hooks, tungstenite's read buffer per leg, held for the whole session: small
+    /// keeps idle sessions cheap; once a read fills it the proxy reads up to 64 KiB at a time
+    /// into a buffer that exists only while the burst lasts. Without message hooks it is not
+    /// used: frames stream, read up to 256 KiB at a time into a per-thread buffer, and the
+    /// proxy answers control frames itself. Default: 1 KiB.
     pub fn read_buffer_size(self, bytes: usize) -> Self {
         self.session(|s| s.read_buffer_size = bytes)
     }
 
-    /// Bytes collected per leg before a write is issued while messages keep coming (a write is
-    /// also issued whenever the source has nothing more ready). Default: 8 KiB.
+    /// With message hooks, bytes collected per leg before a write is issued while messages
+    /// keep coming (a write is also issued whenever the source has nothing more ready); without
+    /// them, each read's frames leave in one write as they arrive. Default: 8 KiB.
     pub fn write_buffer_size(self, bytes: usize) -> Self {
         self.session(|s| s.write_buffer_size = bytes)
     }

@@ -341,3 +341,140 @@ async fn a_pong_waits_behind_a_large_frame_still_being_written() {
     assert_eq!(data[1], Message::text("after"));
     assert!(pong, "the ping was not answered");
 }
+
+/// Found in review: a read holding the end of a large frame, a ping and a message, while the
+/// upstream takes bytes slowly. The large frame's end is written only in part, the ping is
+/// answered, and the message after it must wait behind that part (it was written over it).
+/// The upstream's buffers are filled first, and eight such groups follow, so that some read
+/// ends a frame with more than the upstream has room for, wherever the reads fall.
+#[tokio::test]
+async fn a_message_after_a_ping_waits_behind_a_frame_the_upstream_has_not_taken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len).map(|i| ((i + seed) % 251) as u8).collect()
+    };
+    let mut sent = vec![(0x2, payload(12 << 20, 0))];
+    for group in 0..8 {
+        sent.push((0x2, payload(300 << 10, group + 1)));
+        sent.push((0x1, format!("after {group}").into_bytes()));
+    }
+    // An upstream that reads 16 KiB a millisecond until it has the last text message, then
+    // hands back every byte it got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (tx, got) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        assert!(answer_upgrade(&mut tcp).await);
+        let (mut bytes, mut next_frame, mut texts) = (Vec::new(), 0, 0);
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "the proxy closed the upstream after {} bytes",
+                bytes.len()
+            );
+            bytes.extend_from_slice(&chunk[..n]);
+            // Frame by frame, as far as the bytes go: done at the last text frame's end.
+            while let Some((first, len, head_len)) = bytes.get(next_frame..).and_then(frame_at) {
+                let end = next_frame + head_len + len;
+                if end > bytes.len() {
+                    break;
+                }
+                next_frame = end;
+                texts += usize::from(first == 0x81);
+                if texts == 8 {
+                    let _ = tx.send(bytes);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let proxy = proxy(WsProxyLayer::new(upstream(up))).await;
+    let (status, _, tcp, mut pending) =
+        raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101);
+    let (mut rd, mut wr) = tcp.into_split();
+    // One write: the large frame, then each group's frame, a ping and a text message.
+    let mut frames = masked(0x82, &sent[0].1);
+    for (group, pair) in sent[1..].chunks(2).enumerate() {
+        frames.extend_from_slice(&masked(0x82, &pair[0].1));
+        frames.extend_from_slice(&client_frame(0x89, &[group as u8]));
+        frames.extend_from_slice(&masked(0x81, &pair[1].1));
+    }
+    tokio::spawn(async move {
+        wr.write_all(&frames).await.unwrap();
+        // The client's side stays open: its end would close the session.
+        std::future::pending::<()>().await;
+        drop(wr);
+    });
+    let bytes = within("the upstream's bytes", got).await.unwrap();
+    // The upstream's frames, unmasked, as messages (a large one arrives in pieces).
+    let (mut at, mut messages, mut current) = (0, Vec::new(), None::<(u8, Vec<u8>)>);
+    while let Some((first, len, head_len)) = bytes.get(at..).and_then(frame_at) {
+        let mask = &bytes[at + head_len - 4..at + head_len];
+        let payload = &bytes[at + head_len..at + head_len + len];
+        let message = current.get_or_insert_with(|| (first & 0x0f, Vec::new()));
+        message
+            .1
+            .extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        if first & 0x80 != 0 {
+            messages.extend(current.take());
+        }
+        at += head_len + len;
+    }
+    let summary: Vec<(u8, usize)> = messages.iter().map(|(op, m)| (*op, m.len())).collect();
+    assert_eq!(messages.len(), sent.len(), "{summary:?}");
+    for (i, (got, want)) in messages.iter().zip(&sent).enumerate() {
+        assert!(got == want, "message {i} changed: {summary:?}");
+    }
+    // And the client got its eight pongs, in order.
+    let mut chunk = [0u8; 64];
+    while pending.len() < 8 * 3 {
+        let n = within("the pongs", rd.read(&mut chunk)).await.unwrap();
+        assert!(n > 0, "the proxy closed the client");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    for group in 0..8u8 {
+        let at = usize::from(group) * 3;
+        assert_eq!(&pending[at..at + 3], &[0x8a, 0x01, group]);
+    }
+}
+
+/// A masked client frame of any size.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x21, 0x43, 0x65, 0x87];
+    let mut frame = vec![first];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// A masked frame's first byte, payload length and header length (mask key included), when
+/// its header is all in `bytes` (its payload need not be).
+fn frame_at(bytes: &[u8]) -> Option<(u8, usize, usize)> {
+    let second = *bytes.get(1)?;
+    let (len, ext) = match second & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+            2,
+        ),
+        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 8),
+        n => (u64::from(n), 0),
+    };
+    let head_len = 2 + ext + 4;
+    (bytes.len() >= head_len).then_some((bytes[0], len as usize, head_len))
+}

@@ -454,6 +454,13 @@ impl Flow {
                 (used, Walk::Control) => {
                     at += used;
                     match self.control(cx, src) {
+                        Ok(None) if dst.has_pending() => {
+                            // `to` did not take all that came before the control frame: the
+                            // rest of this read waits in `from`'s stream until it has (one
+                            // unwritten write at a time, in order).
+                            src.unread(&input[at..n]);
+                            return Poll::Ready(None);
+                        }
                         Ok(None) => {}
                         Ok(Some(end)) => return Poll::Ready(Some(end)),
                         Err(stop) => {
@@ -972,6 +979,10 @@ impl Flow {
                                     Ok(_) => Until::Closed,
                                     Err(_) => Until::Ended,
                                 }));
+                            }
+                            if dst.as_deref().is_some_and(Wire::has_pending) {
+                                src.unread(&input[at..n]);
+                                return Poll::Ready(None);
                             }
                         }
                     }

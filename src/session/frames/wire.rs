@@ -206,6 +206,22 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     /// goes out before any later write. Only when nothing is queued (after a flush).
     pub(crate) fn write_now(&mut self, cx: &mut Context<'_>, parts: &[&[u8]]) -> io::Result<()> {
         debug_assert!(self.frame.is_none(), "write_now after a flush only");
+        if let Some(queued) = self.frame.take() {
+            // Misuse, caught by the assertion in tests: still nothing is lost or reordered.
+            let head = &queued.head[queued.written.min(queued.head_len)..queued.head_len];
+            let payload = &queued.payload[queued.written.saturating_sub(queued.head_len)..];
+            let mut rest = [head, payload].concat();
+            for part in parts {
+                rest.extend_from_slice(part);
+            }
+            self.frame = Some(Frame {
+                head: [0; 14],
+                head_len: 0,
+                payload: Bytes::from(rest),
+                written: 0,
+            });
+            return Ok(());
+        }
         let total: usize = parts.iter().map(|p| p.len()).sum();
         // Several parts: their slices are made once, and advanced past what each write took.
         let mut slices: Vec<IoSlice<'_>> = match parts {

@@ -7,7 +7,10 @@ use axum_ws_proxy::WsProxyLayer;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -292,5 +295,209 @@ async fn both_frame_bridges_check_a_client_close_alike() {
             assert_eq!(told.0, upstream_code, "{case}: {told:?}");
             assert!(told.1.starts_with(upstream_reason), "{case}: {told:?}");
         }
+    }
+}
+
+/// Panics anywhere in this test binary (a session's task included: tokio catches those).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_panics() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        prev(info);
+    }));
+}
+
+/// Reads one server frame of any size (unmasked): (first byte, payload).
+async fn read_any_frame(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    async fn fill(tcp: &mut TcpStream, pending: &mut Vec<u8>, n: usize) -> bool {
+        let mut chunk = vec![0u8; 64 << 10];
+        while pending.len() < n {
+            let got = within("frame bytes", tcp.read(&mut chunk))
+                .await
+                .unwrap_or(0);
+            if got == 0 {
+                return false;
+            }
+            pending.extend_from_slice(&chunk[..got]);
+        }
+        true
+    }
+    if !fill(tcp, pending, 2).await {
+        return None;
+    }
+    let (len, header) = match pending[1] & 0x7f {
+        126 => {
+            fill(tcp, pending, 4).await;
+            (u16::from_be_bytes([pending[2], pending[3]]) as usize, 4)
+        }
+        127 => {
+            fill(tcp, pending, 10).await;
+            (
+                u64::from_be_bytes(pending[2..10].try_into().unwrap()) as usize,
+                10,
+            )
+        }
+        n => (n as usize, 2),
+    };
+    if !fill(tcp, pending, header + len).await {
+        return None;
+    }
+    let first = pending[0];
+    let payload = pending[header..header + len].to_vec();
+    pending.drain(..header + len);
+    Some((first, payload))
+}
+
+/// Found in review: a ping the proxy could not answer yet (the client was not reading) stayed
+/// in the walker's header buffer when the session ended, and the close phase walked on from
+/// it: the client's close answer was never recognised, and 133 bytes later the walker indexed
+/// past its buffer (a panic, the session lost without a report).
+#[tokio::test]
+async fn a_ping_still_unanswered_when_the_session_ends_is_dropped() {
+    count_panics();
+    // An upstream that sends 32 MiB to the client at once, then reads (and drops) forever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        assert!(answer_upgrade(&mut tcp).await);
+        let len: u64 = 32 << 20;
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.resize(frame.len() + len as usize, 7);
+        let (mut rd, mut wr) = tcp.into_split();
+        tokio::spawn(async move {
+            let _ = wr.write_all(&frame).await;
+            std::future::pending::<()>().await;
+            drop(wr);
+        });
+        let mut sink = vec![0u8; 64 << 10];
+        while rd.read(&mut sink).await.unwrap_or(0) > 0 {}
+    });
+    let layer = WsProxyLayer::new(upstream(up))
+        .max_frame_size(64 << 20)
+        .max_message_size(64 << 20)
+        .max_lifetime(Duration::from_secs(2))
+        .max_lifetime_jitter(0.0)
+        .close_timeout(Duration::from_secs(5));
+    let proxy = proxy(layer).await;
+    let (status, _, mut tcp, mut pending) =
+        raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101);
+    // Not reading: the proxy's writes to the client back up. Then a ping.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tcp.write_all(&client_frame(0x89, b"")).await.unwrap();
+    // The session's lifetime ends meanwhile.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Now read: the data, then (maybe a pong, then) the proxy's close.
+    loop {
+        let Some((first, _)) = read_any_frame(&mut tcp, &mut pending).await else {
+            panic!("the stream ended before the proxy's close frame");
+        };
+        if first & 0x0f == 0x8 {
+            break;
+        }
+    }
+    // Answer as a client would, after a last message of 200 bytes.
+    let mut frame = vec![0x82, 0x80 | 126, 0, 200, 1, 2, 3, 4];
+    frame.extend(std::iter::repeat_n(0u8, 200));
+    tcp.write_all(&frame).await.unwrap();
+    tcp.write_all(&client_frame(0x88, b"\x03\xe8"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = within("the end of the client stream", tcp.read_to_end(&mut rest)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the proxy panicked"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the client's close answer was not seen"
+    );
+}
+
+/// Found in review: the client closes; the upstream never answers. The client leg's close
+/// handshake is done once the echo is sent, and the proxy (the server there) closes the TCP
+/// connection at once, not when the upstream's ending is over (both frame bridges).
+#[tokio::test]
+async fn the_client_connection_is_closed_after_its_echo_even_while_the_upstream_hangs() {
+    for hooked in [true, false] {
+        let up = hung_upstream().await;
+        let mut layer = WsProxyLayer::new(upstream(up)).close_timeout(Duration::from_secs(4));
+        if hooked {
+            layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
+        }
+        let proxy = proxy(layer).await;
+        let (status, _, mut tcp, mut pending) =
+            raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+        assert_eq!(status, 101);
+        tcp.write_all(&client_frame(0x88, b"\x03\xe8bye"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (op, _) = read_frame(&mut tcp, &mut pending).await;
+        assert_eq!(op, 0x8);
+        let mut rest = Vec::new();
+        let _ = within("client EOF", tcp.read_to_end(&mut rest)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "hooks {hooked}: the client's TCP stayed open {:?} after the close handshake",
+            started.elapsed()
+        );
+    }
+}
+
+/// Found in review: the client breaks the protocol; the upstream answers its close but keeps
+/// its TCP open for 2 s, as a server may. As the upstream's client, the proxy waits for the
+/// server to close first, in both frame bridges (up to `close_timeout`).
+#[tokio::test]
+async fn in_the_relay_the_proxy_waits_for_the_upstream_to_close_tcp() {
+    for hooked in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            assert!(answer_upgrade(&mut tcp).await);
+            // Read until a close frame (masked) arrives.
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&chunk[..n]);
+                if got.len() >= 2 && got[0] == 0x88 && got.len() >= 6 + (got[1] & 0x7f) as usize {
+                    break;
+                }
+            }
+            tcp.write_all(&[0x88, 2, 0x03, 0xe9]).await.unwrap();
+            let answered = Instant::now();
+            let eof = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut chunk)).await;
+            let _ = tx.send((eof.is_ok(), answered.elapsed()));
+        });
+        let mut layer = WsProxyLayer::new(upstream(up)).close_timeout(Duration::from_secs(4));
+        if hooked {
+            layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
+        }
+        let proxy = proxy(layer).await;
+        let (status, _, mut tcp, mut pending) =
+            raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+        assert_eq!(status, 101);
+        // An unmasked frame from the client: a protocol error.
+        tcp.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+        let (op, _) = read_frame(&mut tcp, &mut pending).await;
+        assert_eq!(op, 0x8);
+        drop(tcp);
+        let (proxy_closed_first, after) = within("upstream", rx).await.unwrap();
+        assert!(
+            !proxy_closed_first,
+            "hooks {hooked}: the proxy closed the upstream's TCP {after:?} after its answer"
+        );
     }
 }

@@ -59,7 +59,10 @@ impl App {
 ///   `Response<B>` with `Error = Infallible` (a `Router`, a `MethodRouter`, a tower stack
 ///   around one);
 /// - what `axum::serve` takes for one: a make-service called with each connection's client
-///   address, `Service<SocketAddr, Response = app>`, such as `app.into_make_service()` and
+///   address (for each connection the app serves: with
+///   [`Serve::direct_upgrades`](super::Serve::direct_upgrades), an upgrade answered by the
+///   server's own entry needs no app), `Service<SocketAddr, Response = app>`, such as
+///   `app.into_make_service()` and
 ///   `app.into_make_service_with_connect_info::<SocketAddr>()` (so
 ///   `axum::serve(listener, make)` becomes `axum_ws_proxy::serve(listener, make)`).
 ///

@@ -76,7 +76,8 @@ impl Traffic {
 /// Why bridging stopped.
 #[derive(Debug)]
 pub(crate) enum Ended {
-    /// `by` sent a close frame; tungstenite has already queued the echo on that leg.
+    /// `by` sent a close frame (`frame`, as checked: a forbidden code is 1002), to be echoed
+    /// on that leg (with message hooks, tungstenite has already queued the echo).
     Closed { by: Side, frame: Option<CloseFrame> },
     /// Reading `side` failed: it broke the protocol, or its connection dropped.
     ReadFailed { side: Side, error: WsError },

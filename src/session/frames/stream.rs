@@ -146,13 +146,16 @@ where
         entry,
     } = legs;
     let Flows { c2u, u2c } = flows;
-    drive(entry, keepalive, |cx, keepalive| {
+    let ended = drive(entry, keepalive, |cx, keepalive| {
         if let Poll::Ready(end) = c2u.poll(cx, client, upstream, to_upstream, keepalive) {
             return Poll::Ready(end);
         }
         u2c.poll(cx, upstream, client, to_client, keepalive)
     })
-    .await
+    .await;
+    c2u.stopped();
+    u2c.stopped();
+    ended
 }
 
 /// Both directions of a streamed session: client to upstream, upstream to client.
@@ -283,8 +286,8 @@ pub(crate) enum Until {
 pub(crate) enum Walk {
     /// Every byte was used.
     Done,
-    /// A complete control frame, collected in `head`, ends where the walk stopped; it goes to
-    /// tungstenite before the rest.
+    /// A complete control frame, collected in `head`, ends where the walk stopped; it is
+    /// answered before the rest is walked.
     Control,
     /// The peer broke the protocol.
     Violation(WsError),
@@ -437,6 +440,8 @@ impl Flow {
             let walked = self.walk(input, at, n, out, traffic);
             // Pieces of data frames first: they were read before what stopped the walk.
             if let Err(end) = self.write_out(cx, dst, input, out, keepalive) {
+                // The close phase reads on from where this walk stopped.
+                self.put_back(src, &input[at + walked.0..n], &walked.1);
                 return Poll::Ready(Some(end));
             }
             match walked {
@@ -475,6 +480,25 @@ impl Flow {
             }
         }
         Poll::Ready(None)
+    }
+
+    /// Puts back in front of `src`'s stream what a walk did not get to (`rest`), and the
+    /// control frame it stopped at, if it did: the next walk starts there.
+    fn put_back<S>(&mut self, src: &mut Wire<S>, rest: &[u8], walked: &Walk) {
+        src.unread(rest);
+        if let Walk::Control = walked {
+            let control = self.take_control().to_vec();
+            src.unread(&control);
+        }
+    }
+
+    /// Bridging has stopped: a pong `from` is still owed is not written (a close frame
+    /// follows, as tungstenite's replaced its queued pong), and its ping leaves `head`.
+    pub(crate) fn stopped(&mut self) {
+        if std::mem::take(&mut self.ping_held) {
+            self.have = 0;
+        }
+        self.pong_waiting = false;
     }
 
     /// The control frame a walk stopped at ([`Walk::Control`]), taken out of `head` (read it
@@ -958,6 +982,8 @@ impl Flow {
                     at += used;
                     if let Some(dst) = dst.as_deref_mut() {
                         if !out.is_empty() && write_parts(cx, dst, input, out).is_err() {
+                            // Read on, without `to`, from where this walk stopped.
+                            self.put_back(src, &input[at..n], &walked);
                             return Poll::Ready(Some(Until::WriteFailed));
                         }
                     }

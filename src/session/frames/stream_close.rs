@@ -15,7 +15,8 @@
 //!   reaches the client, as it would have while bridging.
 //!
 //! Each leg's ending gets `close_timeout`; a leg that does not answer in time is dropped.
-//! Nothing here allocates: close frames are built on the stack and written at once.
+//! Close frames are built on the stack and written at once; a close phase that goes as
+//! expected allocates nothing (bytes a leg does not take at once wait in its `Wire`).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -103,12 +104,20 @@ where
                 u2c.poll_until_close(cx, upstream, to, &mut upstream_lost)
             })
             .await;
-            if until == Until::WriteFailed {
+            let until = match until {
                 // The client is gone after all: the rest is read and counted.
-                read_until_close(upstream, u2c, &mut upstream_lost).await;
+                Until::WriteFailed => read_until_close(upstream, u2c, &mut upstream_lost).await,
+                until => until,
+            };
+            if until == Until::Closed {
+                // The proxy is the upstream's client: its server closes the connection first.
+                closed_by_peer(upstream).await;
             }
         };
         let _ = tokio::time::timeout(timeout, relay).await;
+        // Done with the upstream, answered or not: its connection is shut down now, not when
+        // the client's ending is over.
+        let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut *upstream).poll_shutdown(cx))).await;
         let ending = end_leg(client, c2u, Side::Client, &client_end, &mut client_lost);
         let _ = tokio::time::timeout(timeout, ending).await;
     } else {
@@ -186,15 +195,20 @@ async fn end_leg<S>(
     }
     match then {
         Then::Nothing => {}
-        Then::Answered => {
-            if side == Side::Upstream {
-                closed_by_peer(wire).await;
-            }
-        }
-        Then::AwaitAnswer => {
-            let until = read_until_close(wire, flow, lost).await;
-            if until == Until::Closed && side == Side::Upstream {
-                closed_by_peer(wire).await;
+        Then::Answered | Then::AwaitAnswer => {
+            let until = match then {
+                Then::AwaitAnswer => read_until_close(wire, flow, lost).await,
+                _ => Until::Closed,
+            };
+            match side {
+                // The proxy is the upstream's client: its server closes the connection first.
+                Side::Upstream if until == Until::Closed => closed_by_peer(wire).await,
+                Side::Upstream => {}
+                // The proxy is the client's server: it closes the connection first, as soon
+                // as this leg is done (not when the upstream's ending is).
+                Side::Client => {
+                    let _ = poll_fn(|cx| Pin::new(&mut *wire).poll_shutdown(cx)).await;
+                }
             }
         }
         Then::ShutDown => {

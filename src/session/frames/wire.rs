@@ -18,7 +18,9 @@
 //!   RFC 6455 asks of a client.
 //!
 //! Order is kept: a frame is only handed over when tungstenite's buffer is empty, and while it
-//! is unwritten every write from tungstenite (a pong, a close) waits behind it.
+//! is unwritten every write from tungstenite (a pong, a close) waits behind it. The streaming
+//! bridge, which writes each read's pieces at once with [`Wire::write_now`], writes only
+//! once the leg has taken what it was sent before.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

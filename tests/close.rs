@@ -429,14 +429,7 @@ async fn a_ping_still_unanswered_when_the_session_ends_is_dropped() {
 async fn the_client_connection_is_closed_after_its_echo_even_while_the_upstream_hangs() {
     for hooked in [true, false] {
         let up = hung_upstream().await;
-        let mut layer = WsProxyLayer::new(upstream(up)).close_timeout(Duration::from_secs(4));
-        if hooked {
-            layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
-        }
-        let proxy = proxy(layer).await;
-        let (status, _, mut tcp, mut pending) =
-            raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
-        assert_eq!(status, 101);
+        let (mut tcp, mut pending) = raw_client(up, hooked).await;
         tcp.write_all(&client_frame(0x88, b"\x03\xe8bye"))
             .await
             .unwrap();
@@ -481,14 +474,7 @@ async fn in_the_relay_the_proxy_waits_for_the_upstream_to_close_tcp() {
             let eof = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut chunk)).await;
             let _ = tx.send((eof.is_ok(), answered.elapsed()));
         });
-        let mut layer = WsProxyLayer::new(upstream(up)).close_timeout(Duration::from_secs(4));
-        if hooked {
-            layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
-        }
-        let proxy = proxy(layer).await;
-        let (status, _, mut tcp, mut pending) =
-            raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
-        assert_eq!(status, 101);
+        let (mut tcp, mut pending) = raw_client(up, hooked).await;
         // An unmasked frame from the client: a protocol error.
         tcp.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
         let (op, _) = read_frame(&mut tcp, &mut pending).await;
@@ -500,4 +486,17 @@ async fn in_the_relay_the_proxy_waits_for_the_upstream_to_close_tcp() {
             "hooks {hooked}: the proxy closed the upstream's TCP {after:?} after its answer"
         );
     }
+}
+
+/// A raw client through a proxy to `up` (4 s `close_timeout`; the message bridge when
+/// `hooked`, else the streaming one), past its 101, with any bytes read past it.
+async fn raw_client(up: std::net::SocketAddr, hooked: bool) -> (TcpStream, Vec<u8>) {
+    let mut layer = WsProxyLayer::new(upstream(up)).close_timeout(Duration::from_secs(4));
+    if hooked {
+        layer = layer.on_client_message(|_, _| axum_ws_proxy::hooks::Verdict::Forward);
+    }
+    let proxy = proxy(layer).await;
+    let (status, head, tcp, pending) = raw_exchange(proxy, &upgrade_request(proxy, "/", &[])).await;
+    assert_eq!(status, 101, "{head}");
+    (tcp, pending)
 }

@@ -76,11 +76,28 @@ fn start(run: &Run<'_>) -> (Keepalive, stream::Limits, Leg, Leg) {
     (keepalive, limits, client_leg, upstream_leg)
 }
 
+/// Both legs, with what both directions share while bridging.
+fn legs<'a, C, U>(
+    client: &'a mut C,
+    upstream: &'a mut U,
+    run: &'a mut Run<'_>,
+    keepalive: &'a mut Keepalive,
+) -> Legs<'a, C, U> {
+    Legs {
+        client,
+        upstream,
+        to_upstream: run.to_upstream,
+        to_client: run.to_client,
+        keepalive,
+        entry: run.entry,
+    }
+}
+
 /// A leg's permessage-deflate, as it agreed it, and the proxy's role on it.
 type Leg = Option<(Params, deflate::Role)>;
 
 /// Without message hooks: frames streamed on the raw legs, closed by the same walkers.
-async fn streamed(client: Transport, upstream: Transport, run: Run<'_>) -> Report {
+async fn streamed(client: Transport, upstream: Transport, mut run: Run<'_>) -> Report {
     let (mut keepalive, limits, client_leg, upstream_leg) = start(&run);
     let config = &run.settings.deflate;
     let (mut client, mut upstream) = (Wire::new(client), Wire::new(upstream));
@@ -89,14 +106,7 @@ async fn streamed(client: Transport, upstream: Transport, run: Run<'_>) -> Repor
         Codec::new(client_leg, upstream_leg, true, config),
         Codec::new(upstream_leg, client_leg, true, config),
     );
-    let legs = Legs {
-        client: &mut client,
-        upstream: &mut upstream,
-        to_upstream: run.to_upstream,
-        to_client: run.to_client,
-        keepalive: &mut keepalive,
-        entry: run.entry,
-    };
+    let legs = legs(&mut client, &mut upstream, &mut run, &mut keepalive);
     let plan = stream_close::Plan::of(stream::run(legs, &mut flows).await);
     let (to_client, timeout) = (run.to_client, run.settings.close_timeout);
     let (client, upstream) = (&mut client, &mut upstream);
@@ -107,7 +117,7 @@ async fn streamed(client: Transport, upstream: Transport, run: Run<'_>) -> Repor
 async fn bridged(
     client: Transport,
     upstream: Transport,
-    run: Run<'_>,
+    mut run: Run<'_>,
     hooks: SessionHooks<'_>,
 ) -> Report {
     let (mut keepalive, limits, client_leg, upstream_leg) = start(&run);
@@ -126,14 +136,7 @@ async fn bridged(
             }
         }
     }
-    let legs = Legs {
-        client: &mut client,
-        upstream: &mut upstream,
-        to_upstream: run.to_upstream,
-        to_client: run.to_client,
-        keepalive: &mut keepalive,
-        entry: run.entry,
-    };
+    let legs = legs(&mut client, &mut upstream, &mut run, &mut keepalive);
     let sends = (
         Codec::new(None, upstream_leg, false, config),
         Codec::new(None, client_leg, false, config),

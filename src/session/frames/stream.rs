@@ -440,9 +440,15 @@ impl Flow {
             let walked = self.walk(input, at, n, out, traffic);
             // Pieces of data frames first: they were read before what stopped the walk.
             if let Err(end) = self.write_out(cx, dst, input, out, keepalive) {
-                // The close phase reads on from where this walk stopped.
-                self.put_back(src, &input[at + walked.0..n], &walked.1);
-                return Poll::Ready(Some(end));
+                return Poll::Ready(Some(match walked.1 {
+                    // `from` broke the protocol too: its stream cannot be walked on.
+                    Walk::Violation(error) => self.read_failed(error),
+                    // The close phase reads on from where this walk stopped.
+                    other => {
+                        self.put_back(src, &input[at + walked.0..n], &other);
+                        end
+                    }
+                }));
             }
             match walked {
                 (_, Walk::Done) => return Poll::Ready(None),
@@ -659,7 +665,13 @@ impl Flow {
                 self.have = n;
                 i += n;
             } else {
-                self.head[self.have] = input[i];
+                // Never past `head`: a header that failed its checks is not walked on (this
+                // only guards that rule).
+                let Some(byte) = self.head.get_mut(self.have) else {
+                    let error = WsError::Protocol(ProtocolError::ControlFrameTooBig);
+                    return (i - from, Walk::Violation(error));
+                };
+                *byte = input[i];
                 self.have += 1;
                 i += 1;
             }
@@ -681,7 +693,7 @@ impl Flow {
             }
             if let OpCode::Control(_) = opcode {
                 // Collected whole (header checks passed, so `len` is at most 125).
-                if self.have == head_len + len as usize {
+                if self.have as u64 == (head_len as u64).saturating_add(len) {
                     return (i - from, Walk::Control);
                 }
                 continue;
@@ -982,6 +994,10 @@ impl Flow {
                     at += used;
                     if let Some(dst) = dst.as_deref_mut() {
                         if !out.is_empty() && write_parts(cx, dst, input, out).is_err() {
+                            if let Walk::Violation(_) = walked {
+                                // The stream cannot be walked on.
+                                return Poll::Ready(Some(Until::Ended));
+                            }
                             // Read on, without `to`, from where this walk stopped.
                             self.put_back(src, &input[at..n], &walked);
                             return Poll::Ready(Some(Until::WriteFailed));
@@ -1141,4 +1157,120 @@ where
 
 pub(super) fn invalid_utf8() -> WsError {
     WsError::Utf8("invalid UTF-8 in a text message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::keepalive::Timeouts;
+    use std::io;
+    use std::task::Waker;
+
+    /// A leg that has sent `bytes` (then nothing yet) and takes whatever is written.
+    struct Sent(Vec<u8>);
+
+    impl AsyncRead for Sent {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.0.is_empty() {
+                return Poll::Pending;
+            }
+            let n = buf.remaining().min(self.0.len());
+            buf.put_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Sent {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A leg whose connection is gone: every write fails.
+    struct Gone;
+
+    impl AsyncRead for Gone {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Gone {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Found in review: a read holding a message and then a header that fails its checks (a
+    /// 256-byte ping), while writing the message to the other leg fails. The failed write
+    /// used to put back what followed the bad header and forget the violation; the close
+    /// phase then walked on from that header and indexed past its buffer (a panic).
+    #[tokio::test]
+    async fn a_violation_and_a_failed_write_in_one_read_end_the_walk() {
+        let key = [1, 2, 3, 4];
+        let mut bytes = vec![0x82, 0x82, 1, 2, 3, 4, b'h' ^ key[0], b'i' ^ key[1]];
+        bytes.extend_from_slice(&[0x89, 0x80 | 126, 0x01, 0x00, 9, 9, 9, 9]);
+        bytes.extend(std::iter::repeat_n(7u8, 300));
+        let (mut src, mut dst) = (Wire::new(Sent(bytes)), Wire::new(Gone));
+        let limits = Limits {
+            max_frame: Some(1 << 20),
+            max_message: Some(1 << 20),
+        };
+        let mut flow = Flow::new(Side::Client, Side::Upstream, limits, None);
+        let timeouts = Timeouts {
+            ping_interval: None,
+            ping_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: None,
+            max_lifetime: None,
+            max_lifetime_jitter: 0.0,
+        };
+        let mut keepalive = Keepalive::new(timeouts, None);
+        let mut traffic = Traffic::uncounted();
+        let mut cx = Context::from_waker(Waker::noop());
+        let ended = flow.poll(&mut cx, &mut src, &mut dst, &mut traffic, &mut keepalive);
+        assert!(
+            matches!(
+                ended,
+                Poll::Ready(Ended::ReadFailed {
+                    side: Side::Client,
+                    ..
+                })
+            ),
+            "the violation is what ended it: {ended:?}"
+        );
+        flow.stopped();
+        let mut lost = 0;
+        let until =
+            flow.poll_until_close(&mut cx, &mut src, None::<(&mut Wire<Gone>, _)>, &mut lost);
+        assert!(!matches!(until, Poll::Ready(Until::Closed)), "{until:?}");
+    }
 }

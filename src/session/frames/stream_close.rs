@@ -115,8 +115,8 @@ where
             }
         };
         let _ = tokio::time::timeout(timeout, relay).await;
-        // Done with the upstream, answered or not: its connection is shut down now, not when
-        // the client's ending is over.
+        // Done with the upstream, answered or not: a FIN now if nothing is left to write (else
+        // its connection closes with the session), not when the client's ending is over.
         let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut *upstream).poll_shutdown(cx))).await;
         let ending = end_leg(client, c2u, Side::Client, &client_end, &mut client_lost);
         let _ = tokio::time::timeout(timeout, ending).await;

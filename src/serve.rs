@@ -556,7 +556,7 @@ impl Conn {
         let tls = false;
         match self.direct.take() {
             Some(direct) if !tls => {
-                Box::pin(async move { self.serve_direct(direct, tcp, &mut stop).await })
+                Box::pin(async move { self.serve_with_entry(direct, tcp, &mut stop).await })
             }
             _ => Box::pin(async move { self.serve_hyper(tcp, &mut stop).await }),
         }
@@ -593,7 +593,7 @@ impl Conn {
 
     /// A plain connection with the server's own upgrade entry on. The handler is made only
     /// if hyper takes the connection: an upgrade answered here needs none.
-    async fn serve_direct(self, direct: DirectUpgrades, mut tcp: TcpStream, stop: &mut Stop) {
+    async fn serve_with_entry(self, direct: DirectUpgrades, mut tcp: TcpStream, stop: &mut Stop) {
         let accepted = tokio::time::Instant::now();
         let Some(remote) = self.proxied(&mut tcp, stop).await else {
             return;

@@ -436,6 +436,12 @@ impl Flow {
         keepalive.heard(self.from, self.read_at);
         let mut at = 0;
         while at < n {
+            if dst.has_pending() {
+                // `to` did not take all of what was written for it: the rest of this read
+                // waits in `from`'s stream until it has (one unwritten write at a time).
+                src.unread(&input[at..n]);
+                return Poll::Ready(None);
+            }
             out.clear();
             let walked = self.walk(input, at, n, out, traffic);
             // Pieces of data frames first: they were read before what stopped the walk.
@@ -452,26 +458,13 @@ impl Flow {
             }
             match walked {
                 (_, Walk::Done) => return Poll::Ready(None),
-                (used, Walk::Full) => {
-                    at += used;
-                    if dst.has_pending() {
-                        // `to` is behind: the rest of this read waits in `from`'s stream,
-                        // still compressed, until `to` has taken what was inflated.
-                        src.unread(&input[at..n]);
-                        return Poll::Ready(None);
-                    }
-                }
+                // Inflated output filled what one walk may hand on; if `to` is behind, the rest
+                // (still compressed) waits above.
+                (used, Walk::Full) => at += used,
                 (_, Walk::Violation(error)) => return Poll::Ready(Some(self.read_failed(error))),
                 (used, Walk::Control) => {
                     at += used;
                     match self.control(cx, src) {
-                        Ok(None) if dst.has_pending() => {
-                            // `to` did not take all that came before the control frame: the
-                            // rest of this read waits in `from`'s stream until it has (one
-                            // unwritten write at a time, in order).
-                            src.unread(&input[at..n]);
-                            return Poll::Ready(None);
-                        }
                         Ok(None) => {}
                         Ok(Some(end)) => return Poll::Ready(Some(end)),
                         Err(stop) => {
@@ -493,8 +486,8 @@ impl Flow {
     fn put_back<S>(&mut self, src: &mut Wire<S>, rest: &[u8], walked: &Walk) {
         src.unread(rest);
         if let Walk::Control = walked {
-            let control = self.take_control().to_vec();
-            src.unread(&control);
+            let (frame, len) = self.control_taken();
+            src.unread(&frame[..len]);
         }
     }
 
@@ -512,6 +505,14 @@ impl Flow {
     pub(crate) fn take_control(&mut self) -> &[u8] {
         let have = std::mem::take(&mut self.have);
         &self.head[..have]
+    }
+
+    /// The same, as a copy: `head` may be walked into, or a held ping kept in it, meanwhile.
+    fn control_taken(&mut self) -> ([u8; MAX_CONTROL], usize) {
+        let len = self.have;
+        let mut frame = [0u8; MAX_CONTROL];
+        frame[..len].copy_from_slice(self.take_control());
+        (frame, len)
     }
 
     /// Writes the pieces a walk left in `out` to `to`, from where they were read.
@@ -556,9 +557,7 @@ impl Flow {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let len = self.have;
-        let mut frame = [0u8; MAX_CONTROL];
-        frame[..len].copy_from_slice(self.take_control());
+        let (frame, len) = self.control_taken();
         match frame[0] & 0x0f {
             0x8 => Ok(Some(match close_frame(&frame[..len]) {
                 Ok(close) => Ended::Closed {
@@ -989,6 +988,11 @@ impl Flow {
                 let n = buf.filled().len();
                 let mut at = 0;
                 while at < n {
+                    if dst.as_deref().is_some_and(Wire::has_pending) {
+                        // As while bridging: nothing more is walked until `to` has taken it.
+                        src.unread(&input[at..n]);
+                        return Poll::Ready(None);
+                    }
                     out.clear();
                     let (used, walked) = self.walk(input, at, n, out, traffic);
                     at += used;
@@ -1004,27 +1008,15 @@ impl Flow {
                         }
                     }
                     match walked {
-                        Walk::Done => {}
-                        Walk::Full => {
-                            if dst.as_deref().is_some_and(Wire::has_pending) {
-                                src.unread(&input[at..n]);
-                                return Poll::Ready(None);
-                            }
-                        }
+                        Walk::Done | Walk::Full => {}
                         Walk::Violation(_) => return Poll::Ready(Some(Until::Ended)),
                         Walk::Control => {
-                            let len = self.have;
-                            let mut frame = [0u8; MAX_CONTROL];
-                            frame[..len].copy_from_slice(self.take_control());
+                            let (frame, len) = self.control_taken();
                             if frame[0] & 0x0f == 0x8 {
                                 return Poll::Ready(Some(match close_frame(&frame[..len]) {
                                     Ok(_) => Until::Closed,
                                     Err(_) => Until::Ended,
                                 }));
-                            }
-                            if dst.as_deref().is_some_and(Wire::has_pending) {
-                                src.unread(&input[at..n]);
-                                return Poll::Ready(None);
                             }
                         }
                     }

@@ -50,6 +50,20 @@ pub(crate) fn control_frame(
     (frame, end)
 }
 
+/// A whole control frame's payload (at most 125 bytes; its header was checked), unmasked, in a
+/// copy.
+pub(crate) fn control_payload(frame: &[u8]) -> ([u8; 125], usize) {
+    let start = head_len(frame[1]);
+    let mut payload = [0u8; 125];
+    let len = (frame.len() - start).min(125);
+    payload[..len].copy_from_slice(&frame[start..start + len]);
+    if frame[1] & 0x80 != 0 {
+        let k = &frame[start - 4..start];
+        apply_mask(&mut payload[..len], [k[0], k[1], k[2], k[3]]);
+    }
+    (payload, len)
+}
+
 /// A close frame's payload: the code, big-endian, then the reason (at most 123 bytes: the
 /// caller cuts it on a character boundary); empty for a close without a code.
 pub(crate) fn close_payload(code_and_reason: Option<(u16, &str)>) -> ([u8; 125], usize) {
@@ -126,6 +140,8 @@ mod tests {
         assert_eq!(&frame[..len], &[0x89, 2, b'h', b'i']);
         let (mut frame, len) = control_frame(0xA, b"hi", true);
         assert_eq!((frame[0], frame[1], len), (0x8A, 0x82, 8));
+        let (payload, plen) = control_payload(&frame[..len]);
+        assert_eq!(&payload[..plen], b"hi", "read back, unmasked");
         let key = [frame[2], frame[3], frame[4], frame[5]];
         apply_mask(&mut frame[6..8], key);
         assert_eq!(&frame[6..8], b"hi");

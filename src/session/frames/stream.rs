@@ -371,8 +371,7 @@ impl Flow {
         match Pin::new(&mut *dst).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 let mask = self.to == Side::Upstream;
-                let (ping, len) = frame::control_frame(0x9, keepalive::PING, mask);
-                dst.write_now(cx, &[&ping[..len]])?;
+                dst.write_control(cx, 0x9, keepalive::PING, mask)?;
                 self.unflushed = true;
                 Ok(())
             }
@@ -598,11 +597,10 @@ impl Flow {
         if let Err(error) = std::task::ready!(Pin::new(&mut *src).poll_flush(cx)) {
             return Poll::Ready(Err(WsError::Io(error)));
         }
-        let (payload, payload_len) = control_payload(ping);
+        let (payload, len) = frame::control_payload(ping);
         // Toward the upstream the proxy is the client: its pong is masked.
         let mask = self.from == Side::Upstream;
-        let (pong, len) = frame::control_frame(0xA, &payload[..payload_len], mask);
-        if let Err(error) = src.write_now(cx, &[&pong[..len]]) {
+        if let Err(error) = src.write_control(cx, 0xA, &payload[..len], mask) {
             return Poll::Ready(Err(WsError::Io(error)));
         }
         match Pin::new(&mut *src).poll_flush(cx) {
@@ -1085,25 +1083,12 @@ where
     })
 }
 
-/// A whole control frame's payload (checked: at most 125 bytes), unmasked, in a copy.
-fn control_payload(frame: &[u8]) -> ([u8; 125], usize) {
-    let head_len = frame::head_len(frame[1]);
-    let mut payload = [0u8; 125];
-    let len = (frame.len() - head_len).min(125);
-    payload[..len].copy_from_slice(&frame[head_len..head_len + len]);
-    if frame[1] & 0x80 != 0 {
-        let k = &frame[head_len - 4..head_len];
-        frame::apply_mask(&mut payload[..len], [k[0], k[1], k[2], k[3]]);
-    }
-    (payload, len)
-}
-
 /// A close frame's code and reason, checked as tungstenite checks them for the message
 /// bridge: one byte of payload is a protocol error, a reason must be UTF-8 (else 1007), and a
 /// code no endpoint may send (1005, 1006, 1015, reserved or out of range) becomes 1002
 /// "Protocol violation", which the leg is answered with and the other leg is told.
 pub(crate) fn close_frame(frame: &[u8]) -> Result<Option<CloseFrame>, WsError> {
-    let (payload, len) = control_payload(frame);
+    let (payload, len) = frame::control_payload(frame);
     let payload = &payload[..len];
     let (code, reason) = match payload {
         [] => return Ok(None),

@@ -247,8 +247,7 @@ where
     poll_fn(|cx| {
         let code_and_reason = close.map(|f| (u16::from(f.code), fit_reason(f.reason.as_str())));
         let (payload, len) = frame::close_payload(code_and_reason);
-        let (bytes, n) = frame::control_frame(0x8, &payload[..len], side == Side::Upstream);
-        Poll::Ready(wire.write_now(cx, &[&bytes[..n]]))
+        Poll::Ready(wire.write_control(cx, 0x8, &payload[..len], side == Side::Upstream))
     })
     .await?;
     poll_fn(|cx| Pin::new(&mut *wire).poll_flush(cx)).await

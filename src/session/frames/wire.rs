@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::session::frame::{apply_mask, frame_head};
+use crate::session::frame::{apply_mask, control_frame, frame_head};
 
 /// Bytes taken in one read while a burst lasts.
 pub(crate) const AHEAD: usize = 64 * 1024;
@@ -266,6 +266,19 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
             });
         }
         Ok(())
+    }
+
+    /// Writes one control frame now (see [`control_frame`]), as [`write_now`](Self::write_now)
+    /// does: only when nothing is queued.
+    pub(crate) fn write_control(
+        &mut self,
+        cx: &mut Context<'_>,
+        opcode: u8,
+        payload: &[u8],
+        mask: bool,
+    ) -> io::Result<()> {
+        let (frame, len) = control_frame(opcode, payload, mask);
+        self.write_now(cx, &[&frame[..len]])
     }
 
     /// Writes out the queued frame, if any.
